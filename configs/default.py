@@ -1,0 +1,70 @@
+"""Every setting of jaxtag, with the paper's values (Shan, "From music to semantics").
+
+Other configs derive from this one and change only what they name.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    # ---- Data (paper sections 2-3). ----
+    data = config.data = ml_collections.ConfigDict()
+    # CAL500exp directory. Empty: the built-in synthetic corpus (generated on first use).
+    data.root = ""
+    data.audio_dir = "CAL500_32kps"     # <root>/<audio_dir>/<track>.mp3 (or .wav/.flac/.ogg)
+    data.label_set = "hard"            # "hard" -> SegLabelHard, "soft" -> SegLabelSoft
+    data.label_dir = ""                # override the label folder; empty: derived from label_set
+    data.tags = "emotion"              # "emotion" (18), "all" (67), a category, or "tag1,tag2"
+    data.skip_bad_tracks = False       # skip (and report) tracks whose audio or CSV is missing or bad
+    data.data_dir = ""                 # where prepared data goes; empty: $JAXTAG_DATA_DIR or ~/jaxtag_data
+    # Frontend (paper 3.1): librosa power mel spectrogram.
+    data.sample_rate = 20500
+    data.n_fft = 2048
+    data.hop_length = 1024
+    data.n_mels = 128
+    # Frame labels (paper 3.2): frames outside every annotated segment are
+    # "ignore": masked out of loss and metrics, or "negative": all tags 0 (literal reading).
+    data.unannotated = "ignore"
+    # Long-term windows (paper 3.3).
+    data.window_frames = 128
+    data.window_hop = 64
+    # Split (paper 3.4): 400/50/50 of 500 tracks == 80/10/10.
+    data.split_seed = 0
+    data.split_fractions = (0.8, 0.1, 0.1)
+    # The synthetic corpus used when root is empty.
+    syn = data.synthetic = ml_collections.ConfigDict()
+    syn.num_tracks = 60
+    syn.seed = 0
+    syn.min_seconds = 24.0
+    syn.max_seconds = 40.0
+    syn.sample_rate = 22050            # != data.sample_rate, so resampling is always exercised
+
+    # ---- Model (paper 4). ----
+    model = config.model = ml_collections.ConfigDict()
+    model.name = "cnn_lstm"            # see jaxtag.models.MODELS
+    model.conv_channels = (20, 40, 80, 80)  # two convs per block, max-pool 2 after each block
+    model.dense_sizes = (1000, 800, 600)
+    model.lstm_size = 500
+    model.lstm_initial_state = "random"   # paper: random initial state; or "zeros"
+    model.output_activation = "sigmoid"   # paper: sigmoid outputs; "none" gives logits
+
+    # ---- Training (paper 4.3). ----
+    train = config.train = ml_collections.ConfigDict()
+    train.loss = "margin"              # multi-label margin loss, summed over a track's windows
+    train.learning_rate = 1e-5
+    train.batch_size = 1               # tracks per step; 1 is the paper's setting
+    train.num_epochs = 30
+    # Tracks are padded (and masked) to the smallest bucket that holds them, so the train
+    # step compiles once per bucket. Longer tracks round up to a multiple of the last bucket.
+    train.length_buckets = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    train.shuffle_buffer = 512
+    train.keep_checkpoints = 2
+    train.log_every_tracks = 50
+
+    # ---- Evaluation (paper 5). ----
+    evaluation = config.eval = ml_collections.ConfigDict()
+    evaluation.threshold = 0.5
+    evaluation.best_metric = "mean_roc_auc"   # validation metric that picks the best checkpoint
+    return config

@@ -1,0 +1,170 @@
+"""tf.data pipeline over the prepared cal500exp dataset.
+
+`load_split` yields one example per track: track (name), mel [n_windows, window_frames, n_mels],
+labels [n_windows, n_tags], mask [n_windows]. `bucketed_batches` pads tracks to a few length
+buckets and batches them, so a jitted step compiles once per bucket.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from jaxtag.data.cal500exp import Cal500exp, Cal500expConfig, PreparedSettings
+from jaxtag.data.features import FrontendSettings
+from jaxtag.errors import ConfigError
+from jaxtag.tags import resolve_tags
+
+# The pipeline runs on the host CPU; keep TensorFlow off any accelerator JAX uses.
+tf.config.set_visible_devices([], "GPU")
+
+
+def prepared_settings(config) -> PreparedSettings:
+    """The settings of config that determine the prepared data."""
+    d = config.data
+    if d.unannotated not in ("ignore", "negative"):
+        raise ConfigError(f"data.unannotated must be 'ignore' or 'negative', got {d.unannotated!r}")
+    try:
+        tags = resolve_tags(d.tags)
+    except ValueError as e:
+        raise ConfigError(f"data.tags: {e}") from None
+    synthetic = ()
+    corpus_id = ""
+    if d.root:
+        corpus_id = os.path.abspath(os.path.expanduser(d.root))
+    else:
+        synthetic = tuple(sorted(d.synthetic.to_dict().items()))
+    return PreparedSettings(
+        frontend=FrontendSettings.from_config(d), tags=tags, unannotated=d.unannotated,
+        label_set=d.label_set, label_dir=d.label_dir, audio_dir=d.audio_dir,
+        split_seed=int(d.split_seed), split_fractions=tuple(float(f) for f in d.split_fractions),
+        skip_bad_tracks=bool(d.skip_bad_tracks), synthetic=synthetic, corpus_id=corpus_id)
+
+
+def data_dir(config) -> str:
+    return os.path.expanduser(config.data.data_dir or os.environ.get("JAXTAG_DATA_DIR", "~/jaxtag_data"))
+
+
+def get_builder(config) -> Cal500exp:
+    settings = prepared_settings(config)
+    # TFDS refuses a custom config named like a registered one: pass the name for those.
+    name = settings.config_name
+    builder_config = name if name in Cal500exp.builder_configs else Cal500expConfig.from_settings(settings)
+    return Cal500exp(config=builder_config, data_dir=data_dir(config))
+
+
+def prepare(config) -> Cal500exp:
+    """Build the prepared dataset if it is not there yet (idempotent), and return its builder."""
+    builder = get_builder(config)
+    manual_dir = None
+    if config.data.root:
+        manual_dir = os.path.abspath(os.path.expanduser(config.data.root))
+        if not os.path.isdir(manual_dir):
+            from jaxtag.errors import DataError
+            raise DataError(manual_dir, "data root does not exist (set --config.data.root to a CAL500exp directory)")
+    else:
+        logging.warning("No --config.data.root given: using the built-in SYNTHETIC corpus.")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def _to_windows(window_frames: int):
+    def fn(ex):
+        idx = ex["window_start"][:, None] + tf.range(window_frames, dtype=tf.int32)[None, :]
+        return {"track": ex["track"], "mel": tf.gather(ex["mel"], idx),
+                "labels": ex["labels"], "mask": ex["mask"]}
+    return fn
+
+
+def load_split(config, split: str, *, shuffle: bool | None = None, seed: int | None = None,
+               shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    """One example per track of `split` ("train", "validation", "test"), prepared if needed.
+
+    The train split is shuffled by default: each pass over the returned dataset is a new order,
+    determined by `seed` (default config.seed). `shard=(index, count)` keeps every count-th track,
+    for one host of many.
+    """
+    if split not in ("train", "validation", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    builder = prepare(config)
+    shuffle = split == "train" if shuffle is None else shuffle
+    seed = int(config.seed if seed is None else seed)
+    ds = builder.as_dataset(split=split, shuffle_files=False)
+    if shard[1] > 1:
+        ds = ds.shard(shard[1], shard[0])
+    if shuffle:
+        ds = ds.shuffle(int(config.train.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(_to_windows(int(config.data.window_frames)), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def bucket_length(n_windows: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= n_windows; past the last, the next multiple of the last bucket."""
+    for b in buckets:
+        if n_windows <= b:
+            return int(b)
+    last = int(buckets[-1])
+    return -(-n_windows // last) * last
+
+
+def bucketed_batches(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int]) -> Iterator[dict]:
+    """Batches of `batch_size` tracks of one bucket length, as numpy.
+
+    Each batch: mel [B, L, window, n_mels], labels [B, L, C], mask [B, L] (labelled real windows),
+    present [B, L] (real windows: the LSTM skips padding), track [B] names ("" for batch padding).
+    Tracks are grouped by bucket as they stream; leftovers are flushed as padded batches at the end.
+    """
+    pending: dict[int, list[dict]] = {}
+    for ex in ds.as_numpy_iterator():
+        n = ex["mel"].shape[0]
+        length = bucket_length(n, buckets)
+        pending.setdefault(length, []).append(ex)
+        if len(pending[length]) == batch_size:
+            yield _pad_batch(pending.pop(length), length, batch_size)
+    for length in sorted(pending):
+        yield _pad_batch(pending[length], length, batch_size)
+
+
+def _pad_batch(examples: list[dict], length: int, batch_size: int) -> dict:
+    first = examples[0]
+    _, window, n_mels = first["mel"].shape
+    n_tags = first["labels"].shape[1]
+    mel = np.zeros((batch_size, length, window, n_mels), np.float32)
+    labels = np.zeros((batch_size, length, n_tags), np.float32)
+    mask = np.zeros((batch_size, length), bool)
+    present = np.zeros((batch_size, length), bool)
+    names = [""] * batch_size
+    for i, ex in enumerate(examples):
+        n = ex["mel"].shape[0]
+        mel[i, :n], labels[i, :n], mask[i, :n], present[i, :n] = ex["mel"], ex["labels"], ex["mask"], True
+        names[i] = ex["track"].decode() if isinstance(ex["track"], bytes) else str(ex["track"])
+    return {"mel": mel, "labels": labels, "mask": mask, "present": present, "track": np.array(names)}
+
+
+def summarize(builder: Cal500exp) -> dict:
+    """Tracks per split, windows, label frequency per tag, annotated fraction."""
+    settings: PreparedSettings = builder.builder_config.settings
+    out = {"config": builder.builder_config.name, "data_dir": str(builder.data_dir),
+           "tags": list(settings.tags), "splits": {}}
+    totals = np.zeros(len(settings.tags))
+    n_labelled = 0
+    for split in ("train", "validation", "test"):
+        n_tracks = n_windows = n_masked = frames = annotated = 0
+        for ex in builder.as_dataset(split=split).as_numpy_iterator():
+            n_tracks += 1
+            n_windows += len(ex["mask"])
+            n_masked += int((~ex["mask"]).sum())
+            totals += ex["labels"][ex["mask"]].sum(axis=0)
+            n_labelled += int(ex["mask"].sum())
+            frames += int(ex["n_frames"])
+            annotated += int(ex["n_annotated_frames"])
+        out["splits"][split] = {"tracks": n_tracks, "windows": n_windows, "masked_windows": n_masked,
+                                "frames": frames,
+                                "annotated_fraction": annotated / frames if frames else 0.0}
+    out["label_frequency"] = dict(zip(settings.tags, (totals / max(n_labelled, 1)).tolist()))
+    return out

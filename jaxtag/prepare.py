@@ -1,0 +1,53 @@
+"""python -m jaxtag.prepare --config=configs/cnn_lstm.py [--config.data.root=DIR]
+
+Builds the prepared dataset (mel frames and window labels) once, and prints its summary.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
+_JSON = flags.DEFINE_bool("json", False, "Print the summary as JSON.")
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"Prepared dataset {summary['config']} in {summary['data_dir']}"]
+    lines.append(f"{'split':<12}{'tracks':>8}{'windows':>9}{'masked':>8}{'annotated':>11}")
+    for split, s in summary["splits"].items():
+        lines.append(f"{split:<12}{s['tracks']:>8}{s['windows']:>9}{s['masked_windows']:>8}"
+                     f"{s['annotated_fraction']:>11.3f}")
+    lines.append("Label frequency over labelled windows:")
+    for tag, freq in summary["label_frequency"].items():
+        lines.append(f"  {tag:<40}{freq:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from jaxtag.data import pipeline
+    from jaxtag.errors import JaxtagError
+    start = time.time()
+    try:
+        builder = pipeline.prepare(_CONFIG.value)
+    except JaxtagError as e:
+        logging.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    summary = pipeline.summarize(builder)
+    summary["seconds"] = round(time.time() - start, 2)
+    print(json.dumps(summary, indent=1) if _JSON.value else format_summary(summary))
+    return 0
+
+
+def run():
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,123 @@
+"""The CAL500exp tag vocabulary: the 67 segment-label columns, in the release's column order.
+
+The names are spelled exactly as the release's CSV header (including CAL500's own "Agressive").
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+CAL500EXP_TAGS: tuple[str, ...] = (
+    "Emotion-Angry_/_Agressive",
+    "Emotion-Arousing_/_Awakening",
+    "Emotion-Bizarre_/_Weird",
+    "Emotion-Calming_/_Soothing",
+    "Emotion-Carefree_/_Lighthearted",
+    "Emotion-Cheerful_/_Festive",
+    "Emotion-Emotional_/_Passionate",
+    "Emotion-Exciting_/_Thrilling",
+    "Emotion-Happy",
+    "Emotion-Laid-back_/_Mellow",
+    "Emotion-Light_/_Playful",
+    "Emotion-Loving_/_Romantic",
+    "Emotion-Pleasant_/_Comfortable",
+    "Emotion-Positive_/_Optimistic",
+    "Emotion-Powerful_/_Strong",
+    "Emotion-Sad",
+    "Emotion-Tender_/_Soft",
+    "Emotion-Touching_/_Loving",
+    "Instrument_-_Acoustic_Guitar",
+    "Instrument_-_Ambient_Sounds",
+    "Instrument_-_Backing_vocals",
+    "Instrument_-_Bass",
+    "Instrument_-_Drum_Machine",
+    "Instrument_-_Drum_Set",
+    "Instrument_-_Electric_Guitar_(clean)",
+    "Instrument_-_Electric_Guitar_(distorted)",
+    "Instrument_-_Female_Lead_Vocals",
+    "Instrument_-_Hand_Drums",
+    "Instrument_-_Harmonica",
+    "Instrument_-_Horn_Section",
+    "Instrument_-_Male_Lead_Vocals",
+    "Instrument_-_Organ",
+    "Instrument_-_Piano",
+    "Instrument_-_Samples",
+    "Instrument_-_Saxophone",
+    "Instrument_-_Sequencer",
+    "Instrument_-_String_Ensemble",
+    "Instrument_-_Synthesizer",
+    "Instrument_-_Tambourine",
+    "Instrument_-_Trombone",
+    "Instrument_-_Trumpet",
+    "Instrument_-_Violin/Fiddle",
+    "Vocals-Aggressive",
+    "Vocals-Altered_with_Effects",
+    "Vocals-Breathy",
+    "Vocals-Call_&_Response",
+    "Vocals-Duet",
+    "Vocals-Emotional",
+    "Vocals-Falsetto",
+    "Vocals-Gravelly",
+    "Vocals-High-pitched",
+    "Vocals-Low-pitched",
+    "Vocals-Monotone",
+    "Vocals-Rapping",
+    "Vocals-Screaming",
+    "Vocals-Spoken",
+    "Vocals-Strong",
+    "Vocals-Vocal_Harmonies",
+    "Instrument_-_Acoustic_Guitar-Solo",
+    "Instrument_-_Electric_Guitar_(clean)-Solo",
+    "Instrument_-_Electric_Guitar_(distorted)-Solo",
+    "Instrument_-_Female_Lead_Vocals-Solo",
+    "Instrument_-_Harmonica-Solo",
+    "Instrument_-_Male_Lead_Vocals-Solo",
+    "Instrument_-_Piano-Solo",
+    "Instrument_-_Saxophone-Solo",
+    "Instrument_-_Trumpet-Solo",
+)
+
+# Tag categories, recognised by name (see ../shared/cal500exp.md): 18 + 24 + 16 + 9 = 67.
+CATEGORIES = ("emotion", "instrument", "vocals", "solo")
+
+
+def tag_category(tag: str) -> str:
+    """The category of a CAL500exp tag name."""
+    if tag.endswith("-Solo"):
+        return "solo"
+    if tag.startswith("Emotion-"):
+        return "emotion"
+    if tag.startswith("Vocals-"):
+        return "vocals"
+    if tag.startswith("Instrument_-_"):
+        return "instrument"
+    raise ValueError(f"not a CAL500exp tag: {tag!r}")
+
+
+EMOTION_TAGS: tuple[str, ...] = tuple(t for t in CAL500EXP_TAGS if tag_category(t) == "emotion")
+
+
+def resolve_tags(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """Turn a tag-subset spec into tag names.
+
+    `spec` is "emotion" (the paper's 18), "all" (67), a category name ("instrument", ...),
+    a comma-separated string of tag names, or a sequence of tag names.
+    """
+    if isinstance(spec, str):
+        key = spec.strip()
+        if key == "all":
+            return CAL500EXP_TAGS
+        if key in CATEGORIES:
+            return tuple(t for t in CAL500EXP_TAGS if tag_category(t) == key)
+        names = [s.strip() for s in key.split(",") if s.strip()]
+    else:
+        names = [str(s) for s in spec]
+    if not names:
+        raise ValueError("the tag subset is empty")
+    unknown = [n for n in names if n not in CAL500EXP_TAGS]
+    if unknown:
+        raise ValueError(
+            f"unknown tag(s) {unknown}; use 'emotion', 'all', one of {list(CATEGORIES)}, "
+            "or CAL500exp tag names spelled as in the CSV header")
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate tags in {names}")
+    return tuple(names)

@@ -1,0 +1,37 @@
+"""jaxtag: time-varying semantic music tagging in JAX/Flax (Shan, "From music to semantics")."""
+from setuptools import find_packages, setup
+
+setup(
+    name="jaxtag",
+    version="0.1.0",
+    description="Learn time-varying semantic tags (emotion first) from music audio with JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["jaxtag", "jaxtag.*"]),
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.11",
+        "librosa>=0.10.2",
+        "soundfile>=0.12.1",
+        "numpy>=1.26",
+        "tensorflow-cpu>=2.16",
+        "tensorflow-datasets>=4.9.6",
+        "importlib_resources",  # imported by tensorflow-datasets but not declared by it
+        "absl-py>=2.1",
+        "ml-collections>=0.1.1",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "jaxtag-train=jaxtag.main:run",
+            "jaxtag-prepare=jaxtag.prepare:run",
+        ],
+    },
+)
