@@ -24,9 +24,11 @@ setup(
         "absl-py>=2.1",
         "ml-collections>=0.1.1",
         "matplotlib>=3.8",
+        "tensorboard>=2.16",  # tf.summary event files; tensorflow-cpu does not pull it in
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4"],
+        # dill: imported by tfds.testing; scikit-learn: independent reference metrics.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "dill"],
     },
     entry_points={
         "console_scripts": [

@@ -28,6 +28,8 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv):
+    from jaxtag.logs import setup_cli_logging
+    setup_cli_logging()
     del argv
     from jaxtag.data import pipeline
     from jaxtag.errors import JaxtagError

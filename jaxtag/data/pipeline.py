@@ -57,8 +57,14 @@ def get_builder(config) -> Cal500exp:
     return Cal500exp(config=builder_config, data_dir=data_dir(config))
 
 
+_PREPARED: dict[tuple[str, str], Cal500exp] = {}
+
+
 def prepare(config) -> Cal500exp:
     """Build the prepared dataset if it is not there yet (idempotent), and return its builder."""
+    cache_key = (prepared_settings(config).config_name, data_dir(config))
+    if cache_key in _PREPARED:  # already prepared in this process
+        return _PREPARED[cache_key]
     builder = get_builder(config)
     manual_dir = None
     if config.data.root:
@@ -69,6 +75,7 @@ def prepare(config) -> Cal500exp:
     else:
         logging.warning("No --config.data.root given: using the built-in SYNTHETIC corpus.")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    _PREPARED[cache_key] = builder
     return builder
 
 

@@ -68,8 +68,9 @@ class Cal500expConfig(tfds.core.BuilderConfig):
 
     @classmethod
     def from_settings(cls, settings: PreparedSettings) -> "Cal500expConfig":
+        kind = "jaxtag's synthetic corpus" if settings.synthetic else "a CAL500exp-layout corpus"
         return cls(name=settings.config_name, settings=settings,
-                   description=f"jaxtag prepared data: {settings.to_json()}")
+                   description=f"{kind}; settings in the dataset's metadata")
 
 
 DEFAULT_SYNTHETIC = (("max_seconds", 40.0), ("min_seconds", 24.0), ("num_tracks", 60),
@@ -119,6 +120,9 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
         s: PreparedSettings = self.builder_config.settings
         root = self._corpus_root(dl_manager)
         tracks = corpus.find_tracks(root, s.audio_dir, s.label_set, s.label_dir, s.skip_bad_tracks)
+        if s.skip_bad_tracks:
+            # Drop unreadable tracks before splitting, so a split is never left empty by them.
+            tracks = [t for t in tracks if _readable(t, s)]
         split = corpus.make_split([t.name for t in tracks], s.split_seed, s.split_fractions)
         by_name = {t.name: t for t in tracks}
         return {name: self._generate_examples([by_name[n] for n in split[name]]) for name in corpus.SPLITS}
@@ -134,6 +138,21 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
                     logging.warning("Skipping bad track %s: %s", track.name, result)
                     continue
                 yield track.name, result
+
+
+def _readable(track: corpus.Track, s: PreparedSettings) -> bool:
+    """Cheap check (labels parse, audio header decodes); full decoding happens in track_example."""
+    import soundfile as sf
+    try:
+        labels.read_segments(track.label_path, s.tags)
+        sf.info(track.audio_path)
+        return True
+    except DataError as e:
+        problem = str(e)
+    except Exception as e:  # soundfile raises several types for unreadable files
+        problem = f"{track.audio_path}: cannot decode audio ({type(e).__name__}: {e})"
+    logging.warning("Skipping bad track %s: %s", track.name, problem)
+    return False
 
 
 def _try_example(track: corpus.Track, s: PreparedSettings):

@@ -1,0 +1,83 @@
+"""Checkpoints with orbax: the latest few (to resume) and the best by a validation metric.
+
+Each checkpoint holds `params`, `opt_state` (latest only) and `meta`: a JSON record of the config,
+tag names, frontend settings, epoch and metrics, so a checkpoint alone is enough to tag new audio.
+orbax writes to a temporary directory and renames it when complete, so a crash never leaves a
+half-written checkpoint under a real step, and a finished one is never overwritten.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from jaxtag.errors import CheckpointError
+
+LATEST, BEST = "latest", "best"
+
+
+def _manager(path: str, max_to_keep: int, best: bool, create: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=create,
+        best_fn=(lambda m: m["score"]) if best else None, best_mode="max")
+    return ocp.CheckpointManager(os.path.abspath(path), options=options)
+
+
+class CheckpointStore:
+    """The two orbax managers of a workdir: <workdir>/checkpoints/{latest,best}."""
+
+    def __init__(self, workdir: str, keep: int = 2):
+        root = os.path.join(workdir, "checkpoints")
+        self.latest = _manager(os.path.join(root, LATEST), keep, best=False)
+        self.best = _manager(os.path.join(root, BEST), 1, best=True)
+
+    def save(self, step: int, params, opt_state, meta: dict, score: float | None, is_best: bool) -> None:
+        self.latest.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta)))
+        if is_best:
+            self.best.save(step, metrics={"score": float(score)}, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+
+    def restore_latest(self, params_target, opt_state_target) -> tuple[Any, Any, dict] | None:
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        out = self.latest.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(params_target),
+            opt_state=ocp.args.StandardRestore(opt_state_target), meta=ocp.args.JsonRestore()))
+        return out["params"], out["opt_state"], out["meta"]
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def restore_for_inference(workdir: str, which: str = BEST, params_target=None) -> tuple[Any, dict]:
+    """(params, meta) of the best or latest checkpoint of a workdir, or of a given step number."""
+    root = os.path.join(workdir, "checkpoints")
+    kind = LATEST if which not in (BEST, LATEST) else which
+    path = os.path.join(root, kind)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{workdir}: no checkpoint found (expected {path}); train first")
+    mngr = _manager(path, 1, best=False, create=False)
+    try:
+        steps = mngr.all_steps()
+        if not steps:
+            raise CheckpointError(f"{workdir}: no finished checkpoint in {path}; train first")
+        if which in (BEST, LATEST):
+            step = max(steps)  # the best manager keeps exactly one
+        else:
+            step = int(which)
+            if step not in steps:
+                raise CheckpointError(f"{workdir}: no checkpoint at step {step}; have {sorted(steps)}")
+        out = mngr.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
+    finally:
+        mngr.close()
+    return out["params"], out["meta"]

@@ -1,0 +1,40 @@
+"""Check a config before any work, so an impossible value fails at once with the reason."""
+from __future__ import annotations
+
+from jaxtag.errors import ConfigError
+
+
+def validate_config(config) -> None:
+    from jaxtag.losses import LOSSES
+    from jaxtag.models import MODELS
+    from jaxtag.tags import resolve_tags
+    d, m, t = config.data, config.model, config.train
+    problems = []
+    if m.name not in MODELS:
+        problems.append(f"model.name {m.name!r} is not one of {sorted(MODELS)}")
+    if t.loss not in LOSSES:
+        problems.append(f"train.loss {t.loss!r} is not one of {sorted(LOSSES)}")
+    try:
+        resolve_tags(d.tags)
+    except ValueError as e:
+        problems.append(f"data.tags: {e}")
+    for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "window_hop"):
+        if int(d[name]) <= 0:
+            problems.append(f"data.{name} must be positive, got {d[name]}")
+    if d.window_hop > d.window_frames:
+        problems.append(f"data.window_hop ({d.window_hop}) exceeds data.window_frames ({d.window_frames})")
+    n_pools = len(m.conv_channels) // 2
+    if min(d.window_frames, d.n_mels) < 2 ** n_pools:
+        problems.append(f"window_frames and n_mels must be at least {2 ** n_pools} for {n_pools} pooling layers")
+    if d.unannotated not in ("ignore", "negative"):
+        problems.append(f"data.unannotated must be 'ignore' or 'negative', got {d.unannotated!r}")
+    if not t.learning_rate > 0:
+        problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
+    if t.batch_size < 1 or t.num_epochs < 0:
+        problems.append("train.batch_size must be >= 1 and train.num_epochs >= 0")
+    if not t.length_buckets or list(t.length_buckets) != sorted(set(t.length_buckets)) or min(t.length_buckets) < 1:
+        problems.append(f"train.length_buckets must be increasing positive numbers, got {t.length_buckets}")
+    if not 0.0 < config.eval.threshold < 1.0:
+        problems.append(f"eval.threshold must lie in (0, 1), got {config.eval.threshold}")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))

@@ -1,0 +1,51 @@
+"""python -m jaxtag.main --config=configs/cnn_lstm.py [--workdir=DIR] [--mode=train|eval] [--config.x=...]
+
+Trains (resuming from the latest checkpoint in --workdir) and evaluates the best checkpoint on the
+test split. With no --config.data.root, the built-in synthetic corpus is prepared and used.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<config name>.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or only evaluate.")
+
+
+def default_workdir(config_path: str) -> str:
+    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    return os.path.join("runs", name)
+
+
+def main(argv):
+    from jaxtag.logs import setup_cli_logging
+    setup_cli_logging()
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from jaxtag import evaluation, train
+    from jaxtag.errors import JaxtagError
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+    logging.info("workdir: %s", workdir)
+    try:
+        if _MODE.value == "train":
+            train.train_and_evaluate(config, workdir)
+        else:
+            evaluation.evaluate_checkpoint(config, workdir, "test")
+    except JaxtagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run():
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

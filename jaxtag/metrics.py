@@ -1,0 +1,103 @@
+"""Evaluation metrics (paper 5) plus the field's standard ones.
+
+Every function takes per-track arrays: scores [W, C] (probabilities), labels [W, C] in {0, 1} and
+mask [W] (windows that count).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def track_accuracy(scores, labels, mask, threshold) -> np.ndarray:
+    """Per-tag accuracy (TP+TN)/(TP+TN+FP+FN) of thresholded scores over a track's unmasked windows.
+    NaN for every tag when the track has no unmasked window. `threshold`: scalar or per tag."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.full(np.shape(labels)[-1], np.nan)
+    pred = np.asarray(scores)[mask] >= np.asarray(threshold)
+    return np.mean(pred == (np.asarray(labels)[mask] > 0.5), axis=0)
+
+
+def mean_average_accuracy(tracks: Sequence[tuple], threshold=0.5) -> np.ndarray:
+    """MAA per tag (paper 5): per-track accuracies averaged over the N tracks that have an
+    unmasked window. tracks: sequence of (scores, labels, mask)."""
+    accs = [track_accuracy(s, l, m, threshold) for s, l, m in tracks if np.any(m)]
+    if not accs:
+        raise ValueError("no track has an unmasked window")
+    return np.mean(accs, axis=0)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve for one tag (Mann-Whitney U, ties count 1/2). NaN if one class is absent."""
+    scores = np.asarray(scores, np.float64)
+    pos = np.asarray(labels) > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # Average ranks over ties.
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """PR-AUC as average precision (sum over thresholds of precision x recall step). NaN without positives."""
+    scores = np.asarray(scores, np.float64)
+    pos = np.asarray(labels) > 0.5
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], pos[order]
+    tp = np.cumsum(y)
+    fp = np.cumsum(~y)
+    # One point per distinct threshold: the last index of each run of tied scores.
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    precision = tp[last] / (tp[last] + fp[last])
+    recall = tp[last] / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, np.float64)
+    return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
+
+
+def evaluate(tracks: Mapping[str, tuple], tags: Sequence[str], threshold=0.5) -> dict:
+    """All metrics for {track: (scores, labels, mask)}.
+
+    maa: paper's per-tag MAA; baseline_maa: MAA of predicting every tag absent; roc_auc and pr_auc:
+    per tag over all unmasked windows pooled (NaN where a tag has one class only; macro means skip
+    those); f1 per tag at the threshold.
+    """
+    items = list(tracks.values())
+    maa = mean_average_accuracy(items, threshold)
+    baseline = mean_average_accuracy([(np.zeros_like(np.asarray(l, np.float64)), l, m) for _, l, m in items], 0.5)
+    scores = np.concatenate([np.asarray(s)[np.asarray(m, bool)] for s, _, m in items])
+    labels = np.concatenate([np.asarray(l)[np.asarray(m, bool)] for _, l, m in items])
+    rocs = [roc_auc(scores[:, k], labels[:, k]) for k in range(len(tags))]
+    aps = [average_precision(scores[:, k], labels[:, k]) for k in range(len(tags))]
+    thr = np.broadcast_to(np.asarray(threshold, np.float64), (len(tags),))
+    pred = scores >= thr
+    truth = labels > 0.5
+    tp = (pred & truth).sum(0)
+    denominator = 2 * tp + (pred & ~truth).sum(0) + (~pred & truth).sum(0)  # 2TP + FP + FN
+    f1 = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), np.nan)
+    per = lambda v: {t: float(x) for t, x in zip(tags, v)}
+    return {
+        "tags": list(tags),
+        "threshold": thr.tolist() if np.ndim(threshold) else float(threshold),
+        "num_tracks": len(items), "num_windows": int(len(scores)),
+        "maa": per(maa), "mean_maa": _nanmean(maa),
+        "baseline_maa": per(baseline), "mean_baseline_maa": _nanmean(baseline),
+        "roc_auc": per(rocs), "mean_roc_auc": _nanmean(rocs),
+        "pr_auc": per(aps), "mean_pr_auc": _nanmean(aps),
+        "f1": per(f1), "mean_f1": _nanmean(f1),
+        "positive_rate": per(truth.mean(0)),
+    }

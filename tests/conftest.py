@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny prepared synthetic corpus, a CAL500exp-format writer, the real CSVs."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from jaxtag.tags import CAL500EXP_TAGS  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "cal500exp"
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jaxtag_data"))
+
+
+def tiny_config(data_dir: str, **overrides):
+    from configs import tiny
+    config = tiny.get_config()
+    config.data.data_dir = data_dir
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="session")
+def prepared_tiny(data_dir):
+    """The tiny synthetic corpus, prepared once per session: (config, builder)."""
+    from jaxtag.data import pipeline
+    config = tiny_config(data_dir)
+    return config, pipeline.prepare(config)
+
+
+def write_csv(path, rows, tags=CAL500EXP_TAGS, header=None, newline="\n", bom=False):
+    """rows: (start, end, {tag: value}). Writes the release's layout and %.6f formatting."""
+    header = header or ["Start_Time", "End_Time", *tags]
+    lines = [",".join(header)]
+    for start, end, values in rows:
+        lines.append(",".join([f"{start:.6f}", f"{end:.6f}"] + [f"{values.get(t, 0.0):.6f}" for t in header[2:]]))
+    text = newline.join(lines) + newline
+    data = text.encode("utf-8")
+    with open(path, "wb") as f:
+        f.write((b"\xef\xbb\xbf" if bom else b"") + data)
+    return str(path)
+
+
+def write_tone(path, seconds, sr=22050, freq=440.0, channels=1, fmt=None):
+    import soundfile as sf
+    t = np.arange(int(seconds * sr)) / sr
+    y = 0.3 * np.sin(2 * np.pi * freq * t).astype(np.float32)
+    if channels > 1:
+        y = np.stack([y * (1 + 0.1 * c) for c in range(channels)], axis=1)
+    sf.write(str(path), y, sr, format=fmt)
+    return str(path)
+
+
+def make_corpus(root, tracks: dict, audio_ext="wav", nested=True):
+    """A CAL500exp-layout directory. tracks: name -> (seconds, rows)."""
+    root = pathlib.Path(root)
+    audio = root / "CAL500_32kps"
+    labels = root / "SegLabelHard" / ("SegLabelHard" if nested else "")
+    audio.mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    for i, (name, (seconds, rows)) in enumerate(tracks.items()):
+        write_tone(audio / f"{name}.{audio_ext}", seconds, freq=220.0 * (1 + i % 4))
+        write_csv(labels / f"{name}.csv", rows)
+    return str(root)

@@ -1,0 +1,82 @@
+"""Model shapes (the paper's sizes), padding invariance and temporal context."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import default
+from jaxtag.models import MODELS, create_model
+
+
+def model_config(name, tiny=True, **kw):
+    config = default.get_config().model
+    config.name = name
+    if tiny:
+        config.conv_channels, config.dense_sizes, config.lstm_size = (4, 4, 8, 8), (32, 24, 16), 12
+    config.update(kw)
+    return config
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_lstm"])
+def test_paper_sizes(name):
+    model = create_model(model_config(name, tiny=False), 18)
+    mel = jax.ShapeDtypeStruct((1, 5, 128, 128), jnp.float32)
+    present = jax.ShapeDtypeStruct((1, 5), jnp.bool_)
+    key = jax.random.PRNGKey(0)
+    params = jax.eval_shape(lambda m, p: model.init({"params": key, "lstm_state": key}, m, p), mel, present)["params"]
+    out = jax.eval_shape(lambda w, m, p: model.apply({"params": w}, m, p, rngs={"lstm_state": key}),
+                         params, mel, present)
+    assert out.shape == (1, 5, 18)
+    # Paper 4.1: conv 1->20->40, pool, 40->80->80, pool: 80 x 32 x 32 = 81920 features into dense 1000.
+    assert params["trunk"]["conv0"]["kernel"].shape == (3, 3, 1, 20)
+    assert params["trunk"]["conv3"]["kernel"].shape == (3, 3, 80, 80)
+    assert params["dense0"]["kernel"].shape == (81920, 1000)
+    if name == "cnn_lstm":  # Paper 4.2: [dense-1000, LSTM-500] = 1500 into dense 800.
+        assert params["dense1"]["kernel"].shape == (1500, 800)
+    else:
+        assert params["dense1"]["kernel"].shape == (1000, 800)
+    assert params["out"]["kernel"].shape == (600, 18)
+
+
+def _run(model, mel, present, key=0):
+    k = jax.random.PRNGKey(key)
+    params = model.init({"params": jax.random.PRNGKey(1), "lstm_state": k}, mel, present)
+    return lambda m, p: np.asarray(model.apply(params, m, p, rngs={"lstm_state": k}))
+
+
+@pytest.mark.parametrize("initial_state", ["random", "zeros"])
+def test_padding_windows_do_not_change_real_windows(initial_state):
+    model = create_model(model_config("cnn_lstm", lstm_initial_state=initial_state), 18)
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(size=(2, 5, 32, 32)).astype(np.float32)
+    present = np.ones((2, 5), bool)
+    apply = _run(model, mel, present)
+    out = apply(mel, present)
+    padded = np.concatenate([mel, rng.uniform(size=(2, 3, 32, 32)).astype(np.float32) * 100], axis=1)
+    padded_present = np.concatenate([present, np.zeros((2, 3), bool)], axis=1)
+    out_padded = apply(padded, padded_present)
+    np.testing.assert_allclose(out_padded[:, :5], out, rtol=1e-5, atol=1e-6)
+    assert np.all((out >= 0) & (out <= 1))  # sigmoid outputs
+
+
+def test_lstm_carries_context_and_cnn_does_not():
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(size=(1, 4, 32, 32)).astype(np.float32)
+    changed = mel.copy()
+    changed[0, 0] *= 3.0
+    present = np.ones((1, 4), bool)
+    for name, expect_change in [("cnn", False), ("cnn_lstm", True)]:
+        apply = _run(create_model(model_config(name), 18), mel, present)
+        differs = not np.allclose(apply(mel, present)[0, 3], apply(changed, present)[0, 3], atol=1e-7)
+        assert differs == expect_change, name
+
+
+def test_logit_output_and_registry():
+    model = create_model(model_config("cnn", output_activation="none"), 3)
+    mel = np.full((1, 2, 32, 32), 50.0, np.float32)
+    out = _run(model, mel, np.ones((1, 2), bool))(mel, np.ones((1, 2), bool))
+    assert out.shape == (1, 2, 3)
+    assert set(MODELS) >= {"cnn", "cnn_lstm"}
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model(model_config("transformer_xl"), 3)
