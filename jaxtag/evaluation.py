@@ -15,13 +15,7 @@ from absl import logging
 from jaxtag import checkpoint as ckpt_lib
 from jaxtag import metrics as metrics_lib
 from jaxtag.data import pipeline
-
-
-def to_probabilities(scores: np.ndarray, output_activation: str) -> np.ndarray:
-    """Model outputs as probabilities: sigmoid outputs pass through, logits get a sigmoid."""
-    if output_activation == "none":
-        return 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
-    return np.asarray(scores)
+from jaxtag.models import to_probabilities
 
 
 def predict_split(config, split: str, params, predict_step, key) -> dict[str, tuple]:

@@ -40,6 +40,16 @@ def prepared_tiny(data_dir):
     return config, pipeline.prepare(config)
 
 
+@pytest.fixture(scope="session")
+def trained(prepared_tiny, tmp_path_factory):
+    """A tiny run trained and evaluated once per session: (config, workdir, test metrics).
+    Tests must not modify the workdir (copy it first)."""
+    from jaxtag import train
+    config, _ = prepared_tiny
+    workdir = str(tmp_path_factory.mktemp("run"))
+    return config, workdir, train.train_and_evaluate(config, workdir)
+
+
 def write_csv(path, rows, tags=CAL500EXP_TAGS, header=None, newline="\n", bom=False):
     """rows: (start, end, {tag: value}). Writes the release's layout and %.6f formatting."""
     header = header or ["Start_Time", "End_Time", *tags]

@@ -1,6 +1,7 @@
 """Training: one step learns, one compilation per bucket, the whole loop on the tiny config, resume."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -46,14 +47,6 @@ def test_train_step_compiles_once_per_bucket(data_dir):
     assert step._cache_size() == 2
 
 
-@pytest.fixture(scope="module")
-def trained(prepared_tiny, tmp_path_factory):
-    config, _ = prepared_tiny
-    workdir = str(tmp_path_factory.mktemp("run"))
-    result = train.train_and_evaluate(config, workdir)
-    return config, workdir, result
-
-
 def test_train_and_evaluate_writes_checkpoints_and_metrics(trained):
     config, workdir, result = trained
     assert os.listdir(os.path.join(workdir, "checkpoints", "latest"))
@@ -86,7 +79,9 @@ def test_metrics_json_maa_is_recomputed_from_the_predictions_file(trained):
 
 
 def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
-    config, workdir, _ = trained
+    config, original, _ = trained
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)  # other tests use the original run
     import orbax.checkpoint as ocp
     first = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest")).latest_step()
     config = tiny_config(config.data.data_dir, **{"train.num_epochs": 3})
@@ -108,7 +103,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
-    config, workdir, _ = trained
+    config, original, _ = trained
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
     os.remove(os.path.join(workdir, "eval", "test_metrics.json"))
     out = _cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}", "--mode=eval",
                f"--config.data.data_dir={config.data.data_dir}", cwd=REPO)

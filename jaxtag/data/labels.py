@@ -30,10 +30,11 @@ class Segments:
     tags: tuple[str, ...]
 
 
-def read_segments(path: str | os.PathLike, tags: Sequence[str]) -> Segments:
+def read_segments(path: str | os.PathLike, tags: Sequence[str], require_all: bool = True) -> Segments:
     """Read a CAL500exp segment CSV and keep the columns of `tags`.
 
-    The header must be Start_Time, End_Time and exactly the 67 CAL500exp tag columns (any order).
+    The header must be Start_Time, End_Time and exactly the 67 CAL500exp tag columns (any order);
+    with require_all=False (e.g. jaxtag.tag's own CSVs), any known columns that include `tags`.
     Rows are sorted by Start_Time (the release is not in time order). A UTF-8 BOM and Windows
     line endings are accepted. Anything else malformed raises DataError naming the file and row.
     """
@@ -55,7 +56,7 @@ def read_segments(path: str | os.PathLike, tags: Sequence[str]) -> Segments:
         raise DataError(path, f"header must start with Start_Time,End_Time; found {header[:2]}")
     columns = header[2:]
     unknown = sorted(set(columns) - set(CAL500EXP_TAGS))
-    missing = [t for t in CAL500EXP_TAGS if t not in columns]
+    missing = [t for t in (CAL500EXP_TAGS if require_all else tags) if t not in columns]
     if unknown:
         raise DataError(path, f"unknown tag column(s) {unknown}")
     if missing:

@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from jaxtag.data.buckets import bucket_length
 from jaxtag.data.cal500exp import Cal500exp, Cal500expConfig, PreparedSettings
 from jaxtag.data.features import FrontendSettings
 from jaxtag.errors import ConfigError
@@ -108,15 +109,6 @@ def load_split(config, split: str, *, shuffle: bool | None = None, seed: int | N
     ds = ds.map(_to_windows(int(config.data.window_frames)), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def bucket_length(n_windows: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n_windows; past the last, the next multiple of the last bucket."""
-    for b in buckets:
-        if n_windows <= b:
-            return int(b)
-    last = int(buckets[-1])
-    return -(-n_windows // last) * last
 
 
 def bucketed_batches(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int]) -> Iterator[dict]:

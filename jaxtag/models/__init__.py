@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import flax.linen as nn
+import numpy as np
 
 from jaxtag.models.cnn import CNN, CNNLSTM
 
@@ -20,3 +21,10 @@ def create_model(model_config, num_tags: int) -> nn.Module:
     if name == "cnn_lstm":
         kwargs.update(lstm_size=model_config.lstm_size, lstm_initial_state=model_config.lstm_initial_state)
     return cls(**kwargs)
+
+
+def to_probabilities(scores, output_activation: str) -> np.ndarray:
+    """Model outputs as probabilities: sigmoid outputs pass through, logits get a sigmoid."""
+    if output_activation == "none":
+        return 1.0 / (1.0 + np.exp(-np.asarray(scores, np.float64)))
+    return np.asarray(scores)

@@ -4,6 +4,9 @@ cnn_lstm an LSTM run with nn.scan along each track's windows.
 Inputs are whole tracks, padded to a bucket length: mel [B, L, frames, n_mels] and present [B, L]
 (False for padding windows). Outputs are per-window scores [B, L, n_tags]: sigmoid probabilities
 (the paper) or logits when output_activation is "none".
+
+Every model has two stages: `encode` (per window, independent: can run in chunks of windows in
+bounded memory) and `decode` (across a track's windows: cheap). `__call__` chains them.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ class ConvTrunk(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
-def _activate(scores, output_activation: str):
+def activate(scores, output_activation: str):
     if output_activation == "sigmoid":
         return nn.sigmoid(scores)
     if output_activation == "none":
@@ -44,21 +47,28 @@ class CNN(nn.Module):
     dense_sizes: Sequence[int] = (1000, 800, 600)
     output_activation: str = "sigmoid"
 
-    def window_features(self, mel):
+    def setup(self):
+        self.trunk = ConvTrunk(self.conv_channels)
+        self.dense = [nn.Dense(size) for size in self.dense_sizes]
+        self.out = nn.Dense(self.num_tags)
+
+    def encode(self, mel):
         """Per-window features after the first dense layer: [B, L, dense_sizes[0]]."""
         b, l = mel.shape[:2]
-        h = ConvTrunk(self.conv_channels, name="trunk")(mel.reshape((b * l,) + mel.shape[2:]))
-        return nn.relu(nn.Dense(self.dense_sizes[0], name="dense0")(h)).reshape(b, l, -1)
+        h = self.trunk(mel.reshape((b * l,) + mel.shape[2:]))
+        return nn.relu(self.dense[0](h)).reshape(b, l, -1)
 
     def head(self, h):
-        for i, size in enumerate(self.dense_sizes[1:], start=1):
-            h = nn.relu(nn.Dense(size, name=f"dense{i}")(h))
-        return _activate(nn.Dense(self.num_tags, name="out")(h), self.output_activation)
+        for layer in self.dense[1:]:
+            h = nn.relu(layer(h))
+        return activate(self.out(h), self.output_activation)
 
-    @nn.compact
-    def __call__(self, mel, present):
+    def decode(self, features, present):
         del present  # windows are independent: padding cannot affect real windows
-        return self.head(self.window_features(mel))
+        return self.head(features)
+
+    def __call__(self, mel, present):
+        return self.decode(self.encode(mel), present)
 
 
 class MaskedLSTMStep(nn.Module):
@@ -79,18 +89,21 @@ class CNNLSTM(CNN):
     lstm_size: int = 500
     lstm_initial_state: str = "random"   # the paper's random initial state, or "zeros"
 
-    @nn.compact
-    def __call__(self, mel, present):
-        h = self.window_features(mel)
-        b = h.shape[0]
-        shape = (b, self.lstm_size)
-        if self.lstm_initial_state == "random":
-            c0, h0 = jax.random.normal(self.make_rng("lstm_state"), (2,) + shape, h.dtype)
-        elif self.lstm_initial_state == "zeros":
-            c0 = h0 = jnp.zeros(shape, h.dtype)
-        else:
-            raise ValueError(f"lstm_initial_state must be 'random' or 'zeros', got {self.lstm_initial_state!r}")
+    def setup(self):
+        super().setup()
         scan = nn.scan(MaskedLSTMStep, variable_broadcast="params", split_rngs={"params": False},
                        in_axes=1, out_axes=1)
-        _, y = scan(self.lstm_size, name="lstm")((c0, h0), (h, present))
-        return self.head(jnp.concatenate([h, y], axis=-1))
+        self.lstm = scan(self.lstm_size)
+
+    def initial_state(self, batch: int, dtype):
+        shape = (batch, self.lstm_size)
+        if self.lstm_initial_state == "random":
+            c0, h0 = jax.random.normal(self.make_rng("lstm_state"), (2,) + shape, dtype)
+            return c0, h0
+        if self.lstm_initial_state == "zeros":
+            return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+        raise ValueError(f"lstm_initial_state must be 'random' or 'zeros', got {self.lstm_initial_state!r}")
+
+    def decode(self, features, present):
+        _, y = self.lstm(self.initial_state(features.shape[0], features.dtype), (features, present))
+        return self.head(jnp.concatenate([features, y], axis=-1))

@@ -1,0 +1,71 @@
+"""Pictures: the taggram heat map above the waveform, and the paper's Figure-4 style bars."""
+from __future__ import annotations
+
+import numpy as np
+
+from jaxtag.taggram import Taggram
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def short_tag(tag: str) -> str:
+    """'Emotion-Angry_/_Agressive' -> 'Angry / Agressive' for axis labels."""
+    for prefix in ("Emotion-", "Instrument_-_", "Vocals-"):
+        if tag.startswith(prefix):
+            tag = tag[len(prefix):]
+    return tag.replace("_", " ")
+
+
+def plot_taggram(taggram: Taggram, path: str) -> None:
+    plt = _pyplot()
+    n_tags = len(taggram.tags)
+    fig, (ax, wave) = plt.subplots(2, 1, figsize=(12, 2.0 + 0.28 * n_tags), sharex=True,
+                                   gridspec_kw={"height_ratios": [max(n_tags, 4) * 0.28, 1.2]})
+    # Each window's scores are drawn over the stretch nearest its centre (as Taggram.segments).
+    c = taggram.centres
+    bounds = np.r_[0.0, (c[:-1] + c[1:]) / 2, taggram.duration]
+    mesh = ax.pcolormesh(bounds, np.arange(n_tags + 1), taggram.scores.T, cmap="magma", vmin=0, vmax=1,
+                         shading="flat")
+    active = taggram.active
+    for k in range(len(c)):
+        for j in np.nonzero(active[k])[0]:
+            ax.plot([bounds[k], bounds[k + 1]], [j + 0.5, j + 0.5], color="#2dd4bf", lw=1.5)
+    ax.set_yticks(np.arange(n_tags) + 0.5)
+    ax.set_yticklabels([short_tag(t) for t in taggram.tags], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(f"{taggram.source}  ({taggram.model}; line = tag on)", fontsize=9, loc="left")
+    fig.colorbar(mesh, ax=[ax, wave], fraction=0.02, pad=0.01, label="score")
+    if taggram.envelope is not None and len(taggram.envelope):
+        t = np.linspace(0, taggram.duration, len(taggram.envelope))
+        wave.fill_between(t, taggram.envelope[:, 0], taggram.envelope[:, 1], color="#475569", lw=0)
+    wave.set_xlim(0, taggram.duration)
+    wave.set_xlabel("time (s)")
+    wave.set_yticks([])
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_maa_bars(runs: dict[str, dict], path: str) -> None:
+    """Per-tag MAA of one or more runs side by side, with the all-negative baseline (paper Fig. 4)."""
+    plt = _pyplot()
+    names = list(runs)
+    tags = runs[names[0]]["tags"]
+    x = np.arange(len(tags))
+    width = 0.8 / (len(names) + 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(tags)), 4.5))
+    for i, name in enumerate(names):
+        ax.bar(x + i * width, [runs[name]["maa"][t] for t in tags], width, label=name)
+    ax.bar(x + len(names) * width, [runs[names[0]]["baseline_maa"][t] for t in tags], width,
+           label="all-negative baseline", color="#cbd5e1")
+    ax.set_xticks(x + 0.4 - width / 2)
+    ax.set_xticklabels([short_tag(t) for t in tags], rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("mean average accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

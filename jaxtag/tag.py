@@ -1,0 +1,121 @@
+"""python -m jaxtag.tag --workdir=RUN FILE_OR_DIR [...] --output_dir=OUT
+
+Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a trained run and
+writes, for each input, NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT.
+NAME is the input's file name made safe, plus a hash of its full path: it cannot collide with
+another input's or leave OUT. A bad file is reported on stderr and skipped; the exit status is 1
+if any file failed, 2 if nothing could be tagged at all (e.g. no checkpoint).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+
+from absl import app, flags
+
+from jaxtag.data.audio import AUDIO_EXTENSIONS
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+_SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter width over windows (odd; 1 = none).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Tag threshold; default: the run's own.")
+_TOP_N = flags.DEFINE_integer("top_n", 3, "Print this many top tags per file (0: none).")
+_FORMATS = flags.DEFINE_list("formats", ["json", "csv", "png", "html"], "Which outputs to write.")
+
+
+def find_audio(inputs: list[str]) -> list[str]:
+    """Files given directly, plus audio files under given directories (sorted, recursive)."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found += sorted(os.path.join(root, f) for root, _, files in os.walk(item) for f in files
+                            if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
+        else:
+            found.append(item)
+    return found
+
+
+def output_name(path: str) -> str:
+    """A file name for a given input: safe characters only, no leading dot, unique per input path."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"
+    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe}-{digest}"
+
+
+def _write_atomic(path: str, data: str | bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_outputs(taggram, audio_path: str, output_dir: str, formats) -> dict[str, str]:
+    from jaxtag import plots
+    from jaxtag.html_page import render_html
+    base = os.path.join(output_dir, output_name(audio_path))
+    out_dir = os.path.realpath(output_dir)
+    assert os.path.realpath(base).startswith(out_dir + os.sep)  # never outside --output_dir
+    written = {}
+    for fmt in formats:
+        path = f"{base}.{fmt}"
+        if fmt == "json":
+            _write_atomic(path, taggram.to_json())
+        elif fmt == "csv":
+            _write_atomic(path, taggram.to_csv())
+        elif fmt == "html":
+            _write_atomic(path, render_html(taggram, audio_path))
+        elif fmt == "png":
+            tmp = f"{base}.tmp{os.getpid()}.png"
+            plots.plot_taggram(taggram, tmp)
+            os.replace(tmp, path)
+        else:
+            raise ValueError(f"unknown output format {fmt!r}")
+        written[fmt] = path
+    return written
+
+
+def main(argv):
+    inputs = argv[1:]
+    if not inputs:
+        raise app.UsageError("give one or more audio files or directories")
+    if not _WORKDIR.value:
+        raise app.UsageError("--workdir is required")
+    import numpy as np
+    from tqdm import tqdm
+    from jaxtag.errors import JaxtagError
+    from jaxtag.tagger import Tagger
+    try:
+        tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
+    except JaxtagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if _THRESHOLD.value is not None:
+        tagger.threshold = np.full(len(tagger.tags), _THRESHOLD.value, np.float32)
+    files = find_audio(inputs)
+    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+    failed = 0
+    for path in tqdm(files, desc="tagging", unit="file", file=sys.stderr, disable=len(files) < 2):
+        try:
+            taggram = tagger.tag(path).smoothed(_SMOOTH.value)
+            write_outputs(taggram, path, _OUTPUT_DIR.value, _FORMATS.value)
+        except (JaxtagError, OSError) as e:
+            failed += 1
+            print(f"error: {path}: {e}", file=sys.stderr)
+            continue
+        if _TOP_N.value > 0:
+            top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(_TOP_N.value))
+            print(f"{path}: {top}")
+    print(f"tagged {len(files) - failed} of {len(files)} file(s) into {_OUTPUT_DIR.value}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

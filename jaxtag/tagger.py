@@ -1,0 +1,106 @@
+"""Tag any audio second by second with a trained jaxtag model.
+
+    tagger = jaxtag.Tagger.from_workdir("runs/cnn_lstm")
+    taggram = tagger.tag("song.mp3")          # or tagger.tag(waveform, sr=44100)
+
+Everything that turns audio into model input (sample rate, mel settings, window length and hop),
+the tag names, the model and the threshold are read from the checkpoint, never from the current
+config or module globals. Windows come from the same function the training data used
+(jaxtag.data.labels.window_starts). Long files are encoded in fixed-size chunks of windows
+(bounded memory, one compilation); the cheap across-window stage (the LSTM) then runs over the
+whole file, padded to a length bucket, so results equal tagging the file in one piece.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxtag import checkpoint as ckpt_lib
+from jaxtag.data import labels as labels_lib
+from jaxtag.data.audio import load_audio, prepare_waveform
+from jaxtag.data.features import FrontendSettings, mel_spectrogram
+from jaxtag.data.buckets import bucket_length
+from jaxtag.models import create_model, to_probabilities
+from jaxtag.taggram import Taggram, peak_envelope
+
+DEFAULT_CHUNK_WINDOWS = 32
+
+
+class Tagger:
+    def __init__(self, params, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
+        self.meta = meta
+        self.config = ml_collections.ConfigDict(meta["config"])
+        self.tags = list(meta["tags"])
+        self.frontend = FrontendSettings(**meta["frontend"])
+        threshold = meta.get("thresholds") or meta.get("threshold", 0.5)
+        self.threshold = np.broadcast_to(np.asarray(threshold, np.float32), (len(self.tags),)).copy()
+        self.model = create_model(self.config.model, len(self.tags))
+        self.params = params
+        self.chunk_windows = int(chunk_windows)
+        self.buckets = tuple(self.config.train.length_buckets)
+        # The same fixed key as evaluation, so a random LSTM initial state is reproducible.
+        self._key = jax.random.split(jax.random.PRNGKey(self.config.seed), 3)[2]
+        model = self.model
+        self._encode = jax.jit(lambda p, mel: model.apply({"params": p}, mel, method=model.encode))
+        self._decode = jax.jit(lambda p, h, present, key: model.apply(
+            {"params": p}, h, present, method=model.decode, rngs={"lstm_state": key}))
+
+    @classmethod
+    def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Tagger":
+        """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
+        params, meta = ckpt_lib.restore_for_inference(workdir, checkpoint)
+        return cls(params, meta, **kwargs)
+
+    def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
+        """(waveform at the model's sample rate, source name) of a path or a waveform."""
+        f = self.frontend
+        if isinstance(audio, (str, os.PathLike)):
+            y = load_audio(audio, f.sample_rate)
+            source = os.fspath(audio)
+        else:
+            if sr is None:
+                raise ValueError("pass sr= with a waveform")
+            samples = np.asarray(audio, np.float32)
+            if samples.ndim == 2 and samples.shape[0] < samples.shape[1]:
+                samples = samples.T  # accept [channels, n] as well as [n, channels]
+            y = prepare_waveform(samples, sr, f.sample_rate, source="<waveform>")
+            source = "<waveform>"
+        return y, source
+
+    def tag(self, audio, sr: int | None = None) -> Taggram:
+        """Taggram of a file path or a waveform ([n] or [n, channels]; give its sr)."""
+        y, source = self.load(audio, sr)
+        f = self.frontend
+        duration = len(y) / f.sample_rate
+        mel = mel_spectrogram(y, f)
+        scores = self.scores_from_mel(mel)
+        starts = labels_lib.window_starts(mel.shape[0], f.window_frames, f.window_hop)
+        start = starts * f.seconds_per_frame
+        end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
+        return Taggram(source=source, duration=float(duration), tags=self.tags, start=start, end=end,
+                       scores=scores, threshold=self.threshold, model=self.config.model.name,
+                       envelope=peak_envelope(y))
+
+    def scores_from_mel(self, mel: np.ndarray) -> np.ndarray:
+        """Per-window probabilities [W, C] for a mel spectrogram [frames, n_mels]."""
+        f = self.frontend
+        frames = labels_lib.pad_frames(mel, f.window_frames)
+        starts = labels_lib.window_starts(mel.shape[0], f.window_frames, f.window_hop)
+        n = len(starts)
+        features = []
+        for c0 in range(0, n, self.chunk_windows):
+            idx = starts[c0:c0 + self.chunk_windows]
+            chunk = np.zeros((self.chunk_windows, f.window_frames, frames.shape[1]), np.float32)
+            chunk[:len(idx)] = frames[idx[:, None] + np.arange(f.window_frames)[None, :]]
+            features.append(np.asarray(self._encode(self.params, chunk[None]))[0, :len(idx)])
+        h = np.concatenate(features)
+        length = bucket_length(n, self.buckets)
+        padded = np.zeros((1, length, h.shape[1]), h.dtype)
+        padded[0, :n] = h
+        present = (np.arange(length) < n)[None]
+        out = np.asarray(self._decode(self.params, jnp.asarray(padded), jnp.asarray(present), self._key))
+        return to_probabilities(out[0, :n], self.config.model.output_activation).astype(np.float32)

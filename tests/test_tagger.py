@@ -1,0 +1,145 @@
+"""Tagging new audio: library API and CLI, on the tiny trained run."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import write_tone
+from jaxtag.data import corpus, labels, pipeline
+from jaxtag.tag import find_audio, output_name
+from jaxtag.tagger import Tagger
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tagger(trained):
+    _, workdir, _ = trained
+    return Tagger.from_workdir(workdir)
+
+
+def _synthetic_tracks(config):
+    root = os.path.join(config.data.data_dir, "downloads")
+    syn = [d for d in os.listdir(root) if d.startswith("jaxtag_synthetic")][0]
+    return {t.name: t for t in corpus.find_tracks(os.path.join(root, syn))}
+
+
+def test_taggram_matches_the_training_windows_and_evaluation_scores(trained, tagger):
+    config, workdir, _ = trained
+    tracks = _synthetic_tracks(config)
+    with np.load(os.path.join(workdir, "eval", "test_predictions.npz"), allow_pickle=False) as npz:
+        for ex in pipeline.load_split(config, "test", shuffle=False).as_numpy_iterator():
+            name = ex["track"].decode()
+            taggram = tagger.tag(tracks[name].audio_path)
+            # The same windows as the prepared data: count, and start times from the same starts.
+            assert len(taggram.start) == ex["mel"].shape[0]
+            hop = config.data.hop_length / config.data.sample_rate
+            n_frames = int(round(taggram.duration * config.data.sample_rate)) // config.data.hop_length + 1
+            np.testing.assert_allclose(taggram.start, labels.window_starts(
+                n_frames, config.data.window_frames, config.data.window_hop) * hop)
+            # The same scores as evaluation of the same (best) checkpoint.
+            np.testing.assert_allclose(taggram.scores, npz[f"{name}/scores"], rtol=1e-4, atol=1e-5)
+    assert tagger.tags == list(trained[2]["tags"])
+
+
+def test_settings_come_from_the_checkpoint_not_the_current_config(trained, tagger):
+    config, _, _ = trained
+    assert tagger.frontend.n_mels == config.data.n_mels == 32
+    assert tagger.frontend.sample_rate == 8000 and tagger.config.model.lstm_size == 12
+
+
+def test_file_shorter_than_a_window_is_padded_and_tagged(tagger, tmp_path):
+    path = write_tone(tmp_path / "short.wav", 0.3, sr=16000)
+    taggram = tagger.tag(path)
+    assert taggram.scores.shape == (1, 18)
+    assert taggram.start[0] == 0 and taggram.end[0] == pytest.approx(0.3, abs=1e-3)
+    assert np.all((taggram.scores >= 0) & (taggram.scores <= 1))
+
+
+def test_long_file_in_chunks_equals_one_piece(trained, tmp_path):
+    _, workdir, _ = trained
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal(8000 * 40).astype(np.float32) * np.repeat(rng.uniform(0.01, 0.5, 40), 8000)
+    chunked = Tagger.from_workdir(workdir, chunk_windows=4).tag(y, sr=8000)
+    whole = Tagger.from_workdir(workdir, chunk_windows=512).tag(y, sr=8000)
+    assert len(chunked.start) > 8  # several chunks
+    np.testing.assert_allclose(chunked.scores, whole.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_waveform_input_equals_file_input(tagger, tmp_path):
+    path = write_tone(tmp_path / "tone.wav", 5.0, sr=8000, channels=2)
+    y, sr = sf.read(path, dtype="float32")
+    np.testing.assert_allclose(tagger.tag(y, sr=sr).scores, tagger.tag(path).scores, rtol=1e-5)
+
+
+def test_csv_round_trips_through_the_cal500exp_reader(tagger, tmp_path):
+    taggram = tagger.tag(write_tone(tmp_path / "tone.wav", 12.0, sr=8000)).smoothed(3)
+    path = tmp_path / "out.csv"
+    path.write_text(taggram.to_csv())
+    seg = labels.read_segments(path, taggram.tags, require_all=False)
+    expected = taggram.segments()
+    np.testing.assert_allclose(seg.start, [s for s, _, _ in expected], atol=1e-6)
+    np.testing.assert_allclose(seg.end, [e for _, e, _ in expected], atol=1e-6)
+    np.testing.assert_array_equal(seg.labels, np.array([a for _, _, a in expected], np.float32))
+    assert seg.start[0] == 0 and seg.end[-1] == pytest.approx(taggram.duration, abs=1e-6)
+
+
+def test_segments_merge_identical_neighbours_and_use_nearest_centres():
+    from jaxtag.taggram import Taggram
+    t = Taggram("x", 10.0, ["a", "b"], start=np.array([0.0, 2.0, 4.0, 6.0]), end=np.array([4.0, 6.0, 8.0, 10.0]),
+                scores=np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.7]]), threshold=np.array([0.5, 0.5]))
+    segs = t.segments()
+    assert [(s, e) for s, e, _ in segs] == [(0.0, 5.0), (5.0, 10.0)]   # centres 2, 4 | 6, 8
+    assert [list(a) for _, _, a in segs] == [[True, False], [False, True]]
+    np.testing.assert_allclose(t.smoothed(3).scores[:, 0], [0.9, 0.8, 0.2, 0.2])
+
+
+def test_output_names_are_safe_and_unique(tmp_path):
+    a, b = output_name("/music/a/song.mp3"), output_name("/music/b/song.mp3")
+    assert a != b and a.startswith("song-")
+    for nasty in ["../../etc/passwd.mp3", "<script>x</script>.mp3", ".hidden.mp3", "é è ü.flac"]:
+        name = output_name(nasty)
+        assert "/" not in name and not name.startswith(".") and "<" not in name
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    for p in ["d/x.mp3", "d/e/y.FLAC", "d/e/notes.txt"]:
+        (tmp_path / p).write_bytes(b"")
+    assert find_audio([str(tmp_path / "d")]) == [str(tmp_path / "d/e/y.FLAC"), str(tmp_path / "d/x.mp3")]
+
+
+def _tag_cli(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "jaxtag.tag", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
+    _, workdir, _ = trained
+    music = tmp_path / "music"
+    music.mkdir()
+    good = [write_tone(music / "one <b>&.wav", 4.0, sr=8000), write_tone(music / "two.flac", 3.0, sr=8000, fmt="FLAC")]
+    bad = music / "broken.mp3"
+    bad.write_text("not audio at all\n" * 20)
+    out = tmp_path / "out"
+    result = _tag_cli(f"--workdir={workdir}", str(music), f"--output_dir={out}", "--smooth=3", "--top_n=2")
+    assert result.returncode == 1
+    assert str(bad) in result.stderr and "cannot decode" in result.stderr
+    for path in good:
+        base = out / output_name(path)
+        for ext in ("json", "csv", "png", "html"):
+            assert (base.parent / f"{base.name}.{ext}").stat().st_size > 0, ext
+        record = json.loads((base.parent / f"{base.name}.json").read_text())
+        assert record["file"] == path and len(record["tags"]) == 18
+        assert all(set(w) == {"start", "end", "scores", "tags"} for w in record["windows"])
+        assert path in result.stdout  # top-n summary
+    assert sorted(p.name.split("-")[0] for p in out.iterdir() if p.suffix == ".json") == ["one_b_", "two"]
+
+
+def test_cli_without_checkpoint_fails_clearly(tmp_path):
+    path = write_tone(tmp_path / "a.wav", 1.0)
+    result = _tag_cli(f"--workdir={tmp_path}/empty", path, f"--output_dir={tmp_path}/out")
+    assert result.returncode == 2
+    assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
