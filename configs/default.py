@@ -48,11 +48,17 @@ def get_config() -> ml_collections.ConfigDict:
     model.dense_sizes = (1000, 800, 600)
     model.lstm_size = 500
     model.lstm_initial_state = "random"   # paper: random initial state; or "zeros"
-    model.output_activation = "sigmoid"   # paper: sigmoid outputs; "none" gives logits
+    model.output_activation = "sigmoid"   # paper: sigmoid outputs; "none" gives logits (for bce)
+    model.attention_heads = 4             # for *_attention models
+    # Input transform, applied in the model so the prepared data stays the paper's power mel.
+    model.compression = "none"         # paper: power mel; "log1p": log(1 + log_scale * mel); "db"
+    model.log_scale = 10000.0
+    model.normalize = False            # per-mel-bin standardisation, statistics from the train split
 
     # ---- Training (paper 4.3). ----
     train = config.train = ml_collections.ConfigDict()
-    train.loss = "margin"              # multi-label margin loss, summed over a track's windows
+    train.loss = "margin"              # paper: multi-label margin loss; or "bce" (needs logits)
+    train.pos_weight = "none"          # bce only: "balanced" weighs positives by negatives/positives
     train.learning_rate = 1e-5
     train.batch_size = 1               # tracks per step; 1 is the paper's setting
     train.num_epochs = 10              # the paper does not say; see README for real data
@@ -63,10 +69,12 @@ def get_config() -> ml_collections.ConfigDict:
                             160, 192, 224, 256)
     train.shuffle_buffer = 512
     train.keep_checkpoints = 2
+    train.checkpoint_every_steps = 200   # mid-epoch checkpoints (resumable exactly); 0: epoch ends only
     train.log_every_tracks = 50
 
     # ---- Evaluation (paper 5). ----
     evaluation = config.eval = ml_collections.ConfigDict()
     evaluation.threshold = 0.5
+    evaluation.tune_thresholds = False  # per-tag thresholds maximising validation F1
     evaluation.best_metric = "mean_roc_auc"   # validation metric that picks the best checkpoint
     return config

@@ -18,4 +18,5 @@ def get_config():
     t.learning_rate = 1e-3
     t.length_buckets = (8, 16, 32)
     t.log_every_tracks = 4
+    t.checkpoint_every_steps = 4
     return config

@@ -1,6 +1,7 @@
 """Checkpoints with orbax: the latest few (to resume) and the best by a validation metric.
 
-Each checkpoint holds `params`, `opt_state` (latest only) and `meta`: a JSON record of the config,
+Each checkpoint holds `variables` (params, and batch statistics where the model has them),
+`opt_state` (latest only) and `meta`: a JSON record of the config,
 tag names, frontend settings, epoch and metrics, so a checkpoint alone is enough to tag new audio.
 orbax writes to a temporary directory and renames it when complete, so a crash never leaves a
 half-written checkpoint under a real step, and a finished one is never overwritten.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxtag.errors import CheckpointError
@@ -32,22 +34,22 @@ class CheckpointStore:
         self.latest = _manager(os.path.join(root, LATEST), keep, best=False)
         self.best = _manager(os.path.join(root, BEST), 1, best=True)
 
-    def save(self, step: int, params, opt_state, meta: dict, score: float | None, is_best: bool) -> None:
+    def save(self, step: int, variables, opt_state, meta: dict, score: float | None, is_best: bool) -> None:
         self.latest.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+            variables=ocp.args.StandardSave(variables), opt_state=ocp.args.StandardSave(opt_state),
             meta=ocp.args.JsonSave(meta)))
         if is_best:
             self.best.save(step, metrics={"score": float(score)}, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+                variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)))
 
-    def restore_latest(self, params_target, opt_state_target) -> tuple[Any, Any, dict] | None:
+    def restore_latest(self, variables_target, opt_state_target) -> tuple[Any, Any, dict] | None:
         step = self.latest.latest_step()
         if step is None:
             return None
         out = self.latest.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_target),
+            variables=ocp.args.StandardRestore(variables_target),
             opt_state=ocp.args.StandardRestore(opt_state_target), meta=ocp.args.JsonRestore()))
-        return out["params"], out["opt_state"], out["meta"]
+        return out["variables"], out["opt_state"], out["meta"]
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -58,8 +60,8 @@ class CheckpointStore:
         self.best.close()
 
 
-def restore_for_inference(workdir: str, which: str = BEST, params_target=None) -> tuple[Any, dict]:
-    """(params, meta) of the best or latest checkpoint of a workdir, or of a given step number."""
+def restore_for_inference(workdir: str, which: str = BEST) -> tuple[Any, dict]:
+    """(variables, meta) of the best or latest checkpoint of a workdir, or of a given step number."""
     root = os.path.join(workdir, "checkpoints")
     kind = LATEST if which not in (BEST, LATEST) else which
     path = os.path.join(root, kind)
@@ -77,7 +79,13 @@ def restore_for_inference(workdir: str, which: str = BEST, params_target=None) -
             if step not in steps:
                 raise CheckpointError(f"{workdir}: no checkpoint at step {step}; have {sorted(steps)}")
         out = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params_target), meta=ocp.args.JsonRestore()))
+            variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
     finally:
         mngr.close()
-    return out["params"], out["meta"]
+    return out["variables"], out["meta"]
+
+
+def checkpoint_threshold(meta: dict, n_tags: int) -> np.ndarray:
+    """The checkpoint's per-tag thresholds if it tuned them, else its single threshold, per tag."""
+    tuned = meta.get("thresholds")
+    return np.asarray(tuned if tuned else [meta.get("threshold", 0.5)] * n_tags, np.float64)

@@ -14,6 +14,16 @@ def validate_config(config) -> None:
         problems.append(f"model.name {m.name!r} is not one of {sorted(MODELS)}")
     if t.loss not in LOSSES:
         problems.append(f"train.loss {t.loss!r} is not one of {sorted(LOSSES)}")
+    elif t.loss == "bce" and m.output_activation != "none":
+        problems.append("train.loss 'bce' works on logits: set model.output_activation='none'")
+    if m.output_activation not in ("sigmoid", "none"):
+        problems.append(f"model.output_activation must be 'sigmoid' or 'none', got {m.output_activation!r}")
+    if m.compression not in ("none", "log1p", "db"):
+        problems.append(f"model.compression must be 'none', 'log1p' or 'db', got {m.compression!r}")
+    if m.lstm_initial_state not in ("random", "zeros"):
+        problems.append(f"model.lstm_initial_state must be 'random' or 'zeros', got {m.lstm_initial_state!r}")
+    if t.pos_weight not in ("none", "balanced"):
+        problems.append(f"train.pos_weight must be 'none' or 'balanced', got {t.pos_weight!r}")
     try:
         resolve_tags(d.tags)
     except ValueError as e:

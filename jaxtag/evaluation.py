@@ -18,12 +18,12 @@ from jaxtag.data import pipeline
 from jaxtag.models import to_probabilities
 
 
-def predict_split(config, split: str, params, predict_step, key) -> dict[str, tuple]:
+def predict_split(config, split: str, variables, predict_step, key) -> dict[str, tuple]:
     """{track: (scores [W, C], labels [W, C], mask [W])} over a split, in a fixed order."""
     ds = pipeline.load_split(config, split, shuffle=False)
     out = {}
     for batch in pipeline.bucketed_batches(ds, config.train.batch_size, tuple(config.train.length_buckets)):
-        scores = np.asarray(predict_step(params, {k: batch[k] for k in ("mel", "labels", "mask", "present")}, key))
+        scores = np.asarray(predict_step(variables, {k: batch[k] for k in ("mel", "labels", "mask", "present")}, key))
         scores = to_probabilities(scores, config.model.output_activation)
         for i, name in enumerate(batch["track"]):
             if name:
@@ -32,10 +32,10 @@ def predict_split(config, split: str, params, predict_step, key) -> dict[str, tu
     return out
 
 
-def evaluate_split(config, split, params, predict_step, key, tags) -> dict:
-    predictions = predict_split(config, split, params, predict_step, key)
-    return {"metrics": metrics_lib.evaluate(predictions, tags, config.eval.threshold),
-            "predictions": predictions}
+def evaluate_split(config, split, variables, predict_step, key, tags, threshold=None) -> dict:
+    predictions = predict_split(config, split, variables, predict_step, key)
+    threshold = config.eval.threshold if threshold is None else threshold
+    return {"metrics": metrics_lib.evaluate(predictions, tags, threshold), "predictions": predictions}
 
 
 def write_results(workdir: str, split: str, metrics: dict, predictions: dict) -> tuple[str, str]:
@@ -61,6 +61,9 @@ def format_table(metrics: dict) -> str:
     for t in metrics["tags"]:
         lines.append(f"{t:<36}{metrics['maa'][t]:>7.3f}{metrics['baseline_maa'][t]:>7.3f}"
                      f"{metrics['roc_auc'][t]:>9.3f}{metrics['pr_auc'][t]:>8.3f}{metrics['f1'][t]:>7.3f}")
+    thresholds = np.broadcast_to(np.asarray(metrics["threshold"]), (len(metrics["tags"]),))
+    if np.ptp(thresholds) > 0:
+        lines.append(f"(per-tag thresholds tuned on validation: {np.round(thresholds, 2).tolist()})")
     lines.append(f"{'mean':<36}{metrics['mean_maa']:>7.3f}{metrics['mean_baseline_maa']:>7.3f}"
                  f"{metrics['mean_roc_auc']:>9.3f}{metrics['mean_pr_auc']:>8.3f}{metrics['mean_f1']:>7.3f}")
     return "\n".join(lines)
@@ -70,11 +73,12 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", which: str = 
     """Evaluate the best (or latest) checkpoint of workdir on a split and write the result files."""
     from jaxtag.train import make_predict_step
     from jaxtag.models import create_model
-    params, meta = ckpt_lib.restore_for_inference(workdir, which)
+    variables, meta = ckpt_lib.restore_for_inference(workdir, which)
     tags = meta["tags"]
-    model = create_model(config.model, len(tags))
+    model = create_model(config.model, len(tags), input_stats=meta.get("input_stats"))
     key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[2]
-    result = evaluate_split(config, split, params, make_predict_step(model), key, tags)
+    threshold = ckpt_lib.checkpoint_threshold(meta, len(tags))
+    result = evaluate_split(config, split, variables, make_predict_step(model), key, tags, threshold)
     result["metrics"]["checkpoint"] = {"epoch": meta["epoch"], "step": meta.get("step"), "which": which}
     paths = write_results(workdir, split, result["metrics"], result["predictions"])
     print(f"{split} metrics of the {which} checkpoint (epoch {meta['epoch'] + 1}):")

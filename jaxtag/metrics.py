@@ -92,7 +92,7 @@ def evaluate(tracks: Mapping[str, tuple], tags: Sequence[str], threshold=0.5) ->
     per = lambda v: {t: float(x) for t, x in zip(tags, v)}
     return {
         "tags": list(tags),
-        "threshold": thr.tolist() if np.ndim(threshold) else float(threshold),
+        "threshold": float(thr[0]) if np.ptp(thr) == 0 else thr.tolist(),
         "num_tracks": len(items), "num_windows": int(len(scores)),
         "maa": per(maa), "mean_maa": _nanmean(maa),
         "baseline_maa": per(baseline), "mean_baseline_maa": _nanmean(baseline),
@@ -100,4 +100,44 @@ def evaluate(tracks: Mapping[str, tuple], tags: Sequence[str], threshold=0.5) ->
         "pr_auc": per(aps), "mean_pr_auc": _nanmean(aps),
         "f1": per(f1), "mean_f1": _nanmean(f1),
         "positive_rate": per(truth.mean(0)),
+        "categories": _category_means(tags, maa, baseline, rocs, aps, f1),
     }
+
+
+def _category_means(tags, maa, baseline, rocs, aps, f1) -> dict:
+    """Macro means per tag category (emotion, instrument, vocals, solo) present in `tags`."""
+    from jaxtag.tags import CAL500EXP_TAGS, tag_category
+    cats = [tag_category(t) if t in CAL500EXP_TAGS else "other" for t in tags]
+    out = {}
+    for cat in dict.fromkeys(cats):
+        idx = [i for i, c in enumerate(cats) if c == cat]
+        pick = lambda v: [v[i] for i in idx]
+        out[cat] = {"num_tags": len(idx), "mean_maa": _nanmean(pick(maa)),
+                    "mean_baseline_maa": _nanmean(pick(baseline)), "mean_roc_auc": _nanmean(pick(rocs)),
+                    "mean_pr_auc": _nanmean(pick(aps)), "mean_f1": _nanmean(pick(f1))}
+    return out
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, default: float = 0.5) -> float:
+    """The threshold that maximises F1 for one tag: midway between the score that starts the best
+    prediction set and the next lower score. `default` when the tag has no positive."""
+    pos = np.asarray(labels) > 0.5
+    if not pos.any():
+        return default
+    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
+    s, y = np.asarray(scores, np.float64)[order], pos[order]
+    tp = np.cumsum(y)
+    k = np.arange(1, len(s) + 1)
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # predict the top last+1 (ties together)
+    f1 = 2 * tp[last] / (k[last] + pos.sum())
+    best = last[int(np.argmax(f1))]
+    lower = s[best + 1] if best + 1 < len(s) else s[best] - 1e-6
+    return float((s[best] + lower) / 2)
+
+
+def tune_thresholds(tracks: Mapping[str, tuple], n_tags: int) -> np.ndarray:
+    """Per-tag thresholds maximising F1 over the unmasked windows of {track: (scores, labels, mask)}."""
+    items = list(tracks.values())
+    scores = np.concatenate([np.asarray(s)[np.asarray(m, bool)] for s, _, m in items])
+    labels = np.concatenate([np.asarray(l)[np.asarray(m, bool)] for _, l, m in items])
+    return np.array([best_f1_threshold(scores[:, k], labels[:, k]) for k in range(n_tags)])

@@ -31,29 +31,28 @@ DEFAULT_CHUNK_WINDOWS = 32
 
 
 class Tagger:
-    def __init__(self, params, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
+    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
         self.meta = meta
         self.config = ml_collections.ConfigDict(meta["config"])
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
-        threshold = meta.get("thresholds") or meta.get("threshold", 0.5)
-        self.threshold = np.broadcast_to(np.asarray(threshold, np.float32), (len(self.tags),)).copy()
-        self.model = create_model(self.config.model, len(self.tags))
-        self.params = params
+        self.threshold = ckpt_lib.checkpoint_threshold(meta, len(self.tags)).astype(np.float32)
+        self.model = create_model(self.config.model, len(self.tags), input_stats=meta.get("input_stats"))
+        self.variables = variables
         self.chunk_windows = int(chunk_windows)
         self.buckets = tuple(self.config.train.length_buckets)
         # The same fixed key as evaluation, so a random LSTM initial state is reproducible.
         self._key = jax.random.split(jax.random.PRNGKey(self.config.seed), 3)[2]
         model = self.model
-        self._encode = jax.jit(lambda p, mel: model.apply({"params": p}, mel, method=model.encode))
-        self._decode = jax.jit(lambda p, h, present, key: model.apply(
-            {"params": p}, h, present, method=model.decode, rngs={"lstm_state": key}))
+        self._encode = jax.jit(lambda v, mel, present: model.apply(v, mel, present, method=model.encode))
+        self._decode = jax.jit(lambda v, h, present, key: model.apply(
+            v, h, present, method=model.decode, rngs={"lstm_state": key}))
 
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Tagger":
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
-        params, meta = ckpt_lib.restore_for_inference(workdir, checkpoint)
-        return cls(params, meta, **kwargs)
+        variables, meta = ckpt_lib.restore_for_inference(workdir, checkpoint)
+        return cls(variables, meta, **kwargs)
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
         """(waveform at the model's sample rate, source name) of a path or a waveform."""
@@ -96,11 +95,12 @@ class Tagger:
             idx = starts[c0:c0 + self.chunk_windows]
             chunk = np.zeros((self.chunk_windows, f.window_frames, frames.shape[1]), np.float32)
             chunk[:len(idx)] = frames[idx[:, None] + np.arange(f.window_frames)[None, :]]
-            features.append(np.asarray(self._encode(self.params, chunk[None]))[0, :len(idx)])
+            present = (np.arange(self.chunk_windows) < len(idx))[None]
+            features.append(np.asarray(self._encode(self.variables, chunk[None], present))[0, :len(idx)])
         h = np.concatenate(features)
         length = bucket_length(n, self.buckets)
         padded = np.zeros((1, length, h.shape[1]), h.dtype)
         padded[0, :n] = h
         present = (np.arange(length) < n)[None]
-        out = np.asarray(self._decode(self.params, jnp.asarray(padded), jnp.asarray(present), self._key))
+        out = np.asarray(self._decode(self.variables, jnp.asarray(padded), jnp.asarray(present), self._key))
         return to_probabilities(out[0, :n], self.config.model.output_activation).astype(np.float32)

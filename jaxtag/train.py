@@ -2,8 +2,8 @@
 
 One jit-compiled step takes a batch of whole tracks padded to a length bucket (batch_size 1 is the
 paper's setting), so it compiles once per bucket. The loss is summed over each track's unmasked
-windows and averaged over the batch's tracks. Losses stay on the device until logged, so the epoch
-loop does not wait on the step.
+windows and averaged over the batch's tracks. Losses stay on the device until the epoch ends, so
+the loop never waits on the step.
 """
 from __future__ import annotations
 
@@ -26,64 +26,147 @@ from jaxtag import evaluation, losses
 from jaxtag.config_validation import validate_config
 from jaxtag.data import pipeline
 from jaxtag.data.features import FrontendSettings
+from jaxtag.errors import JaxtagError
+from jaxtag.metrics import tune_thresholds
 from jaxtag.models import create_model
 
 BATCH_KEYS = ("mel", "labels", "mask", "present")
 
 
-def create_train_state(config, num_tags: int, key) -> train_state.TrainState:
-    model = create_model(config.model, num_tags)
+class TrainingDivergedError(JaxtagError):
+    """A non-finite loss or gradient: training stops; the bad state is never saved."""
+
+
+class _Preemption:
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+        logging.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+
+    def __exit__(self, *exc):
+        import signal
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _fault_injection(step: int) -> None:
+    """Crash tests: JAXTAG_FAULT=sigkill@N or sigterm@N signals this process after step N."""
+    fault = os.environ.get("JAXTAG_FAULT", "")
+    if "@" in fault:
+        kind, at = fault.split("@")
+        if step == int(at):
+            import signal
+            os.kill(os.getpid(), {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}[kind])
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None   # batch-norm statistics of models that have them; {} otherwise
+
+    @property
+    def variables(self) -> dict:
+        return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
+
+def create_train_state(config, model, key) -> TrainState:
     d = config.data
     mel = jnp.zeros((1, 1, d.window_frames, d.n_mels), jnp.float32)
-    present = jnp.ones((1, 1), bool)
-    params = model.init({"params": key, "lstm_state": key}, mel, present)["params"]
+    variables = model.init({"params": key, "lstm_state": key}, mel, jnp.ones((1, 1), bool))
     tx = optax.adam(config.train.learning_rate)
-    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats", {}))
     # A Python-int step would be weakly typed and force a second compilation after the first step.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(model, loss_name: str) -> Callable:
+def make_train_step(model, loss_name: str, pos_weight=None) -> Callable:
     loss_fn = losses.get_loss(loss_name)
+    pos_weight = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def train_step(state, batch, key):
         step_key = jax.random.fold_in(key, state.step)
 
         def objective(params):
-            scores = model.apply({"params": params}, batch["mel"], batch["present"],
-                                 rngs={"lstm_state": step_key})
-            per_track = losses.track_loss(loss_fn(scores, batch["labels"]), batch["mask"])
+            variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+            scores, updates = model.apply(variables, batch["mel"], batch["present"], train=True,
+                                          rngs={"lstm_state": step_key}, mutable=["batch_stats"])
+            per_track = losses.track_loss(loss_fn(scores, batch["labels"], pos_weight), batch["mask"])
             n_tracks = jnp.maximum(jnp.sum(jnp.any(batch["present"], axis=1)), 1)
-            return jnp.sum(per_track) / n_tracks, per_track
+            return jnp.sum(per_track) / n_tracks, (per_track, updates)
 
-        (_, per_track), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        return state.apply_gradients(grads=grads), per_track
+        (loss, (per_track, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+        def update(state):
+            state = state.apply_gradients(grads=grads)
+            return state.replace(batch_stats=updates["batch_stats"]) if state.batch_stats else state
+
+        # A non-finite loss or gradient never reaches the parameters; the host stops training.
+        state = jax.lax.cond(finite, update, lambda s: s, state)
+        return state, per_track, finite
 
     return train_step
 
 
 def make_predict_step(model) -> Callable:
     @jax.jit
-    def predict_step(params, batch, key):
-        return model.apply({"params": params}, batch["mel"], batch["present"], rngs={"lstm_state": key})
+    def predict_step(variables, batch, key):
+        return model.apply(variables, batch["mel"], batch["present"], rngs={"lstm_state": key})
     return predict_step
 
 
-def checkpoint_meta(config, tags, epoch: int, metrics: dict | None) -> dict:
+def checkpoint_meta(config, tags, epoch: int, metrics: dict | None, extra: dict) -> dict:
+    """Everything needed to use a checkpoint without the config that trained it."""
     return {"epoch": epoch, "config": json.loads(config.to_json()), "tags": list(tags),
             "frontend": FrontendSettings.from_config(config.data).to_dict(),
             "model": config.model.name, "threshold": config.eval.threshold,
-            "validation": _finite(metrics) if metrics else None}
+            "validation": _json_safe(metrics) if metrics else None, **extra}
 
 
-def _finite(metrics: dict) -> dict:
+def _json_safe(metrics: dict) -> dict:
     """Metrics as JSON-safe values: NaN becomes None."""
     return json.loads(json.dumps(metrics, allow_nan=True).replace("NaN", "null"))
 
 
 def _device_batch(batch: dict) -> dict:
     return {k: batch[k] for k in BATCH_KEYS}
+
+
+def _drain(pending: list, keep_last: int = 0) -> list[float]:
+    """Pop finished steps (all but the last keep_last), check they were finite, return their
+    valid per-track losses. A non-finite step stops training, naming the step and tracks."""
+    out = []
+    while len(pending) > keep_last:
+        per_track, valid, finite, names, step = pending.pop(0)
+        if not bool(finite):
+            tracks = ", ".join(str(n) for n in np.asarray(names)[valid])
+            raise TrainingDivergedError(
+                f"non-finite loss or gradient at step {step} (track {tracks}); training stopped, the bad "
+                "update was not applied and nothing after it was saved: the latest checkpoint is the "
+                "last good state")
+        out += [float(x) for x in np.asarray(per_track)[valid]]
+    return out
+
+
+def _pos_weight(config, stats):
+    if config.train.loss != "bce" or config.train.pos_weight == "none":
+        return None
+    rate = np.clip(np.asarray(stats["positive_rate"]), 1e-3, 1 - 1e-3)
+    return np.clip((1 - rate) / rate, 1.0, 20.0)  # balanced, capped for very rare tags
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -95,67 +178,110 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tags = builder.builder_config.settings.tags
     n_train = builder.info.splits["train"].num_examples
 
+    stats = None
+    if config.model.normalize or config.train.pos_weight != "none":
+        stats = pipeline.train_statistics(config)
+    model = create_model(config.model, len(tags), input_stats=stats)
     key = jax.random.PRNGKey(config.seed)
     init_key, step_key, eval_key = jax.random.split(key, 3)
-    state = create_train_state(config, len(tags), init_key)
-    model = create_model(config.model, len(tags))
+    state = create_train_state(config, model, init_key)
     store = ckpt_lib.CheckpointStore(workdir, keep=config.train.keep_checkpoints)
-    start_epoch, best_score = 0, -np.inf
-    restored = store.restore_latest(state.params, state.opt_state)
+    start_epoch, skip_batches, resumed_losses, best_score = 0, 0, [], -np.inf
+    restored = store.restore_latest(state.variables, state.opt_state)
     if restored is not None:
-        params, opt_state, meta = restored
-        start_epoch = meta["epoch"] + 1
-        best_score = (meta.get("best_score") if meta.get("best_score") is not None else -np.inf)
-        state = state.replace(params=params, opt_state=opt_state, step=jnp.asarray(meta["step"], jnp.int32))
-        logging.info("Resumed from epoch %d (step %d) in %s", meta["epoch"], meta["step"], workdir)
+        variables, opt_state, meta = restored
+        best_score = meta["best_score"] if meta.get("best_score") is not None else -np.inf
+        if meta.get("batches_done") is None:   # saved at the end of an epoch
+            start_epoch = meta["epoch"] + 1
+        else:                                  # saved mid-epoch: replay the rest of that epoch
+            start_epoch, skip_batches = meta["epoch"], meta["batches_done"]
+            resumed_losses = list(meta["epoch_track_losses"])
+        state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
+                              opt_state=opt_state, step=jnp.asarray(meta["step"], jnp.int32))
+        logging.info("Resumed at epoch %d, batch %d (step %d) from %s", start_epoch + 1, skip_batches,
+                     meta["step"], workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json(indent=1))
 
     writer = _summary_writer(workdir)
-    train_step = make_train_step(model, config.train.loss)
+    train_step = make_train_step(model, config.train.loss, _pos_weight(config, stats))
     predict_step = make_predict_step(model)
     buckets = tuple(config.train.length_buckets)
     best_metric = config.eval.best_metric
+    extra_meta = {"input_stats": stats}
+    every = config.train.checkpoint_every_steps
+
+    def save_mid_epoch(epoch, batches_done, track_losses):
+        meta = checkpoint_meta(config, tags, epoch, None, extra_meta)
+        meta.update(step=int(state.step), best_score=float(best_score), batches_done=batches_done,
+                    epoch_track_losses=track_losses)
+        store.save(int(state.step), state.variables, state.opt_state, meta, None, False)
 
     try:
-        for epoch in range(start_epoch, config.train.num_epochs):
-            t0 = time.time()
-            ds = pipeline.load_split(config, "train", seed=config.seed * 100003 + epoch)
-            per_track_losses, n_seen, n_windows = [], 0, 0
-            for batch in pipeline.bucketed_batches(ds, config.train.batch_size, buckets):
-                state, per_track = train_step(state, _device_batch(batch), step_key)
-                valid = batch["present"].any(axis=1)
-                per_track_losses.append((per_track, valid))
-                n_seen += int(valid.sum())
-                n_windows += int(batch["present"].sum())
-                if n_seen and n_seen % config.train.log_every_tracks == 0:
-                    rate = n_seen / (time.time() - t0)
-                    logging.info("epoch %d: %d/%d tracks, %.2f tracks/s, ETA %.0fs", epoch + 1, n_seen,
-                                 n_train, rate, (n_train - n_seen) / rate)
-            train_loss = float(np.mean(np.concatenate(
-                [np.asarray(l)[v] for l, v in per_track_losses]))) if per_track_losses else float("nan")
-            train_seconds = time.time() - t0
-            val = evaluation.evaluate_split(config, "validation", state.params, predict_step, eval_key, tags)
-            score = val["metrics"][best_metric]
-            # An undefined metric (e.g. a tag with one class only everywhere) ranks below any real one,
-            # so the first epoch always yields a best checkpoint.
-            rank_score = float(score) if np.isfinite(score) else -1e9
-            is_best = rank_score > best_score
-            if is_best:
-                best_score = rank_score
-            meta = checkpoint_meta(config, tags, epoch, val["metrics"])
-            meta.update(step=int(state.step), best_score=None if not np.isfinite(best_score) else float(best_score))
-            store.save(int(state.step), state.params, state.opt_state, meta, rank_score, is_best)
-            logging.info("epoch %d/%d: train loss %.4f (%.1fs, %.1f windows/s); validation %s %.4f, "
-                         "MAA %.4f (all-negative %.4f)%s", epoch + 1, config.train.num_epochs, train_loss,
-                         train_seconds, n_windows / train_seconds, best_metric, score,
-                         val["metrics"]["mean_maa"], val["metrics"]["mean_baseline_maa"], " *best*" if is_best else "")
-            if writer is not None:
-                writer.scalar("train/loss", train_loss, epoch + 1)
-                writer.scalar("train/windows_per_second", n_windows / train_seconds, epoch + 1)
-                for name in ("mean_maa", "mean_roc_auc", "mean_pr_auc", "mean_f1"):
-                    writer.scalar(f"validation/{name}", val["metrics"][name], epoch + 1)
-                writer.flush()
+        with _Preemption() as preemption:
+            for epoch in range(start_epoch, config.train.num_epochs):
+                t0 = time.time()
+                ds = pipeline.load_split(config, "train", seed=config.seed * 100003 + epoch)
+                skip = skip_batches if epoch == start_epoch else 0
+                track_losses = resumed_losses if epoch == start_epoch else []
+                pending, n_seen, n_windows = [], 0, 0
+                host_step = int(state.step)  # counted on the host: reading state.step would wait on the device
+                for i, batch in enumerate(pipeline.bucketed_batches(ds, config.train.batch_size, buckets)):
+                    if i < skip:  # the same order as before the interruption: skip what was done
+                        continue
+                    # A mid-epoch checkpoint is due after every `every` steps, written once the next
+                    # batch exists: the epoch's last step gets the end-of-epoch checkpoint instead.
+                    if every and i > skip and i % every == 0:
+                        track_losses += _drain(pending)
+                        save_mid_epoch(epoch, i, track_losses)
+                    state, per_track, finite = train_step(state, _device_batch(batch), step_key)
+                    host_step += 1
+                    valid = batch["present"].any(axis=1)
+                    # Checked one step late, so the host never waits on the step it just dispatched.
+                    track_losses += _drain(pending, keep_last=1)
+                    pending.append((per_track, valid, finite, batch["track"], host_step))
+                    n_seen += int(valid.sum())
+                    n_windows += int(batch["present"].sum())
+                    if n_seen and n_seen % config.train.log_every_tracks == 0:
+                        rate = n_seen / (time.time() - t0)
+                        logging.info("epoch %d: %d/%d tracks, %.2f tracks/s, ETA %.0fs", epoch + 1, n_seen,
+                                     n_train - skip * config.train.batch_size, rate,
+                                     max(n_train - skip * config.train.batch_size - n_seen, 0) / rate)
+                    _fault_injection(host_step)
+                    if preemption.requested:
+                        track_losses += _drain(pending)
+                        save_mid_epoch(epoch, i + 1, track_losses)
+                        store.wait()
+                        logging.warning("Preempted: saved step %d; rerun the same command to resume", host_step)
+                        raise SystemExit(143)
+                track_losses += _drain(pending)
+                train_loss = float(np.mean(track_losses)) if track_losses else float("nan")
+                train_seconds = time.time() - t0
+                val = evaluation.evaluate_split(config, "validation", state.variables, predict_step, eval_key, tags)
+                if config.eval.tune_thresholds:
+                    extra_meta["thresholds"] = tune_thresholds(val["predictions"], len(tags)).tolist()
+                score = val["metrics"][best_metric]
+                # An undefined metric (a tag with one class only everywhere) ranks below any real one,
+                # so the first epoch always yields a best checkpoint.
+                rank_score = float(score) if np.isfinite(score) else -1e9
+                is_best = rank_score > best_score
+                if is_best:
+                    best_score = rank_score
+                meta = checkpoint_meta(config, tags, epoch, val["metrics"], extra_meta)
+                meta.update(step=int(state.step), best_score=float(best_score), train_loss=train_loss,
+                            train_seconds=train_seconds, batches_done=None)
+                store.save(int(state.step), state.variables, state.opt_state, meta, rank_score, is_best)
+                logging.info("epoch %d/%d: train loss %.4f (%.1fs, %.1f windows/s); validation %s %.4f, "
+                             "MAA %.4f (all-negative %.4f)%s", epoch + 1, config.train.num_epochs, train_loss,
+                             train_seconds, n_windows / train_seconds, best_metric, score,
+                             val["metrics"]["mean_maa"], val["metrics"]["mean_baseline_maa"],
+                             " *best*" if is_best else "")
+                if writer is not None:
+                    writer.scalar("train/loss", train_loss, epoch + 1)
+                    writer.scalar("train/windows_per_second", n_windows / train_seconds, epoch + 1)
+                    for name in ("mean_maa", "mean_roc_auc", "mean_pr_auc", "mean_f1"):
+                        writer.scalar(f"validation/{name}", val["metrics"][name], epoch + 1)
+                    writer.flush()
     finally:
         # Async checkpoint writes must finish (or fail loudly) before the process goes on or exits.
         store.wait()

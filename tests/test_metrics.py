@@ -44,3 +44,28 @@ def test_evaluate_reports_baseline_and_per_tag_thresholds():
     assert m["f1"]["x"] == pytest.approx(2 / 3)
     per_tag = metrics.evaluate(tracks, ["x", "y"], threshold=np.array([0.8, 0.5]))
     assert per_tag["f1"]["x"] == pytest.approx(1.0)
+
+
+def test_tuned_threshold_maximises_f1_over_all_cut_points():
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        labels = rng.uniform(size=60) < 0.3
+        scores = np.round(rng.uniform(size=60) * 0.7 + 0.3 * labels, 2)
+        thr = metrics.best_f1_threshold(scores, labels)
+
+        def f1(t):
+            pred = scores >= t
+            tp = (pred & labels).sum()
+            return 2 * tp / (pred.sum() + labels.sum())
+
+        best = max(f1(t) for t in np.unique(scores))  # brute force over every distinct cut
+        assert f1(thr) == pytest.approx(best)
+    assert metrics.best_f1_threshold(np.array([0.2, 0.9]), np.array([0, 0])) == 0.5
+
+
+def test_category_means():
+    tags = ["Emotion-Sad", "Emotion-Happy", "Instrument_-_Piano"]
+    tracks = {"a": (np.array([[0.9, 0.2, 0.7], [0.1, 0.8, 0.3]]), np.array([[1, 0, 1], [0, 1, 0]]), np.ones(2, bool))}
+    m = metrics.evaluate(tracks, tags)
+    assert m["categories"]["emotion"]["num_tags"] == 2 and m["categories"]["instrument"]["num_tags"] == 1
+    assert m["categories"]["emotion"]["mean_roc_auc"] == pytest.approx(1.0)

@@ -31,7 +31,7 @@ def test_paper_sizes(name):
     # Paper 4.1: conv 1->20->40, pool, 40->80->80, pool: 80 x 32 x 32 = 81920 features into dense 1000.
     assert params["trunk"]["conv0"]["kernel"].shape == (3, 3, 1, 20)
     assert params["trunk"]["conv3"]["kernel"].shape == (3, 3, 80, 80)
-    assert params["dense_0"]["kernel"].shape == (81920, 1000)
+    assert params["trunk"]["dense_0"]["kernel"].shape == (81920, 1000)
     if name == "cnn_lstm":  # Paper 4.2: [dense-1000, LSTM-500] = 1500 into dense 800.
         assert params["dense_1"]["kernel"].shape == (1500, 800)
     else:
@@ -80,3 +80,51 @@ def test_logit_output_and_registry():
     assert set(MODELS) >= {"cnn", "cnn_lstm"}
     with pytest.raises(ValueError, match="unknown model"):
         create_model(model_config("transformer_xl"), 3)
+
+
+@pytest.mark.parametrize("name", ["cnn_bilstm", "cnn_attention", "resnet_lstm", "resnet_attention", "resnet_bilstm"])
+def test_other_models_are_padding_invariant_in_train_and_eval_mode(name):
+    config = model_config(name, lstm_initial_state="zeros")
+    if name.startswith("resnet"):
+        config.conv_channels = (4, 8, 8)
+    model = create_model(config, 5)
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(size=(2, 5, 32, 32)).astype(np.float32)
+    present = np.ones((2, 5), bool)
+    present[1, 3:] = False  # the second track is shorter
+    key = jax.random.PRNGKey(0)
+    variables = model.init({"params": key, "lstm_state": key}, mel, present)
+    padded = np.concatenate([mel, rng.uniform(size=(2, 3, 32, 32)).astype(np.float32) * 100], axis=1)
+    padded_present = np.concatenate([present, np.zeros((2, 3), bool)], axis=1)
+    for train in (False, True):
+        kw = dict(train=train, rngs={"lstm_state": key}, mutable=["batch_stats"] if train else False)
+        out = model.apply(variables, mel, present, **kw)
+        out_padded = model.apply(variables, padded, padded_present, **kw)
+        if train:
+            (out, stats), (out_padded, stats_padded) = out, out_padded
+            if stats:  # batch statistics ignore padding windows
+                jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), stats, stats_padded)
+        np.testing.assert_allclose(np.asarray(out_padded)[0, :5], np.asarray(out)[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(out_padded)[1, :3], np.asarray(out)[1, :3], rtol=1e-4, atol=1e-5)
+
+
+def test_bidirectional_and_attention_see_the_future():
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(size=(1, 4, 32, 32)).astype(np.float32)
+    changed = mel.copy()
+    changed[0, 3] *= 3.0
+    present = np.ones((1, 4), bool)
+    for name, expect in [("cnn_lstm", False), ("cnn_bilstm", True), ("cnn_attention", True)]:
+        apply = _run(create_model(model_config(name), 18), mel, present)
+        assert (not np.allclose(apply(mel, present)[0, 0], apply(changed, present)[0, 0], atol=1e-7)) == expect, name
+
+
+def test_input_compression_and_normalisation():
+    config = model_config("cnn", compression="log1p", normalize=True, log_scale=10.0)
+    stats = {"mean": [1.0] * 32, "std": [2.0] * 32}
+    model = create_model(config, 3, input_stats=stats)
+    mel = np.full((1, 1, 32, 32), 3.0, np.float32)
+    x = model.apply({}, mel, method=model.transform_input)
+    np.testing.assert_allclose(x, (np.log1p(30.0) - 1.0) / 2.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="statistics"):
+        create_model(config, 3)

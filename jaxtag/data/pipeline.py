@@ -167,3 +167,27 @@ def summarize(builder: Cal500exp) -> dict:
                                 "annotated_fraction": annotated / frames if frames else 0.0}
     out["label_frequency"] = dict(zip(settings.tags, (totals / max(n_labelled, 1)).tolist()))
     return out
+
+
+def train_statistics(config) -> dict:
+    """Per-mel-bin mean and std of the model input (after the model's compression) over the train
+    split's frames, and each tag's positive rate over labelled train windows. Train split only, so
+    nothing leaks from validation or test."""
+    from jaxtag.models.network import compress
+    builder = prepare(config)
+    total = total_sq = None
+    n_frames = 0
+    positives, n_windows = 0.0, 0
+    for ex in builder.as_dataset(split="train").as_numpy_iterator():
+        x = np.asarray(compress(ex["mel"][:ex["n_frames"]], config.model.compression, config.model.log_scale),
+                       np.float64)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = (x ** 2).sum(0) if total_sq is None else total_sq + (x ** 2).sum(0)
+        n_frames += x.shape[0]
+        positives = positives + ex["labels"][ex["mask"]].sum(0)
+        n_windows += int(ex["mask"].sum())
+    mean = total / n_frames
+    std = np.sqrt(np.maximum(total_sq / n_frames - mean ** 2, 0.0))
+    std = np.maximum(std, 1e-3 * max(float(std.max()), 1e-12))  # silent bins must not divide by ~0
+    return {"mean": mean.tolist(), "std": std.tolist(),
+            "positive_rate": (np.asarray(positives) / max(n_windows, 1)).tolist(), "num_frames": n_frames}

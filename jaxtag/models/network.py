@@ -1,0 +1,95 @@
+"""A tagging network = input transform -> window trunk -> temporal model -> dense head.
+
+Inputs are whole tracks, padded to a bucket length: mel [B, L, frames, n_mels] and present [B, L]
+(False for padding windows). Outputs are per-window scores [B, L, n_tags]: sigmoid probabilities
+(the paper) or logits when output_activation is "none" (losses on logits apply the sigmoid).
+
+Two stages: `encode` (per window, independent: the tagger runs it in chunks of windows in bounded
+memory) and `decode` (across a track's windows: cheap). `__call__` chains them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxtag.models.temporal import LSTM, BiLSTM, SelfAttention
+from jaxtag.models.trunks import TRUNKS
+
+
+def compress(mel, compression: str, log_scale: float):
+    """Magnitude compression of a power mel: "none" (paper), "log1p": log(1 + C mel), "db"."""
+    if compression == "none":
+        return mel
+    if compression == "log1p":
+        return jnp.log1p(log_scale * mel)
+    if compression == "db":
+        return 10.0 * jnp.log10(jnp.maximum(mel, 1e-10))
+    raise ValueError(f"compression must be 'none', 'log1p' or 'db', got {compression!r}")
+
+
+def activate(scores, output_activation: str):
+    if output_activation == "sigmoid":
+        return nn.sigmoid(scores)
+    if output_activation == "none":
+        return scores
+    raise ValueError(f"output_activation must be 'sigmoid' or 'none', got {output_activation!r}")
+
+
+class TaggingNetwork(nn.Module):
+    num_tags: int
+    trunk: str = "paper"
+    temporal: str = "none"                       # "none", "lstm", "bilstm", "attention"
+    conv_channels: Sequence[int] = (20, 40, 80, 80)
+    dense_sizes: Sequence[int] = (1000, 800, 600)  # trunk features, then the head's hidden layers
+    lstm_size: int = 500
+    lstm_initial_state: str = "random"
+    attention_heads: int = 4
+    output_activation: str = "sigmoid"
+    compression: str = "none"
+    log_scale: float = 10000.0
+    # Per-mel-bin standardisation, from the training split (saved with the checkpoint); None: off.
+    input_mean: Sequence[float] | None = None
+    input_std: Sequence[float] | None = None
+
+    def setup(self):
+        self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], name="trunk")
+        if self.temporal == "lstm":
+            self.context = LSTM(self.lstm_size, self.lstm_initial_state, name="lstm")
+        elif self.temporal == "bilstm":
+            self.context = BiLSTM(self.lstm_size, self.lstm_initial_state, name="bilstm")
+        elif self.temporal == "attention":
+            self.context = SelfAttention(self.attention_heads, name="attention")
+        elif self.temporal != "none":
+            raise ValueError(f"unknown temporal model {self.temporal!r}")
+        self.hidden = [nn.Dense(size, name=f"dense_{i}") for i, size in enumerate(self.dense_sizes[1:], 1)]
+        self.out = nn.Dense(self.num_tags, name="out")
+
+    def transform_input(self, mel):
+        x = compress(mel, self.compression, self.log_scale)
+        if self.input_mean is not None:
+            x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
+        return x
+
+    def encode(self, mel, present, train: bool = False):
+        """Per-window features [B, L, dense_sizes[0]]."""
+        b, l = mel.shape[:2]
+        x = self.transform_input(mel).reshape((b * l,) + mel.shape[2:])
+        h = self.window_trunk(x, present.reshape(b * l), train)
+        return h.reshape(b, l, -1)
+
+    def decode(self, features, present, train: bool = False):
+        del train
+        if self.temporal in ("lstm", "bilstm"):  # paper 4.2: [window features, LSTM output]
+            h = jnp.concatenate([features, self.context(features, present)], axis=-1)
+        elif self.temporal == "attention":
+            h = self.context(features, present)
+        else:
+            h = features
+        for layer in self.hidden:
+            h = nn.relu(layer(h))
+        return activate(self.out(h), self.output_activation)
+
+    def __call__(self, mel, present, train: bool = False):
+        return self.decode(self.encode(mel, present, train), present, train)

@@ -1,0 +1,107 @@
+"""Interrupted training resumes exactly; preemption saves; divergence stops without saving."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from jaxtag import checkpoint as ckpt_lib
+from jaxtag import train
+from jaxtag.data import pipeline
+from jaxtag.models import create_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train_cli(workdir, data_dir, fault=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("JAXTAG_FAULT", None)
+    if fault:
+        env["JAXTAG_FAULT"] = fault
+    return subprocess.run(
+        [sys.executable, "-m", "jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+         f"--config.data.data_dir={data_dir}", "--config.train.num_epochs=2",
+         "--config.train.checkpoint_every_steps=2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _final(workdir):
+    variables, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+    with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
+        return variables, meta, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared_tiny, tmp_path_factory):
+    config, _ = prepared_tiny
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    out = _train_cli(workdir, config.data.data_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _final(workdir)
+
+
+# The tiny train split has 6 tracks: 6 steps per epoch. Step 9 is mid-epoch 2, one step after the
+# mid-epoch checkpoint at step 8; step 7 is one step after the end-of-epoch-1 checkpoint.
+@pytest.mark.parametrize("fault, code", [("sigkill@9", -signal.SIGKILL), ("sigkill@7", -signal.SIGKILL),
+                                         ("sigterm@9", 143)])
+def test_interrupted_training_resumes_bit_identically(prepared_tiny, uninterrupted, tmp_path, fault, code):
+    config, _ = prepared_tiny
+    workdir = str(tmp_path / "run")
+    out = _train_cli(workdir, config.data.data_dir, fault)
+    assert out.returncode == code, out.stderr[-3000:]
+    if fault.startswith("sigterm"):  # preemption saved the step it was at
+        _, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+        assert meta["step"] == 9 and meta["batches_done"] == 3 and meta["epoch"] == 1
+    out = _train_cli(workdir, config.data.data_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Resumed at epoch" in out.stderr
+    variables, meta, metrics = _final(workdir)
+    ref_variables, ref_meta, ref_metrics = uninterrupted
+    assert meta["step"] == ref_meta["step"] == 12
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), variables, ref_variables)
+    assert all(jax.tree.leaves(same)), "parameters differ from the uninterrupted run"
+    assert meta["train_loss"] == ref_meta["train_loss"]
+    assert metrics == ref_metrics
+
+
+def test_non_finite_step_leaves_the_state_unchanged(data_dir):
+    config = tiny_config(data_dir)
+    model = create_model(config.model, 18)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    before = jax.tree.map(np.asarray, state.params)
+    step = train.make_train_step(model, "margin")
+    batch = {"mel": np.full((1, 8, 32, 32), np.nan, np.float32), "labels": np.ones((1, 8, 18), np.float32),
+             "mask": np.ones((1, 8), bool), "present": np.ones((1, 8), bool)}
+    batch["labels"][..., 0] = 0
+    state, _, finite = step(state, batch, jax.random.PRNGKey(1))
+    assert not bool(finite)
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, state.params))))
+    assert int(state.step) == 0
+
+
+def test_divergence_stops_training_naming_step_and_track_and_saves_nothing_bad(prepared_tiny, tmp_path, monkeypatch):
+    config, _ = prepared_tiny
+    config = tiny_config(config.data.data_dir, **{"train.checkpoint_every_steps": 2})
+    real = pipeline.bucketed_batches
+    seen = {"n": 0}
+
+    def poisoned(ds, batch_size, buckets):
+        for batch in real(ds, batch_size, buckets):
+            seen["n"] += 1
+            if seen["n"] == 5:  # the 5th step of the run gets a NaN input
+                batch["mel"][:] = np.nan
+                seen["track"] = batch["track"][0]
+            yield batch
+
+    monkeypatch.setattr(pipeline, "bucketed_batches", poisoned)
+    workdir = str(tmp_path / "run")
+    with pytest.raises(train.TrainingDivergedError, match=r"step 5 \(track " + seen.get("track", "")) as info:
+        train.train_and_evaluate(config, workdir)
+    assert seen["track"] in str(info.value)
+    _, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+    assert meta["step"] == 4  # the last good checkpoint stays the latest; nothing after the bad step
