@@ -10,4 +10,5 @@ def get_config():
     m.name = "cnn_lstm"
     m.conv_channels, m.dense_sizes, m.lstm_size = paper.conv_channels, paper.dense_sizes, paper.lstm_size
     config.train.learning_rate = 1e-4
+    config.train.num_epochs = default.get_config().train.num_epochs  # the same budget as the paper configs
     return config

@@ -105,3 +105,28 @@ def test_divergence_stops_training_naming_step_and_track_and_saves_nothing_bad(p
     assert seen["track"] in str(info.value)
     _, meta = ckpt_lib.restore_for_inference(workdir, "latest")
     assert meta["step"] == 4  # the last good checkpoint stays the latest; nothing after the bad step
+
+
+def test_killed_preparation_resumes_without_redoing_finished_tracks(prepared_tiny, tmp_path):
+    reference_config, reference = prepared_tiny
+    data_dir = str(tmp_path / "data")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAXTAG_FAULT="prepare_kill@4")
+    cmd = [sys.executable, "-m", "jaxtag.prepare", "--config=configs/tiny.py", f"--config.data.data_dir={data_dir}"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    env.pop("JAXTAG_FAULT")
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reused = sum(int(n) for n in __import__("re").findall(r"Reused (\d+) track", out.stderr))
+    assert reused >= 4
+    config = tiny_config(data_dir)
+    builder = pipeline.get_builder(config)
+    assert builder.is_prepared()
+    assert not os.path.exists(os.path.join(data_dir, "cal500exp", "track_cache", builder.builder_config.name))
+    for split in ("train", "validation", "test"):
+        got = {ex["track"]: ex for ex in builder.as_dataset(split=split).as_numpy_iterator()}
+        want = {ex["track"]: ex for ex in reference.as_dataset(split=split).as_numpy_iterator()}
+        assert got.keys() == want.keys()
+        for name in got:
+            for key in ("mel", "labels", "mask", "window_start"):
+                np.testing.assert_array_equal(got[name][key], want[name][key])

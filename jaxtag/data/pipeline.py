@@ -75,7 +75,11 @@ def prepare(config) -> Cal500exp:
             raise DataError(manual_dir, "data root does not exist (set --config.data.root to a CAL500exp directory)")
     else:
         logging.warning("No --config.data.root given: using the built-in SYNTHETIC corpus.")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    if not builder.is_prepared():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        # The finished dataset holds every track: the per-track cache of interrupted runs can go.
+        from jaxtag.data.cal500exp.cal500exp_dataset_builder import TrackCache
+        TrackCache(os.path.join(data_dir(config), "cal500exp", "track_cache", builder.builder_config.name)).clear()
     _PREPARED[cache_key] = builder
     return builder
 

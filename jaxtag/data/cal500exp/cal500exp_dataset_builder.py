@@ -14,6 +14,8 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -129,15 +131,19 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, tracks):
         s: PreparedSettings = self.builder_config.settings
+        cache = TrackCache(os.path.join(os.path.dirname(os.path.dirname(str(self.data_dir))),
+                                        "track_cache", self.builder_config.name))
         # Decoding, resampling and the FFTs release the GIL, so threads use both cores.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-            for track, result in zip(tracks, pool.map(lambda t: _try_example(t, s), tracks)):
+            for track, result in zip(tracks, pool.map(lambda t: _try_example(t, s, cache), tracks)):
                 if isinstance(result, DataError):
                     if not s.skip_bad_tracks:
                         raise result
                     logging.warning("Skipping bad track %s: %s", track.name, result)
                     continue
                 yield track.name, result
+        if cache.hits:
+            logging.info("Reused %d track(s) finished by an interrupted preparation", cache.hits)
 
 
 def _readable(track: corpus.Track, s: PreparedSettings) -> bool:
@@ -155,11 +161,74 @@ def _readable(track: corpus.Track, s: PreparedSettings) -> bool:
     return False
 
 
-def _try_example(track: corpus.Track, s: PreparedSettings):
+def _try_example(track: corpus.Track, s: PreparedSettings, cache: "TrackCache"):
     try:
-        return track_example(track, s)
+        example = cache.load(track)
+        if example is None:
+            example = track_example(track, s)
+            cache.store(track, example)
+        return example
     except DataError as e:
         return e
+
+
+class TrackCache:
+    """Finished tracks of an interrupted preparation, one .npz each, so a rerun does not redo them.
+
+    Each file is written under a temporary name and renamed when complete, so a kill never leaves
+    a partial file under a real name; it records the audio and CSV sizes and mtimes, and is used
+    only while they are unchanged. Loaded without pickle. Removed once the dataset is complete.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.hits = 0
+
+    def _path(self, track: corpus.Track) -> str:
+        return os.path.join(self.folder, hashlib.sha256(track.name.encode()).hexdigest()[:24] + ".npz")
+
+    @staticmethod
+    def _stamp(track: corpus.Track) -> np.ndarray:
+        a, l = os.stat(track.audio_path), os.stat(track.label_path)
+        return np.array([a.st_size, a.st_mtime_ns, l.st_size, l.st_mtime_ns], np.int64)
+
+    def load(self, track: corpus.Track) -> dict | None:
+        path = self._path(track)
+        if not os.path.exists(path):
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["track"]) != track.name or not np.array_equal(z["stamp"], self._stamp(track)):
+                    return None
+                example = {k: z[k] for k in ("mel", "window_start", "labels", "mask")}
+                example.update(track=track.name, n_frames=int(z["n_frames"]),
+                               n_annotated_frames=int(z["n_annotated_frames"]))
+        except (OSError, ValueError, KeyError):
+            return None  # unreadable cache entries are recomputed
+        self.hits += 1
+        return example
+
+    def store(self, track: corpus.Track, example: dict) -> None:
+        os.makedirs(self.folder, exist_ok=True)
+        path = self._path(track)
+        tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}.npz"
+        np.savez(tmp, stamp=self._stamp(track), **{k: np.asarray(v) for k, v in example.items()})
+        os.replace(tmp, path)
+        _fault_after_cached_tracks(self.folder)
+
+    def clear(self) -> None:
+        import shutil
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _fault_after_cached_tracks(folder: str) -> None:
+    """Crash tests: JAXTAG_FAULT=prepare_kill@N kills this process once N tracks are cached."""
+    fault = os.environ.get("JAXTAG_FAULT", "")
+    if fault.startswith("prepare_kill@"):
+        done = [f for f in os.listdir(folder) if f.endswith(".npz") and ".tmp" not in f]
+        if len(done) >= int(fault.split("@")[1]):
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def track_example(track: corpus.Track, s: PreparedSettings) -> dict:
