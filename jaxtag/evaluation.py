@@ -80,8 +80,9 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", which: str = 
     threshold = ckpt_lib.checkpoint_threshold(meta, len(tags))
     result = evaluate_split(config, split, variables, make_predict_step(model), key, tags, threshold)
     result["metrics"]["checkpoint"] = {"epoch": meta["epoch"], "step": meta.get("step"), "which": which}
-    paths = write_results(workdir, split, result["metrics"], result["predictions"])
-    print(f"{split} metrics of the {which} checkpoint (epoch {meta['epoch'] + 1}):")
-    print(format_table(result["metrics"]))
-    logging.info("Wrote %s and %s", *paths)
+    if jax.process_index() == 0:  # one writer in a multi-host run
+        paths = write_results(workdir, split, result["metrics"], result["predictions"])
+        print(f"{split} metrics of the {which} checkpoint (epoch {meta['epoch'] + 1}):")
+        print(format_table(result["metrics"]))
+        logging.info("Wrote %s and %s", *paths)
     return result["metrics"]

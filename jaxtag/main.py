@@ -14,6 +14,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory; default runs/<config name>.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or only evaluate.")
+# Multi-host runs (JAX's distributed runtime): see README "Training on many devices and hosts".
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-host).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's id (multi-host).")
+_AUTO_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                      "Join a multi-host run detected by JAX (Cloud TPU pod slice, SLURM).")
 
 
 def default_workdir(config_path: str) -> str:
@@ -26,8 +32,10 @@ def main(argv):
     setup_cli_logging()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from jaxtag import evaluation, train
+    from jaxtag import evaluation, parallel, train
     from jaxtag.errors import JaxtagError
+    parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                    auto=_AUTO_DISTRIBUTED.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     logging.info("workdir: %s", workdir)

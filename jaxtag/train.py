@@ -22,7 +22,7 @@ from absl import logging
 from flax.training import train_state
 
 from jaxtag import checkpoint as ckpt_lib
-from jaxtag import evaluation, losses
+from jaxtag import evaluation, losses, parallel
 from jaxtag.config_validation import validate_config
 from jaxtag.data import pipeline
 from jaxtag.data.features import FrontendSettings
@@ -91,11 +91,17 @@ def create_train_state(config, model, key) -> TrainState:
     return state.replace(step=jnp.zeros((), jnp.int32))
 
 
-def make_train_step(model, loss_name: str, pos_weight=None) -> Callable:
+def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callable:
+    """The jitted train step. With a mesh, batches are split over its "data" axis and the state is
+    replicated; gradients are averaged across devices by XLA (GSPMD), no pmap."""
     loss_fn = losses.get_loss(loss_name)
-    pos_weight = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+    pos_weight = None if pos_weight is None else np.asarray(pos_weight, np.float32)
+    jit_kwargs = {}
+    if mesh is not None:
+        rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        jit_kwargs = dict(in_shardings=(rep, data, rep), out_shardings=(rep, data, rep))
 
-    @functools.partial(jax.jit, donate_argnums=(0,))
+    @functools.partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
     def train_step(state, batch, key):
         step_key = jax.random.fold_in(key, state.step)
 
@@ -200,11 +206,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                               opt_state=opt_state, step=jnp.asarray(meta["step"], jnp.int32))
         logging.info("Resumed at epoch %d, batch %d (step %d) from %s", start_epoch + 1, skip_batches,
                      meta["step"], workdir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=1))
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=1))
 
     writer = _summary_writer(workdir)
-    train_step = make_train_step(model, config.train.loss, _pos_weight(config, stats))
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)
+    state = parallel.replicate(state, mesh)
+    train_step = make_train_step(model, config.train.loss, _pos_weight(config, stats), mesh)
     predict_step = make_predict_step(model)
     buckets = tuple(config.train.length_buckets)
     best_metric = config.eval.best_metric
@@ -234,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if every and i > skip and i % every == 0:
                         track_losses += _drain(pending)
                         save_mid_epoch(epoch, i, track_losses)
-                    state, per_track, finite = train_step(state, _device_batch(batch), step_key)
+                    state, per_track, finite = train_step(state, parallel.shard_batch(_device_batch(batch), mesh),
+                                                          step_key)
                     host_step += 1
                     valid = batch["present"].any(axis=1)
                     # Checked one step late, so the host never waits on the step it just dispatched.

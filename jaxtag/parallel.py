@@ -1,0 +1,61 @@
+"""Data parallelism over devices (and hosts) with jax.sharding: batches are split over a 1-D
+"data" mesh axis, parameters and optimizer state are replicated. No pmap: one jax.jit program,
+partitioned by XLA from the shardings.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxtag.errors import ConfigError
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+                           auto: bool = False) -> None:
+    """Join a multi-host run (JAX's own distributed runtime). With auto=True, JAX detects the
+    cluster (Cloud TPU, SLURM, ...); otherwise give the coordinator's host:port, the process count
+    and this process's id. A no-op for a single process."""
+    if not (auto or coordinator_address):
+        return
+    # CPU processes need a collectives backend to talk to each other (GPU/TPU ignore this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if auto:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
+
+
+def data_mesh() -> Mesh:
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh) -> None:
+    n = mesh.devices.size
+    if batch_size % n:
+        raise ConfigError(f"train.batch_size ({batch_size}) must be a multiple of the number of devices ({n}) "
+                          "for data parallelism: each device takes batch_size / devices tracks a step")
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """A global batch (the same on every host) as arrays split over the data axis; each host
+    contributes only the rows that its own devices hold."""
+    sharding = batch_sharding(mesh)
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+    return out
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, replicated(mesh))
