@@ -1,6 +1,8 @@
 """Pictures: the taggram heat map above the waveform, and the paper's Figure-4 style bars."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from jaxtag.taggram import Taggram
@@ -38,7 +40,7 @@ def plot_taggram(taggram: Taggram, path: str) -> None:
     ax.set_yticks(np.arange(n_tags) + 0.5)
     ax.set_yticklabels([short_tag(t) for t in taggram.tags], fontsize=8)
     ax.invert_yaxis()
-    ax.set_title(f"{taggram.source}  ({taggram.model}; line = tag on)", fontsize=9, loc="left")
+    ax.set_title(f"{os.path.basename(taggram.source)}  ({taggram.model}; line = tag on)", fontsize=9, loc="left")
     fig.colorbar(mesh, ax=[ax, wave], fraction=0.02, pad=0.01, label="score")
     if taggram.envelope is not None and len(taggram.envelope):
         t = np.linspace(0, taggram.duration, len(taggram.envelope))

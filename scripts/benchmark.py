@@ -1,0 +1,230 @@
+"""Benchmark the train and inference steps; print one table, last line = cnn_lstm train windows/s.
+
+    python scripts/benchmark.py                 # paper-sized models, a 75-window track
+    python scripts/benchmark.py --torch         # also a PyTorch eager reference of the same step
+    python scripts/benchmark.py --quick         # tiny sizes (smoke run)
+
+Measured: windows/s of one train step (forward, loss, backward, Adam) and of inference;
+useful GFLOP/s = XLA's cost analysis of the compiled step (flops) / step time; the machine's
+matmul peak (2048x2048 f32 under XLA); compilations for an epoch of tracks of random lengths
+(one per length bucket); and the tf.data pipeline's overhead (an epoch from tf.data vs from memory).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from absl import app, flags  # noqa: E402
+
+_TORCH = flags.DEFINE_bool("torch", False, "Also time a PyTorch eager CNN+LSTM step (needs torch).")
+_QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks the script runs.")
+_WINDOWS = flags.DEFINE_integer("windows", 75, "Windows in the benchmark track.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions.")
+_PIPELINE = flags.DEFINE_bool("pipeline", True, "Measure the tf.data pipeline overhead on the default corpus.")
+
+
+def _time(fn, repeats):
+    import jax
+    jax.block_until_ready(fn())  # compile and warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
+
+
+def matmul_peak(n=2048, repeats=10) -> float:
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n ** 3 / _time(lambda: f(a), repeats) / 1e9
+
+
+def _config(name):
+    import importlib
+    config = importlib.import_module(f"configs.{name}").get_config()
+    if _QUICK.value:
+        d, m = config.data, config.model
+        d.n_mels, d.window_frames = 32, 32
+        m.conv_channels, m.dense_sizes, m.lstm_size = (4, 4, 8, 8), (32, 16, 16), 8
+    return config
+
+
+def bench_model(name: str, n_windows: int, repeats: int) -> dict:
+    import jax
+    import numpy as np
+    from jaxtag import train
+    from jaxtag.data.buckets import bucket_length
+    from jaxtag.models import create_model
+    config = _config(name)
+    model = create_model(config.model, 18)
+    d = config.data
+    length = bucket_length(n_windows, config.train.length_buckets)
+    rng = np.random.default_rng(0)
+    present = np.arange(length)[None] < n_windows
+    batch = {"mel": (rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]).astype(np.float32),
+             "labels": (rng.uniform(size=(1, length, 18)) < 0.35).astype(np.float32),
+             "mask": present, "present": present}
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = train.make_train_step(model, config.train.loss)
+    key = jax.random.PRNGKey(1)
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], loss, _ = step(holder["state"], batch, key)
+        return loss
+
+    flops = step.lower(state, batch, key).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    train_s = _time(one_step, repeats)
+    predict = train.make_predict_step(model)
+    infer_s = _time(lambda: predict(holder["state"].variables, batch, key), repeats)
+    return {"train_windows_per_s": n_windows / train_s, "infer_windows_per_s": n_windows / infer_s,
+            "train_gflops": flops / train_s / 1e9, "flops_per_step": flops, "padded_to": length,
+            "step_seconds": train_s}
+
+
+def count_compilations(name: str) -> tuple[int, int]:
+    """An epoch over 40 tracks of random lengths: (compilations, distinct buckets)."""
+    import jax
+    import numpy as np
+    from jaxtag import train
+    from jaxtag.data.buckets import bucket_length
+    from jaxtag.models import create_model
+    config = _config("cnn_lstm")
+    d, m = config.data, config.model
+    d.n_mels, d.window_frames = 32, 32   # small sizes: this counts compilations, not speed
+    m.conv_channels, m.dense_sizes, m.lstm_size = (4, 4, 8, 8), (32, 16, 16), 8
+    model = create_model(m, 18)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = train.make_train_step(model, "margin")
+    rng = np.random.default_rng(0)
+    buckets = set()
+    for n in rng.integers(10, 200, size=40):
+        length = bucket_length(int(n), config.train.length_buckets)
+        buckets.add(length)
+        present = np.arange(length)[None] < n
+        batch = {"mel": np.ones((1, length, 32, 32), np.float32), "labels": np.zeros((1, length, 18), np.float32),
+                 "mask": present, "present": present}
+        state, _, _ = step(state, batch, jax.random.PRNGKey(1))
+    return step._cache_size(), len(buckets)
+
+
+def pipeline_overhead() -> tuple[float, float]:
+    """Seconds for the steps of one epoch of the default synthetic corpus's train split with small
+    models, fed by tf.data, and fed from batches already in memory."""
+    import jax
+    from jaxtag import train
+    from jaxtag.data import pipeline
+    from jaxtag.models import create_model
+    config = _config("cnn_lstm")
+    m = config.model
+    m.conv_channels, m.dense_sizes, m.lstm_size = (8, 8, 16, 16), (64, 32, 32), 16
+    model = create_model(m, 18)
+    step = train.make_train_step(model, "margin")
+    buckets = tuple(config.train.length_buckets)
+    batches = list(pipeline.bucketed_batches(pipeline.load_split(config, "train", seed=0), 1, buckets))
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(1)
+    for b in batches:  # compile every bucket first
+        state, loss, _ = step(state, train._device_batch(b), key)
+    jax.block_until_ready(loss)
+
+    def epoch(source):
+        nonlocal state
+        start = time.perf_counter()
+        for b in source():
+            state, loss, _ = step(state, train._device_batch(b), key)
+        jax.block_until_ready(loss)
+        return time.perf_counter() - start
+
+    from_pipeline = min(epoch(lambda: pipeline.bucketed_batches(
+        pipeline.load_split(config, "train", seed=0), 1, buckets)) for _ in range(3))
+    from_memory = min(epoch(lambda: iter(batches)) for _ in range(3))
+    return from_pipeline, from_memory
+
+
+def torch_reference(n_windows: int, repeats: int) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    from torch import nn
+    torch.set_num_threads(os.cpu_count())
+    small = _QUICK.value
+    c = (4, 4, 8, 8) if small else (20, 40, 80, 80)
+    dense = (32, 16, 16) if small else (1000, 800, 600)
+    size = 32 if small else 128
+    lstm_size = 8 if small else 500
+
+    class PaperCNNLSTM(nn.Module):  # the paper's CNN+LSTM, as PyTorch code of the paper would be
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Sequential(
+                nn.Conv2d(1, c[0], 3, padding=1), nn.ReLU(), nn.Conv2d(c[0], c[1], 3, padding=1), nn.ReLU(),
+                nn.MaxPool2d(2), nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(),
+                nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.fc1 = nn.Linear(c[3] * (size // 4) ** 2, dense[0])
+            self.lstm = nn.LSTM(dense[0], lstm_size, batch_first=True)
+            self.fc2 = nn.Linear(dense[0] + lstm_size, dense[1])
+            self.fc3 = nn.Linear(dense[1], dense[2])
+            self.out = nn.Linear(dense[2], 18)
+
+        def forward(self, x):  # x [W, 1, T, F]: one track
+            h = torch.relu(self.fc1(self.conv(x).flatten(1)))
+            y, _ = self.lstm(h[None])
+            h = torch.cat([h, y[0]], dim=1)
+            return torch.sigmoid(self.out(torch.relu(self.fc3(torch.relu(self.fc2(h))))))
+
+    model = PaperCNNLSTM()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    loss_fn = nn.MultiLabelMarginLoss(reduction="sum")
+    x = torch.rand(n_windows, 1, size, size)
+    y = torch.full((n_windows, 18), -1, dtype=torch.long)
+    y[:, :4] = torch.arange(4)
+
+    def step():
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    return n_windows / ((time.perf_counter() - start) / repeats)
+
+
+def main(argv):
+    del argv
+    import jax
+    n, r = _WINDOWS.value, _REPEATS.value
+    print(f"JAX {jax.__version__}, devices: {jax.devices()}, {os.cpu_count()} CPU cores")
+    peak = matmul_peak()
+    print(f"matmul peak (2048x2048 f32, XLA): {peak:.1f} GFLOP/s")
+    results = {name: bench_model(name, n, r) for name in ("cnn", "cnn_lstm")}
+    print(f"{'model':<10}{'train win/s':>12}{'infer win/s':>12}{'GFLOP/s':>9}{'% peak':>8}  (track of {n} windows, padded to bucket)")
+    for name, res in results.items():
+        print(f"{name:<10}{res['train_windows_per_s']:>12.1f}{res['infer_windows_per_s']:>12.1f}"
+              f"{res['train_gflops']:>9.1f}{100 * res['train_gflops'] / peak:>7.0f}%  "
+              f"(padded to {res['padded_to']}; {res['flops_per_step'] / 1e9:.0f} GFLOP/step by XLA cost analysis)")
+    compiled, buckets = count_compilations("cnn_lstm")
+    print(f"compilations for an epoch of 40 tracks of random lengths: {compiled} ({buckets} length buckets)")
+    if _PIPELINE.value:
+        with_tf, in_memory = pipeline_overhead()
+        print(f"epoch from tf.data {with_tf:.2f}s vs from memory {in_memory:.2f}s: "
+              f"pipeline overhead {100 * (with_tf / in_memory - 1):+.1f}%")
+    if _TORCH.value:
+        ref = torch_reference(n, r)
+        print("PyTorch eager cnn_lstm train: " + ("torch not installed" if ref is None else f"{ref:.1f} windows/s"))
+    print(f"cnn_lstm train windows/s: {results['cnn_lstm']['train_windows_per_s']:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,74 @@
+"""The listening page: self-contained, escaped, and its cursor follows the time in a real browser."""
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import write_tone
+from jaxtag.html_page import render_html
+from jaxtag.taggram import Taggram
+
+EVIL = "<script>alert(1)</script>\"'&"
+
+
+def _taggram(source, tags=("Emotion-Happy", "Emotion-Sad", f"Emotion-{EVIL}")):
+    # 6 windows of 4 s with hop 2 s over 14 s: centres 2, 4, ..., 12.
+    start = np.arange(6) * 2.0
+    scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.2, 0.7], [0.2, 0.9, 0.1],
+                       [0.1, 0.8, 0.6], [0.6, 0.7, 0.1], [0.3, 0.1, 0.9]], np.float32)
+    return Taggram(source, 14.0, list(tags), start, start + 4.0, scores, np.full(3, 0.5, np.float32), model="cnn_lstm")
+
+
+def test_page_is_self_contained_and_escapes_names(tmp_path):
+    audio = write_tone(tmp_path / "a.wav", 1.0, sr=8000)
+    name = "<b onmouseover=alert(1)>x\"'&.wav"  # a file name cannot contain "/"
+    page = render_html(_taggram(f"/music/{name}"), audio)
+    assert "http://" not in page and "https://" not in page
+    assert 'src="data:audio/wav;base64,' in page
+    assert "<script>alert(1)</script>" not in page
+    data = json.loads(re.search(r'<script type="application/json" id="taggram-data">(.*?)</script>', page, re.S).group(1))
+    assert data["tags"][2] == f"Emotion-{EVIL}"
+    assert html_unescape_title(page) == f"{name} - jaxtag"
+    assert "<b onmouseover" not in page
+
+
+def html_unescape_title(page):
+    import html
+    return html.unescape(re.search(r"<title>(.*?)</title>", page).group(1))
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(page_path, t, profile):
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--window-size=1200,800", "--virtual-time-budget=3000",
+           "--dump-dom", f"file://{page_path}#t={t}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
+    audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)  # as long as the taggram
+    page = tmp_path / "page.html"
+    page.write_text(render_html(_taggram(str(tmp_path / "song.wav")), audio))
+    seen = {}
+    for t in (0, 9):
+        dom = _dump_dom(page, t, tmp_path / f"profile{t}")
+        cursor = re.search(r'<div id="cursor"[^>]*>', dom).group(0)
+        left = float(re.search(r"left:\s*([0-9.]+)px", cursor).group(1))
+        time = float(re.search(r'data-time="([0-9.]+)"', cursor).group(1))
+        width = float(re.search(r'<canvas id="taggram" width="([0-9]+)"', dom).group(1))
+        now = re.findall(r"<span>(.*?)</span>", re.search(r'<em id="now-tags">(.*?)</em>', dom, re.S).group(1))
+        seen[t] = (left, time, width, now)
+    assert seen[0][1] == 0 and seen[9][1] == 9
+    assert seen[0][0] == pytest.approx(0, abs=1)
+    assert seen[9][0] == pytest.approx(9 / 14 * seen[9][2], abs=1.5)   # moved with currentTime
+    # Nearest window centre to 9 s is 8 s (window 3): Sad and the evil tag are on, Happy is off.
+    assert seen[9][3] == ["Emotion-Sad", "Emotion-&lt;script&gt;alert(1)&lt;/script&gt;\"'&amp;"]
+    assert seen[0][3] == ["Emotion-Happy"]
