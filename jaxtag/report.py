@@ -44,7 +44,10 @@ def markdown_table(runs: dict[str, dict]) -> str:
 def main(argv):
     del argv
     from jaxtag.plots import plot_maa_bars
-    runs = {os.path.basename(os.path.normpath(w)): load_metrics(w) for w in _WORKDIRS.value}
+    names = [os.path.basename(os.path.normpath(w)) for w in _WORKDIRS.value]
+    if len(set(names)) < len(names):  # runs with the same folder name: label them by path
+        names = [os.path.normpath(w) for w in _WORKDIRS.value]
+    runs = {n: load_metrics(w) for n, w in zip(names, _WORKDIRS.value)}
     tags = [r["tags"] for r in runs.values()]
     if any(t != tags[0] for t in tags):
         raise app.UsageError("the runs were evaluated on different tag sets")

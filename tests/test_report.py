@@ -1,0 +1,26 @@
+"""python -m jaxtag.report: Figure-4 style bars and a markdown table from runs' test metrics."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_report_writes_picture_and_table_from_the_metrics(trained, tmp_path):
+    _, workdir, _ = trained
+    out = tmp_path / "report.png"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run([sys.executable, "-m", "jaxtag.report", f"--workdirs={workdir}",
+                             f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
+        metrics = json.load(f)
+    table = (tmp_path / "report.md").read_text().splitlines()
+    assert len(table) == 2 + len(metrics["tags"]) + 1
+    sad = next(line for line in table if line.startswith("| Emotion-Sad |"))
+    cells = [c.strip() for c in sad.strip("|").split("|")]
+    assert cells[1] == f"{metrics['maa']['Emotion-Sad']:.3f}"
+    assert cells[2] == f"{metrics['baseline_maa']['Emotion-Sad']:.3f}"
+    assert cells[3] == f"{metrics['roc_auc']['Emotion-Sad']:.3f}"
