@@ -22,8 +22,9 @@ def test_config_builds(name):
     config = importlib.import_module(f"configs.{name}").get_config()
     validate_config(config)
     tags = resolve_tags(config.data.tags)
-    model = create_model(config.model, len(tags))
     d = config.data
+    stats = {"mean": [0.0] * d.n_mels, "std": [1.0] * d.n_mels} if config.model.normalize else None
+    model = create_model(config.model, len(tags), input_stats=stats)
     mel = jax.ShapeDtypeStruct((1, 2, d.window_frames, d.n_mels), jnp.float32)
     present = jax.ShapeDtypeStruct((1, 2), jnp.bool_)
     key = jax.random.PRNGKey(0)
