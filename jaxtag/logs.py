@@ -18,3 +18,10 @@ def setup_cli_logging() -> None:
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def run_config_cli(main) -> None:
+    """absl entry point of a CLI that needs --config."""
+    from absl import app, flags
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

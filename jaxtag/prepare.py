@@ -47,8 +47,8 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    from jaxtag.logs import run_config_cli
+    run_config_cli(main)
 
 
 if __name__ == "__main__":

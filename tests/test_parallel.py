@@ -55,22 +55,12 @@ import json, sys
 import jax, numpy as np, optax
 sys.path.insert(0, ".")
 from jax.sharding import Mesh
-from conftest_free import make
-from jaxtag import parallel, train
-from jaxtag.models import create_model
+from conftest_free import make, sgd_step
 config, batch = make()
 assert len(jax.devices()) == 8, jax.devices()
 out = {}
 for name, devices in [("one", jax.devices()[:1]), ("eight", jax.devices())]:
-    mesh = Mesh(np.asarray(devices), ("data",))
-    model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    # Plain SGD, so parameter differences measure gradient differences (Adam's m / sqrt(v) would
-    # turn float noise on ~0 gradients into full-size steps of either sign).
-    sgd = optax.sgd(0.05)
-    state = parallel.replicate(state.replace(tx=sgd, opt_state=sgd.init(state.params)), mesh)
-    step = train.make_train_step(model, config.train.loss, None, mesh)
-    state, per_track, finite = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+    state, per_track = sgd_step(config, batch, Mesh(np.asarray(devices), ("data",)))
     flat = lambda tree: np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)]).tolist()
     out[name] = {"params": flat(state.params), "batch_stats": flat(state.batch_stats),
                  "loss": np.asarray(per_track).tolist(), "shards": len(per_track.sharding.device_set)}
@@ -93,6 +83,21 @@ def make():
         batch["labels"][i, :n] = rng.uniform(size=(n, 18)) < 0.4
         batch["mask"][i, :n] = batch["present"][i, :n] = True
     return config, batch
+
+
+def sgd_step(config, batch, mesh):
+    """One train step on `mesh` with plain SGD, so parameter differences measure gradient
+    differences (Adam's m / sqrt(v) turns float noise on ~0 gradients into full steps)."""
+    import jax, optax
+    from jaxtag import parallel, train
+    from jaxtag.models import create_model
+    model = create_model(config.model, 18)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    sgd = optax.sgd(0.05)
+    state = parallel.replicate(state.replace(tx=sgd, opt_state=sgd.init(state.params)), mesh)
+    step = train.make_train_step(model, config.train.loss, None, mesh)
+    state, per_track, _ = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+    return state, per_track
 '''
 
 
@@ -115,20 +120,13 @@ def test_eight_devices_give_the_same_parameters_as_one(tmp_path):
 MULTIHOST = r'''
 import json, sys
 import jax, numpy as np, optax
-from conftest_free import make
-from jaxtag import parallel, train
-from jaxtag.models import create_model
+from conftest_free import make, sgd_step
+from jaxtag import parallel
 process_id, port = int(sys.argv[1]), sys.argv[2]
 if process_id >= 0:
     parallel.initialize_distributed(f"localhost:{port}", 2, process_id)
 config, batch = make()
-mesh = parallel.data_mesh()
-model = create_model(config.model, 18)
-state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-sgd = optax.sgd(0.05)
-state = parallel.replicate(state.replace(tx=sgd, opt_state=sgd.init(state.params)), mesh)
-step = train.make_train_step(model, config.train.loss, None, mesh)
-state, per_track, finite = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+state, _ = sgd_step(config, batch, parallel.data_mesh())
 params = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)])
 print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()), "params": params.tolist()}))
 '''
