@@ -133,3 +133,14 @@ def test_bad_track_stops_preparation_with_its_name_or_is_skipped(tmp_path):
     config = tiny_config(str(tmp_path / "prepared"), **{"data.root": root, "data.skip_bad_tracks": True})
     summary = pipeline.summarize(pipeline.prepare(config))
     assert sum(s["tracks"] for s in summary["splits"].values()) == 4
+
+
+def test_split_file_is_kept_with_the_prepared_data(prepared_tiny):
+    import json
+    config, builder = prepared_tiny
+    with open(os.path.join(str(builder.data_dir), "split.json")) as f:
+        split = json.load(f)
+    for name in corpus.SPLITS:
+        tracks = sorted(ex["track"].decode() for ex in pipeline.load_split(config, name, shuffle=False).as_numpy_iterator())
+        assert split[name] == tracks
+    assert split["seed"] == config.data.split_seed

@@ -151,3 +151,10 @@ def test_improved_settings_train_with_train_split_statistics_and_tuned_threshold
     np.testing.assert_allclose(tagger.threshold, tagger.meta["thresholds"], rtol=1e-6)
     np.testing.assert_allclose(result["threshold"], tagger.meta["thresholds"], rtol=1e-6)
     assert "emotion" in result["categories"] and np.isfinite(result["mean_roc_auc"])
+
+
+def test_mistyped_config_field_fails_before_any_work(tmp_path):
+    out = _cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+               "--config.train.learnig_rate=0.1", f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
+    assert out.returncode != 0 and "learnig_rate" in out.stderr
+    assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "w")

@@ -75,6 +75,8 @@ class Cal500expConfig(tfds.core.BuilderConfig):
                    description=f"{kind}; settings in the dataset's metadata")
 
 
+SPLIT_FILE = "split.json"
+
 DEFAULT_SYNTHETIC = (("max_seconds", 40.0), ("min_seconds", 24.0), ("num_tracks", 60),
                      ("sample_rate", 22050), ("seed", 0))
 
@@ -126,6 +128,10 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
             # Drop unreadable tracks before splitting, so a split is never left empty by them.
             tracks = [t for t in tracks if _readable(t, s)]
         split = corpus.make_split([t.name for t in tracks], s.split_seed, s.split_fractions)
+        # The split file travels with the prepared data (TFDS moves this folder into place when
+        # preparation completes), so every later run uses the same tracks.
+        with open(os.path.join(str(self.data_dir), SPLIT_FILE), "w", encoding="utf-8") as f:
+            json.dump({"seed": s.split_seed, "fractions": list(s.split_fractions), **split}, f, indent=1)
         by_name = {t.name: t for t in tracks}
         return {name: self._generate_examples([by_name[n] for n in split[name]]) for name in corpus.SPLITS}
 
