@@ -179,6 +179,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (resuming from the latest checkpoint in workdir), then evaluate the best checkpoint on
     the test split. Returns the test metrics."""
     validate_config(config)
+    mesh = parallel.data_mesh()
+    parallel.check_batch_size(config.train.batch_size, mesh)  # before any work
     os.makedirs(workdir, exist_ok=True)
     builder = pipeline.prepare(config)
     tags = builder.builder_config.settings.tags
@@ -211,8 +213,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f.write(config.to_json(indent=1))
 
     writer = _summary_writer(workdir)
-    mesh = parallel.data_mesh()
-    parallel.check_batch_size(config.train.batch_size, mesh)
     state = parallel.replicate(state, mesh)
     train_step = make_train_step(model, config.train.loss, _pos_weight(config, stats), mesh)
     predict_step = make_predict_step(model)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import math
 import os
 from typing import Sequence
 
@@ -177,17 +176,9 @@ def window_labels(labels: np.ndarray, annotated: np.ndarray, starts: np.ndarray,
     return out, mask
 
 
-def windows_for_track(n_frames: int, window: int, hop: int) -> tuple[np.ndarray, int]:
-    """Window starts and the padded frame count a track of n_frames needs."""
-    return window_starts(n_frames, window, hop), max(n_frames, window)
-
-
 def num_windows(n_frames: int, window: int, hop: int) -> int:
+    """len(window_starts(n_frames, window, hop)), without building the array."""
     if n_frames <= window:
         return 1
     regular = (n_frames - window) // hop + 1
     return regular + int((regular - 1) * hop + window < n_frames)
-
-
-def seconds_to_frames(seconds: float, seconds_per_frame: float) -> int:
-    return int(math.floor(seconds / seconds_per_frame)) + 1
