@@ -8,6 +8,14 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# librosa's numba functions cache their machine code on disk. Two pytest-xdist workers compiling
+# the same function at once can leave a corrupt cache entry that segfaults every later load
+# (seen here): each worker (and the processes it starts) gets a cache folder of its own. Workers
+# inherit the controller's environment, so this is set per worker, not only when unset.
+import tempfile  # noqa: E402
+
+os.environ["NUMBA_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(), f"jaxtag_numba_cache_{os.getuid()}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
 
 from jaxtag.tags import CAL500EXP_TAGS  # noqa: E402
 
