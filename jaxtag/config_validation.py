@@ -22,6 +22,8 @@ def validate_config(config) -> None:
         problems.append(f"model.compression must be 'none', 'log1p' or 'db', got {m.compression!r}")
     if m.lstm_initial_state not in ("random", "zeros"):
         problems.append(f"model.lstm_initial_state must be 'random' or 'zeros', got {m.lstm_initial_state!r}")
+    if int(m.get("window_chunk", 0)) < 0:
+        problems.append(f"model.window_chunk must be >= 0 (0: automatic), got {m.window_chunk}")
     if t.pos_weight not in ("none", "balanced"):
         problems.append(f"train.pos_weight must be 'none' or 'balanced', got {t.pos_weight!r}")
     try:

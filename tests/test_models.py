@@ -29,8 +29,8 @@ def test_paper_sizes(name):
                          params, mel, present)
     assert out.shape == (1, 5, 18)
     # Paper 4.1: conv 1->20->40, pool, 40->80->80, pool: 80 x 32 x 32 = 81920 features into dense 1000.
-    assert params["trunk"]["conv0"]["kernel"].shape == (3, 3, 1, 20)
-    assert params["trunk"]["conv3"]["kernel"].shape == (3, 3, 80, 80)
+    assert params["trunk"]["convs"]["conv0"]["kernel"].shape == (3, 3, 1, 20)
+    assert params["trunk"]["convs"]["conv3"]["kernel"].shape == (3, 3, 80, 80)
     assert params["trunk"]["dense_0"]["kernel"].shape == (81920, 1000)
     if name == "cnn_lstm":  # Paper 4.2: [dense-1000, LSTM-500] = 1500 into dense 800.
         assert params["dense_1"]["kernel"].shape == (1500, 800)

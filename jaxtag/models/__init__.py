@@ -36,6 +36,7 @@ def create_model(model_config, num_tags: int, input_stats: Mapping | None = None
         conv_channels=tuple(model_config.conv_channels), dense_sizes=tuple(model_config.dense_sizes),
         lstm_size=model_config.lstm_size, lstm_initial_state=model_config.lstm_initial_state,
         attention_heads=model_config.get("attention_heads", 4),
+        window_chunk=model_config.get("window_chunk", 0),
         output_activation=model_config.output_activation,
         compression=model_config.get("compression", "none"), log_scale=model_config.get("log_scale", 1e4),
         input_mean=mean, input_std=std)

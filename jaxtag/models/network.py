@@ -46,6 +46,7 @@ class TaggingNetwork(nn.Module):
     lstm_size: int = 500
     lstm_initial_state: str = "random"
     attention_heads: int = 4
+    window_chunk: int = 0                        # paper trunk: windows per conv chunk (0: auto)
     output_activation: str = "sigmoid"
     compression: str = "none"
     log_scale: float = 10000.0
@@ -54,7 +55,9 @@ class TaggingNetwork(nn.Module):
     input_std: Sequence[float] | None = None
 
     def setup(self):
-        self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], name="trunk")
+        trunk_kwargs = {"window_chunk": self.window_chunk} if self.trunk == "paper" else {}
+        self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], name="trunk",
+                                               **trunk_kwargs)
         if self.temporal == "lstm":
             self.context = LSTM(self.lstm_size, self.lstm_initial_state, name="lstm")
         elif self.temporal == "bilstm":

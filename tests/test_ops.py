@@ -1,0 +1,95 @@
+"""The CPU-fast convolution and max-pool (jaxtag.models.ops) against jax.grad of lax references,
+and the chunked paper trunk against the unchunked one."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxtag.models import ops, trunks
+
+
+def reference_conv(x, w):
+    return lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def reference_pool(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2))
+
+
+def _numpy_conv(x, w):
+    """Direct loops over the definition: y[n,h,w,o] = sum x_pad[n,h+i,w+j,c] w[i,j,c,o]."""
+    n, h, wd, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(np.float64)
+    y = np.zeros((n, h, wd, w.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            y += np.einsum("nhwc,co->nhwo", xp[:, i:i + h, j:j + wd], w[i, j])
+    return y
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 6, 1, 5), (2, 12, 10, 5, 7), (1, 4, 4, 16, 3)])
+def test_conv3x3_values_and_gradients_match_lax(shape):
+    n, h, w, cin, cout = shape
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, h, w, cin)).astype(np.float32)
+    k = rng.normal(size=(3, 3, cin, cout)).astype(np.float32)
+    np.testing.assert_allclose(ops.conv3x3(x, k), _numpy_conv(x, k), rtol=1e-4, atol=1e-4)
+    # A nonlinear objective, so the output gradient differs everywhere.
+    objective = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)) * jnp.arange(n * h * w * cout).reshape(n, h, w, cout))
+    expected = jax.grad(objective(reference_conv), (0, 1))(x, k)
+    got = jax.jit(jax.grad(objective(ops.conv3x3), (0, 1)))(x, k)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3 * float(np.abs(e).max()))
+
+
+def test_weight_gradient_matmul_matches_xla_weight_gradient():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 10, 14, 6)).astype(np.float32)
+    g = rng.normal(size=(4, 10, 14, 9)).astype(np.float32)
+    expected = jax.vjp(lambda k: reference_conv(x, k), jnp.zeros((3, 3, 6, 9)))[1](g)[0]
+    np.testing.assert_allclose(ops.weight_grad_matmul(x, g), expected, rtol=1e-4, atol=1e-4)
+    # One tap by hand: dW[0, 2] pairs x shifted up-left... x_pad[n, h, w + 2] with g[n, h, w].
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    np.testing.assert_allclose(ops.weight_grad_matmul(x, g)[0, 2],
+                               np.einsum("nhwc,nhwo->co", xp[:, 0:10, 2:16], g), rtol=1e-4, atol=1e-4)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_like_xla():
+    rng = np.random.default_rng(2)
+    # Coarse values make ties common, including all-zero blocks after a ReLU.
+    x = np.maximum(np.round(rng.normal(size=(2, 6, 8, 3)) * 2) / 2, 0).astype(np.float32)
+    np.testing.assert_array_equal(ops.max_pool2x2(x), reference_pool(x))
+    weights = rng.normal(size=(2, 3, 4, 3)).astype(np.float32)
+    objective = lambda pool: lambda x: jnp.sum(pool(x) * weights)
+    expected = jax.grad(objective(reference_pool))(x)
+    got = jax.jit(jax.grad(objective(ops.max_pool2x2)))(x)
+    np.testing.assert_array_equal(got, expected)
+    # Each 2x2 block passes its gradient to exactly one element.
+    blocks = np.asarray(got).reshape(2, 3, 2, 4, 2, 3)
+    assert np.all((blocks != 0).sum(axis=(2, 4)) <= 1)
+    np.testing.assert_allclose(blocks.sum(axis=(2, 4)), weights, rtol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+def test_chunked_paper_trunk_equals_unchunked(chunk):
+    """Chunking the conv layers over windows (7 windows: chunks that do not divide it are padded)
+    changes neither the outputs nor the gradients, and keeps one parameter tree."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(7, 16, 16)).astype(np.float32)
+    whole = trunks.PaperTrunk((4, 4, 8, 8), 12, window_chunk=7)
+    chunked = trunks.PaperTrunk((4, 4, 8, 8), 12, window_chunk=chunk)
+    params = whole.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(chunked.init(jax.random.PRNGKey(0), x))
+    np.testing.assert_allclose(chunked.apply(params, x), whole.apply(params, x), rtol=1e-5, atol=1e-6)
+    loss = lambda m: lambda p: jnp.sum(m.apply(p, x) ** 2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 jax.grad(loss(chunked))(params), jax.grad(loss(whole))(params))
+
+
+def test_automatic_chunk_size():
+    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    assert trunks.windows_per_chunk(0, 80) == (trunks.CHUNK_ON_CPU if single_cpu else 80)
+    assert trunks.windows_per_chunk(5, 3) == 3
+    assert trunks.windows_per_chunk(4, 80) == 4
