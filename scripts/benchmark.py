@@ -4,10 +4,15 @@
     python scripts/benchmark.py --torch         # also a PyTorch eager reference of the same step
     python scripts/benchmark.py --quick         # tiny sizes (smoke run)
 
-Measured: windows/s of one train step (forward, loss, backward, Adam) and of inference;
-useful GFLOP/s = XLA's cost analysis of the compiled step (flops) / step time; the machine's
-matmul peak (2048x2048 f32 under XLA); compilations for an epoch of tracks of random lengths
-(one per length bucket); and the tf.data pipeline's overhead (an epoch from tf.data vs from memory).
+    python scripts/benchmark.py --ablation      # also the trunk with XLA's own conv/pool gradients
+
+Measured: windows/s of one train step (forward, loss, backward, Adam) and of inference, counting
+the track's real windows only (not the bucket's padding); useful GFLOP/s = the model's FLOPs
+counted analytically (below) for the real windows / step time; the machine's matmul peak
+(2048x2048 f32 under XLA); compilations for an epoch of tracks of random lengths (one per length
+bucket); and the tf.data pipeline's overhead (an epoch from tf.data vs from memory).
+Every time is the best of --repeats runs after a warm-up: these machines are shared, and the
+minimum is the least disturbed measure.
 """
 from __future__ import annotations
 
@@ -25,16 +30,47 @@ _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks the script runs."
 _WINDOWS = flags.DEFINE_integer("windows", 75, "Windows in the benchmark track.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions.")
 _PIPELINE = flags.DEFINE_bool("pipeline", True, "Measure the tf.data pipeline overhead on the default corpus.")
+_ABLATION = flags.DEFINE_bool("ablation", False, "Also time the paper trunk with XLA's own conv/pool gradients.")
 
 
 def _time(fn, repeats):
+    """Best wall time of `repeats` calls of fn (after one warm-up call that also compiles)."""
     import jax
-    jax.block_until_ready(fn())  # compile and warm up
-    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    best = float("inf")
     for _ in range(repeats):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / repeats
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def train_flops_per_window(config, num_tags=18) -> float:
+    """Multiply-adds x 2 of one window's training step, counted from the layer sizes: every layer
+    runs forward, input gradient and weight gradient (3x its forward), except the first
+    convolution, whose input needs no gradient (2x). Elementwise ops, pooling and Adam are not
+    counted. Paper trunk and LSTM models only."""
+    d, m = config.data, config.model
+    h, w, c_in = d.window_frames, d.n_mels, 1
+    total = 0.0
+    for i, c in enumerate(m.conv_channels):
+        forward = 2.0 * h * w * c_in * c * 9
+        total += (2 if i == 0 else 3) * forward
+        c_in = c
+        if i % 2 == 1:
+            h, w = h // 2, w // 2
+    sizes = [h * w * c_in] + list(m.dense_sizes)
+    dense = [(sizes[0], sizes[1])]
+    head_in = sizes[1]
+    if m.name.endswith("lstm"):
+        lstm = m.lstm_size
+        total += 3 * 2.0 * 4 * (sizes[1] + lstm) * lstm
+        head_in += lstm
+    for out in list(m.dense_sizes[1:]) + [num_tags]:
+        dense.append((head_in, out))
+        head_in = out
+    total += sum(3 * 2.0 * a * b for a, b in dense)
+    return total
 
 
 def matmul_peak(n=2048, repeats=10) -> float:
@@ -79,14 +115,49 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
         holder["state"], loss, _ = step(holder["state"], batch, key)
         return loss
 
-    flops = step.lower(state, batch, key).compile().cost_analysis()
-    flops = (flops[0] if isinstance(flops, list) else flops).get("flops", float("nan"))
+    flops = train_flops_per_window(config) * n_windows
     train_s = _time(one_step, repeats)
     predict = train.make_predict_step(model)
     infer_s = _time(lambda: predict(holder["state"].variables, batch, key), repeats)
     return {"train_windows_per_s": n_windows / train_s, "infer_windows_per_s": n_windows / infer_s,
             "train_gflops": flops / train_s / 1e9, "flops_per_step": flops, "padded_to": length,
-            "step_seconds": train_s}
+            "step_seconds": train_s, "step": lambda: jax.block_until_ready(one_step())}
+
+
+def trunk_ablation(n_windows: int, repeats: int) -> list[tuple[str, float]]:
+    """Forward + backward of the paper trunk on n_windows windows, three ways: straightforward Flax
+    (nn.Conv, nn.max_pool: XLA's own gradients), jaxtag's trunk on the whole track at once, and
+    jaxtag's trunk on chunks of windows (the default on CPU). Returns (variant, windows/s)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jaxtag.models import trunks
+    config = _config("cnn")
+    d, m = config.data, config.model
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(n_windows, d.window_frames, d.n_mels)), jnp.float32)
+
+    class StraightforwardTrunk(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = x[..., None]
+            for i, c in enumerate(m.conv_channels):
+                x = nn.relu(nn.Conv(c, (3, 3), padding=1)(x))
+                if i % 2 == 1:
+                    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            return nn.relu(nn.Dense(m.dense_sizes[0])(x.reshape(x.shape[0], -1)))
+
+    out = []
+    for label, trunk in [
+            ("straightforward Flax (nn.Conv, nn.max_pool)", StraightforwardTrunk()),
+            ("jaxtag trunk, whole track at once", trunks.PaperTrunk(tuple(m.conv_channels), m.dense_sizes[0],
+                                                                    window_chunk=n_windows)),
+            (f"jaxtag trunk, chunks of {trunks.CHUNK_ON_CPU} windows (default on CPU)",
+             trunks.PaperTrunk(tuple(m.conv_channels), m.dense_sizes[0]))]:
+        params = trunk.init(jax.random.PRNGKey(0), x[:1])
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply(p, x) ** 2)))
+        out.append((label, n_windows / _time(lambda: grad(params), repeats)))
+    return out
 
 
 def count_compilations(name: str) -> tuple[int, int]:
@@ -143,13 +214,18 @@ def pipeline_overhead() -> tuple[float, float]:
         jax.block_until_ready(loss)
         return time.perf_counter() - start
 
-    from_pipeline = min(epoch(lambda: pipeline.bucketed_batches(
-        pipeline.load_split(config, "train", seed=0), 1, buckets)) for _ in range(3))
-    from_memory = min(epoch(lambda: iter(batches)) for _ in range(3))
-    return from_pipeline, from_memory
+    # Interleaved, best of 5 each: a shared machine's slow spells hit both alike.
+    with_pipeline, in_memory = [], []
+    for _ in range(5):
+        with_pipeline.append(epoch(lambda: pipeline.bucketed_batches(
+            pipeline.load_split(config, "train", seed=0), 1, buckets)))
+        in_memory.append(epoch(lambda: iter(batches)))
+    return min(with_pipeline), min(in_memory)
 
 
-def torch_reference(n_windows: int, repeats: int) -> float | None:
+def torch_train_step(n_windows: int):
+    """One training step of the paper's CNN+LSTM in PyTorch eager (torch defaults, all cores), as
+    a callable; None without torch."""
     try:
         import torch
     except ImportError:
@@ -194,11 +270,25 @@ def torch_reference(n_windows: int, repeats: int) -> float | None:
         loss.backward()
         opt.step()
 
-    step()
-    start = time.perf_counter()
+    return step
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def interleaved_best(steps: dict, repeats: int) -> dict:
+    """Best seconds of each step, timed in turn: a shared machine's slow spells hit all alike."""
+    for step in steps.values():
+        step()  # warm-up
+    best = dict.fromkeys(steps, float("inf"))
     for _ in range(repeats):
-        step()
-    return n_windows / ((time.perf_counter() - start) / repeats)
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def main(argv):
@@ -213,17 +303,28 @@ def main(argv):
     for name, res in results.items():
         print(f"{name:<10}{res['train_windows_per_s']:>12.1f}{res['infer_windows_per_s']:>12.1f}"
               f"{res['train_gflops']:>9.1f}{100 * res['train_gflops'] / peak:>7.0f}%  "
-              f"(padded to {res['padded_to']}; {res['flops_per_step'] / 1e9:.0f} GFLOP/step by XLA cost analysis)")
+              f"(padded to {res['padded_to']}; {res['flops_per_step'] / 1e9:.0f} useful GFLOP/step, counted analytically)")
+    if _ABLATION.value:
+        for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
+            print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
     compiled, buckets = count_compilations("cnn_lstm")
     print(f"compilations for an epoch of 40 tracks of random lengths: {compiled} ({buckets} length buckets)")
     if _PIPELINE.value:
         with_tf, in_memory = pipeline_overhead()
         print(f"epoch from tf.data {with_tf:.2f}s vs from memory {in_memory:.2f}s: "
               f"pipeline overhead {100 * (with_tf / in_memory - 1):+.1f}%")
+    final = results["cnn_lstm"]["train_windows_per_s"]
     if _TORCH.value:
-        ref = torch_reference(n, r)
-        print("PyTorch eager cnn_lstm train: " + ("torch not installed" if ref is None else f"{ref:.1f} windows/s"))
-    print(f"cnn_lstm train windows/s: {results['cnn_lstm']['train_windows_per_s']:.1f}")
+        torch_step = torch_train_step(n)
+        if torch_step is None:
+            print("PyTorch eager cnn_lstm train: torch not installed")
+        else:
+            best = interleaved_best({"jaxtag": results["cnn_lstm"]["step"], "torch": torch_step}, r)
+            final = n / best["jaxtag"]
+            print(f"cnn_lstm train step, interleaved with PyTorch {__import__('torch').__version__} eager "
+                  f"(same track, {torch_threads()} threads): jaxtag {final:.1f} windows/s, PyTorch "
+                  f"{n / best['torch']:.1f} windows/s: {best['torch'] / best['jaxtag']:.2f}x")
+    print(f"cnn_lstm train windows/s: {final:.1f}")
 
 
 if __name__ == "__main__":
