@@ -72,6 +72,35 @@ def test_max_pool_gradient_goes_to_the_first_maximum_like_xla():
     np.testing.assert_allclose(blocks.sum(axis=(2, 4)), weights, rtol=1e-6)
 
 
+def reference_stack(params, x):
+    for i, (w, b) in enumerate(params):
+        x = jax.nn.relu(reference_conv(x, w) + b)
+        if i % 2 == 1:
+            x = reference_pool(x)
+    return x
+
+
+def test_conv_relu_pool_stack_values_and_gradients_match_autodiff_of_lax():
+    rng = np.random.default_rng(4)
+    channels, c_in, params = (3, 4, 5, 5), 1, []
+    for c in channels:
+        params.append((rng.normal(size=(3, 3, c_in, c)).astype(np.float32) * 0.5,
+                       rng.normal(size=(c,)).astype(np.float32) * 0.2))
+        c_in = c
+    params = tuple(params)
+    x = rng.normal(size=(3, 12, 8, 1)).astype(np.float32)
+    np.testing.assert_allclose(ops.conv_relu_pool_stack(params, x), reference_stack(params, x), rtol=1e-5, atol=1e-5)
+    weights = rng.normal(size=(3, 3, 2, 5)).astype(np.float32)
+    objective = lambda stack: lambda p, x: jnp.sum(jnp.tanh(stack(p, x)) * weights)
+    expected = jax.grad(objective(reference_stack), (0, 1))(params, x)
+    got = jax.jit(jax.grad(objective(ops.conv_relu_pool_stack), (0, 1)))(params, x)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for e, g in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(e).max())))
+    # The ReLUs really cut: some pre-activations are negative, so the test exercises the mask.
+    assert float(jnp.mean(reference_conv(x, params[0][0]) + params[0][1] < 0)) > 0.1
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7])
 def test_chunked_paper_trunk_equals_unchunked(chunk):
     """Chunking the conv layers over windows (7 windows: chunks that do not divide it are padded)

@@ -11,8 +11,10 @@ max-pool (select-and-scatter: 1.3 s of a 9 s step). Here:
   `lax.platform_dependent` picks one when the program is compiled, so the same code runs anywhere.
 - `max_pool2x2`: the gradient goes to the first maximum of each 2x2 block in row-major order (the
   element XLA's select-and-scatter picks), computed with fused elementwise ops.
+- `conv_relu_pool_stack`: the paper's conv layers with a written-out gradient that keeps fewer
+  activations for the backward pass (the paper trunk scans it over chunks of windows).
 
-Both give the same values as jax.grad of the lax reference (tests/test_ops.py).
+All give the same values as jax.grad of the lax references (tests/test_ops.py).
 """
 from __future__ import annotations
 
@@ -53,14 +55,21 @@ def _conv3x3_fwd(x, w):
     return _conv(x, w), (x, w)
 
 
-def _conv3x3_bwd(residuals, g):
-    x, w = residuals
-    # The input gradient of a "same" 3x3 convolution: g convolved with the flipped kernel.
-    dx = _conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+def _input_grad(g, w):
+    """The input gradient of a "same" 3x3 convolution: g convolved with the flipped kernel."""
+    return _conv(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+
+
+def _weight_grad(x, g, w):
     dw = lax.platform_dependent(
         x, g, cpu=weight_grad_matmul,
         default=functools.partial(_weight_grad_xla, w_shape=w.shape, w_dtype=w.dtype))
-    return dx, dw.astype(w.dtype)
+    return dw.astype(w.dtype)
+
+
+def _conv3x3_bwd(residuals, g):
+    x, w = residuals
+    return _input_grad(g, w), _weight_grad(x, g, w)
 
 
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
@@ -73,12 +82,16 @@ def max_pool2x2(x):
 
 
 def _max_pool_fwd(x):
-    y = max_pool2x2(x)
-    return y, (x, y)
+    return max_pool2x2(x), x
 
 
-def _max_pool_bwd(residuals, g):
-    x, y = residuals
+def _max_pool_bwd(x, g):
+    return (_max_pool_grad(x, g),)
+
+
+def _max_pool_grad(x, g):
+    # The output is recomputed (a cheap fused max) rather than kept: less memory to save.
+    y = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
     n, h, w, c = x.shape
     is_max = x.reshape(n, h // 2, 2, w // 2, 2, c) == y[:, :, None, :, None, :]
     # The first maximum of each block, in row-major order, takes the whole gradient.
@@ -89,7 +102,56 @@ def _max_pool_bwd(residuals, g):
     zero = jnp.zeros_like(g)
     top = jnp.stack([jnp.where(m00, g, zero), jnp.where(m01, g, zero)], axis=3)
     bottom = jnp.stack([jnp.where(m10, g, zero), jnp.where(m11, g, zero)], axis=3)
-    return (jnp.stack([top, bottom], axis=2).reshape(x.shape),)
+    return jnp.stack([top, bottom], axis=2).reshape(x.shape)
 
 
 max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+
+def _stack_forward(params, x):
+    """Every layer's ReLU output, and the features. params: ((kernel, bias), ...); a 2x2 max-pool
+    follows every second layer."""
+    outputs = []
+    for i, (w, b) in enumerate(params):
+        x = jnp.maximum(_conv(x, w) + b, 0)
+        outputs.append(x)
+        if i % 2 == 1:
+            x = max_pool2x2(x)
+    return outputs, x
+
+
+@jax.custom_vjp
+def conv_relu_pool_stack(params, x):
+    """The paper's conv layers on [n, h, w, c]: 3x3 "same" conv + bias + ReLU per layer, a 2x2
+    max-pool after every second layer. params: ((kernel [3, 3, cin, cout], bias [cout]), ...).
+
+    Its gradient is written out so that the backward pass keeps only the ReLU outputs of layers
+    2.. (the first layer, one input channel, and the pools are recomputed, cheaply): less memory
+    written and read per window than autodiff would keep, which matters when this runs inside a
+    scan over chunks of windows (every kept value is stacked over the chunks)."""
+    return _stack_forward(params, x)[1]
+
+
+def _stack_fwd(params, x):
+    outputs, y = _stack_forward(params, x)
+    return y, (params, x, outputs[1:])
+
+
+def _stack_bwd(residuals, g):
+    params, x, kept = residuals
+    w0, b0 = params[0]
+    outputs = [jnp.maximum(_conv(x, w0) + b0, 0)] + list(kept)
+    inputs = [x] + [max_pool2x2(o) if i % 2 == 1 else o for i, o in enumerate(outputs[:-1])]
+    grads = [None] * len(params)
+    for i in reversed(range(len(params))):
+        w, _ = params[i]
+        if i % 2 == 1:
+            g = _max_pool_grad(outputs[i], g)
+        g = jnp.where(outputs[i] > 0, g, jnp.zeros_like(g))  # through the ReLU
+        grads[i] = (_weight_grad(inputs[i], g, w), jnp.sum(g, axis=(0, 1, 2)))
+        g = _input_grad(g, w)
+    return tuple(grads), g
+
+
+conv_relu_pool_stack.defvjp(_stack_fwd, _stack_bwd)

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxtag.models.ops import conv3x3, max_pool2x2
+from jaxtag.models.ops import conv3x3, conv_relu_pool_stack, max_pool2x2
 
 
 class Conv3x3(nn.Module):
@@ -30,16 +30,28 @@ class Conv3x3(nn.Module):
         return y
 
 
+class ConvParams(nn.Module):
+    """The parameters of nn.Conv(features, (3, 3)) (same names, shapes and initialisers)."""
+    features: int
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (3, 3, in_features, self.features))
+        return kernel, self.param("bias", nn.initializers.zeros_init(), (self.features,))
+
+
 class PaperConvStack(nn.Module):
     """The paper's conv layers on one chunk of windows [n, frames, n_mels, 1] (a scan body)."""
     channels: Sequence[int]
 
     @nn.compact
     def __call__(self, carry, x):
+        params, c_in = [], x.shape[-1]
         for i, c in enumerate(self.channels):
-            x = nn.relu(Conv3x3(c, name=f"conv{i}")(x))
-            if i % 2 == 1:
-                x = max_pool2x2(x)
+            kernel, bias = ConvParams(c, name=f"conv{i}")(c_in)
+            params.append((kernel.astype(x.dtype), bias.astype(x.dtype)))
+            c_in = c
+        x = conv_relu_pool_stack(tuple(params), x)
         return carry, x.reshape(x.shape[0], -1)
 
 
