@@ -128,3 +128,29 @@ def test_input_compression_and_normalisation():
     np.testing.assert_allclose(x, (np.log1p(30.0) - 1.0) / 2.0, rtol=1e-6)
     with pytest.raises(ValueError, match="statistics"):
         create_model(config, 3)
+
+
+def test_paper_trunk_skips_chunks_of_padding_without_changing_real_windows_or_gradients():
+    from jaxtag.models.trunks import PaperTrunk
+    trunk = PaperTrunk((4, 4, 8, 8), 16, window_chunk=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(6, 32, 32)).astype(np.float32)
+    present = np.array([True, True, True, False, False, False])  # windows 4, 5: a chunk of padding only
+    params = trunk.init(jax.random.PRNGKey(0), x, present)
+    weights = rng.normal(size=(6, 16)).astype(np.float32) * present[:, None]  # a loss on real windows
+
+    def loss(p, x, present):
+        return jnp.sum(trunk.apply(p, x, present) * weights)
+
+    value, grads = jax.value_and_grad(loss)(params, x, present)
+    # All windows present: nothing is skipped; the loss still reads the real windows only.
+    value_full, grads_full = jax.value_and_grad(loss)(params, x, np.ones(6, bool))
+    np.testing.assert_allclose(value, value_full, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, grads_full)
+    # The skipped chunk is not computed: garbage there cannot reach values or gradients.
+    poisoned = x.copy()
+    poisoned[4:] = np.nan
+    value_p, grads_p = jax.value_and_grad(loss)(params, poisoned, present)
+    np.testing.assert_allclose(value_p, value, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads_p, grads)
+    assert not np.isfinite(jax.grad(loss)(params, poisoned, np.ones(6, bool))["params"]["dense_0"]["kernel"]).all()

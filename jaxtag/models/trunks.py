@@ -41,18 +41,31 @@ class ConvParams(nn.Module):
 
 
 class PaperConvStack(nn.Module):
-    """The paper's conv layers on one chunk of windows [n, frames, n_mels, 1] (a scan body)."""
+    """The paper's conv layers on one chunk of windows [n, frames, n_mels, 1] (a scan body).
+
+    With `skip_padding`, a chunk of padding windows only (present all False) is not computed:
+    its features are zeros. Padding windows are masked everywhere downstream, so this changes no
+    real window's output or gradient; it saves the padding's share of the step (up to a fifth
+    of a track padded from 65 to 80 windows)."""
     channels: Sequence[int]
+    skip_padding: bool = False
 
     @nn.compact
-    def __call__(self, carry, x):
+    def __call__(self, carry, inputs):
+        x, present = inputs
         params, c_in = [], x.shape[-1]
         for i, c in enumerate(self.channels):
             kernel, bias = ConvParams(c, name=f"conv{i}")(c_in)
             params.append((kernel.astype(x.dtype), bias.astype(x.dtype)))
             c_in = c
-        x = conv_relu_pool_stack(tuple(params), x)
-        return carry, x.reshape(x.shape[0], -1)
+        params = tuple(params)
+        if self.skip_padding:
+            out_shape = jax.eval_shape(conv_relu_pool_stack, params, x)
+            y = jax.lax.cond(present.any(), conv_relu_pool_stack,
+                             lambda p, x: jnp.zeros(out_shape.shape, out_shape.dtype), params, x)
+        else:
+            y = conv_relu_pool_stack(params, x)
+        return carry, y.reshape(y.shape[0], -1)
 
 
 def windows_per_chunk(chunk: int, n: int) -> int:
@@ -80,15 +93,20 @@ class PaperTrunk(nn.Module):
     window_chunk: int = 0
 
     @nn.compact
-    def __call__(self, x, mask=None, train: bool = False):  # x: [N, frames, n_mels]
-        del mask, train
+    def __call__(self, x, present=None, train: bool = False):  # x: [N, frames, n_mels], present: [N]
+        del train
         n = x.shape[0]
         chunk = windows_per_chunk(self.window_chunk, n)
         extra = -n % chunk
         x = jnp.pad(x, ((0, extra), (0, 0), (0, 0)))[..., None]
+        present = jnp.ones((n,), bool) if present is None else present
+        present = jnp.pad(present, (0, extra))
         stack = nn.scan(PaperConvStack, variable_broadcast="params", split_rngs={"params": False},
                         in_axes=0, out_axes=0)
-        _, h = stack(tuple(self.channels), name="convs")(None, x.reshape((-1, chunk) + x.shape[1:]))
+        # Skipping only pays when there are several chunks (one chunk holds the real windows).
+        skip = (n + extra) // chunk > 1
+        _, h = stack(tuple(self.channels), skip, name="convs")(
+            None, (x.reshape((-1, chunk) + x.shape[1:]), present.reshape(-1, chunk)))
         h = h.reshape(n + extra, -1)[:n]
         return nn.relu(nn.Dense(self.features, name="dense_0")(h))
 
