@@ -10,7 +10,8 @@ import os
 
 from absl import app, flags
 
-_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories with eval/test_metrics.json.")
+_WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories with eval/test_metrics.json: comma-separated, "
+                              "or space-separated (`--workdirs runs/cnn runs/cnn_lstm`).")
 _OUT = flags.DEFINE_string("out", "report.png", "Picture to write; the table goes to the same name .md.")
 
 
@@ -42,12 +43,15 @@ def markdown_table(runs: dict[str, dict]) -> str:
 
 
 def main(argv):
-    del argv
     from jaxtag.plots import plot_maa_bars
-    names = [os.path.basename(os.path.normpath(w)) for w in _WORKDIRS.value]
+    # `--workdirs a b` leaves b among the positional arguments: every run named is reported.
+    workdirs = list(_WORKDIRS.value or []) + list(argv[1:])
+    if not workdirs:
+        raise app.UsageError("name the runs: --workdirs runs/cnn runs/cnn_lstm")
+    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(set(names)) < len(names):  # runs with the same folder name: label them by path
-        names = [os.path.normpath(w) for w in _WORKDIRS.value]
-    runs = {n: load_metrics(w) for n, w in zip(names, _WORKDIRS.value)}
+        names = [os.path.normpath(w) for w in workdirs]
+    runs = {n: load_metrics(w) for n, w in zip(names, workdirs)}
     tags = [r["tags"] for r in runs.values()]
     if any(t != tags[0] for t in tags):
         raise app.UsageError("the runs were evaluated on different tag sets")
@@ -59,7 +63,6 @@ def main(argv):
 
 
 def run():
-    flags.mark_flags_as_required(["workdirs"])
     app.run(main)
 
 
