@@ -73,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     train.shuffle_buffer = 512
     train.keep_checkpoints = 2
     train.checkpoint_every_steps = 200   # mid-epoch checkpoints (resumable exactly); 0: epoch ends only
-    train.log_every_tracks = 50
+    train.log_every_tracks = 20
 
     # ---- Evaluation (paper 5). ----
     evaluation = config.eval = ml_collections.ConfigDict()

@@ -27,6 +27,20 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
                                    process_id=process_id)
 
 
+def on_each_host_in_turn(fn):
+    """fn() on process 0 first, then on the others: hosts that share a filesystem find process 0's
+    prepared data instead of racing to write it; hosts with local disks each prepare their own."""
+    if jax.process_count() == 1:
+        return fn()
+    from jax.experimental import multihost_utils
+    result = fn() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("jaxtag: process 0 has run it")
+    if jax.process_index() != 0:
+        result = fn()
+    multihost_utils.sync_global_devices("jaxtag: every process has run it")
+    return result
+
+
 def data_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), ("data",))
 

@@ -99,7 +99,8 @@ def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callab
     jit_kwargs = {}
     if mesh is not None:
         rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-        jit_kwargs = dict(in_shardings=(rep, data, rep), out_shardings=(rep, data, rep))
+        # Per-track losses come back replicated (a few floats): every host can read them.
+        jit_kwargs = dict(in_shardings=(rep, data, rep), out_shardings=(rep, rep, rep))
 
     @functools.partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
     def train_step(state, batch, key):
@@ -182,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.data_mesh()
     parallel.check_batch_size(config.train.batch_size, mesh)  # before any work
     os.makedirs(workdir, exist_ok=True)
-    builder = pipeline.prepare(config)
+    builder = parallel.on_each_host_in_turn(lambda: pipeline.prepare(config))
     tags = builder.builder_config.settings.tags
     n_train = builder.info.splits["train"].num_examples
 
@@ -227,6 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     epoch_track_losses=track_losses)
         store.save(int(state.step), state.variables, state.opt_state, meta, None, False)
 
+    epoch_seconds = []  # train + validation time of each epoch run here, for the ETA
     try:
         with _Preemption() as preemption:
             for epoch in range(start_epoch, config.train.num_epochs):
@@ -253,7 +255,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     pending.append((per_track, valid, finite, batch["track"], host_step))
                     n_seen += int(valid.sum())
                     n_windows += int(batch["present"].sum())
-                    if n_seen and n_seen % config.train.log_every_tracks == 0:
+                    # Logged whenever n_seen passes a multiple of log_every_tracks (batches of several
+                    # tracks step over exact multiples).
+                    if n_seen // config.train.log_every_tracks > (n_seen - int(valid.sum())) // config.train.log_every_tracks:
                         rate = n_seen / (time.time() - t0)
                         logging.info("epoch %d: %d/%d tracks, %.2f tracks/s, ETA %.0fs", epoch + 1, n_seen,
                                      n_train - skip * config.train.batch_size, rate,
@@ -282,11 +286,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 meta.update(step=int(state.step), best_score=float(best_score), train_loss=train_loss,
                             train_seconds=train_seconds, batches_done=None)
                 store.save(int(state.step), state.variables, state.opt_state, meta, rank_score, is_best)
+                epoch_seconds.append(time.time() - t0)
+                eta = np.mean(epoch_seconds) * (config.train.num_epochs - epoch - 1)
                 logging.info("epoch %d/%d: train loss %.4f (%.1fs, %.1f windows/s); validation %s %.4f, "
-                             "MAA %.4f (all-negative %.4f)%s", epoch + 1, config.train.num_epochs, train_loss,
-                             train_seconds, n_windows / train_seconds, best_metric, score,
+                             "MAA %.4f (all-negative %.4f)%s; ETA %.0fs", epoch + 1, config.train.num_epochs,
+                             train_loss, train_seconds, n_windows / train_seconds, best_metric, score,
                              val["metrics"]["mean_maa"], val["metrics"]["mean_baseline_maa"],
-                             " *best*" if is_best else "")
+                             " *best*" if is_best else "", eta)
                 if writer is not None:
                     writer.scalar("train/loss", train_loss, epoch + 1)
                     writer.scalar("train/windows_per_second", n_windows / train_seconds, epoch + 1)

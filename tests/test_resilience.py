@@ -1,6 +1,7 @@
 """Interrupted training resumes exactly; preemption saves; divergence stops without saving."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -42,6 +43,9 @@ def uninterrupted(prepared_tiny, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     out = _train_cli(workdir, config.data.data_dir)
     assert out.returncode == 0, out.stderr[-3000:]
+    # Progress within an epoch (6 tracks, logged every 4) and the run's ETA after each epoch.
+    assert re.search(r"epoch 1: 4/6 tracks, [\d.]+ tracks/s, ETA \d+s", out.stderr), out.stderr[-3000:]
+    assert re.search(r"epoch 1/2: train loss .*; ETA \d+s", out.stderr), out.stderr[-3000:]
     return _final(workdir)
 
 
