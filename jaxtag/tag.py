@@ -2,9 +2,10 @@
 
 Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a trained run and
 writes, for each input, NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT.
-NAME is the input's file name made safe, plus a hash of its full path: it cannot collide with
-another input's or leave OUT. A bad file is reported on stderr and skipped; the exit status is 1
-if any file failed, 2 if nothing could be tagged at all (e.g. no checkpoint).
+NAME is the input's file name made safe (`some.mp3` -> `some`); inputs whose safe names clash
+(`a/song.mp3`, `b/song.mp3`, `song.wav`) get a hash of their full path added, so no two inputs
+share outputs and none can leave OUT. A bad file is reported on stderr and skipped; the exit
+status is 1 if any file failed, 2 if nothing could be tagged at all (e.g. no checkpoint).
 """
 from __future__ import annotations
 
@@ -38,12 +39,23 @@ def find_audio(inputs: list[str]) -> list[str]:
     return found
 
 
-def output_name(path: str) -> str:
-    """A file name for a given input: safe characters only, no leading dot, unique per input path."""
+def _safe_stem(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"
+
+
+def output_name(path: str) -> str:
+    """A file name for an input whose safe name clashes with another's: safe characters only, no
+    leading dot, plus a hash of the full path."""
     digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{safe}-{digest}"
+    return f"{_safe_stem(path)}-{digest}"
+
+
+def output_names(paths: list[str]) -> dict[str, str]:
+    """Output names for a run's inputs: the safe file name where it is unique among them
+    (case-insensitively, for case-insensitive disks), `output_name` where it is not."""
+    stems = [_safe_stem(p).lower() for p in paths]
+    return {p: _safe_stem(p) if stems.count(s) == 1 else output_name(p) for p, s in zip(paths, stems)}
 
 
 def _write_atomic(path: str, data: str | bytes) -> None:
@@ -53,12 +65,13 @@ def _write_atomic(path: str, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(taggram, audio_path: str, output_dir: str, formats) -> dict[str, str]:
+def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None) -> dict[str, str]:
     from jaxtag import plots
+    from jaxtag.errors import DataError
     from jaxtag.html_page import render_html
-    base = os.path.join(output_dir, output_name(audio_path))
-    out_dir = os.path.realpath(output_dir)
-    assert os.path.realpath(base).startswith(out_dir + os.sep)  # never outside --output_dir
+    base = os.path.join(output_dir, name or output_name(audio_path))
+    if not os.path.realpath(base).startswith(os.path.realpath(output_dir) + os.sep):
+        raise DataError(f"{audio_path}: its output name {base!r} would leave --output_dir")
     written = {}
     for fmt in formats:
         path = f"{base}.{fmt}"
@@ -84,6 +97,8 @@ def main(argv):
         raise app.UsageError("give one or more audio files or directories")
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
+    if _SMOOTH.value < 1 or _SMOOTH.value % 2 == 0:
+        raise app.UsageError(f"--smooth must be an odd number of windows >= 1, got {_SMOOTH.value}")
     import numpy as np
     from tqdm import tqdm
     from jaxtag.errors import JaxtagError
@@ -96,19 +111,25 @@ def main(argv):
     if _THRESHOLD.value is not None:
         tagger.threshold = np.full(len(tagger.tags), _THRESHOLD.value, np.float32)
     files = find_audio(inputs)
+    names = output_names(files)
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     failed = 0
     for path in tqdm(files, desc="tagging", unit="file", file=sys.stderr, disable=len(files) < 2):
         try:
             taggram = tagger.tag(path).smoothed(_SMOOTH.value)
-            write_outputs(taggram, path, _OUTPUT_DIR.value, _FORMATS.value)
+            written = write_outputs(taggram, path, _OUTPUT_DIR.value, _FORMATS.value, names[path])
         except (JaxtagError, OSError) as e:
             failed += 1
             print(f"error: {path}: {e}", file=sys.stderr)
             continue
+        except Exception as e:  # noqa: BLE001 - one unexpected failure must not stop the other files
+            failed += 1
+            print(f"error: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
         if _TOP_N.value > 0:
             top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(_TOP_N.value))
             print(f"{path}: {top}")
+        print(f"{path} -> {', '.join(written.values())}", file=sys.stderr)
     print(f"tagged {len(files) - failed} of {len(files)} file(s) into {_OUTPUT_DIR.value}", file=sys.stderr)
     return 1 if failed else 0
 

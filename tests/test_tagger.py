@@ -10,7 +10,7 @@ import soundfile as sf
 
 from conftest import write_tone
 from jaxtag.data import corpus, labels, pipeline
-from jaxtag.tag import find_audio, output_name
+from jaxtag.tag import find_audio, output_name, output_names
 from jaxtag.tagger import Tagger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +104,10 @@ def test_output_names_are_safe_and_unique(tmp_path):
     for nasty in ["../../etc/passwd.mp3", "<script>x</script>.mp3", ".hidden.mp3", "é è ü.flac"]:
         name = output_name(nasty)
         assert "/" not in name and not name.startswith(".") and "<" not in name
+    names = output_names(["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav", "/m/solo <i>.mp3"])
+    assert names["/m/solo <i>.mp3"] == "solo_i_"   # unique: the plain safe name, as users expect
+    clashing = [names[p] for p in ["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav"]]
+    assert len(set(n.lower() for n in clashing)) == 3 and all(n.lower().startswith("song-") for n in clashing)
     (tmp_path / "d" / "e").mkdir(parents=True)
     for p in ["d/x.mp3", "d/e/y.FLAC", "d/e/notes.txt"]:
         (tmp_path / p).write_bytes(b"")
@@ -123,19 +127,32 @@ def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
     good = [write_tone(music / "one <b>&.wav", 4.0, sr=8000), write_tone(music / "two.flac", 3.0, sr=8000, fmt="FLAC")]
     bad = music / "broken.mp3"
     bad.write_text("not audio at all\n" * 20)
+    empty = music / "empty.wav"
+    empty.write_bytes(b"")
     out = tmp_path / "out"
     result = _tag_cli(f"--workdir={workdir}", str(music), f"--output_dir={out}", "--smooth=3", "--top_n=2")
     assert result.returncode == 1
     assert str(bad) in result.stderr and "cannot decode" in result.stderr
-    for path in good:
-        base = out / output_name(path)
+    assert f"{empty}: " in result.stderr and "empty (0 bytes)" in result.stderr
+    for path, name in zip(good, ["one_b_", "two"]):
+        base = out / name
         for ext in ("json", "csv", "png", "html"):
             assert (base.parent / f"{base.name}.{ext}").stat().st_size > 0, ext
         record = json.loads((base.parent / f"{base.name}.json").read_text())
         assert record["file"] == path and len(record["tags"]) == 18
         assert all(set(w) == {"start", "end", "scores", "tags"} for w in record["windows"])
         assert path in result.stdout  # top-n summary
-    assert sorted(p.name.split("-")[0] for p in out.iterdir() if p.suffix == ".json") == ["one_b_", "two"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["one_b_.json", "two.json"]
+    # --threshold overrides the run's: at 0 every tag is on in every window.
+    result = _tag_cli(f"--workdir={workdir}", good[1], f"--output_dir={tmp_path / 'all_on'}", "--threshold=0",
+                      "--formats=json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads((tmp_path / "all_on" / "two.json").read_text())
+    assert all(sorted(w["tags"]) == sorted(record["tags"]) for w in record["windows"])
+    # An impossible option fails before any work, naming itself.
+    result = _tag_cli(f"--workdir={workdir}", good[1], f"--output_dir={tmp_path / 'even'}", "--smooth=2")
+    assert result.returncode != 0 and "--smooth must be an odd number" in result.stderr
+    assert not (tmp_path / "even").exists()
 
 
 def test_cli_without_checkpoint_fails_clearly(tmp_path):
