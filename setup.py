@@ -25,6 +25,7 @@ setup(
         "ml-collections>=0.1.1",
         "matplotlib>=3.8",
         "tensorboard>=2.16",  # tf.summary event files; tensorflow-cpu does not pull it in
+        "tqdm>=4.66",         # the tag CLI's progress bar
     ],
     extras_require={
         # dill: imported by tfds.testing; scikit-learn: independent reference metrics.

@@ -31,10 +31,12 @@ def main(argv):
     from jaxtag.logs import setup_cli_logging
     setup_cli_logging()
     del argv
+    from jaxtag.config_validation import validate_config
     from jaxtag.data import pipeline
     from jaxtag.errors import JaxtagError
     start = time.time()
     try:
+        validate_config(_CONFIG.value)  # impossible settings fail before any audio is read
         builder = pipeline.prepare(_CONFIG.value)
     except JaxtagError as e:
         logging.error("%s", e)

@@ -154,3 +154,10 @@ def test_paper_trunk_skips_chunks_of_padding_without_changing_real_windows_or_gr
     np.testing.assert_allclose(value_p, value, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), grads_p, grads)
     assert not np.isfinite(jax.grad(loss)(params, poisoned, np.ones(6, bool))["params"]["dense_0"]["kernel"]).all()
+
+
+def test_db_compression_is_finite_on_silence():
+    model = create_model(model_config("cnn", compression="db"), 3)
+    mel = np.array([0.0, 1e-12, 1.0, 100.0], np.float32).reshape(1, 1, 1, 4)
+    x = model.apply({}, mel, method=model.transform_input)
+    np.testing.assert_allclose(np.asarray(x).ravel(), [-100.0, -100.0, 0.0, 20.0], rtol=1e-5, atol=1e-4)

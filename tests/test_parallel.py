@@ -160,3 +160,4 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     assert reference["processes"] == 1
     for r in results:
         np.testing.assert_allclose(r["params"], reference["params"], rtol=1e-4, atol=1e-6)
+

@@ -114,6 +114,13 @@ def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
                f"--config.data.data_dir={config.data.data_dir}", cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mean" in out.stdout and os.path.exists(os.path.join(workdir, "eval", "test_metrics.json"))
+    # Evaluation only: no training step ran, no checkpoint was added.
+    def saved_steps(run):
+        return {kind: sorted(os.listdir(os.path.join(run, "checkpoints", kind))) for kind in ("latest", "best")}
+    assert saved_steps(workdir) == saved_steps(original) and saved_steps(original)["latest"]
+    # Training wrote TensorBoard event files.
+    events = os.listdir(os.path.join(original, "tensorboard"))
+    assert any(name.startswith("events.out.tfevents") for name in events), events
     out = _cli("jaxtag.prepare", "--config=configs/tiny.py", f"--config.data.data_dir={config.data.data_dir}",
                cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -158,3 +165,10 @@ def test_mistyped_config_field_fails_before_any_work(tmp_path):
                "--config.train.learnig_rate=0.1", f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
     assert out.returncode != 0 and "learnig_rate" in out.stderr
     assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "w")
+
+
+def test_prepare_cli_validates_the_config_before_reading_audio(tmp_path):
+    out = _cli("jaxtag.prepare", "--config=configs/tiny.py", "--config.data.window_hop=64",
+               f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
+    assert out.returncode != 0 and "data.window_hop (64) exceeds data.window_frames (32)" in out.stderr
+    assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "d")
