@@ -35,6 +35,13 @@ def validate_config(config) -> None:
             problems.append(f"data.{name} must be positive, got {d[name]}")
     if d.window_hop > d.window_frames:
         problems.append(f"data.window_hop ({d.window_hop}) exceeds data.window_frames ({d.window_frames})")
+    if not d.root and int(d.hop_length) > 0 and int(d.sample_rate) > 0:
+        # The built-in corpus's track lengths are known before any work (a real corpus's are not:
+        # its tracks shorter than a window are padded, see README).
+        window_seconds = (d.window_frames - 1) * d.hop_length / d.sample_rate
+        if window_seconds > d.synthetic.max_seconds:
+            problems.append(f"a window of data.window_frames={d.window_frames} frames ({window_seconds:.1f} s) is "
+                            f"longer than every track of the built-in corpus (at most {d.synthetic.max_seconds} s)")
     n_pools = len(m.conv_channels) // 2
     if min(d.window_frames, d.n_mels) < 2 ** n_pools:
         problems.append(f"window_frames and n_mels must be at least {2 ** n_pools} for {n_pools} pooling layers")

@@ -50,6 +50,7 @@ def test_paper_configs_keep_the_paper_settings():
     ("data.n_mels", 2, "at least"),
     ("train.batch_size", 0, "batch_size"),
     ("data.window_hop", 500, "exceeds"),
+    ("data.window_frames", 4096, "longer than every track"),
 ])
 def test_impossible_values_fail_before_any_work(field, value, message):
     config = importlib.import_module("configs.cnn_lstm").get_config()

@@ -31,6 +31,15 @@ def test_missing_audio_is_reported_by_name_or_skipped(tmp_path):
     assert [t.name for t in corpus.find_tracks(root, skip_missing=True)] == sorted(NAMES[1:])
 
 
+def test_missing_label_csv_is_reported_by_name_or_skipped(tmp_path):
+    root = make_corpus(tmp_path, {n: (4.0, [(0.0, 3.0, {})]) for n in NAMES})
+    os.remove(os.path.join(root, "SegLabelHard", "SegLabelHard", "cake-perhaps,_perhaps,_perhaps.csv"))
+    with pytest.raises(DataError, match=r"audio but no label CSV: cake-perhaps,_perhaps,_perhaps") as info:
+        corpus.find_tracks(root)
+    assert root in str(info.value)
+    assert [t.name for t in corpus.find_tracks(root, skip_missing=True)] == [NAMES[0], NAMES[2]]
+
+
 def test_wrong_root_is_an_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         corpus.find_tracks(str(tmp_path / "nowhere"))

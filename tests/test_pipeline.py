@@ -111,6 +111,50 @@ def test_user_corpus_is_prepared_with_the_same_rules(tmp_path):
     assert summary["label_frequency"]["Emotion-Angry_/_Agressive"] == 0
 
 
+def test_soft_label_set_is_prepared_with_the_window_rule(tmp_path):
+    """label_set=soft reads SegLabelSoft/; a window's label is 1 where its frames' mean is > 0.5."""
+    rows = [(0.0, 6.0, {"Emotion-Happy": 0.7, "Emotion-Sad": 0.3, "Emotion-Tender_/_Soft": 0.51})]
+    root = tmp_path / "corpus"
+    make_corpus(root, {f"artist_{i}-song": (6.0, rows) for i in range(5)})
+    os.rename(root / "SegLabelHard", root / "SegLabelSoft")
+    os.rename(root / "SegLabelSoft" / "SegLabelHard", root / "SegLabelSoft" / "SegLabelSoft")
+    config = tiny_config(str(tmp_path / "prepared"), **{"data.root": str(root), "data.label_set": "soft"})
+    builder = pipeline.prepare(config)
+    tags = list(builder.builder_config.settings.tags)
+    ex = next(pipeline.load_split(config, "test").as_numpy_iterator())
+    assert ex["mask"].all()
+    for tag, expected in [("Emotion-Happy", 1), ("Emotion-Sad", 0), ("Emotion-Tender_/_Soft", 1), ("Emotion-Angry_/_Agressive", 0)]:
+        assert (ex["labels"][:, tags.index(tag)] == expected).all(), tag
+    with pytest.raises(DataError, match="SegLabelHard"):  # the hard set is not there
+        pipeline.prepare(tiny_config(str(tmp_path / "prepared2"), **{"data.root": str(root)}))
+
+
+def test_unchanged_settings_reuse_the_prepared_data(data_dir, prepared_tiny):
+    config, builder = prepared_tiny
+    info = os.path.join(builder.data_dir, "dataset_info.json")
+    before = os.stat(info).st_mtime_ns
+    again = pipeline.prepare(tiny_config(data_dir))
+    assert again.data_dir == builder.data_dir and os.stat(info).st_mtime_ns == before
+
+
+def test_synthetic_corpus_annotates_some_segments_and_tags_change_within_tracks(tmp_path):
+    """As in CAL500exp: only some segments of a track are annotated, and a track's tags change."""
+    import soundfile as sf
+    from jaxtag.data import synthetic
+    from jaxtag.data.labels import read_segments
+    from jaxtag.tags import CAL500EXP_TAGS
+    names = synthetic.generate_corpus(str(tmp_path), num_tracks=6, seed=0, min_seconds=25.0, max_seconds=40.0,
+                                      sample_rate=8000, audio_format="wav")
+    partly, changing = 0, 0
+    for name in names:
+        duration = sf.info(str(tmp_path / "CAL500_32kps" / f"{name}.wav")).duration
+        segments = read_segments(str(tmp_path / "SegLabelHard" / "SegLabelHard" / f"{name}.csv"), CAL500EXP_TAGS)
+        covered = float(np.sum(segments.end - segments.start))
+        partly += 0 < covered < duration - 1.0
+        changing += len({tuple(row) for row in segments.labels}) > 1
+    assert partly >= 1 and changing >= 1
+
+
 def test_wrong_root_never_falls_back_to_synthetic(tmp_path):
     config = tiny_config(str(tmp_path), **{"data.root": str(tmp_path / "missing")})
     with pytest.raises(DataError, match="does not exist"):

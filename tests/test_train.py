@@ -32,6 +32,7 @@ def test_train_step_reduces_the_loss_on_a_fixed_batch(data_dir):
         state, per_track, finite = step(state, batch, jax.random.PRNGKey(1))
         assert bool(finite)
         losses.append(float(per_track[0]))
+    assert losses[1] < losses[0]  # one step already lowers the loss on the same batch
     assert losses[-1] < 0.8 * losses[0]
     assert int(state.step) == 40
 
@@ -61,6 +62,16 @@ def test_train_and_evaluate_writes_checkpoints_and_metrics(trained):
     assert len(saved["tags"]) == 18 and saved["threshold"] == 0.5
     assert np.isfinite(saved["mean_maa"]) and np.isfinite(saved["mean_baseline_maa"])
     assert saved == json.loads(json.dumps(result))
+    # The best checkpoint holds the best validation score seen; the latest keeps at most
+    # keep_checkpoints steps.
+    from jaxtag import checkpoint as ckpt_lib
+    metric = config.eval.best_metric
+    _, best = ckpt_lib.restore_for_inference(workdir, "best")
+    _, latest = ckpt_lib.restore_for_inference(workdir, "latest")
+    assert best["validation"][metric] == latest["best_score"] >= latest["validation"][metric]
+    assert (best["step"] == latest["step"]) == (latest["validation"][metric] == latest["best_score"])
+    assert len(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) <= config.train.keep_checkpoints
+    assert len(os.listdir(os.path.join(workdir, "checkpoints", "best"))) == 1
 
 
 def test_metrics_json_maa_is_recomputed_from_the_predictions_file(trained):
@@ -125,6 +136,7 @@ def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
                cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "train" in out.stdout and "Emotion-Sad" in out.stdout
+    assert "using the built-in SYNTHETIC corpus" in out.stderr  # said loudly, never silently
 
 
 def test_main_reports_bad_root_without_a_traceback(tmp_path):
