@@ -110,12 +110,12 @@ function follow() {{ showTime(player.currentTime); if (!player.paused) requestAn
 player.addEventListener("timeupdate", () => showTime(player.currentTime));
 player.addEventListener("seeked", () => showTime(player.currentTime));
 player.addEventListener("play", () => requestAnimationFrame(follow));
+// A click and #t=SECONDS only seek the player: the cursor follows the player's own events.
 canvas.addEventListener("click", e => {{
-  const t = (e.offsetX / width) * T.duration;
-  try {{ player.currentTime = t; }} catch (err) {{}}
-  showTime(t);
+  try {{ player.currentTime = (e.offsetX / width) * T.duration; }} catch (err) {{}}
 }});
 const hash = location.hash.match(/t=([0-9.]+)/);   // #t=SECONDS opens the page at that time
-if (hash) {{ try {{ player.currentTime = Number(hash[1]); }} catch (err) {{}} showTime(hash[1]); }} else showTime(0);
+if (hash) {{ try {{ player.currentTime = Number(hash[1]); }} catch (err) {{}} }}
+showTime(player.currentTime);
 </script></body></html>
 """

@@ -72,3 +72,28 @@ def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
     # Nearest window centre to 9 s is 8 s (window 3): Sad and the evil tag are on, Happy is off.
     assert seen[9][3] == ["Emotion-Sad", "Emotion-&lt;script&gt;alert(1)&lt;/script&gt;\"'&amp;"]
     assert seen[0][3] == ["Emotion-Happy"]
+
+
+CLICK_AT_6_SECONDS = """<script>
+// Test only: a user's click on the taggram at 6 s of 14, then report where the player went.
+const playerUnderTest = document.getElementById("player");
+playerUnderTest.addEventListener("seeked", () => { document.body.dataset.playerTime = String(playerUnderTest.currentTime); });
+window.addEventListener("load", () => setTimeout(() => {
+  const c = document.getElementById("taggram"), r = c.getBoundingClientRect();
+  c.dispatchEvent(new MouseEvent("click", {clientX: r.left + r.width * 6 / 14, clientY: r.top + 5, bubbles: true}));
+}, 200));
+</script></body>"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_a_click_on_the_taggram_seeks_the_player_and_the_cursor_follows(tmp_path):
+    audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)
+    page = tmp_path / "page.html"
+    page.write_text(render_html(_taggram(str(tmp_path / "song.wav")), audio).replace("</body>", CLICK_AT_6_SECONDS))
+    dom = _dump_dom(page, 0, tmp_path / "profile")
+    player_time = float(re.search(r'<body[^>]*data-player-time="([0-9.]+)"', dom).group(1))
+    cursor_time = float(re.search(r'<div id="cursor"[^>]*data-time="([0-9.]+)"', dom).group(1))
+    assert player_time == pytest.approx(6.0, abs=0.1)
+    assert cursor_time == pytest.approx(player_time, abs=1e-3)
+    now = re.findall(r"<span>(.*?)</span>", re.search(r'<em id="now-tags">(.*?)</em>', dom, re.S).group(1))
+    assert now == ["Emotion-Sad"]  # window centred at 6 s: Happy 0.2, Sad 0.9, evil 0.1
