@@ -134,3 +134,34 @@ def test_killed_preparation_resumes_without_redoing_finished_tracks(prepared_tin
         for name in got:
             for key in ("mel", "labels", "mask", "window_start"):
                 np.testing.assert_array_equal(got[name][key], want[name][key])
+
+
+def test_track_cache_never_uses_a_partial_or_stale_entry(tmp_path):
+    """What a kill can leave behind: a half-written temporary file, a truncated entry under a real
+    name (e.g. a disk filled up), or an entry for audio that has since changed. None is used."""
+    from jaxtag.data.cal500exp.cal500exp_dataset_builder import TrackCache
+    from jaxtag.data.corpus import Track
+    audio, csv = tmp_path / "t.wav", tmp_path / "t.csv"
+    audio.write_bytes(b"RIFF....")
+    csv.write_text("Start_Time,End_Time\n")
+    track = Track("t", str(audio), str(csv))
+    cache = TrackCache(str(tmp_path / "cache"))
+    example = {"mel": np.ones((3, 4), np.float32), "window_start": np.arange(2), "labels": np.zeros((2, 5)),
+               "mask": np.ones(2, bool), "track": "t", "n_frames": 3, "n_annotated_frames": 2}
+    cache.store(track, example)
+    got = cache.load(track)
+    np.testing.assert_array_equal(got["mel"], example["mel"])
+    assert got["n_frames"] == 3 and cache.hits == 1
+    path = cache._path(track)
+    full = open(path, "rb").read()
+    with open(path + ".tmp123.npz", "wb") as f:  # a kill mid-write leaves only a temporary name
+        f.write(full[: len(full) // 2])
+    assert cache.load(track) is not None
+    with open(path, "wb") as f:                  # truncated under the real name
+        f.write(full[: len(full) // 2])
+    assert cache.load(track) is None
+    with open(path, "wb") as f:
+        f.write(full)
+    assert cache.load(track) is not None
+    audio.write_bytes(b"RIFF.... changed")       # the audio changed since: recomputed
+    assert cache.load(track) is None

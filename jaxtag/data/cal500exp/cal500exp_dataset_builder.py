@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -209,8 +210,8 @@ class TrackCache:
                 example = {k: z[k] for k in ("mel", "window_start", "labels", "mask")}
                 example.update(track=track.name, n_frames=int(z["n_frames"]),
                                n_annotated_frames=int(z["n_annotated_frames"]))
-        except (OSError, ValueError, KeyError):
-            return None  # unreadable cache entries are recomputed
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable (e.g. truncated) cache entries are recomputed
         self.hits += 1
         return example
 
