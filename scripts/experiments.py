@@ -61,12 +61,13 @@ def _fmt(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.3f}"
 
 
-def results_table(records: dict[str, dict]) -> str:
+def results_table(records: dict[str, dict], data_root: str = "") -> str:
+    """The markdown of docs/results.md from experiment records (run_experiment's)."""
     import jax
-    corpus = _DATA_ROOT.value or "the built-in synthetic corpus (configs/default.py: data.synthetic)"
+    corpus = data_root or "the built-in synthetic corpus (configs/default.py: data.synthetic)"
     lines = [
         "# Results", "",
-        f"Produced by `python scripts/experiments.py{' --data_root=' + _DATA_ROOT.value if _DATA_ROOT.value else ''}` "
+        f"Produced by `python scripts/experiments.py{' --data_root=' + data_root if data_root else ''}` "
         f"on {corpus}; test split, best checkpoint by validation macro ROC-AUC. Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].platform}.",
         "", "Macro means over tags (tags with one class only in the test windows are left out of ROC-AUC).",
@@ -109,7 +110,7 @@ def main(argv):
         records[name] = run_experiment(name)
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(_OUT.value, "w") as f:
-        f.write(results_table(records))
+        f.write(results_table(records, _DATA_ROOT.value))
     print(open(_OUT.value).read())
 
 
