@@ -7,6 +7,7 @@ the loop never waits on the step.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -89,6 +90,29 @@ def create_train_state(config, model, key) -> TrainState:
                               batch_stats=variables.get("batch_stats", {}))
     # A Python-int step would be weakly typed and force a second compilation after the first step.
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts XLA compilations in the block (jax.monitoring's backend-compile events), as
+    {"n": count}: an epoch over tracks of any lengths should compile once per length bucket."""
+    counter = {"n": 0}
+    active = [True]
+
+    def listener(event, duration, **kwargs):
+        if active[0] and event == "/jax/core/compile/backend_compile_duration":
+            counter["n"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counter
+    finally:
+        active[0] = False  # listeners cannot be removed in every jax version: this one goes quiet
+        try:
+            from jax._src import monitoring
+            monitoring._unregister_event_duration_listener_by_callback(listener)
+        except (ImportError, AttributeError, AssertionError, ValueError):
+            pass
 
 
 def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callable:

@@ -45,17 +45,18 @@ def _time(fn, repeats):
     return best
 
 
-def train_flops_per_window(config, num_tags=18) -> float:
+def train_flops_per_window(config, num_tags=18, training=True) -> float:
     """Multiply-adds x 2 of one window's training step, counted from the layer sizes: every layer
     runs forward, input gradient and weight gradient (3x its forward), except the first
     convolution, whose input needs no gradient (2x). Elementwise ops, pooling and Adam are not
-    counted. Paper trunk and LSTM models only."""
+    counted. training=False: the forward pass only (inference). Paper trunk and LSTM models only."""
     d, m = config.data, config.model
     h, w, c_in = d.window_frames, d.n_mels, 1
     total = 0.0
+    passes = 3 if training else 1
     for i, c in enumerate(m.conv_channels):
         forward = 2.0 * h * w * c_in * c * 9
-        total += (2 if i == 0 else 3) * forward
+        total += (min(passes, 2) if i == 0 else passes) * forward
         c_in = c
         if i % 2 == 1:
             h, w = h // 2, w // 2
@@ -64,12 +65,12 @@ def train_flops_per_window(config, num_tags=18) -> float:
     head_in = sizes[1]
     if m.name.endswith("lstm"):
         lstm = m.lstm_size
-        total += 3 * 2.0 * 4 * (sizes[1] + lstm) * lstm
+        total += passes * 2.0 * 4 * (sizes[1] + lstm) * lstm
         head_in += lstm
     for out in list(m.dense_sizes[1:]) + [num_tags]:
         dense.append((head_in, out))
         head_in = out
-    total += sum(3 * 2.0 * a * b for a, b in dense)
+    total += sum(passes * 2.0 * a * b for a, b in dense)
     return total
 
 
@@ -119,8 +120,10 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
     train_s = _time(one_step, repeats)
     predict = train.make_predict_step(model)
     infer_s = _time(lambda: predict(holder["state"].variables, batch, key), repeats)
+    infer_flops = train_flops_per_window(config, training=False) * n_windows
     return {"train_windows_per_s": n_windows / train_s, "infer_windows_per_s": n_windows / infer_s,
-            "train_gflops": flops / train_s / 1e9, "flops_per_step": flops, "padded_to": length,
+            "train_gflops": flops / train_s / 1e9, "infer_gflops": infer_flops / infer_s / 1e9,
+            "flops_per_step": flops, "padded_to": length,
             "step_seconds": train_s, "step": lambda: jax.block_until_ready(one_step())}
 
 
@@ -167,7 +170,7 @@ def count_compilations(name: str) -> tuple[int, int]:
     from jaxtag import train
     from jaxtag.data.buckets import bucket_length
     from jaxtag.models import create_model
-    config = _config("cnn_lstm")
+    config = _config(name)
     d, m = config.data, config.model
     d.n_mels, d.window_frames = 32, 32   # small sizes: this counts compilations, not speed
     m.conv_channels, m.dense_sizes, m.lstm_size = (4, 4, 8, 8), (32, 16, 16), 8
@@ -175,15 +178,17 @@ def count_compilations(name: str) -> tuple[int, int]:
     state = train.create_train_state(config, model, jax.random.PRNGKey(0))
     step = train.make_train_step(model, "margin")
     rng = np.random.default_rng(0)
+    key = jax.random.PRNGKey(1)
     buckets = set()
-    for n in rng.integers(10, 200, size=40):
-        length = bucket_length(int(n), config.train.length_buckets)
-        buckets.add(length)
-        present = np.arange(length)[None] < n
-        batch = {"mel": np.ones((1, length, 32, 32), np.float32), "labels": np.zeros((1, length, 18), np.float32),
-                 "mask": present, "present": present}
-        state, _, _ = step(state, batch, jax.random.PRNGKey(1))
-    return step._cache_size(), len(buckets)
+    with train.count_compilations() as compiled:   # XLA compilations, counted by jax.monitoring
+        for n in rng.integers(10, 200, size=40):
+            length = bucket_length(int(n), config.train.length_buckets)
+            buckets.add(length)
+            present = np.arange(length)[None] < n
+            batch = {"mel": np.ones((1, length, 32, 32), np.float32), "labels": np.zeros((1, length, 18), np.float32),
+                     "mask": present, "present": present}
+            state, _, _ = step(state, batch, key)
+    return compiled["n"], len(buckets)
 
 
 def pipeline_overhead() -> tuple[float, float]:
@@ -299,16 +304,19 @@ def main(argv):
     peak = matmul_peak()
     print(f"matmul peak (2048x2048 f32, XLA): {peak:.1f} GFLOP/s")
     results = {name: bench_model(name, n, r) for name in ("cnn", "cnn_lstm")}
-    print(f"{'model':<10}{'train win/s':>12}{'infer win/s':>12}{'GFLOP/s':>9}{'% peak':>8}  (track of {n} windows, padded to bucket)")
+    print(f"{'model':<10}{'train win/s':>12}{'GFLOP/s':>9}{'% peak':>8}{'infer win/s':>12}{'GFLOP/s':>9}"
+          f"{'% peak':>8}  (track of {n} windows, padded to bucket)")
     for name, res in results.items():
-        print(f"{name:<10}{res['train_windows_per_s']:>12.1f}{res['infer_windows_per_s']:>12.1f}"
-              f"{res['train_gflops']:>9.1f}{100 * res['train_gflops'] / peak:>7.0f}%  "
-              f"(padded to {res['padded_to']}; {res['flops_per_step'] / 1e9:.0f} useful GFLOP/step, counted analytically)")
+        print(f"{name:<10}{res['train_windows_per_s']:>12.1f}{res['train_gflops']:>9.1f}"
+              f"{100 * res['train_gflops'] / peak:>7.0f}%{res['infer_windows_per_s']:>12.1f}{res['infer_gflops']:>9.1f}"
+              f"{100 * res['infer_gflops'] / peak:>7.0f}%  (padded to {res['padded_to']}; "
+              f"{res['flops_per_step'] / 1e9:.0f} useful GFLOP/train step, counted analytically)")
     if _ABLATION.value:
         for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
             print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
-    compiled, buckets = count_compilations("cnn_lstm")
-    print(f"compilations for an epoch of 40 tracks of random lengths: {compiled} ({buckets} length buckets)")
+    for name in results:
+        compiled, buckets = count_compilations(name)
+        print(f"{name}: compilations for an epoch of 40 tracks of random lengths: {compiled} ({buckets} length buckets)")
     if _PIPELINE.value:
         with_tf, in_memory = pipeline_overhead()
         print(f"epoch from tf.data {with_tf:.2f}s vs from memory {in_memory:.2f}s: "

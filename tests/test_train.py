@@ -51,6 +51,30 @@ def test_train_step_compiles_once_per_bucket(data_dir):
     assert step._cache_size() == 2
 
 
+def test_an_epoch_of_random_lengths_compiles_once_per_bucket(data_dir):
+    """Counted by jax.monitoring (XLA compile events), over 30 tracks of random lengths."""
+    from jaxtag.data.buckets import bucket_length
+    config = tiny_config(data_dir)
+    model = create_model(config.model, 18)
+    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = train.make_train_step(model, "margin")
+    rng, key = np.random.default_rng(1), jax.random.PRNGKey(1)
+    buckets = (4, 8, 16)
+    lengths = rng.integers(1, 17, size=30)
+    with train.count_compilations() as compiled:
+        for n in lengths:
+            length = bucket_length(int(n), buckets)
+            state, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
+        jax.block_until_ready(state)
+    used = {bucket_length(int(n), buckets) for n in lengths}
+    assert len(used) == 3 and compiled["n"] == len(used)
+    with train.count_compilations() as again:  # a second epoch compiles nothing
+        for n in lengths[:5]:
+            length = bucket_length(int(n), buckets)
+            state, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
+    assert again["n"] == 0
+
+
 def test_train_and_evaluate_writes_checkpoints_and_metrics(trained):
     config, workdir, result = trained
     assert os.listdir(os.path.join(workdir, "checkpoints", "latest"))
