@@ -58,3 +58,14 @@ def test_impossible_values_fail_before_any_work(field, value, message):
     config[section][leaf] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_workdir_defaults_to_runs_named_after_the_config():
+    # In a subprocess: jaxtag.main defines absl flags (e.g. --workdir) that jaxtag.tag also defines.
+    import subprocess
+    import sys
+    code = ("from jaxtag.main import default_workdir; "
+            "print(default_workdir('configs/cnn_lstm.py')); print(default_workdir('/abs/configs/resnet_attention.py:x'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == [os.path.join("runs", "cnn_lstm"), os.path.join("runs", "resnet_attention")]

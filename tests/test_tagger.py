@@ -160,3 +160,20 @@ def test_cli_without_checkpoint_fails_clearly(tmp_path):
     result = _tag_cli(f"--workdir={tmp_path}/empty", path, f"--output_dir={tmp_path}/out")
     assert result.returncode == 2
     assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_files_of_different_lengths_in_one_bucket_compile_once(trained):
+    from jaxtag.train import count_compilations
+    _, workdir, _ = trained
+    tagger = Tagger.from_workdir(workdir)
+    rng = np.random.default_rng(0)
+    waves = [rng.standard_normal(int(8000 * s)).astype(np.float32) * 0.1 for s in (2.5, 3.0, 3.5)]
+    lengths = [tagger.tag(w, sr=8000).scores.shape[0] for w in waves]
+    assert len(set(lengths)) == 3 and max(lengths) <= 8  # three lengths, one bucket (8)
+    fresh = Tagger.from_workdir(workdir)
+    with count_compilations() as first:
+        fresh.tag(waves[0], sr=8000)
+    with count_compilations() as more:
+        for w in waves[1:]:
+            fresh.tag(w, sr=8000)
+    assert first["n"] >= 1 and more["n"] == 0
