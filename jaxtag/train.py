@@ -277,11 +277,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     # Checked one step late, so the host never waits on the step it just dispatched.
                     track_losses += _drain(pending, keep_last=1)
                     pending.append((per_track, valid, finite, batch["track"], host_step))
-                    n_seen += int(valid.sum())
+                    n_before, n_seen = n_seen, n_seen + int(valid.sum())
                     n_windows += int(batch["present"].sum())
                     # Logged whenever n_seen passes a multiple of log_every_tracks (batches of several
                     # tracks step over exact multiples).
-                    if n_seen // config.train.log_every_tracks > (n_seen - int(valid.sum())) // config.train.log_every_tracks:
+                    if n_seen // config.train.log_every_tracks > n_before // config.train.log_every_tracks:
                         rate = n_seen / (time.time() - t0)
                         logging.info("epoch %d: %d/%d tracks, %.2f tracks/s, ETA %.0fs", epoch + 1, n_seen,
                                      n_train - skip * config.train.batch_size, rate,

@@ -75,10 +75,14 @@ def _conv3x3_bwd(residuals, g):
 conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
 
 
+def _max_pool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
 @jax.custom_vjp
 def max_pool2x2(x):
     """2x2 max-pool, stride 2, on [n, h, w, c] (h and w even)."""
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return _max_pool(x)
 
 
 def _max_pool_fwd(x):
@@ -91,7 +95,7 @@ def _max_pool_bwd(x, g):
 
 def _max_pool_grad(x, g):
     # The output is recomputed (a cheap fused max) rather than kept: less memory to save.
-    y = lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    y = _max_pool(x)
     n, h, w, c = x.shape
     is_max = x.reshape(n, h // 2, 2, w // 2, 2, c) == y[:, :, None, :, None, :]
     # The first maximum of each block, in row-major order, takes the whole gradient.
@@ -106,7 +110,6 @@ def _max_pool_grad(x, g):
 
 
 max_pool2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
-
 
 
 def _stack_forward(params, x):
@@ -142,7 +145,7 @@ def _stack_bwd(residuals, g):
     params, x, kept = residuals
     w0, b0 = params[0]
     outputs = [jnp.maximum(_conv(x, w0) + b0, 0)] + list(kept)
-    inputs = [x] + [max_pool2x2(o) if i % 2 == 1 else o for i, o in enumerate(outputs[:-1])]
+    inputs = [x] + [_max_pool(o) if i % 2 == 1 else o for i, o in enumerate(outputs[:-1])]
     grads = [None] * len(params)
     for i in reversed(range(len(params))):
         w, _ = params[i]
