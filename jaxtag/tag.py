@@ -71,7 +71,7 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
     from jaxtag.html_page import render_html
     base = os.path.join(output_dir, name or output_name(audio_path))
     if not os.path.realpath(base).startswith(os.path.realpath(output_dir) + os.sep):
-        raise DataError(f"{audio_path}: its output name {base!r} would leave --output_dir")
+        raise DataError(audio_path, f"its output name {base!r} would leave --output_dir")
     written = {}
     for fmt in formats:
         path = f"{base}.{fmt}"
