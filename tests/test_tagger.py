@@ -108,6 +108,11 @@ def test_output_names_are_safe_and_unique(tmp_path):
     assert names["/m/solo <i>.mp3"] == "solo_i_"   # unique: the plain safe name, as users expect
     clashing = [names[p] for p in ["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav"]]
     assert len(set(n.lower() for n in clashing)) == 3 and all(n.lower().startswith("song-") for n in clashing)
+    from jaxtag.errors import DataError
+    from jaxtag.tag import write_outputs
+    with pytest.raises(DataError, match=r"^/m/x\.mp3: its output name .* would leave --output_dir"):
+        write_outputs(None, "/m/x.mp3", str(tmp_path / "out"), ["json"], name="../escape")
+    assert not (tmp_path / "escape.json").exists()
     (tmp_path / "d" / "e").mkdir(parents=True)
     for p in ["d/x.mp3", "d/e/y.FLAC", "d/e/notes.txt"]:
         (tmp_path / p).write_bytes(b"")
