@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -19,11 +20,17 @@ from jaxtag.errors import CheckpointError
 LATEST, BEST = "latest", "best"
 
 
-def _manager(path: str, max_to_keep: int, best: bool, create: bool = True) -> ocp.CheckpointManager:
+def _manager(path: str, max_to_keep: int, best: bool, create: bool = True, item_handlers=None
+             ) -> ocp.CheckpointManager:
+    # Multi-host saves meet at barriers named after the step directory ("async_write_complete.4"):
+    # the latest and best managers save the same step at once, so each needs its own key prefix or
+    # the second one finds the first one's barrier "already ongoing" and times out.
+    prefix = f"jaxtag_{os.path.basename(os.path.normpath(path))}_{'save' if create else 'restore'}"
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=create,
-        best_fn=(lambda m: m["score"]) if best else None, best_mode="max")
-    return ocp.CheckpointManager(os.path.abspath(path), options=options)
+        best_fn=(lambda m: m["score"]) if best else None, best_mode="max",
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix))
+    return ocp.CheckpointManager(os.path.abspath(path), options=options, item_handlers=item_handlers)
 
 
 class CheckpointStore:
@@ -67,7 +74,8 @@ def restore_for_inference(workdir: str, which: str = BEST) -> tuple[Any, dict]:
     path = os.path.join(root, kind)
     if not os.path.isdir(path):
         raise CheckpointError(f"{workdir}: no checkpoint found (expected {path}); train first")
-    mngr = _manager(path, 1, best=False, create=False)
+    mngr = _manager(path, 1, best=False, create=False, item_handlers={
+        "variables": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
     try:
         steps = mngr.all_steps()
         if not steps:
@@ -78,8 +86,13 @@ def restore_for_inference(workdir: str, which: str = BEST) -> tuple[Any, dict]:
             step = int(which)
             if step not in steps:
                 raise CheckpointError(f"{workdir}: no checkpoint at step {step}; have {sorted(steps)}")
+        # Onto this process's first device, whatever devices saved it: a checkpoint trained on a
+        # pod (or two hosts) tags music on a laptop.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                              mngr.item_metadata(step)["variables"])
         out = mngr.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     finally:
         mngr.close()
     return out["variables"], out["meta"]
