@@ -61,15 +61,32 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """A global batch (the same on every host) as arrays split over the data axis; each host
-    contributes only the rows that its own devices hold."""
+    """This process's rows of a global batch (all of it with one process) as global arrays split
+    over the data axis: the global batch is the processes' rows in process order."""
     sharding = batch_sharding(mesh)
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
-        out[key] = jax.make_array_from_callback(value.shape, sharding, lambda index, v=value: v[index])
+        out[key] = jax.make_array_from_process_local_data(
+            sharding, value, (value.shape[0] * jax.process_count(),) + value.shape[1:])
     return out
 
 
+def gather_from_hosts(values: np.ndarray) -> list[np.ndarray]:
+    """Every process's 1-D array (lengths may differ), on every process, in process order."""
+    values = np.asarray(values)
+    if jax.process_count() == 1:
+        return [values]
+    from jax.experimental import multihost_utils
+    sizes = multihost_utils.process_allgather(np.asarray([values.size], np.int64))
+    padded = np.zeros(int(np.max(sizes)), values.dtype)
+    padded[:values.size] = values
+    gathered = multihost_utils.process_allgather(padded)
+    return [np.asarray(row[:int(n)]) for row, n in zip(gathered, np.ravel(sizes))]
+
+
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, replicated(mesh))
+    """tree (the same values on every process) as arrays replicated over the mesh. Through host
+    memory: arrays already on one local device (a restored checkpoint) cannot be put on other
+    hosts' devices, host values can (each process fills its own devices)."""
+    return jax.device_put(jax.device_get(tree), replicated(mesh))

@@ -39,18 +39,31 @@ class TrainingDivergedError(JaxtagError):
 
 
 class _Preemption:
-    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step and exits."""
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint at the next step and exits.
+
+    With several processes, one host's SIGTERM must stop every host at the same step (a checkpoint
+    is a collective write): JAX's preemption service (set up by jax.distributed.initialize) catches
+    the signal, tells the other hosts, and names a step that all of them reach.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._multi_host = jax.process_count() > 1
 
     def __enter__(self):
         import signal
         import threading
-        if threading.current_thread() is threading.main_thread():
+        if not self._multi_host and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def due(self, step: int) -> bool:
+        """Whether to save and exit after `step`; called after every step, on every host."""
+        if self._multi_host:
+            from jax.experimental import multihost_utils
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -116,15 +129,17 @@ def count_compilations():
 
 
 def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callable:
-    """The jitted train step. With a mesh, batches are split over its "data" axis and the state is
-    replicated; gradients are averaged across devices by XLA (GSPMD), no pmap."""
+    """The jitted train step: (state, batch, key) -> (state, per-track losses [B], which rows
+    held a track [B], whether the update was finite and applied). With a mesh, batches are split
+    over its "data" axis and the state is replicated; gradients are averaged across devices by
+    XLA (GSPMD), no pmap."""
     loss_fn = losses.get_loss(loss_name)
     pos_weight = None if pos_weight is None else np.asarray(pos_weight, np.float32)
     jit_kwargs = {}
     if mesh is not None:
         rep, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
         # Per-track losses come back replicated (a few floats): every host can read them.
-        jit_kwargs = dict(in_shardings=(rep, data, rep), out_shardings=(rep, rep, rep))
+        jit_kwargs = dict(in_shardings=(rep, data, rep), out_shardings=(rep, rep, rep, rep))
 
     @functools.partial(jax.jit, donate_argnums=(0,), **jit_kwargs)
     def train_step(state, batch, key):
@@ -148,7 +163,8 @@ def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callab
 
         # A non-finite loss or gradient never reaches the parameters; the host stops training.
         state = jax.lax.cond(finite, update, lambda s: s, state)
-        return state, per_track, finite
+        # Which rows held a track: on many hosts, no host knows the others' padding rows.
+        return state, per_track, jnp.any(batch["present"], axis=1), finite
 
     return train_step
 
@@ -179,17 +195,18 @@ def _device_batch(batch: dict) -> dict:
 
 def _drain(pending: list, keep_last: int = 0) -> list[float]:
     """Pop finished steps (all but the last keep_last), check they were finite, return their
-    valid per-track losses. A non-finite step stops training, naming the step and tracks."""
+    per-track losses (every host's tracks). A non-finite step stops training, naming the step and
+    this host's tracks of it."""
     out = []
     while len(pending) > keep_last:
         per_track, valid, finite, names, step = pending.pop(0)
         if not bool(finite):
-            tracks = ", ".join(str(n) for n in np.asarray(names)[valid])
+            tracks = ", ".join(str(n) for n in names if n)
             raise TrainingDivergedError(
                 f"non-finite loss or gradient at step {step} (track {tracks}); training stopped, the bad "
                 "update was not applied and nothing after it was saved: the latest checkpoint is the "
                 "last good state")
-        out += [float(x) for x in np.asarray(per_track)[valid]]
+        out += [float(x) for x in np.asarray(per_track)[np.asarray(valid)]]
     return out
 
 
@@ -209,7 +226,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     builder = parallel.on_each_host_in_turn(lambda: pipeline.prepare(config))
     tags = builder.builder_config.settings.tags
+    host, n_hosts = jax.process_index(), jax.process_count()
+    lengths_by_host = None
     n_train = builder.info.splits["train"].num_examples
+    if n_hosts > 1:  # each host reads its own shard; all agree on each step's bucket from all lengths
+        lengths_by_host = parallel.gather_from_hosts(pipeline.track_lengths(config, "train", (host, n_hosts)))
+        n_train = len(lengths_by_host[host])
+    rows = config.train.batch_size // n_hosts  # this host's rows of each step
 
     stats = None
     if config.model.normalize or config.train.pos_weight != "none":
@@ -241,7 +264,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = parallel.replicate(state, mesh)
     train_step = make_train_step(model, config.train.loss, _pos_weight(config, stats), mesh)
     predict_step = make_predict_step(model)
-    buckets = tuple(config.train.length_buckets)
     best_metric = config.eval.best_metric
     extra_meta = {"input_stats": stats}
     every = config.train.checkpoint_every_steps
@@ -257,12 +279,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         with _Preemption() as preemption:
             for epoch in range(start_epoch, config.train.num_epochs):
                 t0 = time.time()
-                ds = pipeline.load_split(config, "train", seed=config.seed * 100003 + epoch)
                 skip = skip_batches if epoch == start_epoch else 0
                 track_losses = resumed_losses if epoch == start_epoch else []
                 pending, n_seen, n_windows = [], 0, 0
                 host_step = int(state.step)  # counted on the host: reading state.step would wait on the device
-                for i, batch in enumerate(pipeline.bucketed_batches(ds, config.train.batch_size, buckets)):
+                batches = pipeline.train_batches(config, epoch, host, n_hosts, lengths_by_host)
+                for i, batch in enumerate(batches):
                     if i < skip:  # the same order as before the interruption: skip what was done
                         continue
                     # A mid-epoch checkpoint is due after every `every` steps, written once the next
@@ -270,13 +292,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if every and i > skip and i % every == 0:
                         track_losses += _drain(pending)
                         save_mid_epoch(epoch, i, track_losses)
-                    state, per_track, finite = train_step(state, parallel.shard_batch(_device_batch(batch), mesh),
-                                                          step_key)
+                    state, per_track, track_valid, finite = train_step(
+                        state, parallel.shard_batch(_device_batch(batch), mesh), step_key)
                     host_step += 1
-                    valid = batch["present"].any(axis=1)
+                    valid = batch["present"].any(axis=1)  # this host's rows
                     # Checked one step late, so the host never waits on the step it just dispatched.
                     track_losses += _drain(pending, keep_last=1)
-                    pending.append((per_track, valid, finite, batch["track"], host_step))
+                    pending.append((per_track, track_valid, finite, batch["track"], host_step))
                     n_before, n_seen = n_seen, n_seen + int(valid.sum())
                     n_windows += int(batch["present"].sum())
                     # Logged whenever n_seen passes a multiple of log_every_tracks (batches of several
@@ -284,10 +306,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     if n_seen // config.train.log_every_tracks > n_before // config.train.log_every_tracks:
                         rate = n_seen / (time.time() - t0)
                         logging.info("epoch %d: %d/%d tracks, %.2f tracks/s, ETA %.0fs", epoch + 1, n_seen,
-                                     n_train - skip * config.train.batch_size, rate,
-                                     max(n_train - skip * config.train.batch_size - n_seen, 0) / rate)
+                                     n_train - skip * rows, rate,
+                                     max(n_train - skip * rows - n_seen, 0) / rate)
                     _fault_injection(host_step)
-                    if preemption.requested:
+                    if preemption.due(host_step):
                         track_losses += _drain(pending)
                         save_mid_epoch(epoch, i + 1, track_losses)
                         store.wait()

@@ -113,7 +113,7 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
     holder = {"state": state}
 
     def one_step():
-        holder["state"], loss, _ = step(holder["state"], batch, key)
+        holder["state"], loss, _, _ = step(holder["state"], batch, key)
         return loss
 
     flops = train_flops_per_window(config) * n_windows
@@ -187,7 +187,7 @@ def count_compilations(name: str) -> tuple[int, int]:
             present = np.arange(length)[None] < n
             batch = {"mel": np.ones((1, length, 32, 32), np.float32), "labels": np.zeros((1, length, 18), np.float32),
                      "mask": present, "present": present}
-            state, _, _ = step(state, batch, key)
+            state, _, _, _ = step(state, batch, key)
     return compiled["n"], len(buckets)
 
 
@@ -208,14 +208,14 @@ def pipeline_overhead() -> tuple[float, float]:
     state = train.create_train_state(config, model, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     for b in batches:  # compile every bucket first
-        state, loss, _ = step(state, train._device_batch(b), key)
+        state, loss, _, _ = step(state, train._device_batch(b), key)
     jax.block_until_ready(loss)
 
     def epoch(source):
         nonlocal state
         start = time.perf_counter()
         for b in source():
-            state, loss, _ = step(state, train._device_batch(b), key)
+            state, loss, _, _ = step(state, train._device_batch(b), key)
         jax.block_until_ready(loss)
         return time.perf_counter() - start
 

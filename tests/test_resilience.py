@@ -82,7 +82,7 @@ def test_non_finite_step_leaves_the_state_unchanged(data_dir):
     batch = {"mel": np.full((1, 8, 32, 32), np.nan, np.float32), "labels": np.ones((1, 8, 18), np.float32),
              "mask": np.ones((1, 8), bool), "present": np.ones((1, 8), bool)}
     batch["labels"][..., 0] = 0
-    state, _, finite = step(state, batch, jax.random.PRNGKey(1))
+    state, _, _, finite = step(state, batch, jax.random.PRNGKey(1))
     assert not bool(finite)
     assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, state.params))))
     assert int(state.step) == 0

@@ -29,7 +29,7 @@ def test_train_step_reduces_the_loss_on_a_fixed_batch(data_dir):
     batch = _batch(np.random.default_rng(0))
     losses = []
     for _ in range(40):
-        state, per_track, finite = step(state, batch, jax.random.PRNGKey(1))
+        state, per_track, _, finite = step(state, batch, jax.random.PRNGKey(1))
         assert bool(finite)
         losses.append(float(per_track[0]))
     assert losses[1] < losses[0]  # one step already lowers the loss on the same batch
@@ -45,9 +45,9 @@ def test_train_step_compiles_once_per_bucket(data_dir):
     rng = np.random.default_rng(0)
     for n_real in (3, 5, 8):  # three tracks of different lengths, all padded to bucket 8
         present = np.arange(8)[None] < n_real
-        state, _, _ = step(state, _batch(rng, 8, present=present), jax.random.PRNGKey(1))
+        state, _, _, _ = step(state, _batch(rng, 8, present=present), jax.random.PRNGKey(1))
     assert step._cache_size() == 1
-    state, _, _ = step(state, _batch(rng, 16), jax.random.PRNGKey(1))
+    state, _, _, _ = step(state, _batch(rng, 16), jax.random.PRNGKey(1))
     assert step._cache_size() == 2
 
 
@@ -64,14 +64,14 @@ def test_an_epoch_of_random_lengths_compiles_once_per_bucket(data_dir):
     with train.count_compilations() as compiled:
         for n in lengths:
             length = bucket_length(int(n), buckets)
-            state, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
+            state, _, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
         jax.block_until_ready(state)
     used = {bucket_length(int(n), buckets) for n in lengths}
     assert len(used) == 3 and compiled["n"] == len(used)
     with train.count_compilations() as again:  # a second epoch compiles nothing
         for n in lengths[:5]:
             length = bucket_length(int(n), buckets)
-            state, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
+            state, _, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
     assert again["n"] == 0
 
 

@@ -100,8 +100,8 @@ def load_split(config, split: str, *, shuffle: bool | None = None, seed: int | N
     """One example per track of `split` ("train", "validation", "test"), prepared if needed.
 
     The train split is shuffled by default: each pass over the returned dataset is a new order,
-    determined by `seed` (default config.seed). `shard=(index, count)` keeps every count-th track,
-    for one host of many.
+    determined by `seed` (default config.seed). `shard=(index, count)` reads only the index-th of
+    count even parts of the split (TFDS reads just those records), for one host of many.
     """
     if split not in ("train", "validation", "test"):
         raise ValueError(f"unknown split {split!r}")
@@ -113,10 +113,8 @@ def load_split(config, split: str, *, shuffle: bool | None = None, seed: int | N
     # Frames, not windows, are cached: CAL500exp's 500 tracks take about 250 MB.
     key = (builder.builder_config.name, str(builder.data_dir), split, tuple(shard))
     if key not in _DECODED:
-        ds = builder.as_dataset(split=split, shuffle_files=False)
-        if shard[1] > 1:
-            ds = ds.shard(shard[1], shard[0])
-        _DECODED[key] = ds.cache()
+        part = split if shard[1] == 1 else tfds.even_splits(split, n=shard[1], drop_remainder=False)[shard[0]]
+        _DECODED[key] = builder.as_dataset(split=part, shuffle_files=False).cache()
     ds = _DECODED[key]
     if shuffle:
         ds = ds.shuffle(int(config.train.shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
@@ -143,10 +141,15 @@ def bucketed_batches(ds: tf.data.Dataset, batch_size: int, buckets: Sequence[int
         yield _pad_batch(pending[length], length, batch_size)
 
 
-def _pad_batch(examples: list[dict], length: int, batch_size: int) -> dict:
-    first = examples[0]
-    _, window, n_mels = first["mel"].shape
-    n_tags = first["labels"].shape[1]
+def _pad_batch(examples: list[dict], length: int, batch_size: int, row_shape: tuple[int, int, int] | None = None
+               ) -> dict:
+    """examples padded to `length` windows and `batch_size` rows; row_shape (window_frames, n_mels,
+    n_tags) is needed only when there are no examples (a host with no track for a step)."""
+    if examples:
+        window, n_mels = examples[0]["mel"].shape[1:]
+        n_tags = examples[0]["labels"].shape[1]
+    else:
+        window, n_mels, n_tags = row_shape
     mel = np.zeros((batch_size, length, window, n_mels), np.float32)
     labels = np.zeros((batch_size, length, n_tags), np.float32)
     mask = np.zeros((batch_size, length), bool)
@@ -157,6 +160,71 @@ def _pad_batch(examples: list[dict], length: int, batch_size: int) -> dict:
         mel[i, :n], labels[i, :n], mask[i, :n], present[i, :n] = ex["mel"], ex["labels"], ex["mask"], True
         names[i] = ex["track"].decode() if isinstance(ex["track"], bytes) else str(ex["track"])
     return {"mel": mel, "labels": labels, "mask": mask, "present": present, "track": np.array(names)}
+
+
+# Multi-host training: each host reads only its own shard of the train split (every n_hosts-th
+# track). The hosts must still run the same program each step, so they agree on a plan: the bucket
+# length of every step of the epoch, computed identically on every host from all hosts' track
+# lengths (exchanged once). Each host fills its rows of a step with its next tracks of that bucket.
+
+def track_lengths(config, split: str, shard: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Windows per track of one shard of a split (its first full pass also fills the memory cache)."""
+    ds = load_split(config, split, shuffle=False, shard=shard)
+    return np.array([len(ex["mask"]) for ex in ds.as_numpy_iterator()], np.int64)
+
+
+def multi_host_plan(lengths_by_host: Sequence[Sequence[int]], host_batch_size: int, buckets: Sequence[int],
+                    seed: int) -> list[int]:
+    """The bucket length of each step of an epoch, the same on every host: per bucket, as many
+    steps as the host with the most tracks of that bucket needs, in a seeded random order."""
+    counts: dict[int, list[int]] = {}
+    for host, lengths in enumerate(lengths_by_host):
+        for n in lengths:
+            counts.setdefault(bucket_length(int(n), buckets), [0] * len(lengths_by_host))[host] += 1
+    plan = [b for b in sorted(counts) for _ in range(-(-max(counts[b]) // host_batch_size))]
+    np.random.default_rng(seed).shuffle(plan)
+    return plan
+
+
+def host_batches(ds: tf.data.Dataset, plan: Sequence[int], host_batch_size: int, buckets: Sequence[int],
+                 row_shape: tuple[int, int, int]) -> Iterator[dict]:
+    """This host's rows of each step of `plan`: its next tracks of the step's bucket, read from its
+    own (shuffled) shard and held until their bucket's turn; rows without a track are padding."""
+    stream = ds.as_numpy_iterator()
+    pools: dict[int, list[dict]] = {}
+    exhausted = False
+    for length in plan:
+        pool = pools.setdefault(length, [])
+        while len(pool) < host_batch_size and not exhausted:
+            ex = next(stream, None)
+            if ex is None:
+                exhausted = True
+            else:
+                pools.setdefault(bucket_length(ex["mel"].shape[0], buckets), []).append(ex)
+        take, pools[length] = pool[:host_batch_size], pool[host_batch_size:]
+        yield _pad_batch(take, length, host_batch_size, row_shape)
+    left = sum(len(p) for p in pools.values()) + (0 if exhausted else sum(1 for _ in stream))
+    if left:  # the plan came from other lengths than this shard's: a bug, not bad data
+        raise RuntimeError(f"{left} track(s) of this host's shard were not in the multi-host plan")
+
+
+def train_batches(config, epoch: int, host: int = 0, n_hosts: int = 1,
+                  lengths_by_host: Sequence[Sequence[int]] | None = None) -> Iterator[dict]:
+    """The train batches of one epoch for one host: with one host, the whole shuffled split in
+    batches of train.batch_size tracks; with n_hosts, this host's train.batch_size / n_hosts rows
+    of each step of the common plan (lengths_by_host: every host's `track_lengths`)."""
+    seed = config.seed * 100003 + epoch
+    buckets = tuple(config.train.length_buckets)
+    if n_hosts == 1:
+        return bucketed_batches(load_split(config, "train", seed=seed), config.train.batch_size, buckets)
+    if config.train.batch_size % n_hosts:
+        raise ConfigError(f"train.batch_size ({config.train.batch_size}) must be a multiple of the number of "
+                          f"hosts ({n_hosts})")
+    per_host = config.train.batch_size // n_hosts
+    plan = multi_host_plan(lengths_by_host, per_host, buckets, seed)
+    row_shape = (int(config.data.window_frames), int(config.data.n_mels), len(prepared_settings(config).tags))
+    return host_batches(load_split(config, "train", seed=seed, shard=(host, n_hosts)), plan, per_host, buckets,
+                        row_shape)
 
 
 def summarize(builder: Cal500exp) -> dict:
