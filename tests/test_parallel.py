@@ -1,6 +1,7 @@
 """Multi-track batches and data parallelism over devices (8 CPU devices in a subprocess)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -96,7 +97,7 @@ def sgd_step(config, batch, mesh):
     sgd = optax.sgd(0.05)
     state = parallel.replicate(state.replace(tx=sgd, opt_state=sgd.init(state.params)), mesh)
     step = train.make_train_step(model, config.train.loss, None, mesh)
-    state, per_track, _ = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
+    state, per_track, _, _ = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
     return state, per_track
 '''
 
@@ -126,9 +127,13 @@ process_id, port = int(sys.argv[1]), sys.argv[2]
 if process_id >= 0:
     parallel.initialize_distributed(f"localhost:{port}", 2, process_id)
 config, batch = make()
-state, _ = sgd_step(config, batch, parallel.data_mesh())
+if jax.process_count() > 1:  # each process holds its own rows of the global batch
+    rows = len(batch["mel"]) // jax.process_count()
+    batch = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
+state, per_track = sgd_step(config, batch, parallel.data_mesh())
 params = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)])
-print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()), "params": params.tolist()}))
+print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()), "params": params.tolist(),
+                  "loss": np.asarray(per_track).tolist()}))
 '''
 
 
@@ -160,4 +165,135 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
     assert reference["processes"] == 1
     for r in results:
         np.testing.assert_allclose(r["params"], reference["params"], rtol=1e-4, atol=1e-6)
+        # Every host reads every track's loss, its own rows and the other host's.
+        np.testing.assert_allclose(r["loss"], reference["loss"], rtol=1e-5, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("n_hosts,batch_size", [(2, 2), (4, 4), (2, 4)])
+def test_each_host_reads_its_own_shard_and_all_hosts_step_through_the_same_buckets(prepared_tiny, n_hosts,
+                                                                                    batch_size):
+    """Emulated hosts of a multi-host run: disjoint shards that together are the train split, the
+    same number of steps and the same bucket at every step on every host, each track once, in
+    its own bucket, and padding rows (no track) where a host has run out of a bucket."""
+    from jaxtag.data import pipeline
+    from jaxtag.data.buckets import bucket_length
+    config, _ = prepared_tiny
+    config = tiny_config(config.data.data_dir, **{"train.batch_size": batch_size})
+    buckets = tuple(config.train.length_buckets)
+    everything = {ex["track"].decode(): len(ex["mask"])
+                  for ex in pipeline.load_split(config, "train", shuffle=False).as_numpy_iterator()}
+    shards = [{ex["track"].decode(): len(ex["mask"])
+               for ex in pipeline.load_split(config, "train", shuffle=False, shard=(h, n_hosts)).as_numpy_iterator()}
+              for h in range(n_hosts)]
+    assert sum(len(s) for s in shards) == len(everything) == 6
+    assert {k: v for s in shards for k, v in s.items()} == everything
+    lengths = [pipeline.track_lengths(config, "train", (h, n_hosts)) for h in range(n_hosts)]
+    assert [sorted(l) for l in lengths] == [sorted(s.values()) for s in shards]
+    for epoch in (0, 1):
+        per_host = [list(pipeline.train_batches(config, epoch, h, n_hosts, lengths)) for h in range(n_hosts)]
+        assert len({len(b) for b in per_host}) == 1   # every host runs the same number of steps
+        seen = []
+        for step_rows in zip(*per_host):
+            assert len({b["mel"].shape for b in step_rows}) == 1   # one bucket per step, on every host
+            length = step_rows[0]["mel"].shape[1]
+            for h, b in enumerate(step_rows):
+                assert b["mel"].shape[0] == batch_size // n_hosts
+                for name, present in zip(b["track"], b["present"]):
+                    if name:
+                        assert name in shards[h]               # a host's rows come from its own shard
+                        assert present.sum() == everything[name] and bucket_length(everything[name], buckets) == length
+                        seen.append(name)
+                    else:
+                        assert not present.any()
+        assert sorted(seen) == sorted(everything)           # each track exactly once per epoch
+    orders = [[tuple(b["track"]) for b in pipeline.train_batches(config, epoch, 0, n_hosts, lengths)]
+              for epoch in (0, 1, 2, 3)]
+    assert len(set(map(tuple, orders))) > 1                  # epochs differ
+
+
+def test_multi_host_plan_covers_the_busiest_host_of_each_bucket():
+    from jaxtag.data import pipeline
+    # bucket 4: host 0 has 3 tracks, host 1 has 1 -> 2 steps of 2 rows; bucket 8: 1 and 2 -> 1 step;
+    # a host with no track at all still steps (all padding).
+    plan = pipeline.multi_host_plan([[1, 2, 3, 7], [4, 8, 6], []], 2, (4, 8), seed=0)
+    assert sorted(plan) == [4, 4, 8]
+    assert plan == pipeline.multi_host_plan([[1, 2, 3, 7], [4, 8, 6], []], 2, (4, 8), seed=0)
+    assert sorted(pipeline.multi_host_plan([[9, 20]], 1, (4, 8), seed=1)) == [16, 24]
+
+
+def _two_processes(args, tmp_path, tag, fault_on_1=""):
+    """Runs `python -m jaxtag.main args` as processes 0 and 1 of one run; their exit codes and logs."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = str(s.getsockname()[1])
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("XLA_FLAGS", None)
+    logs = [open(tmp_path / f"{tag}_err{i}", "w+") for i in range(2)]
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "jaxtag.main", *args, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=REPO, env=dict(env, JAXTAG_FAULT=fault_on_1 if i == 1 else ""),
+        stdout=subprocess.DEVNULL, stderr=logs[i], text=True) for i in range(2)]
+    codes, texts = [], []
+    for p, err in zip(procs, logs):
+        codes.append(p.wait(timeout=600))
+        err.seek(0)
+        texts.append(err.read())
+    return codes, texts
+
+
+def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_tiny, tmp_path):
+    """The whole `python -m jaxtag.main` on two localhost processes (JAX's distributed runtime, CPU,
+    gloo): each reads its half of the train split, both step together through the common plan,
+    orbax writes one set of checkpoints, process 0 writes the evaluation. A SIGTERM to one process
+    stops both at the same step with a checkpoint; rerun, they resume and finish with the
+    parameters of one process replaying the same steps, each built from the two hosts' rows."""
+    from jaxtag import checkpoint as ckpt_lib
+    from jaxtag.data import pipeline
+    config, _ = prepared_tiny
+    overrides = {"train.batch_size": 2, "train.num_epochs": 2, "model.name": "cnn_lstm"}
+    workdir = tmp_path / "run"
+    args = ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={config.data.data_dir}",
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
+    codes, logs = _two_processes(args, tmp_path, "preempted", fault_on_1="sigterm@1")
+    assert codes == [143, 143], logs[0][-2000:] + logs[1][-2000:]
+    saved = [int(re.search(r"Preempted: saved step (\d+)", log).group(1)) for log in logs]
+    assert saved[0] == saved[1] >= 2      # one common step, after process 1's SIGTERM
+    _, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
+    assert meta["step"] == saved[0] and meta["batches_done"] is not None
+    codes, logs = _two_processes(args, tmp_path, "resumed")
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert all("Resumed at epoch" in log for log in logs)
+
+    # The same two epochs replayed in this process: the two hosts' rows of each step, one batch.
+    config = tiny_config(config.data.data_dir, **overrides)
+    lengths = [pipeline.track_lengths(config, "train", (h, 2)) for h in range(2)]
+    model = create_model(config.model, 18)
+    init_key, step_key, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    state = train.create_train_state(config, model, init_key)
+    step = train.make_train_step(model, config.train.loss)
+    for epoch in range(2):
+        losses = []
+        for rows in zip(*(pipeline.train_batches(config, epoch, h, 2, lengths) for h in range(2))):
+            batch = {k: np.concatenate([r[k] for r in rows]) for k in train.BATCH_KEYS}
+            state, per_track, valid, _ = step(state, batch, step_key)
+            losses += np.asarray(per_track)[np.asarray(valid)].tolist()
+    variables, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
+    assert meta["step"] == int(state.step) > saved[0]
+    np.testing.assert_allclose(meta["train_loss"], np.mean(losses), rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), variables["params"],
+                 jax.device_get(state.params))
+    # Saved by two processes, resumable by one (another topology): the state comes back whole.
+    fresh = train.create_train_state(config, model, init_key)
+    store = ckpt_lib.CheckpointStore(str(workdir))
+    try:
+        _, opt_state, resumed_meta = store.restore_latest(fresh.variables, fresh.opt_state)
+    finally:
+        store.close()
+    assert resumed_meta["step"] == int(state.step)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), jax.device_get(opt_state),
+                 jax.device_get(state.opt_state))
+    metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
+    assert metrics["checkpoint"]["which"] == "best" and len(metrics["tags"]) == 18
+    assert os.listdir(workdir / "tensorboard")
