@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     lengths_by_host = None
     n_train = builder.info.splits["train"].num_examples
     if n_hosts > 1:  # each host reads its own shard; all agree on each step's bucket from all lengths
-        lengths_by_host = parallel.gather_from_hosts(pipeline.track_lengths(config, "train", (host, n_hosts)))
+        lengths_by_host = parallel.gather_from_hosts(pipeline.host_shard_lengths(config, host, n_hosts))
         n_train = len(lengths_by_host[host])
     rows = config.train.batch_size // n_hosts  # this host's rows of each step
 
@@ -250,8 +250,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if meta.get("batches_done") is None:   # saved at the end of an epoch
             start_epoch = meta["epoch"] + 1
         else:                                  # saved mid-epoch: replay the rest of that epoch
-            start_epoch, skip_batches = meta["epoch"], meta["batches_done"]
-            resumed_losses = list(meta["epoch_track_losses"])
+            start_epoch = meta["epoch"]
+            layout = {"hosts": n_hosts, "batch_size": config.train.batch_size}
+            saved_layout = {k: meta.get(k, v) for k, v in layout.items()}  # older checkpoints: as now
+            if saved_layout == layout:
+                skip_batches, resumed_losses = meta["batches_done"], list(meta["epoch_track_losses"])
+            else:  # an epoch's batches depend on both: where it stopped means nothing here
+                logging.warning("The checkpoint was saved mid-epoch with %s, this run has %s: epoch %d restarts "
+                                "from its first batch", saved_layout, layout, start_epoch + 1)
         state = state.replace(params=variables["params"], batch_stats=variables.get("batch_stats", {}),
                               opt_state=opt_state, step=jnp.asarray(meta["step"], jnp.int32))
         logging.info("Resumed at epoch %d, batch %d (step %d) from %s", start_epoch + 1, skip_batches,
@@ -271,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def save_mid_epoch(epoch, batches_done, track_losses):
         meta = checkpoint_meta(config, tags, epoch, None, extra_meta)
         meta.update(step=int(state.step), best_score=float(best_score), batches_done=batches_done,
-                    epoch_track_losses=track_losses)
+                    epoch_track_losses=track_losses, hosts=n_hosts, batch_size=config.train.batch_size)
         store.save(int(state.step), state.variables, state.opt_state, meta, None, False)
 
     epoch_seconds = []  # train + validation time of each epoch run here, for the ETA

@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -262,6 +263,7 @@ def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_ti
     assert saved[0] == saved[1] >= 2      # one common step, after process 1's SIGTERM
     _, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
     assert meta["step"] == saved[0] and meta["batches_done"] is not None
+    shutil.copytree(workdir, tmp_path / "preempted")
     codes, logs = _two_processes(args, tmp_path, "resumed")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert all("Resumed at epoch" in log for log in logs)
@@ -297,3 +299,43 @@ def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_ti
     metrics = json.loads((workdir / "eval" / "test_metrics.json").read_text())
     assert metrics["checkpoint"]["which"] == "best" and len(metrics["tags"]) == 18
     assert os.listdir(workdir / "tensorboard")
+
+    # The mid-epoch checkpoint of two hosts, resumed by one process: that epoch's batches differ
+    # with the host count, so the epoch restarts from its first batch rather than skip wrong ones.
+    train.train_and_evaluate(config, str(tmp_path / "preempted"))
+    _, meta = ckpt_lib.restore_for_inference(str(tmp_path / "preempted"), "latest")
+    one_host_steps = sum(len(list(pipeline.train_batches(config, epoch))) for epoch in range(2))
+    assert meta["step"] == saved[0] + one_host_steps
+
+
+def test_a_host_without_a_train_track_is_a_config_error_before_any_collective(prepared_tiny):
+    from jaxtag.data import pipeline
+    config, _ = prepared_tiny
+    with pytest.raises(ConfigError, match="6 track.*fewer than the 7 hosts"):
+        pipeline.host_shard_lengths(config, 0, 7)
+    assert len(pipeline.host_shard_lengths(config, 5, 6)) == 1
+
+
+def test_host_batches_read_no_further_than_the_step_needs():
+    """A step whose bucket this host has no track of (another host has) reads nothing; a host
+    holds at most a step's worth of tracks when its stream matches the plan's buckets."""
+    from jaxtag.data import pipeline
+
+    class Stream:
+        def __init__(self, lengths):
+            self.lengths, self.read = lengths, 0
+
+        def as_numpy_iterator(self):
+            for i, n in enumerate(self.lengths):
+                self.read += 1
+                yield {"track": f"t{i}".encode(), "mel": np.zeros((n, 2, 3), np.float32),
+                       "labels": np.zeros((n, 4), np.float32), "mask": np.ones(n, bool)}
+
+    own = [2] * 10
+    stream = Stream(own)
+    plan = [8] + [4] * 5
+    batches = pipeline.host_batches(stream, plan, 2, (4, 8), (2, 3, 4), own)
+    first = next(batches)
+    assert stream.read == 0 and first["mel"].shape == (2, 8, 2, 3) and not first["present"].any()
+    for k, batch in enumerate(batches, start=1):
+        assert stream.read == 2 * k and list(batch["track"]) == [f"t{2 * k - 2}", f"t{2 * k - 1}"]

@@ -187,25 +187,40 @@ def multi_host_plan(lengths_by_host: Sequence[Sequence[int]], host_batch_size: i
 
 
 def host_batches(ds: tf.data.Dataset, plan: Sequence[int], host_batch_size: int, buckets: Sequence[int],
-                 row_shape: tuple[int, int, int]) -> Iterator[dict]:
+                 row_shape: tuple[int, int, int], own_lengths: Sequence[int]) -> Iterator[dict]:
     """This host's rows of each step of `plan`: its next tracks of the step's bucket, read from its
-    own (shuffled) shard and held until their bucket's turn; rows without a track are padding."""
+    own (shuffled) shard and held until their bucket's turn; rows without a track are padding.
+    own_lengths (this shard's track lengths) says how many tracks of each bucket are still
+    unread, so the stream is read only as far as the step needs."""
+    unread: dict[int, int] = {}
+    for n in own_lengths:
+        unread[bucket_length(int(n), buckets)] = unread.get(bucket_length(int(n), buckets), 0) + 1
     stream = ds.as_numpy_iterator()
     pools: dict[int, list[dict]] = {}
-    exhausted = False
     for length in plan:
         pool = pools.setdefault(length, [])
-        while len(pool) < host_batch_size and not exhausted:
+        while len(pool) < host_batch_size and unread.get(length, 0) > 0:
             ex = next(stream, None)
             if ex is None:
-                exhausted = True
-            else:
-                pools.setdefault(bucket_length(ex["mel"].shape[0], buckets), []).append(ex)
+                break
+            got = bucket_length(ex["mel"].shape[0], buckets)
+            pools.setdefault(got, []).append(ex)
+            unread[got] = unread.get(got, 0) - 1
         take, pools[length] = pool[:host_batch_size], pool[host_batch_size:]
         yield _pad_batch(take, length, host_batch_size, row_shape)
-    left = sum(len(p) for p in pools.values()) + (0 if exhausted else sum(1 for _ in stream))
+    left = sum(len(p) for p in pools.values()) + sum(1 for _ in stream)
     if left:  # the plan came from other lengths than this shard's: a bug, not bad data
         raise RuntimeError(f"{left} track(s) of this host's shard were not in the multi-host plan")
+
+
+def host_shard_lengths(config, host: int, n_hosts: int) -> np.ndarray:
+    """track_lengths of this host's part of the train split; every host fails alike (before any
+    collective) when the split has fewer tracks than there are hosts."""
+    n_train = prepare(config).info.splits["train"].num_examples
+    if n_train < n_hosts:
+        raise ConfigError(f"the train split has {n_train} track(s), fewer than the {n_hosts} hosts: each host "
+                          "needs at least one (use fewer hosts)")
+    return track_lengths(config, "train", (host, n_hosts))
 
 
 def train_batches(config, epoch: int, host: int = 0, n_hosts: int = 1,
@@ -224,7 +239,7 @@ def train_batches(config, epoch: int, host: int = 0, n_hosts: int = 1,
     plan = multi_host_plan(lengths_by_host, per_host, buckets, seed)
     row_shape = (int(config.data.window_frames), int(config.data.n_mels), len(prepared_settings(config).tags))
     return host_batches(load_split(config, "train", seed=seed, shard=(host, n_hosts)), plan, per_host, buckets,
-                        row_shape)
+                        row_shape, lengths_by_host[host])
 
 
 def summarize(builder: Cal500exp) -> dict:
