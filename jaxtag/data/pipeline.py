@@ -6,6 +6,7 @@ buckets and batches them, so a jitted step compiles once per bucket.
 """
 from __future__ import annotations
 
+import collections
 import os
 from typing import Iterator, Sequence
 
@@ -162,8 +163,8 @@ def _pad_batch(examples: list[dict], length: int, batch_size: int, row_shape: tu
     return {"mel": mel, "labels": labels, "mask": mask, "present": present, "track": np.array(names)}
 
 
-# Multi-host training: each host reads only its own shard of the train split (every n_hosts-th
-# track). The hosts must still run the same program each step, so they agree on a plan: the bucket
+# Multi-host training: each host reads only its own shard of the train split (one of n_hosts
+# even parts). The hosts must still run the same program each step, so they agree on a plan: the bucket
 # length of every step of the epoch, computed identically on every host from all hosts' track
 # lengths (exchanged once). Each host fills its rows of a step with its next tracks of that bucket.
 
@@ -173,15 +174,20 @@ def track_lengths(config, split: str, shard: tuple[int, int] = (0, 1)) -> np.nda
     return np.array([len(ex["mask"]) for ex in ds.as_numpy_iterator()], np.int64)
 
 
+def _bucket_counts(lengths: Sequence[int], buckets: Sequence[int]) -> collections.Counter:
+    """How many of the tracks of these lengths fall in each bucket."""
+    return collections.Counter(bucket_length(int(n), buckets) for n in lengths)
+
+
 def multi_host_plan(lengths_by_host: Sequence[Sequence[int]], host_batch_size: int, buckets: Sequence[int],
                     seed: int) -> list[int]:
     """The bucket length of each step of an epoch, the same on every host: per bucket, as many
     steps as the host with the most tracks of that bucket needs, in a seeded random order."""
-    counts: dict[int, list[int]] = {}
-    for host, lengths in enumerate(lengths_by_host):
-        for n in lengths:
-            counts.setdefault(bucket_length(int(n), buckets), [0] * len(lengths_by_host))[host] += 1
-    plan = [b for b in sorted(counts) for _ in range(-(-max(counts[b]) // host_batch_size))]
+    per_host = [_bucket_counts(lengths, buckets) for lengths in lengths_by_host]
+    busiest = collections.Counter()
+    for counts in per_host:
+        busiest |= counts  # per bucket, the most tracks any host has
+    plan = [b for b in sorted(busiest) for _ in range(-(-busiest[b] // host_batch_size))]
     np.random.default_rng(seed).shuffle(plan)
     return plan
 
@@ -192,20 +198,18 @@ def host_batches(ds: tf.data.Dataset, plan: Sequence[int], host_batch_size: int,
     own (shuffled) shard and held until their bucket's turn; rows without a track are padding.
     own_lengths (this shard's track lengths) says how many tracks of each bucket are still
     unread, so the stream is read only as far as the step needs."""
-    unread: dict[int, int] = {}
-    for n in own_lengths:
-        unread[bucket_length(int(n), buckets)] = unread.get(bucket_length(int(n), buckets), 0) + 1
+    unread = _bucket_counts(own_lengths, buckets)
     stream = ds.as_numpy_iterator()
     pools: dict[int, list[dict]] = {}
     for length in plan:
         pool = pools.setdefault(length, [])
-        while len(pool) < host_batch_size and unread.get(length, 0) > 0:
+        while len(pool) < host_batch_size and unread[length] > 0:
             ex = next(stream, None)
             if ex is None:
                 break
             got = bucket_length(ex["mel"].shape[0], buckets)
             pools.setdefault(got, []).append(ex)
-            unread[got] = unread.get(got, 0) - 1
+            unread[got] -= 1
         take, pools[length] = pool[:host_batch_size], pool[host_batch_size:]
         yield _pad_batch(take, length, host_batch_size, row_shape)
     left = sum(len(p) for p in pools.values()) + sum(1 for _ in stream)
