@@ -9,6 +9,7 @@ status is 1 if any file failed, 2 if nothing could be tagged at all (e.g. no che
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
@@ -54,8 +55,9 @@ def output_name(path: str) -> str:
 def output_names(paths: list[str]) -> dict[str, str]:
     """Output names for a run's inputs: the safe file name where it is unique among them
     (case-insensitively, for case-insensitive disks), `output_name` where it is not."""
-    stems = [_safe_stem(p).lower() for p in paths]
-    return {p: _safe_stem(p) if stems.count(s) == 1 else output_name(p) for p, s in zip(paths, stems)}
+    stems = [_safe_stem(p) for p in paths]
+    uses = collections.Counter(stem.lower() for stem in stems)
+    return {p: stem if uses[stem.lower()] == 1 else output_name(p) for p, stem in zip(paths, stems)}
 
 
 def _write_atomic(path: str, data: str | bytes) -> None:
@@ -118,13 +120,11 @@ def main(argv):
         try:
             taggram = tagger.tag(path).smoothed(_SMOOTH.value)
             written = write_outputs(taggram, path, _OUTPUT_DIR.value, _FORMATS.value, names[path])
-        except (JaxtagError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 - one file's failure must not stop the other files
             failed += 1
-            print(f"error: {path}: {e}", file=sys.stderr)
-            continue
-        except Exception as e:  # noqa: BLE001 - one unexpected failure must not stop the other files
-            failed += 1
-            print(f"error: {path}: {type(e).__name__}: {e}", file=sys.stderr)
+            # Expected failures read as themselves; anything else also names its type.
+            problem = e if isinstance(e, (JaxtagError, OSError)) else f"{type(e).__name__}: {e}"
+            print(f"error: {path}: {problem}", file=sys.stderr)
             continue
         if _TOP_N.value > 0:
             top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(_TOP_N.value))
