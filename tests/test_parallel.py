@@ -138,29 +138,39 @@ print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()
 '''
 
 
-def test_two_processes_on_localhost_match_one_process(tmp_path):
+def _two_processes(command, tmp_path, tag, env=None, fault_on_1=""):
+    """Runs `command(process_id, port)` as processes 0 and 1 of one JAX run on localhost; returns
+    their exit codes, stdouts and stderrs."""
     import socket
-    (tmp_path / "conftest_free.py").write_text(HELPER)
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = str(s.getsockname()[1])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    env = dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env.pop("XLA_FLAGS", None)
     # Output goes to files: a full pipe would block one process at JAX's shutdown barrier.
-    logs = [(open(tmp_path / f"out{i}", "w+"), open(tmp_path / f"err{i}", "w+")) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST, str(i), port], cwd=REPO, env=env,
+    logs = [(open(tmp_path / f"{tag}_out{i}", "w+"), open(tmp_path / f"{tag}_err{i}", "w+")) for i in range(2)]
+    procs = [subprocess.Popen(command(i, port), cwd=REPO, env=dict(env, JAXTAG_FAULT=fault_on_1 if i == 1 else ""),
                               stdout=logs[i][0], stderr=logs[i][1], text=True) for i in range(2)]
-    for p in procs:
-        p.wait(timeout=600)
-    outs = []
+    codes, outs, errs = [], [], []
     for p, (out, err) in zip(procs, logs):
+        codes.append(p.wait(timeout=600))
         out.seek(0), err.seek(0)
-        assert p.returncode == 0, err.read()[-3000:]
-        outs.append((out.read(), None))
-    single = subprocess.run([sys.executable, "-c", MULTIHOST, "-1", port], cwd=REPO, env=env,
+        outs.append(out.read())
+        errs.append(err.read())
+    return codes, outs, errs
+
+
+def test_two_processes_on_localhost_match_one_process(tmp_path):
+    (tmp_path / "conftest_free.py").write_text(HELPER)
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    env.pop("XLA_FLAGS", None)
+    codes, outs, errs = _two_processes(lambda i, port: [sys.executable, "-c", MULTIHOST, str(i), port], tmp_path,
+                                       "sgd", env)
+    assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
+    single = subprocess.run([sys.executable, "-c", MULTIHOST, "-1", "0"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     reference = json.loads(single.stdout.strip().splitlines()[-1])
     assert [r["processes"] for r in results] == [2, 2] and results[0]["devices"] == 2
     assert reference["processes"] == 1
@@ -168,7 +178,6 @@ def test_two_processes_on_localhost_match_one_process(tmp_path):
         np.testing.assert_allclose(r["params"], reference["params"], rtol=1e-4, atol=1e-6)
         # Every host reads every track's loss, its own rows and the other host's.
         np.testing.assert_allclose(r["loss"], reference["loss"], rtol=1e-5, atol=1e-6)
-
 
 
 @pytest.mark.parametrize("n_hosts,batch_size", [(2, 2), (4, 4), (2, 4)])
@@ -223,27 +232,6 @@ def test_multi_host_plan_covers_the_busiest_host_of_each_bucket():
     assert sorted(pipeline.multi_host_plan([[9, 20]], 1, (4, 8), seed=1)) == [16, 24]
 
 
-def _two_processes(args, tmp_path, tag, fault_on_1=""):
-    """Runs `python -m jaxtag.main args` as processes 0 and 1 of one run; their exit codes and logs."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = str(s.getsockname()[1])
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("XLA_FLAGS", None)
-    logs = [open(tmp_path / f"{tag}_err{i}", "w+") for i in range(2)]
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "jaxtag.main", *args, f"--coordinator_address=localhost:{port}", "--num_processes=2",
-         f"--process_id={i}"], cwd=REPO, env=dict(env, JAXTAG_FAULT=fault_on_1 if i == 1 else ""),
-        stdout=subprocess.DEVNULL, stderr=logs[i], text=True) for i in range(2)]
-    codes, texts = [], []
-    for p, err in zip(procs, logs):
-        codes.append(p.wait(timeout=600))
-        err.seek(0)
-        texts.append(err.read())
-    return codes, texts
-
-
 def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_tiny, tmp_path):
     """The whole `python -m jaxtag.main` on two localhost processes (JAX's distributed runtime, CPU,
     gloo): each reads its half of the train split, both step together through the common plan,
@@ -257,14 +245,18 @@ def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_ti
     workdir = tmp_path / "run"
     args = ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={config.data.data_dir}",
             *(f"--config.{k}={v}" for k, v in overrides.items())]
-    codes, logs = _two_processes(args, tmp_path, "preempted", fault_on_1="sigterm@1")
+    def main(i, port):
+        return [sys.executable, "-m", "jaxtag.main", *args, f"--coordinator_address=localhost:{port}",
+                "--num_processes=2", f"--process_id={i}"]
+
+    codes, _, logs = _two_processes(main, tmp_path, "preempted", fault_on_1="sigterm@1")
     assert codes == [143, 143], logs[0][-2000:] + logs[1][-2000:]
     saved = [int(re.search(r"Preempted: saved step (\d+)", log).group(1)) for log in logs]
     assert saved[0] == saved[1] >= 2      # one common step, after process 1's SIGTERM
     _, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
     assert meta["step"] == saved[0] and meta["batches_done"] is not None
     shutil.copytree(workdir, tmp_path / "preempted")
-    codes, logs = _two_processes(args, tmp_path, "resumed")
+    codes, _, logs = _two_processes(main, tmp_path, "resumed")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert all("Resumed at epoch" in log for log in logs)
 
