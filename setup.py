@@ -26,15 +26,18 @@ setup(
         "matplotlib>=3.8",
         "tensorboard>=2.16",  # tf.summary event files; tensorflow-cpu does not pull it in
         "tqdm>=4.66",         # the tag CLI's progress bar
+        "scikit-learn>=1.4",  # ROC-AUC, average precision, the F1-optimal threshold
     ],
     extras_require={
-        # dill: imported by tfds.testing; scikit-learn: independent reference metrics.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4", "dill"],
+        # dill: imported by tfds.testing.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill"],
     },
     entry_points={
         "console_scripts": [
             "jaxtag-train=jaxtag.main:run",
             "jaxtag-prepare=jaxtag.prepare:run",
+            "jaxtag-tag=jaxtag.tag:run",
+            "jaxtag-report=jaxtag.report:run",
         ],
     },
 )

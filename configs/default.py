@@ -50,9 +50,15 @@ def get_config() -> ml_collections.ConfigDict:
     model.lstm_initial_state = "random"   # paper: random initial state; or "zeros"
     model.output_activation = "sigmoid"   # paper: sigmoid outputs; "none" gives logits (for bce)
     model.attention_heads = 4             # for *_attention models
-    # Windows per chunk of the paper trunk's conv layers (speed only, results are the same):
-    # 0 picks for the platform (2 on CPU, where chunks stay in cache; all windows elsewhere).
+    # How the conv trunks run (speed only, results are the same): "auto" takes the CPU fast path
+    # (jaxtag/models/ops.py) on a CPU backend and plain Flax layers elsewhere; "flax"; "cpu_fast".
+    model.implementation = "auto"
+    # CPU fast path: windows per chunk of the paper trunk's conv layers (0: 2 on one CPU device,
+    # where chunks stay in cache; all windows with several devices).
     model.window_chunk = 0
+    # Computation dtype: "bfloat16" on GPU/TPU halves activation memory and uses the matrix units;
+    # parameters, optimizer state, the input transform and the loss stay float32.
+    model.dtype = "float32"
     # Input transform, applied in the model so the prepared data stays the paper's power mel.
     model.compression = "none"         # paper: power mel; "log1p": log(1 + log_scale * mel); "db"
     model.log_scale = 10000.0

@@ -5,9 +5,10 @@ from jaxtag.errors import ConfigError
 
 
 def validate_config(config) -> None:
-    from jaxtag.losses import LOSSES
-    from jaxtag.models import MODELS
-    from jaxtag.tags import resolve_tags
+    from jaxtag.data.labels import UNANNOTATED_MODES
+    from jaxtag.data.tags import resolve_tags
+    from jaxtag.models import DTYPES, IMPLEMENTATIONS, MODELS
+    from jaxtag.training.losses import LOSSES
     d, m, t = config.data, config.model, config.train
     problems = []
     if m.name not in MODELS:
@@ -22,6 +23,10 @@ def validate_config(config) -> None:
         problems.append(f"model.compression must be 'none', 'log1p' or 'db', got {m.compression!r}")
     if m.lstm_initial_state not in ("random", "zeros"):
         problems.append(f"model.lstm_initial_state must be 'random' or 'zeros', got {m.lstm_initial_state!r}")
+    if m.implementation not in IMPLEMENTATIONS:
+        problems.append(f"model.implementation must be one of {IMPLEMENTATIONS}, got {m.implementation!r}")
+    if m.dtype not in DTYPES:
+        problems.append(f"model.dtype must be one of {sorted(DTYPES)}, got {m.dtype!r}")
     if int(m.get("window_chunk", 0)) < 0:
         problems.append(f"model.window_chunk must be >= 0 (0: automatic), got {m.window_chunk}")
     if t.pos_weight not in ("none", "balanced"):
@@ -45,8 +50,8 @@ def validate_config(config) -> None:
     n_pools = len(m.conv_channels) // 2
     if min(d.window_frames, d.n_mels) < 2 ** n_pools:
         problems.append(f"window_frames and n_mels must be at least {2 ** n_pools} for {n_pools} pooling layers")
-    if d.unannotated not in ("ignore", "negative"):
-        problems.append(f"data.unannotated must be 'ignore' or 'negative', got {d.unannotated!r}")
+    if d.unannotated not in UNANNOTATED_MODES:
+        problems.append(f"data.unannotated must be one of {UNANNOTATED_MODES}, got {d.unannotated!r}")
     if not t.learning_rate > 0:
         problems.append(f"train.learning_rate must be positive, got {t.learning_rate}")
     if t.batch_size < 1 or t.num_epochs < 0:

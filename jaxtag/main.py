@@ -32,8 +32,10 @@ def main(argv):
     setup_cli_logging()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from jaxtag import evaluation, parallel, train
     from jaxtag.errors import JaxtagError
+    from jaxtag.evaluation.evaluate import evaluate_checkpoint
+    from jaxtag.training import parallel
+    from jaxtag.training.loop import train_and_evaluate
     parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                     auto=_AUTO_DISTRIBUTED.value)
     config = _CONFIG.value
@@ -41,9 +43,9 @@ def main(argv):
     logging.info("workdir: %s", workdir)
     try:
         if _MODE.value == "train":
-            train.train_and_evaluate(config, workdir)
+            train_and_evaluate(config, workdir)
         else:
-            evaluation.evaluate_checkpoint(config, workdir, "test")
+            evaluate_checkpoint(config, workdir, "test")
     except JaxtagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -95,9 +95,9 @@ def _config(name):
 def bench_model(name: str, n_windows: int, repeats: int) -> dict:
     import jax
     import numpy as np
-    from jaxtag import train
     from jaxtag.data.buckets import bucket_length
     from jaxtag.models import create_model
+    from jaxtag.training import steps
     config = _config(name)
     model = create_model(config.model, 18)
     d = config.data
@@ -107,8 +107,8 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
     batch = {"mel": (rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]).astype(np.float32),
              "labels": (rng.uniform(size=(1, length, 18)) < 0.35).astype(np.float32),
              "mask": present, "present": present}
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    step = train.make_train_step(model, config.train.loss)
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = steps.make_train_step(model, config.train.loss)
     key = jax.random.PRNGKey(1)
     holder = {"state": state}
 
@@ -118,7 +118,7 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
 
     flops = train_flops_per_window(config) * n_windows
     train_s = _time(one_step, repeats)
-    predict = train.make_predict_step(model)
+    predict = steps.make_predict_step(model)
     infer_s = _time(lambda: predict(holder["state"].variables, batch, key), repeats)
     infer_flops = train_flops_per_window(config, training=False) * n_windows
     return {"train_windows_per_s": n_windows / train_s, "infer_windows_per_s": n_windows / infer_s,
@@ -128,10 +128,10 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
 
 
 def trunk_ablation(n_windows: int, repeats: int) -> list[tuple[str, float]]:
-    """Forward + backward of the paper trunk on n_windows windows, three ways: straightforward Flax
-    (nn.Conv, nn.max_pool: XLA's own gradients), jaxtag's trunk on the whole track at once, and
-    jaxtag's trunk on chunks of windows (the default on CPU). Returns (variant, windows/s)."""
-    import flax.linen as nn
+    """Forward + backward of the paper trunk on n_windows windows, three ways: the plain Flax trunk
+    (nn.Conv, nn.max_pool: XLA's own gradients; the model off CPU), and the CPU fast path
+    (written-out gradients) on the whole track at once and on chunks of windows (the default on
+    CPU). Returns (variant, windows/s)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -139,49 +139,39 @@ def trunk_ablation(n_windows: int, repeats: int) -> list[tuple[str, float]]:
     config = _config("cnn")
     d, m = config.data, config.model
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(n_windows, d.window_frames, d.n_mels)), jnp.float32)
-
-    class StraightforwardTrunk(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = x[..., None]
-            for i, c in enumerate(m.conv_channels):
-                x = nn.relu(nn.Conv(c, (3, 3), padding=1)(x))
-                if i % 2 == 1:
-                    x = nn.max_pool(x, (2, 2), strides=(2, 2))
-            return nn.relu(nn.Dense(m.dense_sizes[0])(x.reshape(x.shape[0], -1)))
-
+    sizes = (tuple(m.conv_channels), m.dense_sizes[0])
     out = []
     for label, trunk in [
-            ("straightforward Flax (nn.Conv, nn.max_pool)", StraightforwardTrunk()),
-            ("jaxtag trunk, whole track at once", trunks.PaperTrunk(tuple(m.conv_channels), m.dense_sizes[0],
-                                                                    window_chunk=n_windows)),
-            (f"jaxtag trunk, chunks of {trunks.CHUNK_ON_CPU} windows (default on CPU)",
-             trunks.PaperTrunk(tuple(m.conv_channels), m.dense_sizes[0]))]:
+            ("plain Flax (nn.Conv, nn.max_pool)", trunks.PaperTrunk(*sizes)),
+            ("CPU fast path, whole track at once", trunks.PaperTrunk(*sizes, cpu_fast=True, window_chunk=n_windows)),
+            (f"CPU fast path, chunks of {trunks.CHUNK_ON_CPU} windows (default on CPU)",
+             trunks.PaperTrunk(*sizes, cpu_fast=True))]:
         params = trunk.init(jax.random.PRNGKey(0), x[:1])
         grad = jax.jit(jax.grad(lambda p: jnp.sum(trunk.apply(p, x) ** 2)))
         out.append((label, n_windows / _time(lambda: grad(params), repeats)))
     return out
 
 
-def count_compilations(name: str) -> tuple[int, int]:
-    """An epoch over 40 tracks of random lengths: (compilations, distinct buckets)."""
+def count_compilations(name: str, n_tracks: int, max_windows: int) -> tuple[int, int]:
+    """An epoch over n_tracks tracks of random lengths (10 to max_windows windows):
+    (compilations, distinct buckets)."""
     import jax
     import numpy as np
-    from jaxtag import train
     from jaxtag.data.buckets import bucket_length
     from jaxtag.models import create_model
+    from jaxtag.training import compilations, steps
     config = _config(name)
     d, m = config.data, config.model
     d.n_mels, d.window_frames = 32, 32   # small sizes: this counts compilations, not speed
     m.conv_channels, m.dense_sizes, m.lstm_size = (4, 4, 8, 8), (32, 16, 16), 8
     model = create_model(m, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    step = train.make_train_step(model, "margin")
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = steps.make_train_step(model, "margin")
     rng = np.random.default_rng(0)
     key = jax.random.PRNGKey(1)
     buckets = set()
-    with train.count_compilations() as compiled:   # XLA compilations, counted by jax.monitoring
-        for n in rng.integers(10, 200, size=40):
+    with compilations.count_compilations() as compiled:   # XLA compilations, counted by jax.monitoring
+        for n in rng.integers(10, max_windows, size=n_tracks):
             length = bucket_length(int(n), config.train.length_buckets)
             buckets.add(length)
             present = np.arange(length)[None] < n
@@ -195,27 +185,27 @@ def pipeline_overhead() -> tuple[float, float]:
     """Seconds for the steps of one epoch of the default synthetic corpus's train split with small
     models, fed by tf.data, and fed from batches already in memory."""
     import jax
-    from jaxtag import train
     from jaxtag.data import pipeline
     from jaxtag.models import create_model
+    from jaxtag.training import steps
     config = _config("cnn_lstm")
     m = config.model
     m.conv_channels, m.dense_sizes, m.lstm_size = (8, 8, 16, 16), (64, 32, 32), 16
     model = create_model(m, 18)
-    step = train.make_train_step(model, "margin")
+    step = steps.make_train_step(model, "margin")
     buckets = tuple(config.train.length_buckets)
     batches = list(pipeline.bucketed_batches(pipeline.load_split(config, "train", seed=0), 1, buckets))
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     for b in batches:  # compile every bucket first
-        state, loss, _, _ = step(state, train._device_batch(b), key)
+        state, loss, _, _ = step(state, steps.device_batch(b), key)
     jax.block_until_ready(loss)
 
     def epoch(source):
         nonlocal state
         start = time.perf_counter()
         for b in source():
-            state, loss, _, _ = step(state, train._device_batch(b), key)
+            state, loss, _, _ = step(state, steps.device_batch(b), key)
         jax.block_until_ready(loss)
         return time.perf_counter() - start
 
@@ -314,9 +304,11 @@ def main(argv):
     if _ABLATION.value:
         for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
             print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
+    n_tracks, max_windows = (12, 40) if _QUICK.value else (40, 200)  # quick: fewer buckets to compile
     for name in results:
-        compiled, buckets = count_compilations(name)
-        print(f"{name}: compilations for an epoch of 40 tracks of random lengths: {compiled} ({buckets} length buckets)")
+        compiled, buckets = count_compilations(name, n_tracks, max_windows)
+        print(f"{name}: compilations for an epoch of {n_tracks} tracks of random lengths: {compiled} "
+              f"({buckets} length buckets)")
     if _PIPELINE.value:
         with_tf, in_memory = pipeline_overhead()
         print(f"epoch from tf.data {with_tf:.2f}s vs from memory {in_memory:.2f}s: "

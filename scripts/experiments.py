@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import platform
 import sys
 import time
 
@@ -39,7 +38,7 @@ _EPOCHS = flags.DEFINE_integer("num_epochs", None, "Override every config's trai
 
 
 def run_experiment(name: str) -> dict:
-    from jaxtag import train
+    from jaxtag.training.loop import train_and_evaluate
     config = importlib.import_module(f"configs.{EXPERIMENTS[name]}").get_config()
     config.data.root = _DATA_ROOT.value
     if _EPOCHS.value:
@@ -48,7 +47,7 @@ def run_experiment(name: str) -> dict:
     record_path = os.path.join(workdir, "experiment.json")
     record = json.load(open(record_path)) if os.path.exists(record_path) else {"train_and_eval_seconds": 0.0}
     start = time.time()
-    metrics = train.train_and_evaluate(config, workdir)
+    metrics = train_and_evaluate(config, workdir)
     record["train_and_eval_seconds"] += time.time() - start
     record.update(config=EXPERIMENTS[name], model=config.model.name, epochs=config.train.num_epochs,
                   metrics=metrics)
@@ -57,48 +56,9 @@ def run_experiment(name: str) -> dict:
     return record
 
 
-def _fmt(v) -> str:
-    return "n/a" if v is None or v != v else f"{v:.3f}"
-
-
-def results_table(records: dict[str, dict], data_root: str = "") -> str:
-    """The markdown of docs/results.md from experiment records (run_experiment's)."""
-    import jax
-    corpus = data_root or "the built-in synthetic corpus (configs/default.py: data.synthetic)"
-    lines = [
-        "# Results", "",
-        f"Produced by `python scripts/experiments.py{' --data_root=' + data_root if data_root else ''}` "
-        f"on {corpus}; test split, best checkpoint by validation macro ROC-AUC. Machine: "
-        f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].platform}.",
-        "", "Macro means over tags (tags with one class only in the test windows are left out of ROC-AUC).",
-        "MAA is the paper's mean average accuracy; the all-negative baseline predicts every tag absent.", "",
-        "| experiment | config | model | ROC-AUC | PR-AUC | F1 | MAA | all-negative MAA | epochs | train+eval time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in records.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | configs/{r['config']}.py | {r['model']} | {_fmt(m['mean_roc_auc'])} | "
-                     f"{_fmt(m['mean_pr_auc'])} | {_fmt(m['mean_f1'])} | {_fmt(m['mean_maa'])} | "
-                     f"{_fmt(m['mean_baseline_maa'])} | {r['epochs']} | {r['train_and_eval_seconds'] / 60:.1f} min |")
-    lines += ["", "## Per category (macro means over each category's tags)", "",
-              "| experiment | category | tags | ROC-AUC | PR-AUC | F1 | MAA | all-negative MAA |",
-              "|---|---|---|---|---|---|---|---|"]
-    for name, r in records.items():
-        for cat, c in r["metrics"].get("categories", {}).items():
-            lines.append(f"| {name} | {cat} | {c['num_tags']} | {_fmt(c['mean_roc_auc'])} | {_fmt(c['mean_pr_auc'])} | "
-                         f"{_fmt(c['mean_f1'])} | {_fmt(c['mean_maa'])} | {_fmt(c['mean_baseline_maa'])} |")
-    lines += ["", "## Per tag ROC-AUC (emotion tags)", ""]
-    names = list(records)
-    tags = records[names[0]]["metrics"]["tags"]
-    lines.append("| tag | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---|" * len(names))
-    for t in tags:
-        lines.append(f"| {t} | " + " | ".join(_fmt(records[n]["metrics"]["roc_auc"].get(t)) for n in names) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv):
     del argv
+    from jaxtag.evaluation.report import results_table
     from jaxtag.logs import setup_cli_logging
     setup_cli_logging()
     unknown = [n for n in _NAMES.value if n not in EXPERIMENTS]

@@ -17,7 +17,7 @@ import tempfile  # noqa: E402
 os.environ["NUMBA_CACHE_DIR"] = os.path.join(
     tempfile.gettempdir(), f"jaxtag_numba_cache_{os.getuid()}_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}")
 
-from jaxtag.tags import CAL500EXP_TAGS  # noqa: E402
+from jaxtag.data.tags import CAL500EXP_TAGS  # noqa: E402
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "cal500exp"
 
@@ -52,10 +52,10 @@ def prepared_tiny(data_dir):
 def trained(prepared_tiny, tmp_path_factory):
     """A tiny run trained and evaluated once per session: (config, workdir, test metrics).
     Tests must not modify the workdir (copy it first)."""
-    from jaxtag import train
+    from jaxtag.training.loop import train_and_evaluate
     config, _ = prepared_tiny
     workdir = str(tmp_path_factory.mktemp("run"))
-    return config, workdir, train.train_and_evaluate(config, workdir)
+    return config, workdir, train_and_evaluate(config, workdir)
 
 
 def write_csv(path, rows, tags=CAL500EXP_TAGS, header=None, newline="\n", bom=False):

@@ -19,11 +19,6 @@ def test_mel_matches_direct_librosa_call_with_paper_parameters():
     np.testing.assert_allclose(mel, expected.T, rtol=1e-5, atol=1e-7)
 
 
-def test_frame_times_are_frame_centres():
-    settings = features.FrontendSettings()
-    np.testing.assert_allclose(features.frame_times(3, settings), [0, 1024 / 20500, 2048 / 20500])
-
-
 def test_load_audio_downmixes_and_resamples(tmp_path):
     path = write_tone(tmp_path / "stereo.wav", 2.0, sr=44100, channels=2)
     y = audio.load_audio(path, 20500)

@@ -9,7 +9,7 @@ import soundfile as sf
 from conftest import make_corpus, tiny_config, write_csv, write_tone
 from jaxtag.data import audio, labels, pipeline
 from jaxtag.errors import DataError
-from jaxtag.tagger import Tagger
+from jaxtag.tagging.tagger import Tagger
 
 ROW = [(0.0, 3.0, {"Emotion-Sad": 1.0})]
 

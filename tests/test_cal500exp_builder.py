@@ -31,7 +31,10 @@ def test_registered_configs_are_keyed_by_settings():
     names = [c.name for c in Cal500exp.BUILDER_CONFIGS]
     assert len(set(names)) == 2 and names[0].startswith("real_") and names[1].startswith("synthetic_")
     assert Cal500expConfig.from_settings(SMALL).name != names[0]
-    assert Cal500exp.MANUAL_DOWNLOAD_INSTRUCTIONS
+    # Every setting changes the key; equal settings give the same key.
+    assert Cal500expConfig.from_settings(PreparedSettings()).name == names[0]
+    assert Cal500expConfig.from_settings(PreparedSettings(split_seed=1)).name != names[0]
+    assert Cal500expConfig.from_settings(PreparedSettings(tags=("Emotion-Sad",))).name != names[0]
 
 
 if __name__ == "__main__":

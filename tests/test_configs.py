@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from helpers import processes
 from jaxtag.config_validation import validate_config
+from jaxtag.data.tags import resolve_tags
 from jaxtag.errors import ConfigError
 from jaxtag.models import create_model
-from jaxtag.tags import resolve_tags
 
 CONFIG_NAMES = sorted(os.path.splitext(os.path.basename(p))[0]
                       for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py"))
@@ -51,6 +52,8 @@ def test_paper_configs_keep_the_paper_settings():
     ("train.batch_size", 0, "batch_size"),
     ("data.window_hop", 500, "exceeds"),
     ("data.window_frames", 4096, "longer than every track"),
+    ("model.implementation", "cuda_fast", "model.implementation"),
+    ("model.dtype", "float16", "model.dtype"),
 ])
 def test_impossible_values_fail_before_any_work(field, value, message):
     config = importlib.import_module("configs.cnn_lstm").get_config()
@@ -62,10 +65,7 @@ def test_impossible_values_fail_before_any_work(field, value, message):
 
 def test_workdir_defaults_to_runs_named_after_the_config():
     # In a subprocess: jaxtag.main defines absl flags (e.g. --workdir) that jaxtag.tag also defines.
-    import subprocess
-    import sys
     code = ("from jaxtag.main import default_workdir; "
             "print(default_workdir('configs/cnn_lstm.py')); print(default_workdir('/abs/configs/resnet_attention.py:x'))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         capture_output=True, text=True, timeout=300)
+    out = processes.run(["-c", code], timeout=300)
     assert out.stdout.split() == [os.path.join("runs", "cnn_lstm"), os.path.join("runs", "resnet_attention")]

@@ -1,19 +1,6 @@
-"""scripts/experiments.py: the results table is built from the runs' metrics, value for value."""
-import json
-import os
-import subprocess
-import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# In a subprocess: the script defines absl flags that other modules may also define.
-BUILD = r'''
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("experiments", "scripts/experiments.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-print(json.dumps(module.results_table(json.loads(sys.stdin.read()))))
-'''
+"""docs/results.md (scripts/experiments.py): the results table is built from the runs' metrics,
+value for value."""
+from jaxtag.evaluation.report import results_table
 
 
 def _record(config, auc, seconds):
@@ -27,10 +14,7 @@ def _record(config, auc, seconds):
 
 def test_results_table_reports_each_runs_metrics():
     records = {"paper_cnn": _record("cnn", 0.61, 120.0), "resnet_lstm": _record("resnet_lstm", 0.88, 300.0)}
-    out = subprocess.run([sys.executable, "-c", BUILD], input=json.dumps(records), cwd=REPO, capture_output=True,
-                         text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-    assert out.returncode == 0, out.stderr[-2000:]
-    table = json.loads(out.stdout.strip().splitlines()[-1]).splitlines()
+    table = results_table(records).splitlines()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
             for line in table if "| configs/" in line}
     assert rows["paper_cnn"][1:] == ["configs/cnn.py", "cnn", "0.610", "0.510", "0.250", "0.700", "0.750", "3", "2.0 min"]

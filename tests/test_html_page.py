@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import write_tone
-from jaxtag.html_page import render_html
-from jaxtag.taggram import Taggram
+from jaxtag.tagging.html_page import render_html
+from jaxtag.tagging.taggram import Taggram
 
 EVIL = "<script>alert(1)</script>\"'&"
 
@@ -52,6 +52,7 @@ def _dump_dom(page_path, t, profile):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
     audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)  # as long as the taggram
@@ -85,6 +86,7 @@ window.addEventListener("load", () => setTimeout(() => {
 </script></body>"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_a_click_on_the_taggram_seeks_the_player_and_the_cursor_follows(tmp_path):
     audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)

@@ -5,7 +5,7 @@ import pytest
 from conftest import SHARED, write_csv
 from jaxtag.data import labels
 from jaxtag.errors import DataError
-from jaxtag.tags import CAL500EXP_TAGS, EMOTION_TAGS
+from jaxtag.data.tags import CAL500EXP_TAGS, EMOTION_TAGS
 
 TWO = ("Emotion-Happy", "Emotion-Sad")
 
@@ -80,11 +80,6 @@ def test_short_track_is_padded_and_padding_counts_as_unannotated():
     assert mask[0] and lab[0, 0] == 1      # 3 of 4 frames annotated
     lab, mask = labels.window_labels(frame[:1], ann[:1], labels.window_starts(1, 4, 2), 4)
     assert not mask[0]                     # 1 of 4: masked
-
-
-def test_num_windows_matches_window_starts():
-    for n in range(1, 700, 7):
-        assert labels.num_windows(n, 128, 64) == len(labels.window_starts(n, 128, 64))
 
 
 def test_read_segments_sorts_rows_and_selects_tags(tmp_path):

@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from jaxtag import losses
+from jaxtag.training import losses
 
 
 def reference_margin_loss(x, y):

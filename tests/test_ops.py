@@ -1,5 +1,5 @@
-"""The CPU-fast convolution and max-pool (jaxtag.models.ops) against jax.grad of lax references,
-and the chunked paper trunk against the unchunked one."""
+"""The CPU fast path: convolution and max-pool (jaxtag.models.ops) against jax.grad of lax
+references, and the fast trunks against the plain Flax ones (outputs and gradients)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,23 +102,54 @@ def test_conv_relu_pool_stack_values_and_gradients_match_autodiff_of_lax():
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 3, 7])
-def test_chunked_paper_trunk_equals_unchunked(chunk):
-    """Chunking the conv layers over windows (7 windows: chunks that do not divide it are padded)
-    changes neither the outputs nor the gradients, and keeps one parameter tree."""
+def test_cpu_fast_paper_trunk_equals_the_plain_flax_trunk(chunk):
+    """The CPU fast path (written-out gradients, conv layers scanned over chunks of windows; 7
+    windows: chunks that do not divide it are padded) gives the plain nn.Conv/nn.max_pool trunk's
+    outputs and gradients, with the same parameter tree."""
     rng = np.random.default_rng(3)
     x = rng.uniform(size=(7, 16, 16)).astype(np.float32)
-    whole = trunks.PaperTrunk((4, 4, 8, 8), 12, window_chunk=7)
-    chunked = trunks.PaperTrunk((4, 4, 8, 8), 12, window_chunk=chunk)
-    params = whole.init(jax.random.PRNGKey(0), x)
-    assert jax.tree.structure(params) == jax.tree.structure(chunked.init(jax.random.PRNGKey(0), x))
-    np.testing.assert_allclose(chunked.apply(params, x), whole.apply(params, x), rtol=1e-5, atol=1e-6)
+    plain = trunks.PaperTrunk((4, 4, 8, 8), 12)
+    fast = trunks.PaperTrunk((4, 4, 8, 8), 12, cpu_fast=True, window_chunk=chunk)
+    params = plain.init(jax.random.PRNGKey(0), x)
+    assert jax.tree.structure(params) == jax.tree.structure(fast.init(jax.random.PRNGKey(0), x))
+    assert set(params["params"]) == {"conv0", "conv1", "conv2", "conv3", "dense_0"}
+    np.testing.assert_allclose(fast.apply(params, x), plain.apply(params, x), rtol=1e-5, atol=1e-6)
     loss = lambda m: lambda p: jnp.sum(m.apply(p, x) ** 2)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 jax.grad(loss(chunked))(params), jax.grad(loss(whole))(params))
+                 jax.grad(loss(fast))(params), jax.grad(loss(plain))(params))
+
+
+def test_cpu_fast_resnet_trunk_equals_the_plain_flax_trunk():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(size=(5, 16, 16)).astype(np.float32)
+    mask = np.array([True, True, True, False, True])
+    plain, fast = trunks.ResNetTrunk((4, 8), 6), trunks.ResNetTrunk((4, 8), 6, cpu_fast=True)
+    variables = plain.init(jax.random.PRNGKey(0), x, mask, train=False)
+    assert jax.tree.structure(variables) == jax.tree.structure(fast.init(jax.random.PRNGKey(0), x, mask))
+
+    def loss(model):
+        def f(params):
+            out, updates = model.apply({**variables, "params": params}, x, mask, train=True, mutable=["batch_stats"])
+            return jnp.sum(out ** 2), updates
+        return jax.value_and_grad(f, has_aux=True)(variables["params"])
+
+    (value_fast, stats_fast), grads_fast = loss(fast)
+    (value_plain, stats_plain), grads_plain = loss(plain)
+    np.testing.assert_allclose(value_fast, value_plain, rtol=1e-5)
+    for got, want in [(grads_fast, grads_plain), (stats_fast, stats_plain)]:
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got, want)
+
+
+def test_the_cpu_fast_path_is_chosen_on_cpu_only():
+    from jaxtag.models import uses_cpu_fast_path
+    assert uses_cpu_fast_path("auto", "cpu") and uses_cpu_fast_path("cpu_fast", "tpu")
+    assert not uses_cpu_fast_path("auto", "gpu") and not uses_cpu_fast_path("auto", "tpu")
+    assert not uses_cpu_fast_path("flax", "cpu")
+    with pytest.raises(ValueError, match="model.implementation"):
+        uses_cpu_fast_path("fast")
 
 
 def test_automatic_chunk_size():
-    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    assert trunks.windows_per_chunk(0, 80) == (trunks.CHUNK_ON_CPU if single_cpu else 80)
+    assert trunks.windows_per_chunk(0, 80) == (trunks.CHUNK_ON_CPU if jax.device_count() == 1 else 80)
     assert trunks.windows_per_chunk(5, 3) == 3
     assert trunks.windows_per_chunk(4, 80) == 4

@@ -3,19 +3,18 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxtag import parallel, train
+from helpers import processes
 from jaxtag.errors import ConfigError
-from jaxtag.models import create_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jaxtag.models import create_model, run_keys
+from jaxtag.training import checkpoints, parallel, steps
+from jaxtag.training.loop import train_and_evaluate
 
 
 def _tracks(rng, lengths, length):
@@ -34,8 +33,8 @@ def test_padded_multi_track_batch_equals_tracks_one_by_one(data_dir):
     config = tiny_config(data_dir, **{"model.lstm_initial_state": "zeros"})
     model = create_model(config.model, 18)
     batch = _tracks(np.random.default_rng(0), [5, 8, 3], 8)
-    predict = train.make_predict_step(model)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    predict = steps.make_predict_step(model)
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(3)
     together = np.asarray(predict(state.variables, batch, key))
     for i, n in enumerate([5, 8, 3]):
@@ -45,72 +44,22 @@ def test_padded_multi_track_batch_equals_tracks_one_by_one(data_dir):
 
 
 def test_batch_size_must_divide_over_devices():
-    mesh = parallel.data_mesh()
-    parallel.check_batch_size(len(jax.devices()) * 2, mesh)
-    if len(jax.devices()) > 1:
-        with pytest.raises(ConfigError, match="multiple of the number of devices"):
-            parallel.check_batch_size(1, mesh)
+    # check_batch_size reads only the mesh's device count: an 8-device stand-in, as on a TPU host.
+    eight = types.SimpleNamespace(devices=np.empty((8,), object))
+    parallel.check_batch_size(16, eight)
+    parallel.check_batch_size(8, eight)
+    with pytest.raises(ConfigError, match=r"train.batch_size \(12\) must be a multiple of the number of devices \(8\)"):
+        parallel.check_batch_size(12, eight)
+    parallel.check_batch_size(1, parallel.data_mesh())  # this process's own mesh: 1 device here
 
 
-SCRIPT = r'''
-import json, sys
-import jax, numpy as np, optax
-sys.path.insert(0, ".")
-from jax.sharding import Mesh
-from conftest_free import make, sgd_step
-config, batch = make()
-assert len(jax.devices()) == 8, jax.devices()
-out = {}
-for name, devices in [("one", jax.devices()[:1]), ("eight", jax.devices())]:
-    state, per_track = sgd_step(config, batch, Mesh(np.asarray(devices), ("data",)))
-    flat = lambda tree: np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)]).tolist()
-    out[name] = {"params": flat(state.params), "batch_stats": flat(state.batch_stats),
-                 "loss": np.asarray(per_track).tolist(), "shards": len(per_track.sharding.device_set)}
-print(json.dumps(out))
-'''
-
-HELPER = r'''
-import numpy as np, sys
-sys.path.insert(0, "tests")
-from conftest import tiny_config
-def make():
-    config = tiny_config("/nonexistent", **{"model.name": "resnet_lstm", "model.conv_channels": (4, 8),
-                                             "model.dense_sizes": (16, 16), "model.lstm_initial_state": "zeros"})
-    rng = np.random.default_rng(0)
-    lengths = [3, 8, 5, 8, 1, 7, 8, 2]
-    batch = {"mel": np.zeros((8, 8, 32, 32), np.float32), "labels": np.zeros((8, 8, 18), np.float32),
-             "mask": np.zeros((8, 8), bool), "present": np.zeros((8, 8), bool)}
-    for i, n in enumerate(lengths):
-        batch["mel"][i, :n] = rng.uniform(size=(n, 32, 32)) * 10
-        batch["labels"][i, :n] = rng.uniform(size=(n, 18)) < 0.4
-        batch["mask"][i, :n] = batch["present"][i, :n] = True
-    return config, batch
-
-
-def sgd_step(config, batch, mesh):
-    """One train step on `mesh` with plain SGD, so parameter differences measure gradient
-    differences (Adam's m / sqrt(v) turns float noise on ~0 gradients into full steps)."""
-    import jax, optax
-    from jaxtag import parallel, train
-    from jaxtag.models import create_model
-    model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    sgd = optax.sgd(0.05)
-    state = parallel.replicate(state.replace(tx=sgd, opt_state=sgd.init(state.params)), mesh)
-    step = train.make_train_step(model, config.train.loss, None, mesh)
-    state, per_track, _, _ = step(state, parallel.shard_batch(batch, mesh), jax.random.PRNGKey(1))
-    return state, per_track
-'''
-
-
-def test_eight_devices_give_the_same_parameters_as_one(tmp_path):
-    (tmp_path / "conftest_free.py").write_text(HELPER)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=600)
+@pytest.mark.slow
+def test_eight_devices_give_the_same_parameters_as_one():
+    out = processes.run([os.path.join(processes.TESTS, "helpers", "parallel_sgd.py"), "devices"], timeout=600,
+                        XLA_FLAGS="--xla_force_host_platform_device_count=8")
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 8
     assert result["one"]["shards"] == 1 and result["eight"]["shards"] == 8
     np.testing.assert_allclose(result["eight"]["loss"], result["one"]["loss"], rtol=1e-5, atol=1e-6)
     # One step of a batch-normed model: equal up to float reduction order.
@@ -119,56 +68,12 @@ def test_eight_devices_give_the_same_parameters_as_one(tmp_path):
     np.testing.assert_allclose(result["eight"]["batch_stats"], result["one"]["batch_stats"], rtol=1e-2, atol=1e-3)
 
 
-MULTIHOST = r'''
-import json, sys
-import jax, numpy as np, optax
-from conftest_free import make, sgd_step
-from jaxtag import parallel
-process_id, port = int(sys.argv[1]), sys.argv[2]
-if process_id >= 0:
-    parallel.initialize_distributed(f"localhost:{port}", 2, process_id)
-config, batch = make()
-if jax.process_count() > 1:  # each process holds its own rows of the global batch
-    rows = len(batch["mel"]) // jax.process_count()
-    batch = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch.items()}
-state, per_track = sgd_step(config, batch, parallel.data_mesh())
-params = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(state.params)])
-print(json.dumps({"processes": jax.process_count(), "devices": len(jax.devices()), "params": params.tolist(),
-                  "loss": np.asarray(per_track).tolist()}))
-'''
-
-
-def _two_processes(command, tmp_path, tag, env=None, fault_on_1=""):
-    """Runs `command(process_id, port)` as processes 0 and 1 of one JAX run on localhost; returns
-    their exit codes, stdouts and stderrs."""
-    import socket
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = str(s.getsockname()[1])
-    env = dict(env or os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("XLA_FLAGS", None)
-    # Output goes to files: a full pipe would block one process at JAX's shutdown barrier.
-    logs = [(open(tmp_path / f"{tag}_out{i}", "w+"), open(tmp_path / f"{tag}_err{i}", "w+")) for i in range(2)]
-    procs = [subprocess.Popen(command(i, port), cwd=REPO, env=dict(env, JAXTAG_FAULT=fault_on_1 if i == 1 else ""),
-                              stdout=logs[i][0], stderr=logs[i][1], text=True) for i in range(2)]
-    codes, outs, errs = [], [], []
-    for p, (out, err) in zip(procs, logs):
-        codes.append(p.wait(timeout=600))
-        out.seek(0), err.seek(0)
-        outs.append(out.read())
-        errs.append(err.read())
-    return codes, outs, errs
-
-
+@pytest.mark.slow
 def test_two_processes_on_localhost_match_one_process(tmp_path):
-    (tmp_path / "conftest_free.py").write_text(HELPER)
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
-    env.pop("XLA_FLAGS", None)
-    codes, outs, errs = _two_processes(lambda i, port: [sys.executable, "-c", MULTIHOST, str(i), port], tmp_path,
-                                       "sgd", env)
+    script = os.path.join(processes.TESTS, "helpers", "parallel_sgd.py")
+    codes, outs, errs = processes.two_processes(lambda i, port: [script, "host", str(i), port], tmp_path, "sgd")
     assert codes == [0, 0], errs[0][-3000:] + errs[1][-3000:]
-    single = subprocess.run([sys.executable, "-c", MULTIHOST, "-1", "0"], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=600)
+    single = processes.run([script, "host", "-1", "0"], timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     results = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     reference = json.loads(single.stdout.strip().splitlines()[-1])
@@ -232,31 +137,34 @@ def test_multi_host_plan_covers_the_busiest_host_of_each_bucket():
     assert sorted(pipeline.multi_host_plan([[9, 20]], 1, (4, 8), seed=1)) == [16, 24]
 
 
+@pytest.mark.slow
 def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_tiny, tmp_path):
     """The whole `python -m jaxtag.main` on two localhost processes (JAX's distributed runtime, CPU,
     gloo): each reads its half of the train split, both step together through the common plan,
     orbax writes one set of checkpoints, process 0 writes the evaluation. A SIGTERM to one process
     stops both at the same step with a checkpoint; rerun, they resume and finish with the
     parameters of one process replaying the same steps, each built from the two hosts' rows."""
-    from jaxtag import checkpoint as ckpt_lib
     from jaxtag.data import pipeline
     config, _ = prepared_tiny
     overrides = {"train.batch_size": 2, "train.num_epochs": 2, "model.name": "cnn_lstm"}
     workdir = tmp_path / "run"
     args = ["--config=configs/tiny.py", f"--workdir={workdir}", f"--config.data.data_dir={config.data.data_dir}",
             *(f"--config.{k}={v}" for k, v in overrides.items())]
-    def main(i, port):
-        return [sys.executable, "-m", "jaxtag.main", *args, f"--coordinator_address=localhost:{port}",
-                "--num_processes=2", f"--process_id={i}"]
+    def main(i, port, fault=None):
+        launch = [processes.RUN_WITH_FAULT, fault] if fault else ["-m"]
+        return [*launch, "jaxtag.main", *args, f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                f"--process_id={i}"]
 
-    codes, _, logs = _two_processes(main, tmp_path, "preempted", fault_on_1="sigterm@1")
+    # Process 1 is SIGTERM'd after step 1.
+    codes, _, logs = processes.two_processes(lambda i, port: main(i, port, "sigterm@1" if i == 1 else None),
+                                             tmp_path, "preempted")
     assert codes == [143, 143], logs[0][-2000:] + logs[1][-2000:]
     saved = [int(re.search(r"Preempted: saved step (\d+)", log).group(1)) for log in logs]
     assert saved[0] == saved[1] >= 2      # one common step, after process 1's SIGTERM
-    _, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
+    _, meta = checkpoints.restore_for_inference(str(workdir), "latest")
     assert meta["step"] == saved[0] and meta["batches_done"] is not None
     shutil.copytree(workdir, tmp_path / "preempted")
-    codes, _, logs = _two_processes(main, tmp_path, "resumed")
+    codes, _, logs = processes.two_processes(main, tmp_path, "resumed")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert all("Resumed at epoch" in log for log in logs)
 
@@ -264,23 +172,23 @@ def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_ti
     config = tiny_config(config.data.data_dir, **overrides)
     lengths = [pipeline.track_lengths(config, "train", (h, 2)) for h in range(2)]
     model = create_model(config.model, 18)
-    init_key, step_key, _ = jax.random.split(jax.random.PRNGKey(config.seed), 3)
-    state = train.create_train_state(config, model, init_key)
-    step = train.make_train_step(model, config.train.loss)
+    keys = run_keys(config.seed)
+    state = steps.create_train_state(config, model, keys.init)
+    step = steps.make_train_step(model, config.train.loss)
     for epoch in range(2):
         losses = []
         for rows in zip(*(pipeline.train_batches(config, epoch, h, 2, lengths) for h in range(2))):
-            batch = {k: np.concatenate([r[k] for r in rows]) for k in train.BATCH_KEYS}
-            state, per_track, valid, _ = step(state, batch, step_key)
+            batch = {k: np.concatenate([r[k] for r in rows]) for k in steps.BATCH_KEYS}
+            state, per_track, valid, _ = step(state, batch, keys.step)
             losses += np.asarray(per_track)[np.asarray(valid)].tolist()
-    variables, meta = ckpt_lib.restore_for_inference(str(workdir), "latest")
+    variables, meta = checkpoints.restore_for_inference(str(workdir), "latest")
     assert meta["step"] == int(state.step) > saved[0]
     np.testing.assert_allclose(meta["train_loss"], np.mean(losses), rtol=1e-4)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), variables["params"],
                  jax.device_get(state.params))
     # Saved by two processes, resumable by one (another topology): the state comes back whole.
-    fresh = train.create_train_state(config, model, init_key)
-    store = ckpt_lib.CheckpointStore(str(workdir))
+    fresh = steps.create_train_state(config, model, keys.init)
+    store = checkpoints.CheckpointStore(str(workdir))
     try:
         _, opt_state, resumed_meta = store.restore_latest(fresh.variables, fresh.opt_state)
     finally:
@@ -294,8 +202,8 @@ def test_main_trains_across_two_processes_each_reading_its_own_shard(prepared_ti
 
     # The mid-epoch checkpoint of two hosts, resumed by one process: that epoch's batches differ
     # with the host count, so the epoch restarts from its first batch rather than skip wrong ones.
-    train.train_and_evaluate(config, str(tmp_path / "preempted"))
-    _, meta = ckpt_lib.restore_for_inference(str(tmp_path / "preempted"), "latest")
+    train_and_evaluate(config, str(tmp_path / "preempted"))
+    _, meta = checkpoints.restore_for_inference(str(tmp_path / "preempted"), "latest")
     one_host_steps = sum(len(list(pipeline.train_batches(config, epoch))) for epoch in range(2))
     assert meta["step"] == saved[0] + one_host_steps
 

@@ -101,8 +101,9 @@ def test_user_corpus_is_prepared_with_the_same_rules(tmp_path):
     summary = pipeline.summarize(builder)
     assert [summary["splits"][s]["tracks"] for s in corpus.SPLITS] == [3, 1, 1]
     ex = next(pipeline.load_split(config, "test").as_numpy_iterator())
-    # 6 s at 8000 Hz, hop 256 -> 188 frames; windows of 32 frames with hop 16.
-    assert ex["mel"].shape[0] == labels.num_windows(1 + 48000 // 256, 32, 16)
+    # 6 s at 8000 Hz, hop 256 -> 188 frames; windows of 32 frames with hop 16 start at 0, 16, ...,
+    # 144 (10 windows, the last ending at frame 176), plus one aligned to the end (156): 11.
+    assert ex["mel"].shape[0] == 11
     tags = list(builder.builder_config.settings.tags)
     happy, sad = tags.index("Emotion-Happy"), tags.index("Emotion-Sad")
     # Window 0 covers frames 0-31 (0-0.99 s): Happy only; the last window covers the end: Sad only.
@@ -142,7 +143,7 @@ def test_synthetic_corpus_annotates_some_segments_and_tags_change_within_tracks(
     import soundfile as sf
     from jaxtag.data import synthetic
     from jaxtag.data.labels import read_segments
-    from jaxtag.tags import CAL500EXP_TAGS
+    from jaxtag.data.tags import CAL500EXP_TAGS
     names = synthetic.generate_corpus(str(tmp_path), num_tracks=6, seed=0, min_seconds=25.0, max_seconds=40.0,
                                       sample_rate=8000, audio_format="wav")
     partly, changing = 0, 0

@@ -1,18 +1,14 @@
 """python -m jaxtag.report: Figure-4 style bars and a markdown table from runs' test metrics."""
 import json
 import os
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import processes
 
 
 def test_report_writes_picture_and_table_from_the_metrics(trained, tmp_path):
     _, workdir, _ = trained
     out = tmp_path / "report.png"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", "jaxtag.report", f"--workdirs={workdir}",
-                             f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = processes.run_cli("jaxtag.report", f"--workdirs={workdir}", f"--out={out}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
@@ -36,9 +32,7 @@ def test_report_puts_every_named_run_side_by_side(trained, tmp_path):
     metrics["maa"]["Emotion-Sad"] = 0.123
     (other / "eval" / "test_metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "two.png"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run([sys.executable, "-m", "jaxtag.report", "--workdirs", workdir, str(other),
-                             f"--out={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = processes.run_cli("jaxtag.report", "--workdirs", workdir, str(other), f"--out={out}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     table = (tmp_path / "two.md").read_text().splitlines()
     assert table[0].startswith(f"| tag | {os.path.basename(workdir)} MAA | other_run MAA | all-negative MAA |")

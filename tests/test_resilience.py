@@ -3,36 +3,27 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxtag import checkpoint as ckpt_lib
-from jaxtag import train
+from helpers import processes
 from jaxtag.data import pipeline
 from jaxtag.models import create_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jaxtag.training import checkpoints, steps
+from jaxtag.training.loop import TrainingDivergedError, train_and_evaluate
 
 
 def _train_cli(workdir, data_dir, fault=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    env.pop("JAXTAG_FAULT", None)
-    if fault:
-        env["JAXTAG_FAULT"] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}",
-         f"--config.data.data_dir={data_dir}", "--config.train.num_epochs=2",
-         "--config.train.checkpoint_every_steps=2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    return processes.run_cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}",
+                             f"--config.data.data_dir={data_dir}", "--config.train.num_epochs=2",
+                             "--config.train.checkpoint_every_steps=2", fault=fault)
 
 
 def _final(workdir):
-    variables, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+    variables, meta = checkpoints.restore_for_inference(workdir, "latest")
     with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
         return variables, meta, json.load(f)
 
@@ -51,6 +42,7 @@ def uninterrupted(prepared_tiny, tmp_path_factory):
 
 # The tiny train split has 6 tracks: 6 steps per epoch. Step 9 is mid-epoch 2, one step after the
 # mid-epoch checkpoint at step 8; step 7 is one step after the end-of-epoch-1 checkpoint.
+@pytest.mark.slow
 @pytest.mark.parametrize("fault, code", [("sigkill@9", -signal.SIGKILL), ("sigkill@7", -signal.SIGKILL),
                                          ("sigterm@9", 143)])
 def test_interrupted_training_resumes_bit_identically(prepared_tiny, uninterrupted, tmp_path, fault, code):
@@ -59,7 +51,7 @@ def test_interrupted_training_resumes_bit_identically(prepared_tiny, uninterrupt
     out = _train_cli(workdir, config.data.data_dir, fault)
     assert out.returncode == code, out.stderr[-3000:]
     if fault.startswith("sigterm"):  # preemption saved the step it was at
-        _, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+        _, meta = checkpoints.restore_for_inference(workdir, "latest")
         assert meta["step"] == 9 and meta["batches_done"] == 3 and meta["epoch"] == 1
     out = _train_cli(workdir, config.data.data_dir)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -76,9 +68,9 @@ def test_interrupted_training_resumes_bit_identically(prepared_tiny, uninterrupt
 def test_non_finite_step_leaves_the_state_unchanged(data_dir):
     config = tiny_config(data_dir)
     model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
     before = jax.tree.map(np.asarray, state.params)
-    step = train.make_train_step(model, "margin")
+    step = steps.make_train_step(model, "margin")
     batch = {"mel": np.full((1, 8, 32, 32), np.nan, np.float32), "labels": np.ones((1, 8, 18), np.float32),
              "mask": np.ones((1, 8), bool), "present": np.ones((1, 8), bool)}
     batch["labels"][..., 0] = 0
@@ -104,24 +96,23 @@ def test_divergence_stops_training_naming_step_and_track_and_saves_nothing_bad(p
 
     monkeypatch.setattr(pipeline, "bucketed_batches", poisoned)
     workdir = str(tmp_path / "run")
-    with pytest.raises(train.TrainingDivergedError, match=r"step 5 \(track " + seen.get("track", "")) as info:
-        train.train_and_evaluate(config, workdir)
+    with pytest.raises(TrainingDivergedError, match=r"step 5 \(track " + seen.get("track", "")) as info:
+        train_and_evaluate(config, workdir)
     assert seen["track"] in str(info.value)
-    _, meta = ckpt_lib.restore_for_inference(workdir, "latest")
+    _, meta = checkpoints.restore_for_inference(workdir, "latest")
     assert meta["step"] == 4  # the last good checkpoint stays the latest; nothing after the bad step
 
 
+@pytest.mark.slow
 def test_killed_preparation_resumes_without_redoing_finished_tracks(prepared_tiny, tmp_path):
     reference_config, reference = prepared_tiny
     data_dir = str(tmp_path / "data")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAXTAG_FAULT="prepare_kill@4")
-    cmd = [sys.executable, "-m", "jaxtag.prepare", "--config=configs/tiny.py", f"--config.data.data_dir={data_dir}"]
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    args = ["--config=configs/tiny.py", f"--config.data.data_dir={data_dir}"]
+    out = processes.run_cli("jaxtag.prepare", *args, fault="prepare_kill@4")
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
-    env.pop("JAXTAG_FAULT")
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    out = processes.run_cli("jaxtag.prepare", *args)
     assert out.returncode == 0, out.stderr[-3000:]
-    reused = sum(int(n) for n in __import__("re").findall(r"Reused (\d+) track", out.stderr))
+    reused = sum(int(n) for n in re.findall(r"Reused (\d+) track", out.stderr))
     assert reused >= 4
     config = tiny_config(data_dir)
     builder = pipeline.get_builder(config)

@@ -3,7 +3,7 @@ import filecmp
 import numpy as np
 
 from jaxtag.data import corpus, labels, synthetic
-from jaxtag.tags import CAL500EXP_TAGS, EMOTION_TAGS
+from jaxtag.data.tags import CAL500EXP_TAGS, EMOTION_TAGS
 
 SR = 11025
 

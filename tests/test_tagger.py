@@ -1,19 +1,16 @@
 """Tagging new audio: library API and CLI, on the tiny trained run."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from conftest import write_tone
+from helpers import processes
 from jaxtag.data import corpus, labels, pipeline
-from jaxtag.tag import find_audio, output_name, output_names
-from jaxtag.tagger import Tagger
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from jaxtag.tagging.outputs import find_audio, output_name, output_names
+from jaxtag.tagging.tagger import Tagger
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +86,7 @@ def test_csv_round_trips_through_the_cal500exp_reader(tagger, tmp_path):
 
 
 def test_segments_merge_identical_neighbours_and_use_nearest_centres():
-    from jaxtag.taggram import Taggram
+    from jaxtag.tagging.taggram import Taggram
     t = Taggram("x", 10.0, ["a", "b"], start=np.array([0.0, 2.0, 4.0, 6.0]), end=np.array([4.0, 6.0, 8.0, 10.0]),
                 scores=np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.7]]), threshold=np.array([0.5, 0.5]))
     segs = t.segments()
@@ -109,7 +106,7 @@ def test_output_names_are_safe_and_unique(tmp_path):
     clashing = [names[p] for p in ["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav"]]
     assert len(set(n.lower() for n in clashing)) == 3 and all(n.lower().startswith("song-") for n in clashing)
     from jaxtag.errors import DataError
-    from jaxtag.tag import write_outputs
+    from jaxtag.tagging.outputs import write_outputs
     with pytest.raises(DataError, match=r"^/m/x\.mp3: its output name .* would leave --output_dir"):
         write_outputs(None, "/m/x.mp3", str(tmp_path / "out"), ["json"], name="../escape")
     assert not (tmp_path / "escape.json").exists()
@@ -120,11 +117,10 @@ def test_output_names_are_safe_and_unique(tmp_path):
 
 
 def _tag_cli(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "jaxtag.tag", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return processes.run_cli("jaxtag.tag", *args, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
     _, workdir, _ = trained
     music = tmp_path / "music"
@@ -168,7 +164,7 @@ def test_cli_without_checkpoint_fails_clearly(tmp_path):
 
 
 def test_files_of_different_lengths_in_one_bucket_compile_once(trained):
-    from jaxtag.train import count_compilations
+    from jaxtag.training.compilations import count_compilations
     _, workdir, _ = trained
     tagger = Tagger.from_workdir(workdir)
     rng = np.random.default_rng(0)

@@ -2,16 +2,17 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jaxtag import metrics, train
+from helpers import processes
 from jaxtag.models import create_model
+from jaxtag.training import checkpoints, steps
+from jaxtag.training.compilations import count_compilations
+from jaxtag.training.loop import train_and_evaluate
 
 
 def _batch(rng, length=6, n_tags=18, present=None):
@@ -24,8 +25,8 @@ def _batch(rng, length=6, n_tags=18, present=None):
 def test_train_step_reduces_the_loss_on_a_fixed_batch(data_dir):
     config = tiny_config(data_dir)
     model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    step = train.make_train_step(model, "margin")
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = steps.make_train_step(model, "margin")
     batch = _batch(np.random.default_rng(0))
     losses = []
     for _ in range(40):
@@ -40,8 +41,8 @@ def test_train_step_reduces_the_loss_on_a_fixed_batch(data_dir):
 def test_train_step_compiles_once_per_bucket(data_dir):
     config = tiny_config(data_dir)
     model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    step = train.make_train_step(model, "margin")
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = steps.make_train_step(model, "margin")
     rng = np.random.default_rng(0)
     for n_real in (3, 5, 8):  # three tracks of different lengths, all padded to bucket 8
         present = np.arange(8)[None] < n_real
@@ -56,19 +57,19 @@ def test_an_epoch_of_random_lengths_compiles_once_per_bucket(data_dir):
     from jaxtag.data.buckets import bucket_length
     config = tiny_config(data_dir)
     model = create_model(config.model, 18)
-    state = train.create_train_state(config, model, jax.random.PRNGKey(0))
-    step = train.make_train_step(model, "margin")
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    step = steps.make_train_step(model, "margin")
     rng, key = np.random.default_rng(1), jax.random.PRNGKey(1)
     buckets = (4, 8, 16)
     lengths = rng.integers(1, 17, size=30)
-    with train.count_compilations() as compiled:
+    with count_compilations() as compiled:
         for n in lengths:
             length = bucket_length(int(n), buckets)
             state, _, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
         jax.block_until_ready(state)
     used = {bucket_length(int(n), buckets) for n in lengths}
     assert len(used) == 3 and compiled["n"] == len(used)
-    with train.count_compilations() as again:  # a second epoch compiles nothing
+    with count_compilations() as again:  # a second epoch compiles nothing
         for n in lengths[:5]:
             length = bucket_length(int(n), buckets)
             state, _, _, _ = step(state, _batch(rng, length, present=np.arange(length)[None] < n), key)
@@ -85,13 +86,12 @@ def test_train_and_evaluate_writes_checkpoints_and_metrics(trained):
         assert key in saved
     assert len(saved["tags"]) == 18 and saved["threshold"] == 0.5
     assert np.isfinite(saved["mean_maa"]) and np.isfinite(saved["mean_baseline_maa"])
-    assert saved == json.loads(json.dumps(result))
+    assert saved == checkpoints.json_safe(result)  # undefined metrics (NaN) are null in the file
     # The best checkpoint holds the best validation score seen; the latest keeps at most
     # keep_checkpoints steps.
-    from jaxtag import checkpoint as ckpt_lib
     metric = config.eval.best_metric
-    _, best = ckpt_lib.restore_for_inference(workdir, "best")
-    _, latest = ckpt_lib.restore_for_inference(workdir, "latest")
+    _, best = checkpoints.restore_for_inference(workdir, "best")
+    _, latest = checkpoints.restore_for_inference(workdir, "latest")
     assert best["validation"][metric] == latest["best_score"] >= latest["validation"][metric]
     assert (best["step"] == latest["step"]) == (latest["validation"][metric] == latest["best_score"])
     assert len(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) <= config.train.keep_checkpoints
@@ -116,6 +116,7 @@ def test_metrics_json_maa_is_recomputed_from_the_predictions_file(trained):
     assert saved["mean_maa"] == pytest.approx(maa.mean())
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
     config, original, _ = trained
     workdir = str(tmp_path / "run")
@@ -123,7 +124,7 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
     import orbax.checkpoint as ocp
     first = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest")).latest_step()
     config = tiny_config(config.data.data_dir, **{"train.num_epochs": 3})
-    train.train_and_evaluate(config, workdir)
+    train_and_evaluate(config, workdir)
     mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints", "latest"))
     meta = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     assert meta["epoch"] == 2                      # only the third epoch ran
@@ -131,22 +132,14 @@ def test_resume_continues_from_the_saved_epoch(trained, tmp_path):
     assert mngr.latest_step() == first + steps_per_epoch
 
 
-def _cli(*args, cwd):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=600)
-
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
+@pytest.mark.slow
 def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
     config, original, _ = trained
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
     os.remove(os.path.join(workdir, "eval", "test_metrics.json"))
-    out = _cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}", "--mode=eval",
-               f"--config.data.data_dir={config.data.data_dir}", cwd=REPO)
+    out = processes.run_cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={workdir}", "--mode=eval",
+                            f"--config.data.data_dir={config.data.data_dir}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "mean" in out.stdout and os.path.exists(os.path.join(workdir, "eval", "test_metrics.json"))
     # Evaluation only: no training step ran, no checkpoint was added.
@@ -156,24 +149,24 @@ def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
     # Training wrote TensorBoard event files.
     events = os.listdir(os.path.join(original, "tensorboard"))
     assert any(name.startswith("events.out.tfevents") for name in events), events
-    out = _cli("jaxtag.prepare", "--config=configs/tiny.py", f"--config.data.data_dir={config.data.data_dir}",
-               cwd=REPO)
+    out = processes.run_cli("jaxtag.prepare", "--config=configs/tiny.py",
+                            f"--config.data.data_dir={config.data.data_dir}")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "train" in out.stdout and "Emotion-Sad" in out.stdout
     assert "using the built-in SYNTHETIC corpus" in out.stderr  # said loudly, never silently
 
 
 def test_main_reports_bad_root_without_a_traceback(tmp_path):
-    out = _cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
-               f"--config.data.root={tmp_path}/nope", f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
+    out = processes.run_cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+                            f"--config.data.root={tmp_path}/nope", f"--config.data.data_dir={tmp_path}/d")
     assert out.returncode == 1
     assert f"{tmp_path}/nope: data root does not exist" in out.stderr
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_improved_settings_train_with_train_split_statistics_and_tuned_thresholds(prepared_tiny, tmp_path):
-    from jaxtag.data import pipeline
-    from jaxtag.tagger import Tagger
+    from jaxtag.tagging.tagger import Tagger
     config, builder = prepared_tiny
     config = tiny_config(config.data.data_dir, **{
         "model.name": "resnet_attention", "model.conv_channels": (4, 8, 8), "model.dense_sizes": (16, 16),
@@ -181,7 +174,7 @@ def test_improved_settings_train_with_train_split_statistics_and_tuned_threshold
         "train.loss": "bce", "train.pos_weight": "balanced", "train.num_epochs": 1,
         "eval.tune_thresholds": True})
     workdir = str(tmp_path / "run")
-    result = train.train_and_evaluate(config, workdir)
+    result = train_and_evaluate(config, workdir)
     tagger = Tagger.from_workdir(workdir)
     stats = tagger.meta["input_stats"]
     # Independent recomputation over the train split's real frames only.
@@ -197,14 +190,74 @@ def test_improved_settings_train_with_train_split_statistics_and_tuned_threshold
 
 
 def test_mistyped_config_field_fails_before_any_work(tmp_path):
-    out = _cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
-               "--config.train.learnig_rate=0.1", f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
+    out = processes.run_cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
+                            "--config.train.learnig_rate=0.1", f"--config.data.data_dir={tmp_path}/d")
     assert out.returncode != 0 and "learnig_rate" in out.stderr
     assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "w")
 
 
 def test_prepare_cli_validates_the_config_before_reading_audio(tmp_path):
-    out = _cli("jaxtag.prepare", "--config=configs/tiny.py", "--config.data.window_hop=64",
-               f"--config.data.data_dir={tmp_path}/d", cwd=REPO)
+    out = processes.run_cli("jaxtag.prepare", "--config=configs/tiny.py", "--config.data.window_hop=64",
+                            f"--config.data.data_dir={tmp_path}/d")
     assert out.returncode != 0 and "data.window_hop (64) exceeds data.window_frames (32)" in out.stderr
     assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "d")
+
+
+@pytest.mark.slow
+def test_checkpoints_are_written_every_n_steps_of_the_run_not_of_the_epoch(prepared_tiny, tmp_path):
+    """6 steps an epoch, checkpoint_every_steps=5, 2 epochs: mid-epoch checkpoints at steps 5 and 10
+    (counted over the run), end-of-epoch ones at 6 and 12. Counted within each epoch, the second
+    would have come at step 11, and a count longer than an epoch would never fire."""
+    config, _ = prepared_tiny
+    config = tiny_config(config.data.data_dir, **{"train.checkpoint_every_steps": 5, "train.keep_checkpoints": 10})
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config, workdir)
+    saved = sorted(int(step) for step in os.listdir(os.path.join(workdir, "checkpoints", "latest")))
+    assert saved == [5, 6, 10, 12]
+    mid = {step: checkpoints.restore_for_inference(workdir, str(step))[1] for step in (5, 10)}
+    assert (mid[5]["epoch"], mid[5]["batches_done"]) == (0, 5)
+    assert (mid[10]["epoch"], mid[10]["batches_done"]) == (1, 4)
+
+
+def test_eval_mode_uses_the_checkpoint_model_settings_and_refuses_another_model(trained, tmp_path):
+    from jaxtag.errors import ConfigError
+    from jaxtag.evaluation.evaluate import evaluate_checkpoint
+    config, original, result = trained
+    workdir = str(tmp_path / "run")
+    shutil.copytree(original, workdir)
+    # The command's config says other sizes (and another chunking): the checkpoint's are used.
+    other = tiny_config(config.data.data_dir, **{"model.lstm_size": 99, "model.dense_sizes": (7, 5, 3),
+                                                  "data.split_seed": 5})
+    again = evaluate_checkpoint(other, workdir, "test")
+    np.testing.assert_equal(again["maa"], result["maa"])  # NaN where undefined, on both sides
+    np.testing.assert_equal(again["roc_auc"], result["roc_auc"])
+    with pytest.raises(ConfigError, match=r"its checkpoint is a 'cnn_lstm' model but the config names 'cnn'"):
+        evaluate_checkpoint(tiny_config(config.data.data_dir, **{"model.name": "cnn"}), workdir, "test")
+
+
+def test_metrics_files_are_standard_json_and_strings_are_kept():
+    value = {"roc_auc": {"Emotion-Sad": float("nan"), "NaN-named tag": 0.5}, "curve": [float("-inf"), 1.0, np.float32(2)],
+             "note": "NaN and -Infinity inside a string stay", "count": np.int64(3)}
+    safe = checkpoints.json_safe(value)
+    assert safe == {"roc_auc": {"Emotion-Sad": None, "NaN-named tag": 0.5}, "curve": [None, 1.0, 2.0],
+                    "note": "NaN and -Infinity inside a string stay", "count": 3}
+    json.dumps(safe, allow_nan=False)  # strict JSON: raises on any NaN or infinity left
+
+
+def test_metrics_file_parses_as_strict_json(trained):
+    _, workdir, _ = trained
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
+        json.loads(f.read(), parse_constant=refuse)
+
+
+def test_count_compilations_unregisters_its_listener(data_dir):
+    from jax._src import monitoring
+    before = len(monitoring.get_event_duration_listeners())
+    with count_compilations() as compiled:
+        assert len(monitoring.get_event_duration_listeners()) == before + 1
+        jax.jit(lambda x: x * 3 + 1)(np.arange(5.0)).block_until_ready()
+    assert len(monitoring.get_event_duration_listeners()) == before and compiled["n"] == 1

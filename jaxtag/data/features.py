@@ -40,8 +40,3 @@ def mel_spectrogram(y: np.ndarray, settings: FrontendSettings) -> np.ndarray:
         y=np.asarray(y, dtype=np.float32), sr=settings.sample_rate, n_fft=settings.n_fft,
         hop_length=settings.hop_length, n_mels=settings.n_mels, power=2.0)
     return np.ascontiguousarray(mel.T, dtype=np.float32)
-
-
-def frame_times(n_frames: int, settings: FrontendSettings) -> np.ndarray:
-    """Centre time in seconds of each mel frame."""
-    return np.arange(n_frames, dtype=np.float64) * settings.seconds_per_frame

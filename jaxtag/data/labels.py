@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from jaxtag.errors import DataError
-from jaxtag.tags import CAL500EXP_TAGS
+from jaxtag.data.tags import CAL500EXP_TAGS
 
 TIME_COLUMNS = ("Start_Time", "End_Time")
 UNANNOTATED_MODES = ("ignore", "negative")
@@ -174,11 +174,3 @@ def window_labels(labels: np.ndarray, annotated: np.ndarray, starts: np.ndarray,
     mask = count * 2 >= window
     out = ((mean > 0.5) & (count[:, None] > 0)).astype(np.float32)
     return out, mask
-
-
-def num_windows(n_frames: int, window: int, hop: int) -> int:
-    """len(window_starts(n_frames, window, hop)), without building the array."""
-    if n_frames <= window:
-        return 1
-    regular = (n_frames - window) // hop + 1
-    return regular + int((regular - 1) * hop + window < n_frames)

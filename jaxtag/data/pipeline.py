@@ -19,7 +19,7 @@ from jaxtag.data.buckets import bucket_length
 from jaxtag.data.cal500exp import Cal500exp, Cal500expConfig, PreparedSettings
 from jaxtag.data.features import FrontendSettings
 from jaxtag.errors import ConfigError
-from jaxtag.tags import resolve_tags
+from jaxtag.data.tags import resolve_tags
 
 # The pipeline runs on the host CPU; keep TensorFlow off any accelerator JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -28,8 +28,6 @@ tf.config.set_visible_devices([], "GPU")
 def prepared_settings(config) -> PreparedSettings:
     """The settings of config that determine the prepared data."""
     d = config.data
-    if d.unannotated not in ("ignore", "negative"):
-        raise ConfigError(f"data.unannotated must be 'ignore' or 'negative', got {d.unannotated!r}")
     try:
         tags = resolve_tags(d.tags)
     except ValueError as e:

@@ -15,7 +15,7 @@ import os
 import numpy as np
 from absl import logging
 
-from jaxtag.tags import CAL500EXP_TAGS
+from jaxtag.data.tags import CAL500EXP_TAGS
 
 TIMBRES = ("piano", "organ", "synth", "guitar")
 VOICES = ("none", "male", "female")

@@ -9,7 +9,7 @@ memory) and `decode` (across a track's windows: cheap). `__call__` chains them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -46,34 +46,41 @@ class TaggingNetwork(nn.Module):
     lstm_size: int = 500
     lstm_initial_state: str = "random"
     attention_heads: int = 4
-    window_chunk: int = 0                        # paper trunk: windows per conv chunk (0: auto)
     output_activation: str = "sigmoid"
     compression: str = "none"
     log_scale: float = 10000.0
     # Per-mel-bin standardisation, from the training split (saved with the checkpoint); None: off.
     input_mean: Sequence[float] | None = None
     input_std: Sequence[float] | None = None
+    # Computation dtype (bfloat16 on accelerators); parameters, input transform and outputs stay float32.
+    dtype: Any = jnp.float32
+    # The CPU fast path of the conv trunks (chosen by create_model) and its windows per chunk.
+    cpu_fast: bool = False
+    window_chunk: int = 0
 
     def setup(self):
-        trunk_kwargs = {"window_chunk": self.window_chunk} if self.trunk == "paper" else {}
-        self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], name="trunk",
-                                               **trunk_kwargs)
+        options = {"window_chunk": self.window_chunk} if self.trunk == "paper" else {}
+        self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], dtype=self.dtype,
+                                               cpu_fast=self.cpu_fast, name="trunk", **options)
         if self.temporal == "lstm":
-            self.context = LSTM(self.lstm_size, self.lstm_initial_state, name="lstm")
+            self.context = LSTM(self.lstm_size, self.lstm_initial_state, dtype=self.dtype, name="lstm")
         elif self.temporal == "bilstm":
-            self.context = BiLSTM(self.lstm_size, self.lstm_initial_state, name="bilstm")
+            self.context = BiLSTM(self.lstm_size, self.lstm_initial_state, dtype=self.dtype, name="bilstm")
         elif self.temporal == "attention":
-            self.context = SelfAttention(self.attention_heads, name="attention")
+            self.context = SelfAttention(self.attention_heads, dtype=self.dtype, name="attention")
         elif self.temporal != "none":
             raise ValueError(f"unknown temporal model {self.temporal!r}")
-        self.hidden = [nn.Dense(size, name=f"dense_{i}") for i, size in enumerate(self.dense_sizes[1:], 1)]
-        self.out = nn.Dense(self.num_tags, name="out")
+        self.hidden = [nn.Dense(size, dtype=self.dtype, name=f"dense_{i}")
+                       for i, size in enumerate(self.dense_sizes[1:], 1)]
+        self.out = nn.Dense(self.num_tags, dtype=self.dtype, name="out")
 
     def transform_input(self, mel):
-        x = compress(mel, self.compression, self.log_scale)
+        """Compression and standardisation, in float32 (a power mel spans too many decades for
+        bfloat16); the result is cast to the computation dtype."""
+        x = compress(jnp.asarray(mel, jnp.float32), self.compression, self.log_scale)
         if self.input_mean is not None:
             x = (x - jnp.asarray(self.input_mean, x.dtype)) / jnp.asarray(self.input_std, x.dtype)
-        return x
+        return x.astype(self.dtype)
 
     def encode(self, mel, present, train: bool = False):
         """Per-window features [B, L, dense_sizes[0]]."""
@@ -92,7 +99,7 @@ class TaggingNetwork(nn.Module):
             h = features
         for layer in self.hidden:
             h = nn.relu(layer(h))
-        return activate(self.out(h), self.output_activation)
+        return activate(self.out(h).astype(jnp.float32), self.output_activation)
 
     def __call__(self, mel, present, train: bool = False):
         return self.decode(self.encode(mel, present, train), present, train)

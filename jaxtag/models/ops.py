@@ -1,24 +1,25 @@
-"""Convolution and max-pool whose gradients are fast on XLA's CPU backend.
+"""The CPU fast path: convolution and max-pool whose gradients are fast on XLA's CPU backend.
 
+An optimisation only: the models are the plain Flax layers (nn.Conv, nn.max_pool) in
+jaxtag.models.trunks, and create_model switches to these ops on CPU (model.implementation).
 A paper-sized training step spent most of its time in two backward ops that XLA:CPU runs far below
 its matmul rate (scripts/benchmark.py): the weight gradient of a 3x3 convolution (lowered as a
 convolution whose contraction runs over the batch: 9-17 GFLOP/s) and the gradient of a 2x2
 max-pool (select-and-scatter: 1.3 s of a 9 s step). Here:
 
-- `conv3x3`: the forward pass and the input gradient are XLA's own convolutions; on CPU the weight
+- `conv3x3`: the forward pass and the input gradient are XLA's own convolutions; the weight
   gradient is 9 matmuls, one per kernel tap, of the shifted input (transposed) with the output
-  gradient (about 5x faster). Other platforms keep XLA's own weight gradient;
-  `lax.platform_dependent` picks one when the program is compiled, so the same code runs anywhere.
+  gradient (about 5x faster on CPU).
 - `max_pool2x2`: the gradient goes to the first maximum of each 2x2 block in row-major order (the
   element XLA's select-and-scatter picks), computed with fused elementwise ops.
 - `conv_relu_pool_stack`: the paper's conv layers with a written-out gradient that keeps fewer
-  activations for the backward pass (the paper trunk scans it over chunks of windows).
+  activations for the backward pass; `conv_stack_in_chunks` runs it over chunks of windows, so
+  each layer's activations stay in cache, and skips chunks of padding windows.
 
-All give the same values as jax.grad of the lax references (tests/test_ops.py).
+All give the same values as jax.grad of the lax references and of the plain Flax models
+(tests/test_ops.py, tests/test_models.py).
 """
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +42,6 @@ def weight_grad_matmul(x, g):
     return jnp.stack(taps).reshape(3, 3, cin, g.shape[-1])
 
 
-def _weight_grad_xla(x, g, w_shape, w_dtype):
-    return jax.vjp(lambda w: _conv(x, w), jnp.zeros(w_shape, w_dtype))[1](g)[0]
-
-
 @jax.custom_vjp
 def conv3x3(x, w):
     """3x3 convolution, stride 1, zero padding 1 ("same"), NHWC input, HWIO kernel."""
@@ -61,10 +58,7 @@ def _input_grad(g, w):
 
 
 def _weight_grad(x, g, w):
-    dw = lax.platform_dependent(
-        x, g, cpu=weight_grad_matmul,
-        default=functools.partial(_weight_grad_xla, w_shape=w.shape, w_dtype=w.dtype))
-    return dw.astype(w.dtype)
+    return weight_grad_matmul(x, g).astype(w.dtype)
 
 
 def _conv3x3_bwd(residuals, g):
@@ -158,3 +152,28 @@ def _stack_bwd(residuals, g):
 
 
 conv_relu_pool_stack.defvjp(_stack_fwd, _stack_bwd)
+
+
+def conv_stack_in_chunks(params, x, present, chunk: int):
+    """conv_relu_pool_stack over windows x [n, h, w, c] in chunks of `chunk` windows (a scan), the
+    features flattened [n, h' * w' * c']. A chunk whose windows are all padding (present False)
+    is not computed (zeros): padding is masked downstream, so this changes no real window's
+    output or gradient, and saves the padding's share of the step. present: [n] or None."""
+    n = x.shape[0]
+    extra = -n % chunk
+    x = jnp.pad(x, ((0, extra),) + ((0, 0),) * (x.ndim - 1))
+    present = jnp.ones((n,), bool) if present is None else present
+    present = jnp.pad(present, (0, extra))
+    out = jax.eval_shape(conv_relu_pool_stack, params, x[:chunk])
+    skip = (n + extra) // chunk > 1  # skipping only pays when there are several chunks
+
+    def body(carry, inputs):
+        xc, pc = inputs
+        if skip:
+            y = lax.cond(pc.any(), conv_relu_pool_stack, lambda p, v: jnp.zeros(out.shape, out.dtype), params, xc)
+        else:
+            y = conv_relu_pool_stack(params, xc)
+        return carry, y.reshape(chunk, -1)
+
+    _, h = lax.scan(body, None, (x.reshape((-1, chunk) + x.shape[1:]), present.reshape(-1, chunk)))
+    return h.reshape(n + extra, -1)[:n]

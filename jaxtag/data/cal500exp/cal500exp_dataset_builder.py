@@ -27,7 +27,7 @@ from jaxtag.data import corpus, labels, synthetic
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.errors import DataError
-from jaxtag.tags import EMOTION_TAGS
+from jaxtag.data.tags import EMOTION_TAGS
 
 MANUAL_INSTRUCTIONS = """\
 CAL500's audio cannot be downloaded automatically. Put the CAL500exp release in a directory:
@@ -221,21 +221,10 @@ class TrackCache:
         tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}.npz"
         np.savez(tmp, stamp=self._stamp(track), **{k: np.asarray(v) for k, v in example.items()})
         os.replace(tmp, path)
-        _fault_after_cached_tracks(self.folder)
 
     def clear(self) -> None:
         import shutil
         shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def _fault_after_cached_tracks(folder: str) -> None:
-    """Crash tests: JAXTAG_FAULT=prepare_kill@N kills this process once N tracks are cached."""
-    fault = os.environ.get("JAXTAG_FAULT", "")
-    if fault.startswith("prepare_kill@"):
-        done = [f for f in os.listdir(folder) if f.endswith(".npz") and ".tmp" not in f]
-        if len(done) >= int(fault.split("@")[1]):
-            import signal
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def track_example(track: corpus.Track, s: PreparedSettings) -> dict:

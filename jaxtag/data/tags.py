@@ -80,17 +80,17 @@ CAL500EXP_TAGS: tuple[str, ...] = (
 CATEGORIES = ("emotion", "instrument", "vocals", "solo")
 
 
-def tag_category(tag: str) -> str:
-    """The category of a CAL500exp tag name."""
+def tag_category(tag: str) -> str | None:
+    """The category of a CAL500exp tag name; None for a name outside CAL500exp's vocabulary."""
+    if tag not in CAL500EXP_TAGS:
+        return None
     if tag.endswith("-Solo"):
         return "solo"
     if tag.startswith("Emotion-"):
         return "emotion"
     if tag.startswith("Vocals-"):
         return "vocals"
-    if tag.startswith("Instrument_-_"):
-        return "instrument"
-    raise ValueError(f"not a CAL500exp tag: {tag!r}")
+    return "instrument"  # every other CAL500exp tag starts with "Instrument_-_"
 
 
 EMOTION_TAGS: tuple[str, ...] = tuple(t for t in CAL500EXP_TAGS if tag_category(t) == "emotion")
@@ -121,3 +121,11 @@ def resolve_tags(spec: str | Sequence[str]) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate tags in {names}")
     return tuple(names)
+
+
+def short_tag(tag: str) -> str:
+    """'Emotion-Angry_/_Agressive' -> 'Angry / Agressive' for axis labels."""
+    for prefix in ("Emotion-", "Instrument_-_", "Vocals-"):
+        if tag.startswith(prefix):
+            tag = tag[len(prefix):]
+    return tag.replace("_", " ")

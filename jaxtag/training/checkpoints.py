@@ -8,6 +8,8 @@ half-written checkpoint under a real step, and a finished one is never overwritt
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from typing import Any
 
@@ -15,9 +17,34 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxtag.data.features import FrontendSettings
 from jaxtag.errors import CheckpointError
 
 LATEST, BEST = "latest", "best"
+
+
+def checkpoint_meta(config, tags, epoch: int, metrics: dict | None, extra: dict) -> dict:
+    """Everything needed to use a checkpoint without the config that trained it."""
+    return {"epoch": epoch, "config": json.loads(config.to_json()), "tags": list(tags),
+            "frontend": FrontendSettings.from_config(config.data).to_dict(),
+            "model": config.model.name, "threshold": config.eval.threshold,
+            "validation": json_safe(metrics) if metrics else None, **extra}
+
+
+def json_safe(value):
+    """value with every non-finite float (NaN, +-inf: not JSON) replaced by None, and numpy
+    scalars and arrays as Python numbers and lists. Strings are never touched."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
 
 
 def _manager(path: str, max_to_keep: int, best: bool, create: bool = True, item_handlers=None

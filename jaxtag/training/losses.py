@@ -38,11 +38,10 @@ def track_loss(per_window, mask):
     return jnp.sum(jnp.where(mask, per_window, 0.0), axis=-1)
 
 
-# name -> (loss, the model output it needs)
-LOSSES = {"margin": (multilabel_margin_loss, "sigmoid"), "bce": (sigmoid_bce_loss, "none")}
+LOSSES = {"margin": multilabel_margin_loss, "bce": sigmoid_bce_loss}
 
 
 def get_loss(name: str):
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
-    return LOSSES[name][0]
+    return LOSSES[name]

@@ -19,13 +19,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxtag import checkpoint as ckpt_lib
 from jaxtag.data import labels as labels_lib
 from jaxtag.data.audio import load_audio, prepare_waveform
-from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.data.buckets import bucket_length
-from jaxtag.models import create_model, to_probabilities
-from jaxtag.taggram import Taggram, peak_envelope
+from jaxtag.data.features import FrontendSettings, mel_spectrogram
+from jaxtag.models import create_model, run_keys, to_probabilities
+from jaxtag.tagging.taggram import Taggram, peak_envelope
+from jaxtag.training import checkpoints
 
 DEFAULT_CHUNK_WINDOWS = 32
 
@@ -36,13 +36,13 @@ class Tagger:
         self.config = ml_collections.ConfigDict(meta["config"])
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
-        self.threshold = ckpt_lib.checkpoint_threshold(meta, len(self.tags)).astype(np.float32)
+        self.threshold = checkpoints.checkpoint_threshold(meta, len(self.tags)).astype(np.float32)
         self.model = create_model(self.config.model, len(self.tags), input_stats=meta.get("input_stats"))
         self.variables = variables
         self.chunk_windows = int(chunk_windows)
         self.buckets = tuple(self.config.train.length_buckets)
         # The same fixed key as evaluation, so a random LSTM initial state is reproducible.
-        self._key = jax.random.split(jax.random.PRNGKey(self.config.seed), 3)[2]
+        self._key = run_keys(self.config.seed).inference
         model = self.model
         self._encode = jax.jit(lambda v, mel, present: model.apply(v, mel, present, method=model.encode))
         self._decode = jax.jit(lambda v, h, present, key: model.apply(
@@ -51,7 +51,7 @@ class Tagger:
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Tagger":
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
-        variables, meta = ckpt_lib.restore_for_inference(workdir, checkpoint)
+        variables, meta = checkpoints.restore_for_inference(workdir, checkpoint)
         return cls(variables, meta, **kwargs)
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:

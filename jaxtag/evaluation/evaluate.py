@@ -5,17 +5,22 @@ Writes <workdir>/eval/<split>_metrics.json and <workdir>/eval/<split>_prediction
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxtag import checkpoint as ckpt_lib
-from jaxtag import metrics as metrics_lib
 from jaxtag.data import pipeline
-from jaxtag.models import to_probabilities
+from jaxtag.data.features import FrontendSettings
+from jaxtag.errors import ConfigError
+from jaxtag.evaluation import metrics as metrics_lib
+from jaxtag.models import create_model, run_keys, to_probabilities
+from jaxtag.training import checkpoints
+from jaxtag.training.steps import device_batch, make_predict_step
 
 
 def predict_split(config, split: str, variables, predict_step, key) -> dict[str, tuple]:
@@ -23,7 +28,7 @@ def predict_split(config, split: str, variables, predict_step, key) -> dict[str,
     ds = pipeline.load_split(config, split, shuffle=False)
     out = {}
     for batch in pipeline.bucketed_batches(ds, config.train.batch_size, tuple(config.train.length_buckets)):
-        scores = np.asarray(predict_step(variables, {k: batch[k] for k in ("mel", "labels", "mask", "present")}, key))
+        scores = np.asarray(predict_step(variables, device_batch(batch), key))
         scores = to_probabilities(scores, config.model.output_activation)
         for i, name in enumerate(batch["track"]):
             if name:
@@ -44,7 +49,7 @@ def write_results(workdir: str, split: str, metrics: dict, predictions: dict) ->
     metrics_path = os.path.join(folder, f"{split}_metrics.json")
     tmp = metrics_path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=1)
+        json.dump(checkpoints.json_safe(metrics), f, indent=1, allow_nan=False)  # standard JSON: NaN -> null
     os.replace(tmp, metrics_path)
     arrays = {}
     for name, (scores, labels, mask) in predictions.items():
@@ -69,16 +74,42 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(config, workdir: str, split: str = "test", which: str = ckpt_lib.BEST) -> dict:
-    """Evaluate the best (or latest) checkpoint of workdir on a split and write the result files."""
-    from jaxtag.train import make_predict_step
-    from jaxtag.models import create_model
-    variables, meta = ckpt_lib.restore_for_inference(workdir, which)
+# The data settings a checkpoint fixes: its frontend, tags, label rules and split (evaluating on
+# another split could score training tracks). Where the data lives comes from the command's config.
+_CHECKPOINT_DATA_FIELDS = tuple(f for f in FrontendSettings.__dataclass_fields__) + (
+    "tags", "unannotated", "split_seed", "split_fractions", "synthetic")
+
+
+def evaluation_config(config, meta: dict, workdir: str) -> ml_collections.ConfigDict:
+    """config with the model and data settings of the checkpoint (meta), so a checkpoint is
+    evaluated as it was trained whatever the command's config says, except where the data lives.
+    A config naming another model than the checkpoint's is refused: it is the wrong command."""
+    saved = meta["config"]
+    if saved["model"]["name"] != config.model.name:
+        raise ConfigError(f"{workdir}: its checkpoint is a {saved['model']['name']!r} model but the config names "
+                          f"{config.model.name!r}; evaluate it with the config it was trained with "
+                          f"(saved as {os.path.join(workdir, 'config.json')})")
+    merged = copy.deepcopy(config)
+    with merged.unlocked():
+        merged.seed = saved.get("seed", config.seed)  # the seed of the inference key (random LSTM state)
+        merged.model = ml_collections.ConfigDict({**config.model.to_dict(), **saved["model"]})
+        for field in _CHECKPOINT_DATA_FIELDS:
+            if field in saved["data"]:
+                value = saved["data"][field]
+                merged.data[field] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+    return merged
+
+
+def evaluate_checkpoint(config, workdir: str, split: str = "test", which: str = checkpoints.BEST) -> dict:
+    """Evaluate the best (or latest) checkpoint of workdir on a split and write the result files.
+    The model and data settings are the checkpoint's (see evaluation_config)."""
+    variables, meta = checkpoints.restore_for_inference(workdir, which)
+    config = evaluation_config(config, meta, workdir)
     tags = meta["tags"]
     model = create_model(config.model, len(tags), input_stats=meta.get("input_stats"))
-    key = jax.random.split(jax.random.PRNGKey(config.seed), 3)[2]
-    threshold = ckpt_lib.checkpoint_threshold(meta, len(tags))
-    result = evaluate_split(config, split, variables, make_predict_step(model), key, tags, threshold)
+    threshold = checkpoints.checkpoint_threshold(meta, len(tags))
+    result = evaluate_split(config, split, variables, make_predict_step(model), run_keys(config.seed).inference,
+                            tags, threshold)
     result["metrics"]["checkpoint"] = {"epoch": meta["epoch"], "step": meta.get("step"), "which": which}
     if jax.process_index() == 0:  # one writer in a multi-host run
         paths = write_results(workdir, split, result["metrics"], result["predictions"])

@@ -1,11 +1,12 @@
-"""Pictures: the taggram heat map above the waveform, and the paper's Figure-4 style bars."""
+"""The taggram picture: tag scores over time (a heat map, a line where a tag is on) above the waveform."""
 from __future__ import annotations
 
 import os
 
 import numpy as np
 
-from jaxtag.taggram import Taggram
+from jaxtag.data.tags import short_tag
+from jaxtag.tagging.taggram import Taggram
 
 
 def _pyplot():
@@ -13,14 +14,6 @@ def _pyplot():
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
     return plt
-
-
-def short_tag(tag: str) -> str:
-    """'Emotion-Angry_/_Agressive' -> 'Angry / Agressive' for axis labels."""
-    for prefix in ("Emotion-", "Instrument_-_", "Vocals-"):
-        if tag.startswith(prefix):
-            tag = tag[len(prefix):]
-    return tag.replace("_", " ")
 
 
 def plot_taggram(taggram: Taggram, path: str) -> None:
@@ -48,26 +41,5 @@ def plot_taggram(taggram: Taggram, path: str) -> None:
     wave.set_xlim(0, taggram.duration)
     wave.set_xlabel("time (s)")
     wave.set_yticks([])
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_maa_bars(runs: dict[str, dict], path: str) -> None:
-    """Per-tag MAA of one or more runs side by side, with the all-negative baseline (paper Fig. 4)."""
-    plt = _pyplot()
-    names = list(runs)
-    tags = runs[names[0]]["tags"]
-    x = np.arange(len(tags))
-    width = 0.8 / (len(names) + 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.6 * len(tags)), 4.5))
-    for i, name in enumerate(names):
-        ax.bar(x + i * width, [runs[name]["maa"][t] for t in tags], width, label=name)
-    ax.bar(x + len(names) * width, [runs[names[0]]["baseline_maa"][t] for t in tags], width,
-           label="all-negative baseline", color="#cbd5e1")
-    ax.set_xticks(x + 0.4 - width / 2)
-    ax.set_xticklabels([short_tag(t) for t in tags], rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel("mean average accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""Evaluation metrics (paper 5) plus the field's standard ones.
+"""Evaluation metrics: the paper's MAA (section 5, ours) plus the field's standard ones
+(ROC-AUC, PR-AUC and the F1-optimal threshold from scikit-learn).
 
 Every function takes per-track arrays: scores [W, C] (probabilities), labels [W, C] in {0, 1} and
 mask [W] (windows that count).
@@ -8,6 +9,9 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
+from sklearn import metrics as sklearn_metrics
+
+from jaxtag.data.tags import tag_category
 
 
 def track_accuracy(scores, labels, mask, threshold) -> np.ndarray:
@@ -30,38 +34,19 @@ def mean_average_accuracy(tracks: Sequence[tuple], threshold=0.5) -> np.ndarray:
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve for one tag (Mann-Whitney U, ties count 1/2). NaN if one class is absent."""
-    scores = np.asarray(scores, np.float64)
+    """Area under the ROC curve for one tag (scikit-learn's). NaN if one class is absent."""
     pos = np.asarray(labels) > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    if pos.all() or not pos.any():
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(sklearn_metrics.roc_auc_score(pos, np.asarray(scores, np.float64)))
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """PR-AUC as average precision (sum over thresholds of precision x recall step). NaN without positives."""
-    scores = np.asarray(scores, np.float64)
+    """PR-AUC as average precision for one tag (scikit-learn's). NaN without positives."""
     pos = np.asarray(labels) > 0.5
-    n_pos = int(pos.sum())
-    if n_pos == 0:
+    if not pos.any():
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], pos[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    # One point per distinct threshold: the last index of each run of tied scores.
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    precision = tp[last] / (tp[last] + fp[last])
-    recall = tp[last] / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(sklearn_metrics.average_precision_score(pos, np.asarray(scores, np.float64)))
 
 
 def _nanmean(values) -> float:
@@ -105,11 +90,11 @@ def evaluate(tracks: Mapping[str, tuple], tags: Sequence[str], threshold=0.5) ->
 
 
 def _category_means(tags, maa, baseline, rocs, aps, f1) -> dict:
-    """Macro means per tag category (emotion, instrument, vocals, solo) present in `tags`."""
-    from jaxtag.tags import CAL500EXP_TAGS, tag_category
-    cats = [tag_category(t) if t in CAL500EXP_TAGS else "other" for t in tags]
+    """Macro means per CAL500exp tag category (emotion, instrument, vocals, solo) present in
+    `tags`; tags of another vocabulary (a user's own labels) belong to none."""
+    cats = [tag_category(t) for t in tags]
     out = {}
-    for cat in dict.fromkeys(cats):
+    for cat in dict.fromkeys(c for c in cats if c is not None):
         idx = [i for i, c in enumerate(cats) if c == cat]
         pick = lambda v: [v[i] for i in idx]
         out[cat] = {"num_tags": len(idx), "mean_maa": _nanmean(pick(maa)),
@@ -119,20 +104,20 @@ def _category_means(tags, maa, baseline, rocs, aps, f1) -> dict:
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, default: float = 0.5) -> float:
-    """The threshold that maximises F1 for one tag: midway between the score that starts the best
-    prediction set and the next lower score. `default` when the tag has no positive."""
+    """The threshold that maximises F1 for one tag (over scikit-learn's precision-recall curve):
+    midway between the lowest score of the best prediction set and the next lower score, so it
+    is not on a training score. Among equal F1, the smaller prediction set. `default` when the
+    tag has no positive."""
     pos = np.asarray(labels) > 0.5
     if not pos.any():
         return default
-    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
-    s, y = np.asarray(scores, np.float64)[order], pos[order]
-    tp = np.cumsum(y)
-    k = np.arange(1, len(s) + 1)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # predict the top last+1 (ties together)
-    f1 = 2 * tp[last] / (k[last] + pos.sum())
-    best = last[int(np.argmax(f1))]
-    lower = s[best + 1] if best + 1 < len(s) else s[best] - 1e-6
-    return float((s[best] + lower) / 2)
+    precision, recall, thresholds = sklearn_metrics.precision_recall_curve(pos, np.asarray(scores, np.float64))
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    best = len(f1) - 1 - int(np.argmax(f1[::-1]))  # thresholds ascend: the last maximum is the highest
+    lower = thresholds[best - 1] if best > 0 else thresholds[best] - 1e-6
+    return float((thresholds[best] + lower) / 2)
 
 
 def tune_thresholds(tracks: Mapping[str, tuple], n_tags: int) -> np.ndarray:

@@ -1,0 +1,137 @@
+"""One self-contained listening page per tagged file: an audio player (the file embedded as a data
+URI) above the taggram, whose cursor follows playback; a click seeks; the tags active now are listed.
+
+Nothing is fetched from the network. Every file, tag and model name is HTML-escaped; the data for
+the script goes in a JSON block whose '<', '>' and '&' are escaped, so no name can end the script.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+
+from jaxtag.tagging.taggram import Taggram
+
+MAX_EMBED_BYTES = 64 * 1024 * 1024
+MIME = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg",
+        ".flac": "audio/flac", ".wav": "audio/wav"}
+
+
+def _json_for_script(data) -> str:
+    return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 16px; color: #0f172a; }
+h1 { font-size: 18px; margin: 0 0 4px; } .meta { color: #475569; font-size: 13px; margin-bottom: 8px; }
+audio { width: 100%; } .note { color: #b45309; }
+#view { display: flex; margin-top: 8px; }
+#labels { width: 220px; flex: none; }
+.tag { height: 20px; line-height: 20px; font-size: 12px; white-space: nowrap; overflow: hidden;
+        text-overflow: ellipsis; padding-right: 6px; text-align: right; }
+#plot { position: relative; flex: 1; }
+#taggram { display: block; cursor: pointer; }
+#cursor { position: absolute; top: 0; width: 2px; background: #22d3ee; pointer-events: none; }
+#axis { font-size: 11px; color: #475569; height: 16px; position: relative; }
+#now { margin-top: 10px; font-size: 14px; } #now span { background: #ccfbf1; border-radius: 4px;
+        padding: 2px 6px; margin: 2px; display: inline-block; }
+"""
+
+# The page's behaviour: draw the taggram on the canvas, move the cursor with the player, list the
+# tags active now. Reads the JSON block "taggram-data".
+SCRIPT = """\
+const T = JSON.parse(document.getElementById("taggram-data").textContent);
+const canvas = document.getElementById("taggram"), cursor = document.getElementById("cursor");
+const player = document.getElementById("player"), ROW = 20;
+const width = Math.max(300, document.getElementById("plot").clientWidth);
+canvas.width = width; canvas.height = ROW * T.tags.length;
+cursor.style.height = canvas.height + "px";
+const ctx = canvas.getContext("2d");
+const x = t => t / T.duration * width;   // seconds -> pixels; the cursor's left uses the same map
+// Each window is drawn over the stretch nearest its centre (as Taggram.segments in Python).
+const bounds = [0];
+for (let k = 1; k < T.centres.length; k++) bounds.push((T.centres[k - 1] + T.centres[k]) / 2);
+bounds.push(T.duration);
+for (let k = 0; k < T.scores.length; k++) {
+  for (let j = 0; j < T.tags.length; j++) {
+    const s = T.scores[k][j];
+    ctx.fillStyle = `rgb(${Math.round(15 + 240 * s)}, ${Math.round(23 + 120 * s * s)}, ${Math.round(42 + 60 * (1 - s))})`;
+    ctx.fillRect(x(bounds[k]), j * ROW, Math.ceil(x(bounds[k + 1]) - x(bounds[k])), ROW - 1);
+    if (T.active[k][j]) { ctx.fillStyle = "#2dd4bf"; ctx.fillRect(x(bounds[k]), j * ROW + ROW / 2 - 1, x(bounds[k + 1]) - x(bounds[k]), 2); }
+  }
+}
+const axis = document.getElementById("axis");
+const step = Math.max(1, Math.ceil(T.duration / 12 / 5) * 5);
+for (let t = 0; t <= T.duration; t += step) {
+  const tick = document.createElement("span");
+  tick.style.position = "absolute"; tick.style.left = x(t) + "px"; tick.textContent = t + "s";
+  axis.appendChild(tick);
+}
+function nearestWindow(t) {
+  let best = 0;
+  for (let k = 1; k < T.centres.length; k++) if (Math.abs(T.centres[k] - t) < Math.abs(T.centres[best] - t)) best = k;
+  return best;
+}
+function showTime(t) {
+  t = Math.min(Math.max(Number(t) || 0, 0), T.duration);
+  cursor.style.left = x(t) + "px";
+  cursor.dataset.time = String(t);
+  const k = nearestWindow(t), out = document.getElementById("now-tags");
+  out.textContent = "";
+  T.tags.forEach((tag, j) => { if (T.active[k][j]) { const s = document.createElement("span"); s.textContent = tag; out.appendChild(s); } });
+  if (!out.childNodes.length) out.textContent = "none";
+}
+function follow() { showTime(player.currentTime); if (!player.paused) requestAnimationFrame(follow); }
+player.addEventListener("timeupdate", () => showTime(player.currentTime));
+player.addEventListener("seeked", () => showTime(player.currentTime));
+player.addEventListener("play", () => requestAnimationFrame(follow));
+// A click and #t=SECONDS only seek the player: the cursor follows the player's own events.
+canvas.addEventListener("click", e => {
+  try { player.currentTime = (e.offsetX / width) * T.duration; } catch (err) {}
+});
+const hash = location.hash.match(/t=([0-9.]+)/);   // #t=SECONDS opens the page at that time
+if (hash) { try { player.currentTime = Number(hash[1]); } catch (err) {} }
+showTime(player.currentTime);
+"""
+
+
+def _player(audio_path: str | None, name: str) -> str:
+    """An <audio> element with the file embedded as a data URI (or a note why it is not)."""
+    if audio_path and os.path.getsize(audio_path) <= MAX_EMBED_BYTES:
+        mime = MIME.get(os.path.splitext(audio_path)[1].lower(), "application/octet-stream")
+        with open(audio_path, "rb") as f:
+            data = base64.b64encode(f.read()).decode("ascii")
+        return f'<audio controls id="player" preload="auto" src="data:{mime};base64,{data}"></audio>'
+    return ('<audio id="player"></audio><p class="note">Audio not embedded '
+            f'({_escape(name)} is missing or larger than {MAX_EMBED_BYTES >> 20} MiB).</p>')
+
+
+def _escape(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def render_html(taggram: Taggram, audio_path: str | None) -> str:
+    """The listening page of one tagged file, as one self-contained HTML document."""
+    name = os.path.basename(taggram.source)
+    payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
+               "end": taggram.end.tolist(), "centres": taggram.centres.tolist(),
+               "scores": [[round(float(x), 4) for x in row] for row in taggram.scores],
+               "active": taggram.active.astype(int).tolist()}
+    rows = "".join(f'<div class="tag">{_escape(t)}</div>' for t in taggram.tags)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{_escape(name)} - jaxtag</title>
+<style>
+{STYLE}</style></head><body>
+<h1>{_escape(name)}</h1>
+<div class="meta">duration {taggram.duration:.1f} s &middot; model {_escape(taggram.model)} &middot;
+{len(taggram.tags)} tags &middot; {len(taggram.start)} windows</div>
+{_player(audio_path, name)}
+<div id="view"><div id="labels">{rows}</div>
+<div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>
+<div id="now">Active now: <em id="now-tags"></em></div>
+<script type="application/json" id="taggram-data">{_json_for_script(payload)}</script>
+<script>
+{SCRIPT}</script></body></html>
+"""

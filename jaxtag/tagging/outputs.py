@@ -1,0 +1,84 @@
+"""What `python -m jaxtag.tag` writes for each input: NAME.json, NAME.csv (CAL500exp layout),
+NAME.png and NAME.html, under an output folder.
+
+NAME is the input's file name made safe (`some.mp3` -> `some`); inputs whose safe names clash
+(`a/song.mp3`, `b/song.mp3`, `song.wav`) get a hash of their full path added, so no two inputs
+share outputs and none can leave the output folder. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import re
+
+from jaxtag.data.audio import AUDIO_EXTENSIONS
+from jaxtag.errors import DataError
+
+FORMATS = ("json", "csv", "png", "html")
+
+
+def find_audio(inputs: list[str]) -> list[str]:
+    """Files given directly, plus audio files under given directories (sorted, recursive)."""
+    found = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found += sorted(os.path.join(root, f) for root, _, files in os.walk(item) for f in files
+                            if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
+        else:
+            found.append(item)
+    return found
+
+
+def _safe_stem(path: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"
+
+
+def output_name(path: str) -> str:
+    """A file name for an input whose safe name clashes with another's: safe characters only, no
+    leading dot, plus a hash of the full path."""
+    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{_safe_stem(path)}-{digest}"
+
+
+def output_names(paths: list[str]) -> dict[str, str]:
+    """Output names for a run's inputs: the safe file name where it is unique among them
+    (case-insensitively, for case-insensitive disks), `output_name` where it is not."""
+    stems = [_safe_stem(p) for p in paths]
+    uses = collections.Counter(stem.lower() for stem in stems)
+    return {p: stem if uses[stem.lower()] == 1 else output_name(p) for p, stem in zip(paths, stems)}
+
+
+def _write_atomic(path: str, data: str | bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None) -> dict[str, str]:
+    from jaxtag.tagging import plots
+    from jaxtag.tagging.html_page import render_html
+    base = os.path.join(output_dir, name or output_name(audio_path))
+    if not os.path.realpath(base).startswith(os.path.realpath(output_dir) + os.sep):
+        raise DataError(audio_path, f"its output name {base!r} would leave --output_dir")
+    written = {}
+    for fmt in formats:
+        path = f"{base}.{fmt}"
+        if fmt == "json":
+            _write_atomic(path, taggram.to_json())
+        elif fmt == "csv":
+            _write_atomic(path, taggram.to_csv())
+        elif fmt == "html":
+            _write_atomic(path, render_html(taggram, audio_path))
+        elif fmt == "png":
+            tmp = f"{base}.tmp{os.getpid()}.png"
+            plots.plot_taggram(taggram, tmp)
+            os.replace(tmp, path)
+        else:
+            raise ValueError(f"unknown output format {fmt!r}")
+        written[fmt] = path
+    return written
+
+

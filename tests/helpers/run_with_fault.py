@@ -1,0 +1,47 @@
+"""Runs a jaxtag CLI with a fault injected, for crash tests:
+
+    python tests/helpers/run_with_fault.py FAULT MODULE [ARGS...]
+
+FAULT is sigkill@N or sigterm@N (this process is signalled right after train step N, before the
+loop's preemption check) or prepare_kill@N (SIGKILL once N tracks of a preparation are cached).
+The faults are patched in here, so the package itself carries no test hooks.
+"""
+import os
+import runpy
+import signal
+import sys
+
+
+def inject(fault: str) -> None:
+    kind, at = fault.split("@")
+    at = int(at)
+    if kind in ("sigkill", "sigterm"):
+        from jaxtag.training.preemption import Preemption
+        due = Preemption.due
+
+        def due_after_fault(self, step):
+            if step == at:
+                os.kill(os.getpid(), signal.SIGKILL if kind == "sigkill" else signal.SIGTERM)
+            return due(self, step)
+
+        Preemption.due = due_after_fault
+    elif kind == "prepare_kill":
+        from jaxtag.data.cal500exp.cal500exp_dataset_builder import TrackCache
+        store = TrackCache.store
+
+        def store_then_kill(self, track, example):
+            store(self, track, example)
+            done = [f for f in os.listdir(self.folder) if f.endswith(".npz") and ".tmp" not in f]
+            if len(done) >= at:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        TrackCache.store = store_then_kill
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    fault, module, *args = sys.argv[1:]
+    inject(fault)
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

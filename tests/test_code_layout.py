@@ -1,0 +1,95 @@
+"""The package stays readable: no function over 80 lines, no import cycle between its modules."""
+import ast
+import collections
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_FUNCTION_LINES = 80
+
+
+def _modules(package_dir: str) -> dict[str, str]:
+    """module name -> path, for every .py file under package_dir."""
+    root = os.path.dirname(package_dir)
+    out = {}
+    for folder, _, files in os.walk(package_dir):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+                out[module.removesuffix(".__init__")] = path
+    return out
+
+
+def long_functions(package_dir: str, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    found = []
+    for path in _modules(package_dir).values():
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def import_cycles(package_dir: str) -> list[list[str]]:
+    """Strongly connected groups of modules that import each other, directly or through others
+    (imports anywhere in a module, including inside functions)."""
+    modules = _modules(package_dir)
+    package = os.path.basename(package_dir)
+    graph = collections.defaultdict(set)
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names]
+            graph[module].update(n for n in names if n in modules and n.split(".")[0] == package)
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1 or v in graph[v]:
+                cycles.append(sorted(group))
+
+    for module in sorted(modules):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    assert long_functions(os.path.join(REPO, "jaxtag")) == []
+
+
+def test_no_import_cycle_in_the_package():
+    assert import_cycles(os.path.join(REPO, "jaxtag")) == []
+
+
+def test_the_checks_find_a_long_function_and_a_cycle(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg.sub import b\n\ndef f():\n" + "    x = 1\n" * 85)
+    (pkg / "sub" / "b.py").write_text("def g():\n    from pkg import a\n")
+    (pkg / "c.py").write_text("import pkg.a\n")
+    assert [entry.split(" ")[1] for entry in long_functions(str(pkg))] == ["f"]
+    assert import_cycles(str(pkg)) == [["pkg.a", "pkg.sub.b"]]
