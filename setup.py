@@ -38,6 +38,7 @@ setup(
             "jaxtag-prepare=jaxtag.prepare:run",
             "jaxtag-tag=jaxtag.tag:run",
             "jaxtag-report=jaxtag.report:run",
+            "jaxtag-pretrained=jaxtag.pretrained.__main__:run",
         ],
     },
 )

@@ -63,12 +63,16 @@ def get_config() -> ml_collections.ConfigDict:
     model.compression = "none"         # paper: power mel; "log1p": log(1 + log_scale * mel); "db"
     model.log_scale = 10000.0
     model.normalize = False            # per-mel-bin standardisation, statistics from the train split
+    # musicnn_* models: the published weights their trunk starts from, and whether it stays frozen.
+    model.pretrained = "musicnn-msd"   # or "musicnn-mtt"
+    model.freeze_trunk = True
 
     # ---- Training (paper 4.3). ----
     train = config.train = ml_collections.ConfigDict()
     train.loss = "margin"              # paper: multi-label margin loss; or "bce" (needs logits)
     train.pos_weight = "none"          # bce only: "balanced" weighs positives by negatives/positives
     train.learning_rate = 1e-5
+    train.trunk_learning_rate = 1e-5   # musicnn_* models with model.freeze_trunk=False (fine-tuning)
     train.batch_size = 1               # tracks per step; 1 is the paper's setting
     train.num_epochs = 10              # the paper does not say; see README for real data
     # Tracks are padded (and masked) to the smallest bucket that holds them, so the train

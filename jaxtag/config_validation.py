@@ -31,10 +31,11 @@ def validate_config(config) -> None:
         problems.append(f"model.window_chunk must be >= 0 (0: automatic), got {m.window_chunk}")
     if t.pos_weight not in ("none", "balanced"):
         problems.append(f"train.pos_weight must be 'none' or 'balanced', got {t.pos_weight!r}")
-    try:
-        resolve_tags(d.tags)
-    except ValueError as e:
-        problems.append(f"data.tags: {e}")
+    if not d.root:  # a user's corpus may have its own tags: checked when its CSV headers are read
+        try:
+            resolve_tags(d.tags)
+        except ValueError as e:
+            problems.append(f"data.tags: {e}")
     for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "window_frames", "window_hop"):
         if int(d[name]) <= 0:
             problems.append(f"data.{name} must be positive, got {d[name]}")
@@ -60,5 +61,32 @@ def validate_config(config) -> None:
         problems.append(f"train.length_buckets must be increasing positive numbers, got {t.length_buckets}")
     if not 0.0 < config.eval.threshold < 1.0:
         problems.append(f"eval.threshold must lie in (0, 1), got {config.eval.threshold}")
+    problems += _pretrained_trunk_problems(config)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _pretrained_trunk_problems(config) -> list[str]:
+    """A pretrained trunk (musicnn) fixes the frontend it was trained with, and compresses its input
+    itself."""
+    from jaxtag.models import pretrained_trunk
+    from jaxtag.models.musicnn import MUSICNN_FRONTEND
+    from jaxtag.pretrained import PRETRAINED
+    d, m = config.data, config.model
+    name = pretrained_trunk(m)
+    if name is None:
+        return []
+    problems = []
+    if name not in PRETRAINED:
+        problems.append(f"model.pretrained {name!r} is not one of {sorted(PRETRAINED)}")
+    for field in ("sample_rate", "n_fft", "hop_length", "n_mels"):
+        if d[field] != getattr(MUSICNN_FRONTEND, field):
+            problems.append(f"model {m.name!r} has musicnn's frontend: data.{field} must be "
+                            f"{getattr(MUSICNN_FRONTEND, field)}, got {d[field]} (see configs/musicnn_lstm.py)")
+    if m.compression != "none" or m.normalize:
+        problems.append(f"model {m.name!r} compresses its input as musicnn does: set model.compression='none' "
+                        "and model.normalize=False")
+    if not m.freeze_trunk and not config.train.trunk_learning_rate > 0:
+        problems.append(f"train.trunk_learning_rate must be positive to fine-tune the trunk, got "
+                        f"{config.train.trunk_learning_rate}")
+    return problems

@@ -1,8 +1,9 @@
-"""python -m jaxtag.tag --workdir=RUN FILE_OR_DIR [...] --output_dir=OUT
+"""python -m jaxtag.tag FILE_OR_DIR [...] --output_dir=OUT [--workdir=RUN | --model=musicnn-mtt]
 
-Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a trained run and
-writes, for each input, NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT
-(see jaxtag.tagging.outputs). A bad file is reported on stderr and skipped; the exit status is 1
+Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a pretrained model
+(musicnn-msd by default, fetched on first use) or a trained run, and writes, for each input,
+NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT (see
+jaxtag.tagging.outputs). A bad file is reported on stderr and skipped; the exit status is 1
 if any file failed, 2 if nothing could be tagged at all (e.g. no checkpoint).
 """
 from __future__ import annotations
@@ -14,7 +15,13 @@ from absl import app, flags
 
 from jaxtag.tagging.outputs import FORMATS
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory (with checkpoints/).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run directory (with checkpoints/); without it, "
+                               "the pretrained --model tags.")
+_MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt"],
+                           "Pretrained model used when no --workdir is given: musicnn-msd (50 Last.fm tags, "
+                           "moods among them) or musicnn-mtt (50 MagnaTagATune tags).")
+_HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: seconds between window starts "
+                                  "(default: their 3-s windows end to end).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 _SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter width over windows (odd; 1 = none).")
@@ -27,8 +34,8 @@ def main(argv):
     inputs = argv[1:]
     if not inputs:
         raise app.UsageError("give one or more audio files or directories")
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+    if _WORKDIR.value and (flags.FLAGS["model"].present or _HOP_SECONDS.value is not None):
+        raise app.UsageError("--model and --hop_seconds pick a pretrained model; --workdir a trained run: give one")
     if _SMOOTH.value < 1 or _SMOOTH.value % 2 == 0:
         raise app.UsageError(f"--smooth must be an odd number of windows >= 1, got {_SMOOTH.value}")
     import numpy as np
@@ -37,8 +44,11 @@ def main(argv):
     from jaxtag.tagging.outputs import find_audio, output_names, write_outputs
     from jaxtag.tagging.tagger import Tagger
     try:
-        tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
-    except JaxtagError as e:
+        if _WORKDIR.value:
+            tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
+        else:
+            tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value)
+    except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if _THRESHOLD.value is not None:

@@ -58,6 +58,27 @@ def trained(prepared_tiny, tmp_path_factory):
     return config, workdir, train_and_evaluate(config, workdir)
 
 
+@pytest.fixture(scope="session")
+def pretrained_cache(tmp_path_factory):
+    """musicnn's published weights, fetched from PyPI (pip download) and converted once, into a
+    cache shared by the xdist workers of a run (writes are atomic; a bad copy is refetched)."""
+    from jaxtag import pretrained
+    root = str(tmp_path_factory.getbasetemp().parent / "jaxtag_pretrained_cache")
+    pretrained.fetch(root)
+    return root
+
+
+def tiny_musicnn_config(data_dir: str, **overrides):
+    """tiny_config with musicnn's frontend and a musicnn_lstm model: short windows (musicnn takes
+    any length), small head."""
+    from jaxtag.models.musicnn import MUSICNN_FRONTEND as F
+    base = {"data.sample_rate": F.sample_rate, "data.n_fft": F.n_fft, "data.hop_length": F.hop_length,
+            "data.n_mels": F.n_mels, "data.window_frames": 64, "data.window_hop": 64,
+            "model.name": "musicnn_lstm", "model.dense_sizes": (16, 12), "model.lstm_size": 8,
+            "model.lstm_initial_state": "zeros", "train.num_epochs": 1}
+    return tiny_config(data_dir, **{**base, **overrides})
+
+
 def write_csv(path, rows, tags=CAL500EXP_TAGS, header=None, newline="\n", bom=False):
     """rows: (start, end, {tag: value}). Writes the release's layout and %.6f formatting."""
     header = header or ["Start_Time", "End_Time", *tags]
@@ -81,8 +102,8 @@ def write_tone(path, seconds, sr=22050, freq=440.0, channels=1, fmt=None):
     return str(path)
 
 
-def make_corpus(root, tracks: dict, audio_ext="wav", nested=True):
-    """A CAL500exp-layout directory. tracks: name -> (seconds, rows)."""
+def make_corpus(root, tracks: dict, audio_ext="wav", nested=True, tags=CAL500EXP_TAGS):
+    """A CAL500exp-layout directory. tracks: name -> (seconds, rows); tags: the CSVs' columns."""
     root = pathlib.Path(root)
     audio = root / "CAL500_32kps"
     labels = root / "SegLabelHard" / ("SegLabelHard" if nested else "")
@@ -90,5 +111,5 @@ def make_corpus(root, tracks: dict, audio_ext="wav", nested=True):
     labels.mkdir(parents=True, exist_ok=True)
     for i, (name, (seconds, rows)) in enumerate(tracks.items()):
         write_tone(audio / f"{name}.{audio_ext}", seconds, freq=220.0 * (1 + i % 4))
-        write_csv(labels / f"{name}.csv", rows)
+        write_csv(labels / f"{name}.csv", rows, tags=tags)
     return str(root)

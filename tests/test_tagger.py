@@ -77,7 +77,7 @@ def test_csv_round_trips_through_the_cal500exp_reader(tagger, tmp_path):
     taggram = tagger.tag(write_tone(tmp_path / "tone.wav", 12.0, sr=8000)).smoothed(3)
     path = tmp_path / "out.csv"
     path.write_text(taggram.to_csv())
-    seg = labels.read_segments(path, taggram.tags, require_all=False)
+    seg = labels.read_segments(path, taggram.tags, columns=None)
     expected = taggram.segments()
     np.testing.assert_allclose(seg.start, [s for s, _, _ in expected], atol=1e-6)
     np.testing.assert_allclose(seg.end, [e for _, e, _ in expected], atol=1e-6)

@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 from absl import logging
 
+from jaxtag.data import labels
 from jaxtag.data.audio import AUDIO_EXTENSIONS
+from jaxtag.data.tags import CAL500EXP_TAGS
 from jaxtag.errors import DataError
 
 LABEL_SET_DIRS = {"hard": "SegLabelHard", "soft": "SegLabelSoft"}
@@ -78,6 +80,39 @@ def find_tracks(root: str, audio_dir: str = "CAL500_32kps", label_set: str = "ha
     if not tracks:
         raise DataError(root, "no track has both an audio file and a label CSV")
     return tracks
+
+
+def vocabulary(label_paths: Sequence[str], skip_bad: bool = False) -> tuple[str, ...]:
+    """The tag columns of a corpus's label CSVs (their common header, in the first file's order):
+    CAL500exp's 67, or a user's own vocabulary. Every file must have the same tag columns: one
+    that differs is an error naming it and the difference; with skip_bad, the most common header
+    wins and the files that differ (or cannot be read) are left to be skipped as bad tracks."""
+    headers: dict[frozenset, tuple[tuple[str, ...], list[str]]] = {}
+    for path in label_paths:
+        try:
+            columns = tuple(labels.read_tag_columns(path))
+        except DataError:
+            if skip_bad:
+                continue
+            raise
+        headers.setdefault(frozenset(columns), (columns, []))[1].append(path)
+        if len(headers) > 1 and not skip_bad:
+            (first, (mine, [first_path, *_])), (_, (theirs, _)) = list(headers.items())[:2]
+            missing, extra = sorted(set(mine) - set(theirs)), sorted(set(theirs) - set(mine))
+            raise DataError(path, f"its tag columns differ from {first_path}'s (every label file needs the same "
+                                  f"header): missing {missing}, extra {extra}")
+    if not headers:  # no label file at all: find_tracks says so, naming the corpus
+        if label_paths:
+            raise DataError(os.path.dirname(label_paths[0]), "no label CSV has a readable header")
+        return CAL500EXP_TAGS
+    return max(headers.values(), key=lambda entry: len(entry[1]))[0]
+
+
+def corpus_vocabulary(root: str, label_set: str = "hard", label_dir: str = "", skip_bad: bool = False
+                      ) -> tuple[str, ...]:
+    """vocabulary() of every label CSV of a CAL500exp-layout directory."""
+    folder = label_folder(os.path.abspath(os.path.expanduser(root)), label_set, label_dir)
+    return vocabulary(list(_files_by_stem(folder, (".csv",)).values()), skip_bad)
 
 
 def _some(names: Sequence[str], limit: int = 10) -> str:

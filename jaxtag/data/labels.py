@@ -29,15 +29,8 @@ class Segments:
     tags: tuple[str, ...]
 
 
-def read_segments(path: str | os.PathLike, tags: Sequence[str], require_all: bool = True) -> Segments:
-    """Read a CAL500exp segment CSV and keep the columns of `tags`.
-
-    The header must be Start_Time, End_Time and exactly the 67 CAL500exp tag columns (any order);
-    with require_all=False (e.g. jaxtag.tag's own CSVs), any known columns that include `tags`.
-    Rows are sorted by Start_Time (the release is not in time order). A UTF-8 BOM and Windows
-    line endings are accepted. Anything else malformed raises DataError naming the file and row.
-    """
-    path = os.fspath(path)
+def _csv_rows(path: str) -> list[list[str]]:
+    """The non-empty rows of a UTF-8 CSV (a BOM and Windows line endings accepted)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -50,18 +43,48 @@ def read_segments(path: str | os.PathLike, tags: Sequence[str], require_all: boo
     rows = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
     if not rows:
         raise DataError(path, "label file is empty (no header)")
-    header = [c.strip() for c in rows[0]]
+    return rows
+
+
+def _tag_columns(path: str, header_row: list[str]) -> list[str]:
+    header = [c.strip() for c in header_row]
     if tuple(header[:2]) != TIME_COLUMNS:
         raise DataError(path, f"header must start with Start_Time,End_Time; found {header[:2]}")
     columns = header[2:]
-    unknown = sorted(set(columns) - set(CAL500EXP_TAGS))
-    missing = [t for t in (CAL500EXP_TAGS if require_all else tags) if t not in columns]
+    if len(set(columns)) != len(columns):
+        raise DataError(path, "duplicate tag columns")
+    if not columns or not all(columns):
+        raise DataError(path, "the header names no tag columns (or an empty one)")
+    return columns
+
+
+def read_tag_columns(path: str | os.PathLike) -> list[str]:
+    """The tag columns of a segment CSV's header, in the file's order."""
+    path = os.fspath(path)
+    return _tag_columns(path, _csv_rows(path)[0])
+
+
+def read_segments(path: str | os.PathLike, tags: Sequence[str],
+                  columns: Sequence[str] | None = CAL500EXP_TAGS) -> Segments:
+    """Read a segment CSV in the CAL500exp layout and keep the columns of `tags`.
+
+    The header is Start_Time, End_Time and the tag columns, which must be exactly `columns` (any
+    order): CAL500exp's 67 by default, or a corpus's own vocabulary (corpus.vocabulary); with
+    columns=None (e.g. jaxtag.tag's own CSVs), any columns that include `tags`. Rows are sorted by
+    Start_Time (the release is not in time order). A UTF-8 BOM and Windows line endings are
+    accepted. Anything else malformed raises DataError naming the file and row.
+    """
+    path = os.fspath(path)
+    rows = _csv_rows(path)
+    header = [c.strip() for c in rows[0]]
+    columns_found = _tag_columns(path, rows[0])
+    unknown = [] if columns is None else sorted(set(columns_found) - set(columns))
+    missing = [t for t in (tags if columns is None else columns) if t not in columns_found]
     if unknown:
         raise DataError(path, f"unknown tag column(s) {unknown}")
     if missing:
         raise DataError(path, f"missing tag column(s) {missing}")
-    if len(set(columns)) != len(columns):
-        raise DataError(path, "duplicate tag columns")
+    columns = columns_found
     if len(rows) < 2:
         raise DataError(path, "label file has a header but no segments")
 

@@ -19,7 +19,8 @@ from jaxtag.data.buckets import bucket_length
 from jaxtag.data.cal500exp import Cal500exp, Cal500expConfig, PreparedSettings
 from jaxtag.data.features import FrontendSettings
 from jaxtag.errors import ConfigError
-from jaxtag.data.tags import resolve_tags
+from jaxtag.data import corpus
+from jaxtag.data.tags import CAL500EXP_TAGS, resolve_tags
 
 # The pipeline runs on the host CPU; keep TensorFlow off any accelerator JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -28,18 +29,20 @@ tf.config.set_visible_devices([], "GPU")
 def prepared_settings(config) -> PreparedSettings:
     """The settings of config that determine the prepared data."""
     d = config.data
-    try:
-        tags = resolve_tags(d.tags)
-    except ValueError as e:
-        raise ConfigError(f"data.tags: {e}") from None
-    synthetic = ()
-    corpus_id = ""
+    synthetic, corpus_id, vocabulary = (), "", CAL500EXP_TAGS
     if d.root:
         corpus_id = os.path.abspath(os.path.expanduser(d.root))
+        if os.path.isdir(corpus_id):  # (a missing root is reported by prepare, naming it)
+            vocabulary = corpus.corpus_vocabulary(corpus_id, d.label_set, d.label_dir, bool(d.skip_bad_tracks))
     else:
         synthetic = tuple(sorted(d.synthetic.to_dict().items()))
+    try:
+        tags = resolve_tags(d.tags, vocabulary)
+    except ValueError as e:
+        raise ConfigError(f"data.tags: {e}") from None
     return PreparedSettings(
         frontend=FrontendSettings.from_config(d), tags=tags, unannotated=d.unannotated,
+        vocabulary=() if vocabulary == CAL500EXP_TAGS else vocabulary,
         label_set=d.label_set, label_dir=d.label_dir, audio_dir=d.audio_dir,
         split_seed=int(d.split_seed), split_fractions=tuple(float(f) for f in d.split_fractions),
         skip_bad_tracks=bool(d.skip_bad_tracks), synthetic=synthetic, corpus_id=corpus_id)

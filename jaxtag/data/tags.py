@@ -96,31 +96,41 @@ def tag_category(tag: str) -> str | None:
 EMOTION_TAGS: tuple[str, ...] = tuple(t for t in CAL500EXP_TAGS if tag_category(t) == "emotion")
 
 
-def resolve_tags(spec: str | Sequence[str]) -> tuple[str, ...]:
-    """Turn a tag-subset spec into tag names.
+def resolve_tags(spec: str | Sequence[str], vocabulary: Sequence[str] = CAL500EXP_TAGS) -> tuple[str, ...]:
+    """Turn a tag-subset spec into tag names from a corpus's vocabulary (its CSVs' tag columns;
+    CAL500exp's 67 by default).
 
-    `spec` is "emotion" (the paper's 18), "all" (67), a category name ("instrument", ...),
-    a comma-separated string of tag names, or a sequence of tag names.
+    `spec` is "all" (every tag of the vocabulary), a CAL500exp category ("emotion": the paper's
+    18, "instrument", "vocals", "solo"), a comma-separated string of tag names, or a sequence of
+    tag names.
     """
     if isinstance(spec, str):
         key = spec.strip()
         if key == "all":
-            return CAL500EXP_TAGS
+            return tuple(vocabulary)
         if key in CATEGORIES:
-            return tuple(t for t in CAL500EXP_TAGS if tag_category(t) == key)
+            chosen = tuple(t for t in vocabulary if tag_category(t) == key)
+            if not chosen:
+                raise ValueError(f"the corpus has no CAL500exp {key!r} tags (its tags: {_some(vocabulary)}); "
+                                 "use 'all' or name its tags")
+            return chosen
         names = [s.strip() for s in key.split(",") if s.strip()]
     else:
         names = [str(s) for s in spec]
     if not names:
         raise ValueError("the tag subset is empty")
-    unknown = [n for n in names if n not in CAL500EXP_TAGS]
+    unknown = [n for n in names if n not in vocabulary]
     if unknown:
-        raise ValueError(
-            f"unknown tag(s) {unknown}; use 'emotion', 'all', one of {list(CATEGORIES)}, "
-            "or CAL500exp tag names spelled as in the CSV header")
+        known = "CAL500exp tag names spelled as in the CSV header" if tuple(vocabulary) == CAL500EXP_TAGS \
+            else f"the corpus's tags ({_some(vocabulary)})"
+        raise ValueError(f"unknown tag(s) {unknown}; use 'all', one of {list(CATEGORIES)}, or {known}")
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate tags in {names}")
     return tuple(names)
+
+
+def _some(names: Sequence[str], limit: int = 8) -> str:
+    return ", ".join(list(names)[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def short_tag(tag: str) -> str:

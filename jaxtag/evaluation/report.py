@@ -80,9 +80,21 @@ def write_report(workdirs: list[str], out: str) -> tuple[str, str]:
     return out, table_path
 
 
+def _mean_std(values) -> str:
+    """mean +- sample std of a metric over runs ("n/a" where undefined); one run: its value."""
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+
+
 def results_table(records: dict[str, dict], data_root: str = "") -> str:
     """The markdown of docs/results.md (scripts/experiments.py) from experiment records:
-    {name: {"config", "model", "epochs", "train_and_eval_seconds", "metrics": test metrics}}."""
+    {name: {"config", "model", "epochs", "train_and_eval_seconds", "metrics": test metrics of the
+    first split, "runs": test metrics of every split (optional), "split_seeds"}}. Experiments run
+    on several splits show mean +- std over them in the first table; the others show the first."""
     import jax
     corpus = data_root or "the built-in synthetic corpus (configs/default.py: data.synthetic)"
     lines = [
@@ -91,23 +103,27 @@ def results_table(records: dict[str, dict], data_root: str = "") -> str:
         f"on {corpus}; test split, best checkpoint by validation macro ROC-AUC. Machine: "
         f"{platform.machine()}, {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].platform}.",
         "", "Macro means over tags (tags with one class only in the test windows are left out of ROC-AUC).",
-        "MAA is the paper's mean average accuracy; the all-negative baseline predicts every tag absent.", "",
-        "| experiment | config | model | ROC-AUC | PR-AUC | F1 | MAA | all-negative MAA | epochs | train+eval time |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "MAA is the paper's mean average accuracy; the all-negative baseline predicts every tag absent.",
+        "Where several split seeds are listed, each metric is the mean ± sample standard deviation over",
+        "those random train/validation/test splits (the test split is small: one split cannot rank configs).", "",
+        "| experiment | config | model | ROC-AUC | PR-AUC | F1 | MAA | all-negative MAA | split seeds | epochs | "
+        "train+eval time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in records.items():
-        m = r["metrics"]
-        lines.append(f"| {name} | configs/{r['config']}.py | {r['model']} | {_fmt(m['mean_roc_auc'])} | "
-                     f"{_fmt(m['mean_pr_auc'])} | {_fmt(m['mean_f1'])} | {_fmt(m['mean_maa'])} | "
-                     f"{_fmt(m['mean_baseline_maa'])} | {r['epochs']} | {r['train_and_eval_seconds'] / 60:.1f} min |")
-    lines += ["", "## Per category (macro means over each category's tags)", "",
+        runs = r.get("runs") or [r["metrics"]]
+        cells = [_mean_std([m[f"mean_{k}"] for m in runs]) for k in ("roc_auc", "pr_auc", "f1", "maa", "baseline_maa")]
+        seeds = ", ".join(str(s) for s in r.get("split_seeds", [0]))
+        lines.append(f"| {name} | configs/{r['config']}.py | {r['model']} | " + " | ".join(cells) +
+                     f" | {seeds} | {r['epochs']} | {r['train_and_eval_seconds'] / 60:.1f} min |")
+    lines += ["", "## Per category (macro means over each category's tags; first split)", "",
               "| experiment | category | tags | ROC-AUC | PR-AUC | F1 | MAA | all-negative MAA |",
               "|---|---|---|---|---|---|---|---|"]
     for name, r in records.items():
         for cat, c in r["metrics"].get("categories", {}).items():
             lines.append(f"| {name} | {cat} | {c['num_tags']} | {_fmt(c['mean_roc_auc'])} | {_fmt(c['mean_pr_auc'])} | "
                          f"{_fmt(c['mean_f1'])} | {_fmt(c['mean_maa'])} | {_fmt(c['mean_baseline_maa'])} |")
-    lines += ["", "## Per tag ROC-AUC (emotion tags)", ""]
+    lines += ["", "## Per tag ROC-AUC (emotion tags; first split)", ""]
     names = list(records)
     tags = records[names[0]]["metrics"]["tags"]
     lines.append("| tag | " + " | ".join(names) + " |")

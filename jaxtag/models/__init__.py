@@ -18,6 +18,9 @@ MODELS = {
     "resnet_lstm": ("resnet", "lstm"),
     "resnet_bilstm": ("resnet", "bilstm"),
     "resnet_attention": ("resnet", "attention"),
+    "musicnn": ("musicnn", "none"),       # musicnn's penultimate features (pretrained), dense head
+    "musicnn_lstm": ("musicnn", "lstm"),  # ... and the paper's LSTM over a track's windows
+    "musicnn_attention": ("musicnn", "attention"),
 }
 
 
@@ -59,7 +62,35 @@ def create_model(model_config, num_tags: int, input_stats: Mapping | None = None
         compression=model_config.get("compression", "none"), log_scale=model_config.get("log_scale", 1e4),
         input_mean=mean, input_std=std, dtype=DTYPES[model_config.get("dtype", "float32")],
         cpu_fast=uses_cpu_fast_path(model_config.get("implementation", "auto"), backend),
-        window_chunk=int(model_config.get("window_chunk", 0)))
+        window_chunk=int(model_config.get("window_chunk", 0)),
+        trunk_trainable=not model_config.get("freeze_trunk", False))
+
+
+def pretrained_trunk(model_config) -> str | None:
+    """The published model whose weights start the trunk ("musicnn-msd", ...), or None."""
+    if MODELS.get(model_config.name, ("",))[0] != "musicnn":
+        return None
+    return model_config.get("pretrained", "musicnn-msd")
+
+
+def with_pretrained_trunk(model_config, variables: dict, cache_dir=None) -> dict:
+    """variables with the trunk's published weights in place of their random initialisation
+    (fetched on first use); unchanged for models without a pretrained trunk."""
+    name = pretrained_trunk(model_config)
+    if name is None:
+        return variables
+    from jaxtag.pretrained import load_pretrained
+    pretrained, _ = load_pretrained(name, cache_dir)
+    out = {collection: dict(tree) for collection, tree in variables.items()}
+    for collection, tree in out.items():
+        mine = tree["trunk"]["musicnn"]
+        # The trunk uses musicnn up to its penultimate layer: every one of its variables is there.
+        theirs = {k: pretrained[collection][k] for k in mine}
+        shapes = jax.tree.map(np.shape, (mine, theirs))
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"the {name} weights do not fit the musicnn trunk: {shapes}")
+        tree["trunk"] = {**tree["trunk"], "musicnn": jax.tree.map(jnp.asarray, theirs)}
+    return out
 
 
 def to_probabilities(scores, output_activation: str) -> np.ndarray:

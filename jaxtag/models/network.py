@@ -57,9 +57,12 @@ class TaggingNetwork(nn.Module):
     # The CPU fast path of the conv trunks (chosen by create_model) and its windows per chunk.
     cpu_fast: bool = False
     window_chunk: int = 0
+    # A pretrained trunk (musicnn): whether its weights train (fine-tuning) or stay frozen.
+    trunk_trainable: bool = True
 
     def setup(self):
-        options = {"window_chunk": self.window_chunk} if self.trunk == "paper" else {}
+        options = {"paper": {"window_chunk": self.window_chunk},
+                   "musicnn": {"trainable": self.trunk_trainable}}.get(self.trunk, {})
         self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], dtype=self.dtype,
                                                cpu_fast=self.cpu_fast, name="trunk", **options)
         if self.temporal == "lstm":
@@ -89,7 +92,9 @@ class TaggingNetwork(nn.Module):
         h = self.window_trunk(x, present.reshape(b * l), train)
         return h.reshape(b, l, -1)
 
-    def decode(self, features, present, train: bool = False):
+    def penultimate(self, features, present, train: bool = False):
+        """The input of the output layer per window [B, L, dense_sizes[-1]]: the temporal model
+        and the hidden dense layers over the window features (embeddings for search)."""
         del train
         if self.temporal in ("lstm", "bilstm"):  # paper 4.2: [window features, LSTM output]
             h = jnp.concatenate([features, self.context(features, present)], axis=-1)
@@ -99,6 +104,11 @@ class TaggingNetwork(nn.Module):
             h = features
         for layer in self.hidden:
             h = nn.relu(layer(h))
+        return h
+
+    def decode(self, features, present, train: bool = False):
+        """Per-window outputs [B, L, num_tags] from the window features."""
+        h = self.penultimate(features, present, train)
         return activate(self.out(h).astype(jnp.float32), self.output_activation)
 
     def __call__(self, mel, present, train: bool = False):

@@ -3,6 +3,8 @@
 `paper`: the paper's conv trunk (4.1) and its first dense layer.
 `resnet`: a short-chunk CNN with residual blocks and batch norm, after Won et al. 2020, the field's
 strong simple baseline for tagging, sized for CPU training.
+`musicnn`: musicnn's published network up to its penultimate layer (jaxtag.models.musicnn), then
+a dense layer: transfer from real music.
 
 Both are plain Flax (nn.Conv, nn.max_pool). With `cpu_fast` (chosen by create_model, on CPU) the
 same parameters run through jaxtag.models.ops instead: the same values and gradients, faster
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtag.models import ops
+from jaxtag.models.musicnn import MusicnnTrunk
 
 
 class ConvParams(nn.Module):
@@ -137,4 +140,4 @@ class ResNetTrunk(nn.Module):
         return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="dense_0")(x))
 
 
-TRUNKS = {"paper": PaperTrunk, "resnet": ResNetTrunk}
+TRUNKS = {"paper": PaperTrunk, "resnet": ResNetTrunk, "musicnn": MusicnnTrunk}

@@ -12,6 +12,7 @@ whole file, padded to a length bucket, so results equal tagging the file in one 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -24,34 +25,77 @@ from jaxtag.data.audio import load_audio, prepare_waveform
 from jaxtag.data.buckets import bucket_length
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities
+from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
 DEFAULT_CHUNK_WINDOWS = 32
+# Length buckets of the across-window stage for pretrained models (trained runs use their own).
+PRETRAINED_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
+# A window's tag is on when its probability reaches this, for pretrained models (they have no
+# validation split of ours to tune thresholds on); --threshold overrides it.
+PRETRAINED_THRESHOLD = 0.5
 
 
 class Tagger:
+    """Tags audio with a trained run (`from_workdir`) or a published model (`pretrained`).
+
+    Two jitted stages: `encode` turns windows into features, each window alone, in fixed chunks
+    of `chunk_windows` (bounded memory, one compilation); `decode` runs across a file's windows
+    (the LSTM of cnn_lstm), padded to a length bucket.
+    """
+
     def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
         self.meta = meta
-        self.config = ml_collections.ConfigDict(meta["config"])
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
         self.threshold = checkpoints.checkpoint_threshold(meta, len(self.tags)).astype(np.float32)
-        self.model = create_model(self.config.model, len(self.tags), input_stats=meta.get("input_stats"))
         self.variables = variables
         self.chunk_windows = int(chunk_windows)
-        self.buckets = tuple(self.config.train.length_buckets)
+        if meta.get("pretrained"):
+            self.config = None
+            self.model = MusicnnTagger(num_tags=len(self.tags))
+            self.model_name, self.output_activation, self.buckets, seed = (
+                meta["pretrained"], "sigmoid", PRETRAINED_BUCKETS, 0)
+        else:
+            self.config = ml_collections.ConfigDict(meta["config"])
+            self.model = create_model(self.config.model, len(self.tags), input_stats=meta.get("input_stats"))
+            self.model_name, self.output_activation = self.config.model.name, self.config.model.output_activation
+            self.buckets, seed = tuple(self.config.train.length_buckets), self.config.seed
         # The same fixed key as evaluation, so a random LSTM initial state is reproducible.
-        self._key = run_keys(self.config.seed).inference
+        self._key = run_keys(seed).inference
         model = self.model
         self._encode = jax.jit(lambda v, mel, present: model.apply(v, mel, present, method=model.encode))
         self._decode = jax.jit(lambda v, h, present, key: model.apply(
             v, h, present, method=model.decode, rngs={"lstm_state": key}))
+        self._penultimate = jax.jit(lambda v, h, present, key: model.apply(
+            v, h, present, method=model.penultimate, rngs={"lstm_state": key}))
 
     @classmethod
     def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Tagger":
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
         variables, meta = checkpoints.restore_for_inference(workdir, checkpoint)
+        return cls(variables, meta, **kwargs)
+
+    @classmethod
+    def pretrained(cls, name: str = "musicnn-msd", hop_seconds: float | None = None, cache_dir=None,
+                   **kwargs) -> "Tagger":
+        """A published model: "musicnn-msd" (50 Last.fm tags, moods among them) or "musicnn-mtt"
+        (50 MagnaTagATune tags); weights fetched and converted on first use (jaxtag.pretrained).
+        Windows are musicnn's 3-s patches (187 frames); hop_seconds=None puts them end to end,
+        starting at frames 0, 187, 374, ... as musicnn's own patches do."""
+        from jaxtag.pretrained import load_pretrained
+        variables, info = load_pretrained(name, cache_dir)
+        frontend = MUSICNN_FRONTEND
+        if hop_seconds is not None:
+            hop = int(round(hop_seconds * frontend.sample_rate / frontend.hop_length))
+            if not 1 <= hop:
+                raise ValueError(f"hop_seconds must be at least one frame ({frontend.seconds_per_frame:.4f} s), "
+                                 f"got {hop_seconds}")
+            frontend = dataclasses.replace(frontend, window_hop=hop)
+        meta = {"pretrained": name, "model": name, "tags": info["tags"], "frontend": frontend.to_dict(),
+                "threshold": PRETRAINED_THRESHOLD, "source": info["source"], "license": info["license"]}
+        variables = {collection: {"musicnn": tree} for collection, tree in variables.items()}
         return cls(variables, meta, **kwargs)
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
@@ -81,7 +125,7 @@ class Tagger:
         start = starts * f.seconds_per_frame
         end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
         return Taggram(source=source, duration=float(duration), tags=self.tags, start=start, end=end,
-                       scores=scores, threshold=self.threshold, model=self.config.model.name,
+                       scores=scores, threshold=self.threshold, model=self.model_name,
                        envelope=peak_envelope(y))
 
     def scores_from_mel(self, mel: np.ndarray) -> np.ndarray:
@@ -103,4 +147,4 @@ class Tagger:
         padded[0, :n] = h
         present = (np.arange(length) < n)[None]
         out = np.asarray(self._decode(self.variables, jnp.asarray(padded), jnp.asarray(present), self._key))
-        return to_probabilities(out[0, :n], self.config.model.output_activation).astype(np.float32)
+        return to_probabilities(out[0, :n], self.output_activation).astype(np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
+from jaxtag.models import pretrained_trunk, with_pretrained_trunk
 from jaxtag.training import losses, parallel
 
 BATCH_KEYS = ("mel", "labels", "mask", "present")
@@ -28,14 +29,34 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(config, model, key) -> TrainState:
+    """Initial parameters (a pretrained trunk's published weights where the model has one) and
+    the optimizer."""
     d = config.data
     mel = jnp.zeros((1, 1, d.window_frames, d.n_mels), jnp.float32)
     variables = model.init({"params": key, "lstm_state": key}, mel, jnp.ones((1, 1), bool))
-    tx = optax.adam(config.train.learning_rate)
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+    variables = with_pretrained_trunk(config.model, variables)
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              tx=make_optimizer(config, variables["params"]),
                               batch_stats=variables.get("batch_stats", {}))
     # A Python-int step would be weakly typed and force a second compilation after the first step.
     return state.replace(step=jnp.zeros((), jnp.int32))
+
+
+def make_optimizer(config, params) -> optax.GradientTransformation:
+    """Adam at train.learning_rate (paper 4.3). A pretrained trunk (musicnn) gets its own: frozen
+    (no update at all) with model.freeze_trunk, else Adam at train.trunk_learning_rate
+    (fine-tuning: small steps, so the published features are refined, not overwritten)."""
+    adam = optax.adam(config.train.learning_rate)
+    if pretrained_trunk(config.model) is None:
+        return adam
+    if config.model.freeze_trunk:
+        trunk = optax.set_to_zero()
+    else:
+        trunk = optax.adam(config.train.trunk_learning_rate)
+    labels = {name: jax.tree.map(lambda _: "head", tree) for name, tree in params.items()}
+    labels["trunk"] = {name: jax.tree.map(lambda _: "trunk" if name == "musicnn" else "head", tree)
+                       for name, tree in params["trunk"].items()}
+    return optax.multi_transform({"head": adam, "trunk": trunk}, labels)
 
 
 def device_batch(batch: dict) -> dict:

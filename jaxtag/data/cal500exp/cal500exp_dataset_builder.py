@@ -27,7 +27,7 @@ from jaxtag.data import corpus, labels, synthetic
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.errors import DataError
-from jaxtag.data.tags import EMOTION_TAGS
+from jaxtag.data.tags import CAL500EXP_TAGS, EMOTION_TAGS
 
 MANUAL_INSTRUCTIONS = """\
 CAL500's audio cannot be downloaded automatically. Put the CAL500exp release in a directory:
@@ -42,6 +42,8 @@ class PreparedSettings:
     """Every setting that changes the prepared data."""
     frontend: FrontendSettings = FrontendSettings()
     tags: tuple[str, ...] = EMOTION_TAGS
+    # The corpus's tag columns when they are not CAL500exp's 67 (a user's own vocabulary); () for CAL500exp.
+    vocabulary: tuple[str, ...] = ()
     unannotated: str = "ignore"
     label_set: str = "hard"
     label_dir: str = ""
@@ -56,7 +58,14 @@ class PreparedSettings:
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
+        if not d["vocabulary"]:
+            del d["vocabulary"]  # CAL500exp's: the same key as before vocabularies were recorded
         return json.dumps(d, sort_keys=True)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The tag columns every label CSV must have."""
+        return self.vocabulary or CAL500EXP_TAGS
 
     @property
     def config_name(self) -> str:
@@ -157,7 +166,7 @@ def _readable(track: corpus.Track, s: PreparedSettings) -> bool:
     """Cheap check (labels parse, audio header decodes); full decoding happens in track_example."""
     import soundfile as sf
     try:
-        labels.read_segments(track.label_path, s.tags)
+        labels.read_segments(track.label_path, s.tags, s.columns)
         sf.info(track.audio_path)
         return True
     except DataError as e:
@@ -229,7 +238,7 @@ class TrackCache:
 
 def track_example(track: corpus.Track, s: PreparedSettings) -> dict:
     """Features and window labels of one track."""
-    segments = labels.read_segments(track.label_path, s.tags)
+    segments = labels.read_segments(track.label_path, s.tags, s.columns)
     mel = mel_spectrogram(load_audio(track.audio_path, s.frontend.sample_rate), s.frontend)
     n_frames = mel.shape[0]
     frame_lab, annotated = labels.frame_labels(segments, n_frames, s.frontend.seconds_per_frame, s.unannotated)
