@@ -27,10 +27,12 @@ setup(
         "tensorboard>=2.16",  # tf.summary event files; tensorflow-cpu does not pull it in
         "tqdm>=4.66",         # the tag CLI's progress bar
         "scikit-learn>=1.4",  # ROC-AUC, average precision, the F1-optimal threshold
+        "soxr>=0.3",          # streaming resampling of long files (librosa's own resampler)
+        "mutagen>=1.45",      # --write_tags: tags into MP3, WAV, FLAC, Ogg and M4A files
     ],
     extras_require={
-        # dill: imported by tfds.testing.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill"],
+        # dill: imported by tfds.testing; av: an AAC encoder and decoder for the M4A tag tests.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "av>=14"],
     },
     entry_points={
         "console_scripts": [

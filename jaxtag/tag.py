@@ -3,8 +3,10 @@
 Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a pretrained model
 (musicnn-msd by default, fetched on first use) or a trained run, and writes, for each input,
 NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT (see
-jaxtag.tagging.outputs). A bad file is reported on stderr and skipped; the exit status is 1
-if any file failed, 2 if nothing could be tagged at all (e.g. no checkpoint).
+jaxtag.tagging.outputs), and OUT/library.csv, library.json and index.html over all of them.
+Libraries of any size: decoding runs in worker processes, a rerun skips what is done, one bad
+file never stops the others (see jaxtag.tagging.library). Exit status: 0; 1 if any file failed;
+2 if there is no model (no checkpoint, no weights); 130 if interrupted (rerun to finish).
 """
 from __future__ import annotations
 
@@ -25,54 +27,70 @@ _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: secon
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 _SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter width over windows (odd; 1 = none).")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Tag threshold; default: the run's own.")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "Tag threshold; default: the model's own.")
 _TOP_N = flags.DEFINE_integer("top_n", 3, "Print this many top tags per file (0: none).")
-_FORMATS = flags.DEFINE_list("formats", list(FORMATS), "Which outputs to write.")
+_FORMATS = flags.DEFINE_list("formats", list(FORMATS), "Which outputs to write per file.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per CPU core).")
+_FORCE = flags.DEFINE_bool("force", False, "Redo files whose outputs exist for the same content and model.")
+_EMBEDDINGS = flags.DEFINE_bool("embeddings", False, "Also write NAME.embeddings.npz: the model's penultimate "
+                                "layer per window, with the windows' start and end times.")
+_WRITE_TAGS = flags.DEFINE_bool("write_tags", False, "Write each track's tags into the file's own metadata "
+                                "(MP3/WAV: ID3 TMOO and TXXX:JAXTAG; FLAC/Ogg: MOOD and JAXTAG).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --write_tags: print what would be written, change nothing.")
 
 
-def main(argv):
-    inputs = argv[1:]
+def _check_flags(inputs) -> None:
+    """Impossible options fail before any work."""
     if not inputs:
         raise app.UsageError("give one or more audio files or directories")
     if _WORKDIR.value and (flags.FLAGS["model"].present or _HOP_SECONDS.value is not None):
         raise app.UsageError("--model and --hop_seconds pick a pretrained model; --workdir a trained run: give one")
     if _SMOOTH.value < 1 or _SMOOTH.value % 2 == 0:
         raise app.UsageError(f"--smooth must be an odd number of windows >= 1, got {_SMOOTH.value}")
+    unknown = [f for f in _FORMATS.value if f not in FORMATS]
+    if unknown:
+        raise app.UsageError(f"--formats: unknown {unknown}; known: {list(FORMATS)}")
+    if _DRY_RUN.value and not _WRITE_TAGS.value:
+        raise app.UsageError("--dry_run goes with --write_tags")
+    if _WORKERS.value < 0:
+        raise app.UsageError(f"--workers must be >= 0, got {_WORKERS.value}")
+
+
+def _tagger():
     import numpy as np
-    from tqdm import tqdm
-    from jaxtag.errors import JaxtagError
-    from jaxtag.tagging.outputs import find_audio, output_names, write_outputs
     from jaxtag.tagging.tagger import Tagger
+    if _WORKDIR.value:
+        tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
+    else:
+        tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value)
+    if _THRESHOLD.value is not None:
+        tagger.threshold = np.full(len(tagger.tags), _THRESHOLD.value, np.float32)
+    return tagger
+
+
+def main(argv):
+    inputs = argv[1:]
+    _check_flags(inputs)
+    from jaxtag.errors import JaxtagError
+    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.tagging.outputs import find_audio
     try:
-        if _WORKDIR.value:
-            tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
-        else:
-            tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value)
+        tagger = _tagger()
     except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if _THRESHOLD.value is not None:
-        tagger.threshold = np.full(len(tagger.tags), _THRESHOLD.value, np.float32)
+    options = LibraryOptions(output_dir=_OUTPUT_DIR.value, formats=tuple(_FORMATS.value), smooth=_SMOOTH.value,
+                             workers=_WORKERS.value, force=_FORCE.value, embeddings=_EMBEDDINGS.value,
+                             write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value, top_n=_TOP_N.value)
     files = find_audio(inputs)
-    names = output_names(files)
-    os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    failed = 0
-    for path in tqdm(files, desc="tagging", unit="file", file=sys.stderr, disable=len(files) < 2):
-        try:
-            taggram = tagger.tag(path).smoothed(_SMOOTH.value)
-            written = write_outputs(taggram, path, _OUTPUT_DIR.value, _FORMATS.value, names[path])
-        except Exception as e:  # noqa: BLE001 - one file's failure must not stop the other files
-            failed += 1
-            # Expected failures read as themselves; anything else also names its type.
-            problem = e if isinstance(e, (JaxtagError, OSError)) else f"{type(e).__name__}: {e}"
-            print(f"error: {path}: {problem}", file=sys.stderr)
-            continue
-        if _TOP_N.value > 0:
-            top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(_TOP_N.value))
-            print(f"{path}: {top}")
-        print(f"{path} -> {', '.join(written.values())}", file=sys.stderr)
-    print(f"tagged {len(files) - failed} of {len(files)} file(s) into {_OUTPUT_DIR.value}", file=sys.stderr)
-    return 1 if failed else 0
+    result = tag_library(tagger, files, options)
+    print(f"tagged {len(result.tagged)}, already done {len(result.skipped)}, failed {len(result.failed)} "
+          f"of {len(files)} file(s) into {options.output_dir} (index: "
+          f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
+    if result.interrupted:
+        print("interrupted: rerun the same command to tag the rest", file=sys.stderr)
+        return 130
+    return 1 if result.failed else 0
 
 
 def run():

@@ -31,6 +31,11 @@ _WINDOWS = flags.DEFINE_integer("windows", 75, "Windows in the benchmark track."
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions.")
 _PIPELINE = flags.DEFINE_bool("pipeline", True, "Measure the tf.data pipeline overhead on the default corpus.")
 _ABLATION = flags.DEFINE_bool("ablation", False, "Also time the paper trunk with XLA's own conv/pool gradients.")
+_LIBRARY = flags.DEFINE_bool("library", False, "Only the library-tagging benchmark: generated MP3s (4 and 60 "
+                             "minutes, and a library of 10 four-minute files) tagged end to end with musicnn-msd.")
+_LIBRARY_DIR = flags.DEFINE_string("library_dir", "", "Where the generated audio is kept (default: a temporary "
+                                   "folder); files already there are reused.")
+_LIBRARY_RUN = flags.DEFINE_list("library_run", None, "Internal: tag these files in this process, print one JSON line.")
 
 
 def _time(fn, repeats):
@@ -286,8 +291,82 @@ def interleaved_best(steps: dict, repeats: int) -> dict:
     return best
 
 
+def generate_music(path: str, seconds: float, seed: int, sr: int = 44100) -> str:
+    """A stereo MP3 of `seconds` of music-like sound (chords changing every 2 s, a beat, noise),
+    encoded block by block (a 60-minute file never sits in memory)."""
+    import numpy as np
+    import soundfile as sf
+    if os.path.exists(path):
+        return path
+    rng = np.random.default_rng(seed)
+    block = 10 * sr
+    tmp = path + ".part.mp3"
+    with sf.SoundFile(tmp, "w", sr, 2, format="MP3") as f:
+        for start in range(0, int(seconds * sr), block):
+            t = (start + np.arange(min(block, int(seconds * sr) - start))) / sr
+            root = 110 * 2 ** (rng.integers(0, 12) / 12)
+            y = sum(np.sin(2 * np.pi * root * r * t + rng.uniform(0, 6)) for r in (1, 1.26, 1.5, 2))
+            beat = np.exp(-30 * ((t * 2) % 1)) * rng.standard_normal(len(t))
+            y = 0.12 * y + 0.25 * beat + 0.02 * rng.standard_normal(len(t))
+            f.write(np.stack([y, np.roll(y, 50)], 1).astype(np.float32))
+    os.replace(tmp, path)
+    return path
+
+
+def library_run(files: list[str]) -> dict:
+    """Tag `files` from scratch in this process (a fresh one: its peak memory is its own) with
+    musicnn-msd at its default hop, into a temporary folder; seconds per stage and peak RSS."""
+    import resource
+    import tempfile
+    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.tagging.tagger import Tagger
+    start = time.perf_counter()
+    tagger = Tagger.pretrained("musicnn-msd")
+    loaded = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
+    return {"files": len(result.tagged), "failed": result.failed, "audio_seconds": result.audio_seconds,
+            "tag_seconds": result.seconds, "load_seconds": loaded, "stages": result.stage_seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def library_benchmark() -> None:
+    """Each case in a fresh process: audio-minutes per wall-second end to end, seconds per stage
+    (decode and features in the workers, summed over them), peak RSS of the main process and of
+    the worker processes."""
+    import json
+    import subprocess
+    import tempfile
+    folder = _LIBRARY_DIR.value or tempfile.mkdtemp(prefix="jaxtag_library_bench_")
+    os.makedirs(folder, exist_ok=True)
+    minutes = 1 if _QUICK.value else 4
+    four = generate_music(os.path.join(folder, f"{minutes}min.mp3"), minutes * 60, seed=0)
+    long = generate_music(os.path.join(folder, f"{minutes * 15}min.mp3"), minutes * 15 * 60, seed=1)
+    library = [generate_music(os.path.join(folder, f"lib{i:02d}_{minutes}min.mp3"), minutes * 60, seed=10 + i)
+               for i in range(3 if _QUICK.value else 10)]
+    print(f"library benchmark: musicnn-msd, default hop, {os.cpu_count()} CPU cores, audio in {folder}")
+    for label, files in [(f"{minutes}-minute file", [four]), (f"{minutes * 15}-minute file", [long]),
+                         (f"library of {len(library)} {minutes}-minute files", library)]:
+        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(files)}"], capture_output=True,
+                             text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
+        print(f"{label}: {r['audio_seconds'] / 60:.1f} audio-min in {r['tag_seconds']:.1f} s = "
+              f"{r['audio_seconds'] / 60 / r['tag_seconds']:.2f} audio-min per wall-second "
+              f"({r['audio_seconds'] / r['tag_seconds']:.0f}x real time); stages: {stages}; peak RSS main "
+              f"{r['peak_rss_mb']:.0f} MB, workers {r['worker_peak_rss_mb']:.0f} MB")
+
+
 def main(argv):
     del argv
+    if _LIBRARY_RUN.value:
+        import json
+        print(json.dumps(library_run(_LIBRARY_RUN.value)))
+        return
+    if _LIBRARY.value:
+        library_benchmark()
+        return
     import jax
     n, r = _WINDOWS.value, _REPEATS.value
     print(f"JAX {jax.__version__}, devices: {jax.devices()}, {os.cpu_count()} CPU cores")

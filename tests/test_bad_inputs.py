@@ -86,14 +86,22 @@ def test_csv_without_header_is_an_error(tmp_path):
     assert str(path) in str(info.value)
 
 
-def test_end_time_past_the_audio_end_labels_only_existing_frames(tmp_path):
-    rows = [(0.0, 2.0, {"Emotion-Happy": 1.0}), (2.0, 60.0, {"Emotion-Sad": 1.0})]  # audio is 4 s
-    root = make_corpus(tmp_path / "c", {f"t{i}": (4.0, rows) for i in range(5)})
+def test_segments_past_the_audio_end_are_an_error_naming_the_track_or_skipped(tmp_path):
+    rows = [(0.0, 2.0, {"Emotion-Happy": 1.0}), (2.0, 4.5, {"Emotion-Sad": 1.0})]  # within 1 s of 4 s: fine
+    past = [(0.0, 2.0, {"Emotion-Happy": 1.0}), (2.0, 60.0, {"Emotion-Sad": 1.0})]  # audio is 4 s
+    tracks = {f"t{i}": (4.0, rows) for i in range(5)}
+    tracks["cut_short"] = (4.0, past)
+    root = make_corpus(tmp_path / "c", tracks)
     config = tiny_config(str(tmp_path / "d"), **{"data.root": root})
-    ex = next(pipeline.load_split(config, "test").as_numpy_iterator())
-    assert ex["mask"].all()
-    sad = list(pipeline.prepared_settings(config).tags).index("Emotion-Sad")
-    assert ex["labels"][-1, sad] == 1 and ex["labels"][0, sad] == 0
+    with pytest.raises(DataError, match=r"cut_short\.csv: track 'cut_short': its segments run to 60\.0 s but its "
+                                        r"audio \(cut_short\.wav\) ends at 4\.0 s") as info:
+        pipeline.prepare(config)
+    assert "skip_bad_tracks" in str(info.value)
+    config = tiny_config(str(tmp_path / "d"), **{"data.root": root, "data.skip_bad_tracks": True})
+    summary = pipeline.summarize(pipeline.prepare(config))
+    names = {ex["track"].decode() for split in ("train", "validation", "test")
+             for ex in pipeline.load_split(config, split).as_numpy_iterator()}
+    assert names == {f"t{i}" for i in range(5)} and sum(s["tracks"] for s in summary["splits"].values()) == 5
 
 
 def test_non_ascii_and_space_names_prepare_and_tag(tagger, tmp_path):

@@ -143,7 +143,7 @@ def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
         assert record["file"] == path and len(record["tags"]) == 18
         assert all(set(w) == {"start", "end", "scores", "tags"} for w in record["windows"])
         assert path in result.stdout  # top-n summary
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["one_b_.json", "two.json"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["library.json", "one_b_.json", "two.json"]
     # --threshold overrides the run's: at 0 every tag is on in every window.
     result = _tag_cli(f"--workdir={workdir}", good[1], f"--output_dir={tmp_path / 'all_on'}", "--threshold=0",
                       "--formats=json")

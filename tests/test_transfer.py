@@ -207,7 +207,7 @@ def test_own_labels_train_end_to_end_with_their_own_tag_names(tmp_path):
 
 
 def test_a_label_file_with_other_columns_is_named(tmp_path):
-    root = make_corpus(tmp_path / "corpus", {f"mine_{i}": (4.0, _own_rows(i)) for i in range(4)}, tags=OWN_TAGS)
+    root = make_corpus(tmp_path / "corpus", {f"mine_{i}": (6.0, _own_rows(i)) for i in range(4)}, tags=OWN_TAGS)
     odd = os.path.join(root, "SegLabelHard", "SegLabelHard", "mine_2.csv")
     write_csv(odd, _own_rows(2), tags=("joy", "gloom", "drive (fast)", "calm"))
     config = tiny_config(str(tmp_path / "prepared"), **{"data.root": root, "data.tags": "all"})

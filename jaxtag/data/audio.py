@@ -40,16 +40,157 @@ def prepare_waveform(samples: np.ndarray, sr: int, target_sr: int,
     return resample(y, int(sr), int(target_sr))
 
 
-def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
-    """Read `path`, downmix to mono and resample to `target_sr`. Returns float32 [n]."""
-    import soundfile as sf
-    path = os.fspath(path)
+def check_audio_file(path: str) -> None:
+    """DataError naming the file if it is missing or empty (before a decoder says it less clearly)."""
     if not os.path.isfile(path):
         raise DataError(path, "audio file not found")
     if os.path.getsize(path) == 0:
         raise DataError(path, "audio file is empty (0 bytes)")
+
+
+def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
+    """Read `path`, downmix to mono and resample to `target_sr`. Returns float32 [n]."""
+    import soundfile as sf
+    path = os.fspath(path)
+    check_audio_file(path)
     try:
         samples, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors.
         raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
     return prepare_waveform(samples, sr, target_sr, source=path)
+
+
+# ---- Streaming: any file length in bounded memory (library-scale tagging) ----------------------
+
+# A file whose data stop more than this short of its header's promise is reported as truncated.
+TRUNCATION_TOLERANCE_SECONDS = 0.1
+
+
+def _riff_shortfall(path: str) -> tuple[float, float] | None:
+    """WAV: (seconds its header promises, seconds its data hold) when the data chunk's declared
+    size runs past the end of the file. (libsndfile quietly clamps such a file to its bytes.)"""
+    import struct
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        byte_rate = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            name, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = f.read(length)
+                byte_rate = struct.unpack("<I", fmt[8:12])[0] if len(fmt) >= 12 else None
+                continue
+            if name == b"data":
+                available = size - f.tell()
+                if byte_rate and available < length:
+                    return length / byte_rate, available / byte_rate
+                return None
+            f.seek(length + (length & 1), os.SEEK_CUR)
+
+
+def _mp3_shortfall(path: str, promised_seconds: float) -> tuple[float, float] | None:
+    """MP3 with a Xing/Info header (LAME writes one): (promised, estimated) seconds when the file
+    holds fewer stream bytes than the header counts. (libsndfile pads such a file with silence up
+    to the promised length.)"""
+    import struct
+    with open(path, "rb") as f:
+        data = f.read(64 * 1024)
+        size = os.fstat(f.fileno()).st_size
+    start = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # skip an ID3v2 tag (syncsafe size)
+        start = 10 + ((data[6] << 21) | (data[7] << 14) | (data[8] << 7) | data[9])
+    for tag in (b"Xing", b"Info"):
+        at = data.find(tag, start, start + 200)
+        if at >= 0 and len(data) >= at + 16:
+            flags = struct.unpack(">I", data[at + 4:at + 8])[0]
+            if not flags & 2:  # no byte count
+                return None
+            offset = at + 8 + (4 if flags & 1 else 0)
+            stream_bytes = struct.unpack(">I", data[offset:offset + 4])[0]
+            available = size - start
+            if stream_bytes and available < stream_bytes * 0.99:
+                return promised_seconds, promised_seconds * available / stream_bytes
+            return None
+    return None
+
+
+class AudioStream:
+    """A file's audio as mono float32 blocks at target_sr, decoded, downmixed and resampled a block
+    at a time (soxr's streaming resampler, the engine of librosa's default), so memory does not
+    grow with the file's length.
+
+    After iterating: `seconds` (decoded), `promised_seconds` (the header's), `warnings` (a
+    truncated file: its data stop short of what its header promises)."""
+
+    def __init__(self, path: str | os.PathLike, target_sr: int, block_seconds: float = 10.0):
+        self.path = os.fspath(path)
+        self.target_sr = int(target_sr)
+        self.block_seconds = block_seconds
+        self.seconds = 0.0
+        self.promised_seconds = 0.0
+        self.warnings: list[str] = []
+
+    def __iter__(self):
+        import soundfile as sf
+        path = self.path
+        check_audio_file(path)
+        try:
+            f = sf.SoundFile(path)
+        except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors
+            raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
+        with f:
+            sr = f.samplerate
+            self.promised_seconds = f.frames / sr if sr > 0 else 0.0
+            yield from self._blocks(f, sr)
+        self._check_length(os.path.splitext(path)[1].lower())
+
+    def _blocks(self, f, sr: int):
+        resampler = None
+        if sr != self.target_sr:
+            import soxr
+            resampler = soxr.ResampleStream(sr, self.target_sr, 1, dtype="float32", quality="HQ")
+        n_in = n_out = 0
+        block = max(1, int(self.block_seconds * sr))
+        while True:
+            try:
+                samples = f.read(block, dtype="float32", always_2d=True)
+            except Exception as e:
+                raise DataError(self.path, f"cannot decode audio after {n_in / sr:.1f} s "
+                                           f"({type(e).__name__}: {e})") from None
+            y = to_mono(samples)
+            if not np.all(np.isfinite(y)):
+                raise DataError(self.path, "the audio contains NaN or infinite samples")
+            last = len(samples) < block
+            n_in += len(y)
+            if resampler is not None:
+                y = resampler.resample_chunk(y, last=last)
+            if last and resampler is not None:
+                # librosa.resample's length (its fix_length): ceil(n * ratio) samples in all.
+                wanted = int(np.ceil(n_in * (self.target_sr / sr))) - n_out
+                y = np.concatenate([y, np.zeros(max(0, wanted - len(y)), np.float32)])[:max(0, wanted)]
+            n_out += len(y)
+            if len(y):
+                yield y.astype(np.float32, copy=False)
+            if last:
+                break
+        if n_in == 0:
+            raise DataError(self.path, "the audio has no samples")
+        self.seconds = n_in / sr
+
+    def _check_length(self, extension: str) -> None:
+        shortfall = None
+        if extension == ".wav":
+            shortfall = _riff_shortfall(self.path)
+        elif extension == ".mp3":
+            shortfall = _mp3_shortfall(self.path, self.promised_seconds)
+        if shortfall is None and self.promised_seconds - self.seconds > TRUNCATION_TOLERANCE_SECONDS:
+            shortfall = (self.promised_seconds, self.seconds)
+        if shortfall is not None:
+            promised, held = shortfall
+            self.warnings.append(f"truncated: its header promises {promised:.1f} s of audio, its data hold "
+                                 f"about {held:.1f} s (tagged as decoded)")

@@ -139,3 +139,14 @@ def short_tag(tag: str) -> str:
         if tag.startswith(prefix):
             tag = tag[len(prefix):]
     return tag.replace("_", " ")
+
+
+# The mood tags among musicnn-msd's Last.fm tags (jaxtag.pretrained).
+MUSICNN_MSD_MOODS = frozenset({"sad", "happy", "chill", "Mellow", "beautiful", "party", "sexy", "catchy",
+                               "easy listening", "chillout"})
+
+
+def is_mood(tag: str) -> bool:
+    """Whether a tag names a mood: CAL500exp's emotion tags and musicnn-msd's mood tags (what
+    --write_tags puts in a file's MOOD field)."""
+    return tag_category(tag) == "emotion" or tag in MUSICNN_MSD_MOODS

@@ -10,10 +10,13 @@ import base64
 import html
 import json
 import os
+import urllib.parse
 
 from jaxtag.tagging.taggram import Taggram
 
-MAX_EMBED_BYTES = 64 * 1024 * 1024
+# Audio up to this size is embedded in the page (one self-contained file to share); a larger file
+# (a long recording; a library, where embedding would double its size on disk) is linked instead.
+MAX_EMBED_BYTES = 16 * 1024 * 1024
 MIME = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg",
         ".flac": "audio/flac", ".wav": "audio/wav"}
 
@@ -96,13 +99,19 @@ showTime(player.currentTime);
 """
 
 
-def _player(audio_path: str | None, name: str) -> str:
-    """An <audio> element with the file embedded as a data URI (or a note why it is not)."""
-    if audio_path and os.path.getsize(audio_path) <= MAX_EMBED_BYTES:
-        mime = MIME.get(os.path.splitext(audio_path)[1].lower(), "application/octet-stream")
-        with open(audio_path, "rb") as f:
-            data = base64.b64encode(f.read()).decode("ascii")
-        return f'<audio controls id="player" preload="auto" src="data:{mime};base64,{data}"></audio>'
+def _player(audio_path: str | None, name: str, page_dir: str | None = None) -> str:
+    """An <audio> element with the file embedded as a data URI when it is small, else linked by
+    its path relative to the page's folder (the page then plays while the file stays in place)."""
+    if audio_path and os.path.isfile(audio_path):
+        if os.path.getsize(audio_path) <= MAX_EMBED_BYTES:
+            mime = MIME.get(os.path.splitext(audio_path)[1].lower(), "application/octet-stream")
+            with open(audio_path, "rb") as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+            return f'<audio controls id="player" preload="auto" src="data:{mime};base64,{data}"></audio>'
+        if page_dir is not None:
+            relative = os.path.relpath(os.path.abspath(audio_path), os.path.abspath(page_dir))
+            url = urllib.parse.quote(relative.replace(os.sep, "/"))
+            return f'<audio controls id="player" preload="metadata" src="{_escape(url)}"></audio>'
     return ('<audio id="player"></audio><p class="note">Audio not embedded '
             f'({_escape(name)} is missing or larger than {MAX_EMBED_BYTES >> 20} MiB).</p>')
 
@@ -111,8 +120,9 @@ def _escape(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_html(taggram: Taggram, audio_path: str | None) -> str:
-    """The listening page of one tagged file, as one self-contained HTML document."""
+def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None = None) -> str:
+    """The listening page of one tagged file, as one HTML document (self-contained but for a
+    large audio file, linked relative to page_dir, the folder the page is written to)."""
     name = os.path.basename(taggram.source)
     payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
                "end": taggram.end.tolist(), "centres": taggram.centres.tolist(),
@@ -127,7 +137,7 @@ def render_html(taggram: Taggram, audio_path: str | None) -> str:
 <h1>{_escape(name)}</h1>
 <div class="meta">duration {taggram.duration:.1f} s &middot; model {_escape(taggram.model)} &middot;
 {len(taggram.tags)} tags &middot; {len(taggram.start)} windows</div>
-{_player(audio_path, name)}
+{_player(audio_path, name, page_dir)}
 <div id="view"><div id="labels">{rows}</div>
 <div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>
 <div id="now">Active now: <em id="now-tags"></em></div>

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import os
 import re
 
@@ -50,35 +51,54 @@ def output_names(paths: list[str]) -> dict[str, str]:
     return {p: stem if uses[stem.lower()] == 1 else output_name(p) for p, stem in zip(paths, stems)}
 
 
-def _write_atomic(path: str, data: str | bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.replace(tmp, path)
+TMP_MARK = ".jaxtag-tmp-"
 
 
-def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None) -> dict[str, str]:
+def temporary_name(path: str) -> str:
+    """A hidden name beside `path` for writing it before the atomic rename; it carries this
+    process's id, so a later run can remove what a killed run left (see library._remove_stale)."""
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f".{base}{TMP_MARK}{os.getpid()}")
+
+
+def write_atomic(path: str, data) -> None:
+    """Write `path` so that it is either absent, its old content or complete: into a temporary
+    file beside it, then renamed. data: str, bytes, or a function writing to a binary file."""
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None,
+                  extra: dict | None = None) -> dict[str, str]:
+    """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically, the
+    JSON last (with `extra` in it): a complete JSON means the file's outputs are complete."""
     from jaxtag.tagging import plots
     from jaxtag.tagging.html_page import render_html
     base = os.path.join(output_dir, name or output_name(audio_path))
     if not os.path.realpath(base).startswith(os.path.realpath(output_dir) + os.sep):
         raise DataError(audio_path, f"its output name {base!r} would leave --output_dir")
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown output format(s) {unknown}; known: {list(FORMATS)}")
     written = {}
-    for fmt in formats:
+    for fmt in sorted(formats, key=lambda f: f == "json"):
         path = f"{base}.{fmt}"
         if fmt == "json":
-            _write_atomic(path, taggram.to_json())
+            write_atomic(path, json.dumps({**taggram.to_dict(), **(extra or {})}, indent=1))
         elif fmt == "csv":
-            _write_atomic(path, taggram.to_csv())
+            write_atomic(path, taggram.to_csv())
         elif fmt == "html":
-            _write_atomic(path, render_html(taggram, audio_path))
-        elif fmt == "png":
-            tmp = f"{base}.tmp{os.getpid()}.png"
-            plots.plot_taggram(taggram, tmp)
-            os.replace(tmp, path)
-        else:
-            raise ValueError(f"unknown output format {fmt!r}")
+            write_atomic(path, render_html(taggram, audio_path, page_dir=output_dir))
+        else:  # png: matplotlib names the format from the extension
+            write_atomic(path, lambda f: plots.plot_taggram(taggram, f))
         written[fmt] = path
     return written
-
-

@@ -16,7 +16,8 @@ def _pyplot():
     return plt
 
 
-def plot_taggram(taggram: Taggram, path: str) -> None:
+def plot_taggram(taggram: Taggram, path) -> None:
+    """The picture as a PNG, to a path or a binary file."""
     plt = _pyplot()
     n_tags = len(taggram.tags)
     fig, (ax, wave) = plt.subplots(2, 1, figsize=(12, 2.0 + 0.28 * n_tags), sharex=True,
@@ -41,5 +42,5 @@ def plot_taggram(taggram: Taggram, path: str) -> None:
     wave.set_xlim(0, taggram.duration)
     wave.set_xlabel("time (s)")
     wave.set_yticks([])
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)

@@ -13,6 +13,8 @@ whole file, padded to a length bucket, so results equal tagging the file in one 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 
 import jax
@@ -117,34 +119,69 @@ class Tagger:
     def tag(self, audio, sr: int | None = None) -> Taggram:
         """Taggram of a file path or a waveform ([n] or [n, channels]; give its sr)."""
         y, source = self.load(audio, sr)
+        mel = mel_spectrogram(y, self.frontend)
+        scores, _ = self.decode_features(self.encode_windows(self.windows(mel)))
+        return self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y))
+
+    def window_starts(self, n_frames: int) -> np.ndarray:
+        """First frame of each window of a file of n_frames mel frames (as the training data's)."""
+        return labels_lib.window_starts(n_frames, self.frontend.window_frames, self.frontend.window_hop)
+
+    def windows(self, mel: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+        """The windows [W, window_frames, n_mels] of a mel spectrogram [frames, n_mels] (padded
+        when shorter than a window); `starts` (default: all of them) relative to mel's first frame."""
         f = self.frontend
-        duration = len(y) / f.sample_rate
-        mel = mel_spectrogram(y, f)
-        scores = self.scores_from_mel(mel)
-        starts = labels_lib.window_starts(mel.shape[0], f.window_frames, f.window_hop)
-        start = starts * f.seconds_per_frame
+        starts = self.window_starts(mel.shape[0]) if starts is None else starts
+        frames = labels_lib.pad_frames(mel, f.window_frames)
+        return frames[np.asarray(starts)[:, None] + np.arange(f.window_frames)[None, :]]
+
+    def encode_chunk(self, windows: np.ndarray) -> np.ndarray:
+        """Window features [n, D] of at most chunk_windows windows [n, frames, n_mels], run as one
+        fixed-size chunk (one compilation whatever n; windows of several files may share it)."""
+        n = len(windows)
+        chunk = np.zeros((self.chunk_windows,) + windows.shape[1:], np.float32)
+        chunk[:n] = windows
+        present = (np.arange(self.chunk_windows) < n)[None]
+        return np.asarray(self._encode(self.variables, chunk[None], present))[0, :n]
+
+    def encode_windows(self, windows: np.ndarray) -> np.ndarray:
+        """Window features [W, D], in chunks of chunk_windows (bounded memory)."""
+        return np.concatenate([self.encode_chunk(windows[c:c + self.chunk_windows])
+                               for c in range(0, len(windows), self.chunk_windows)])
+
+    def decode_features(self, features: np.ndarray, embeddings: bool = False):
+        """(probabilities [W, C], embeddings [W, E] or None) of one file's window features: the
+        across-window stage (the LSTM of cnn_lstm), padded to a length bucket. The embeddings are
+        the input of the output layer (the penultimate layer)."""
+        n = len(features)
+        length = bucket_length(n, self.buckets)
+        padded = np.zeros((1, length, features.shape[1]), features.dtype)
+        padded[0, :n] = features
+        present = jnp.asarray((np.arange(length) < n)[None])
+        out = np.asarray(self._decode(self.variables, jnp.asarray(padded), present, self._key))
+        scores = to_probabilities(out[0, :n], self.output_activation).astype(np.float32)
+        if not embeddings:
+            return scores, None
+        hidden = self._penultimate(self.variables, jnp.asarray(padded), present, self._key)
+        return scores, np.asarray(hidden, np.float32)[0, :n]
+
+    def taggram(self, source: str, duration: float, n_frames: int, scores: np.ndarray,
+                envelope: np.ndarray | None = None) -> Taggram:
+        """The Taggram of a file of n_frames mel frames from its per-window scores."""
+        f = self.frontend
+        starts = self.window_starts(n_frames)
         end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
-        return Taggram(source=source, duration=float(duration), tags=self.tags, start=start, end=end,
-                       scores=scores, threshold=self.threshold, model=self.model_name,
-                       envelope=peak_envelope(y))
+        return Taggram(source=source, duration=float(duration), tags=self.tags, start=starts * f.seconds_per_frame,
+                       end=end, scores=scores, threshold=self.threshold, model=self.model_name, envelope=envelope)
 
     def scores_from_mel(self, mel: np.ndarray) -> np.ndarray:
         """Per-window probabilities [W, C] for a mel spectrogram [frames, n_mels]."""
-        f = self.frontend
-        frames = labels_lib.pad_frames(mel, f.window_frames)
-        starts = labels_lib.window_starts(mel.shape[0], f.window_frames, f.window_hop)
-        n = len(starts)
-        features = []
-        for c0 in range(0, n, self.chunk_windows):
-            idx = starts[c0:c0 + self.chunk_windows]
-            chunk = np.zeros((self.chunk_windows, f.window_frames, frames.shape[1]), np.float32)
-            chunk[:len(idx)] = frames[idx[:, None] + np.arange(f.window_frames)[None, :]]
-            present = (np.arange(self.chunk_windows) < len(idx))[None]
-            features.append(np.asarray(self._encode(self.variables, chunk[None], present))[0, :len(idx)])
-        h = np.concatenate(features)
-        length = bucket_length(n, self.buckets)
-        padded = np.zeros((1, length, h.shape[1]), h.dtype)
-        padded[0, :n] = h
-        present = (np.arange(length) < n)[None]
-        out = np.asarray(self._decode(self.variables, jnp.asarray(padded), jnp.asarray(present), self._key))
-        return to_probabilities(out[0, :n], self.output_activation).astype(np.float32)
+        return self.decode_features(self.encode_windows(self.windows(mel)))[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the model and its settings (weights, tags, frontend, thresholds): outputs
+        made with the same fingerprint are the same."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("validation", "license")}
+        meta["threshold_used"] = self.threshold.tolist()
+        return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]

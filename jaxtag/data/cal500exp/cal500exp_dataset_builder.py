@@ -163,11 +163,12 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
 
 
 def _readable(track: corpus.Track, s: PreparedSettings) -> bool:
-    """Cheap check (labels parse, audio header decodes); full decoding happens in track_example."""
+    """Cheap check (labels parse, audio header decodes, segments within the header's duration); full
+    decoding happens in track_example."""
     import soundfile as sf
     try:
-        labels.read_segments(track.label_path, s.tags, s.columns)
-        sf.info(track.audio_path)
+        segments = labels.read_segments(track.label_path, s.tags, s.columns)
+        _check_segments_within_audio(track, segments, sf.info(track.audio_path).duration)
         return True
     except DataError as e:
         problem = str(e)
@@ -236,10 +237,24 @@ class TrackCache:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+# Label segments may end this far past the audio's end (annotation tools round; MP3 decoders differ
+# by an encoder delay); further means truncated or mismatched audio.
+SEGMENTS_PAST_AUDIO_TOLERANCE_SECONDS = 1.0
+
+
+def _check_segments_within_audio(track: corpus.Track, segments: labels.Segments, seconds: float) -> None:
+    if segments.end.max() > seconds + SEGMENTS_PAST_AUDIO_TOLERANCE_SECONDS:
+        raise DataError(track.label_path, f"track {track.name!r}: its segments run to {segments.end.max():.1f} s but "
+                                          f"its audio ({os.path.basename(track.audio_path)}) ends at {seconds:.1f} s: "
+                                          "truncated or mismatched audio (set data.skip_bad_tracks=True to skip it)")
+
+
 def track_example(track: corpus.Track, s: PreparedSettings) -> dict:
     """Features and window labels of one track."""
     segments = labels.read_segments(track.label_path, s.tags, s.columns)
-    mel = mel_spectrogram(load_audio(track.audio_path, s.frontend.sample_rate), s.frontend)
+    y = load_audio(track.audio_path, s.frontend.sample_rate)
+    _check_segments_within_audio(track, segments, len(y) / s.frontend.sample_rate)
+    mel = mel_spectrogram(y, s.frontend)
     n_frames = mel.shape[0]
     frame_lab, annotated = labels.frame_labels(segments, n_frames, s.frontend.seconds_per_frame, s.unannotated)
     window, hop = s.frontend.window_frames, s.frontend.window_hop

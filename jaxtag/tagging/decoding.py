@@ -1,0 +1,148 @@
+"""The decoding stage of library tagging, run in worker processes ahead of the model: a file is
+decoded, downmixed and resampled block by block (jaxtag.data.audio.AudioStream), turned into mel
+frames block by block (jaxtag.data.features.StreamingMel), and the frames are written to a
+temporary file that the model reads window by window. Memory does not grow with the file's length.
+
+Workers import numpy, soundfile, soxr and librosa only (not JAX), and ignore Ctrl-C: the main
+process stops them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import signal
+import sys
+import time
+import uuid
+
+import numpy as np
+
+from jaxtag.data.audio import AudioStream, check_audio_file
+from jaxtag.data.features import FrontendSettings, StreamingMel
+
+ENVELOPE_BINS = 2000   # (min, max) pairs of the waveform for the taggram picture
+ENVELOPE_RATE = 50     # pairs per second kept while streaming, reduced to ENVELOPE_BINS at the end
+
+
+@dataclasses.dataclass
+class DecodedFile:
+    """A decoded file: its mel frames are in `frames_path` (raw float32 [n_frames, n_mels])."""
+    path: str
+    frames_path: str
+    n_frames: int
+    n_mels: int
+    duration: float                 # seconds of audio decoded
+    envelope: np.ndarray            # [bins, 2] (min, max)
+    warnings: list[str]
+    stamp: dict                     # {"size", "mtime_ns", "sha256"} of the file as it was read
+    decode_seconds: float           # decoding and resampling
+    feature_seconds: float          # mel frames
+
+
+@dataclasses.dataclass
+class DecodeFailure:
+    path: str
+    problem: str
+
+
+def ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C goes to the main process, which shuts the workers down; and on
+    Linux a worker ends with the main process, even when that is killed (no orphan decoders)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def file_stamp(path: str) -> dict:
+    """size, mtime and sha256 of a file: what says it is the same content on a rerun."""
+    st = os.stat(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+class _Envelope:
+    """(min, max) of the waveform over stretches of 1/ENVELOPE_RATE s, reduced at the end."""
+
+    def __init__(self, sample_rate: int):
+        self.step = max(1, sample_rate // ENVELOPE_RATE)
+        self.pairs = []
+        self.rest = np.zeros(0, np.float32)
+
+    def add(self, y: np.ndarray) -> None:
+        y = np.concatenate([self.rest, y])
+        whole = len(y) // self.step * self.step
+        if whole:
+            blocks = y[:whole].reshape(-1, self.step)
+            self.pairs.append(np.stack([blocks.min(1), blocks.max(1)], axis=1))
+        self.rest = y[whole:]
+
+    def result(self) -> np.ndarray:
+        if len(self.rest):
+            self.pairs.append(np.array([[self.rest.min(), self.rest.max()]], np.float32))
+        pairs = np.concatenate(self.pairs) if self.pairs else np.zeros((1, 2), np.float32)
+        edges = np.linspace(0, len(pairs), min(ENVELOPE_BINS, len(pairs)) + 1).astype(int)
+        return np.stack([np.minimum.reduceat(pairs[:, 0], edges[:-1]),
+                         np.maximum.reduceat(pairs[:, 1], edges[:-1])], axis=1)
+
+
+def decode_file(path: str, frontend: dict, tmp_dir: str) -> DecodedFile | DecodeFailure:
+    """Worker: decode `path` into mel frames in a file under tmp_dir. Never raises: a file that
+    cannot be decoded is a DecodeFailure saying why."""
+    from jaxtag.errors import DataError
+    frames_path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32")
+    try:
+        return _decode(path, FrontendSettings(**frontend), frames_path)
+    except Exception as e:  # noqa: BLE001 - reported for this file; the others go on
+        if os.path.exists(frames_path):
+            os.remove(frames_path)
+        problem = e.problem if isinstance(e, DataError) else (
+            e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
+        return DecodeFailure(path, str(problem))
+
+
+def _decode(path: str, settings: FrontendSettings, frames_path: str) -> DecodedFile:
+    check_audio_file(path)
+    stamp = file_stamp(path)
+    stream = AudioStream(path, settings.sample_rate)
+    mel = StreamingMel(settings)
+    envelope = _Envelope(settings.sample_rate)
+    decode_seconds = feature_seconds = 0.0
+    with open(frames_path, "wb") as out:
+        blocks = iter(stream)
+        while True:
+            start = time.perf_counter()
+            y = next(blocks, None)
+            decode_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            frames = mel.finish() if y is None else mel.push(y)
+            out.write(frames.tobytes())
+            if y is not None:
+                envelope.add(y)
+            feature_seconds += time.perf_counter() - start
+            if y is None:
+                break
+    warnings = list(stream.warnings)
+    window_seconds = settings.window_frames * settings.seconds_per_frame
+    if mel.frames < settings.window_frames:
+        warnings.append(f"shorter than one window ({stream.seconds:.2f} s < {window_seconds:.2f} s): "
+                        "padded with silence to one window")
+    return DecodedFile(path=path, frames_path=frames_path, n_frames=mel.frames, n_mels=settings.n_mels,
+                       duration=mel.samples / settings.sample_rate, envelope=envelope.result(), warnings=warnings,
+                       stamp=stamp, decode_seconds=decode_seconds, feature_seconds=feature_seconds)
+
+
+def read_frames(decoded: DecodedFile, first: int, count: int) -> np.ndarray:
+    """Mel frames [first, first + count) of a decoded file (fewer at its end), read from disk."""
+    count = max(0, min(count, decoded.n_frames - first))
+    with open(decoded.frames_path, "rb") as f:
+        f.seek(first * decoded.n_mels * 4)
+        data = np.fromfile(f, np.float32, count * decoded.n_mels)
+    return data.reshape(count, decoded.n_mels)

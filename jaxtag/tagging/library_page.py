@@ -1,0 +1,87 @@
+"""OUT/index.html: the tagged library on one self-contained page. A table of every file (linking to
+its own listening page), filtered by a tag (files where it is on at some time, or among their top
+tags) and sorted by the tag's mean score; each row also links to the file's strongest section
+for that tag.
+
+The state is in the address too (index.html#tag=sad&sort=desc), so a view can be bookmarked.
+Every name is escaped: the data goes in a JSON block whose '<', '>' and '&' are escaped, and the
+script builds the table with textContent, never innerHTML.
+"""
+from __future__ import annotations
+
+import html
+
+from jaxtag.tagging.html_page import _json_for_script
+
+STYLE = """\
+body { font-family: system-ui, sans-serif; margin: 16px; color: #0f172a; }
+h1 { font-size: 18px; margin: 0 0 4px; } .meta { color: #475569; font-size: 13px; margin-bottom: 10px; }
+#controls { margin-bottom: 10px; display: flex; gap: 12px; align-items: center; font-size: 14px; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e2e8f0; vertical-align: top; }
+th { background: #f1f5f9; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr[hidden] { display: none; } .tags { color: #334155; }
+"""
+
+SCRIPT = """\
+const L = JSON.parse(document.getElementById("library-data").textContent);
+const select = document.getElementById("tag"), sortButton = document.getElementById("sort");
+const body = document.querySelector("#library tbody");
+let order = "";   // "", "desc" or "asc": by the score column
+for (const tag of L.tags) { const o = document.createElement("option"); o.value = tag; o.textContent = tag; select.appendChild(o); }
+function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
+function link(td, href, text) { const a = document.createElement("a"); a.href = href; a.textContent = text; td.appendChild(a); return a; }
+function score(f, tag) { return tag ? f.mean[tag] : f.top_tags[0][1]; }
+// A file has a tag when it is on at some time, or is among the file's top tags.
+function has(f, tag) { return !tag || f.share[tag] > 0 || f.top_tags.some(([t]) => t === tag); }
+function render() {
+  const tag = select.value;
+  const files = L.files.slice();
+  if (order) files.sort((a, b) => (order === "desc" ? -1 : 1) * (score(a, tag) - score(b, tag)) || a.path.localeCompare(b.path));
+  body.textContent = "";
+  for (const f of files) {
+    const tr = document.createElement("tr");
+    tr.dataset.name = f.name;
+    link(cell(tr, ""), encodeURIComponent(f.name) + ".html", f.path.split(/[\\\\/]/).pop()).className = "track";
+    cell(tr, f.duration.toFixed(1) + " s", "num");
+    cell(tr, f.top_tags.map(([t, s]) => t + " " + s.toFixed(2)).join(", "), "tags");
+    cell(tr, score(f, tag).toFixed(3), "num score");
+    cell(tr, tag ? Math.round(100 * f.share[tag]) + "%" : "", "num");
+    const best = cell(tr, "");
+    if (tag) { const s = f.strongest[tag]; link(best, encodeURIComponent(f.name) + ".html#t=" + s.start, s.start.toFixed(1) + "-" + s.end.toFixed(1) + " s").className = "strongest"; }
+    if (!has(f, tag)) tr.hidden = true;
+    body.appendChild(tr);
+  }
+  document.getElementById("shown").textContent = String(files.filter(f => has(f, tag)).length);
+  sortButton.textContent = order === "desc" ? "score: highest first" : order === "asc" ? "score: lowest first" : "sort by score";
+  history.replaceState(null, "", "#tag=" + encodeURIComponent(tag) + "&sort=" + order);
+}
+select.addEventListener("change", render);
+sortButton.addEventListener("click", () => { order = order === "desc" ? "asc" : "desc"; render(); });
+const state = new URLSearchParams(location.hash.slice(1));
+if (state.get("tag") && L.tags.includes(state.get("tag"))) select.value = state.get("tag");
+if (["desc", "asc"].includes(state.get("sort"))) order = state.get("sort");
+render();
+"""
+
+
+def render_index(rows: list[dict], tags: list[str], model: str) -> str:
+    """The library page of the summary rows (jaxtag.tagging.summary.track_summary)."""
+    esc = lambda s: html.escape(str(s), quote=True)
+    total = sum(r["duration"] for r in rows)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>jaxtag library - {len(rows)} files</title>
+<style>
+{STYLE}</style></head><body>
+<h1>jaxtag library</h1>
+<div class="meta">{len(rows)} files &middot; {total / 3600:.2f} hours &middot; model {esc(model)} &middot;
+{len(tags)} tags</div>
+<div id="controls"><label>tag <select id="tag"><option value="">(any)</option></select></label>
+<button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>
+<table id="library"><thead><tr><th>file</th><th>duration</th><th>top tags (mean score)</th><th>score</th>
+<th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
+<script type="application/json" id="library-data">{_json_for_script({"files": rows, "tags": tags})}</script>
+<script>
+{SCRIPT}</script></body></html>
+"""

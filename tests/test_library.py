@@ -1,0 +1,312 @@
+"""Tagging a library: streaming decode in workers, windows of several files per chunk, resumable
+outputs, one bad file never stopping the others, the library summary and page, audio integrity
+warnings, tags written into the files, embeddings."""
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import write_tone
+from helpers import processes
+from jaxtag.data import audio, features
+from jaxtag.tagging import metadata
+from jaxtag.tagging.library import LibraryOptions, tag_library
+from jaxtag.tagging.tagger import Tagger
+
+
+@pytest.fixture(scope="module")
+def tagger(trained):
+    return Tagger.from_workdir(trained[1])
+
+
+def _music(path, seconds, sr=22050, channels=1, seed=0, fmt=None):
+    """A few tones changing every second, with noise: windows differ from each other."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    freq = 110 * 2 ** (rng.integers(0, 24, int(seconds) + 1) / 12)[t.astype(int)]
+    y = 0.3 * np.sin(2 * np.pi * np.cumsum(freq) / sr) * (0.5 + 0.5 * np.sin(2 * np.pi * 0.3 * t))
+    y = (y + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+    sf.write(str(path), np.stack([y] * channels, 1) if channels > 1 else y, sr, format=fmt)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("music")
+    return [_music(folder / "one.wav", 7.5, sr=8000), _music(folder / "two.flac", 5.2, channels=2, seed=1),
+            _music(folder / "three.mp3", 12.3, sr=44100, seed=2), _music(folder / "four.ogg", 3.1, seed=3)]
+
+
+@pytest.mark.parametrize("sr_in, seconds", [(44100, 7.3), (8000, 2.05), (22050, 0.02)])
+def test_streaming_decoding_equals_decoding_the_whole_file(tmp_path, sr_in, seconds):
+    path = _music(tmp_path / "x.wav", seconds, sr=sr_in, channels=2)
+    settings = features.FrontendSettings(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96)
+    whole = audio.load_audio(path, 16000)
+    blocks = list(audio.AudioStream(path, 16000, block_seconds=0.7))
+    np.testing.assert_array_equal(np.concatenate(blocks), whole)
+    mel = features.StreamingMel(settings)
+    streamed = np.concatenate([mel.push(b) for b in blocks] + [mel.finish()])
+    expected = features.mel_spectrogram(whole, settings)
+    assert streamed.shape == expected.shape == (1 + len(whole) // 256, 96)
+    np.testing.assert_allclose(streamed, expected, rtol=1e-4, atol=1e-7 * expected.max())
+
+
+def _options(out, **kw):
+    return LibraryOptions(output_dir=str(out), workers=kw.pop("workers", 1), top_n=0, **kw)
+
+
+def test_library_outputs_equal_the_tagger_and_the_summary_is_right(tagger, library, tmp_path):
+    out = tmp_path / "out"
+    result = tag_library(tagger, library, _options(out, workers=2, embeddings=True))
+    assert sorted(result.tagged) == sorted(library) and not result.failed and not result.skipped
+    rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
+    with open(out / "library.csv", newline="") as f:
+        table = {r["path"]: r for r in csv.DictReader(f)}
+    for path in library:
+        name = os.path.splitext(os.path.basename(path))[0]
+        record = json.loads((out / f"{name}.json").read_text())
+        scores = np.array([w["scores"] for w in record["windows"]])
+        # Streamed decoding and windows batched across files give the in-memory tagger's scores.
+        np.testing.assert_allclose(scores, tagger.tag(path).scores, atol=2e-6)
+        start, end = np.array([w["start"] for w in record["windows"]]), np.array([w["end"] for w in record["windows"]])
+        with np.load(out / f"{name}.embeddings.npz", allow_pickle=False) as npz:
+            np.testing.assert_allclose(npz["start"], start)
+            np.testing.assert_allclose(npz["end"], end)
+            # The penultimate layer: the output layer on the embeddings gives the scores.
+            w, b = (np.asarray(tagger.variables["params"]["out"][k]) for k in ("kernel", "bias"))
+            np.testing.assert_allclose(1 / (1 + np.exp(-(npz["embeddings"] @ w + b))), scores, atol=1e-5)
+        _check_summary_row(rows[path], table[path], record, scores, start, end)
+
+
+def _check_summary_row(row, csv_row, record, scores, start, end):
+    """The row recomputed from the file's own JSON: time on from the nearest window centre at
+    every instant, the strongest window, the top tags by mean score."""
+    tags, duration = record["tags"], record["duration"]
+    centres = (start + end) / 2
+    instants = np.linspace(0, duration, 20001)[:-1] + duration / 40000
+    nearest = np.abs(instants[:, None] - centres[None, :]).argmin(axis=1)
+    on = scores >= np.array(record["threshold"])
+    for j, tag in enumerate(tags):
+        assert row["share"][tag] == pytest.approx(on[nearest, j].mean(), abs=2e-3)
+        k = int(np.argmax(scores[:, j]))
+        assert row["strongest"][tag] == pytest.approx({"start": start[k], "end": end[k], "score": scores[k, j]},
+                                                      abs=1e-3)
+        assert float(csv_row[f"{tag} share"]) == pytest.approx(row["share"][tag], abs=1e-4)
+        assert float(csv_row[f"{tag} strongest score"]) == pytest.approx(row["strongest"][tag]["score"], abs=1e-4)
+    mean = scores.mean(axis=0)
+    assert [t for t, _ in row["top_tags"]] == [tags[i] for i in np.argsort(-mean, kind="stable")[:5]]
+    assert row["duration"] == pytest.approx(duration, abs=1e-3) and csv_row["model"] == record["model"]
+
+
+def test_rerun_redoes_only_what_changed(tagger, library, tmp_path):
+    files = [shutil.copy(p, tmp_path) for p in library]
+    out = tmp_path / "out"
+    assert len(tag_library(tagger, files, _options(out)).tagged) == 4
+    again = tag_library(tagger, files, _options(out))
+    assert again.tagged == [] and sorted(again.skipped) == sorted(files)
+    _music(files[0], 6.0, sr=8000, seed=9)                     # new content
+    shutil.copy(files[1], files[1] + ".bak")                   # same content, new mtime
+    os.replace(files[1] + ".bak", files[1])
+    changed = tag_library(tagger, files, _options(out))
+    assert changed.tagged == [files[0]] and len(changed.skipped) == 3
+    assert json.loads((out / "one.json").read_text())["duration"] == pytest.approx(6.0, abs=0.01)
+    assert len(tag_library(tagger, files, _options(out, force=True)).tagged) == 4
+    # Asking for another output (embeddings) redoes the files that lack it.
+    assert len(tag_library(tagger, files, _options(out, embeddings=True)).tagged) == 4
+    assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
+
+
+def test_bad_files_are_reported_and_the_others_tagged(tagger, library, tmp_path, capsys):
+    empty, corrupt, missing = tmp_path / "empty.wav", tmp_path / "corrupt.mp3", str(tmp_path / "gone.flac")
+    empty.write_bytes(b"")
+    corrupt.write_text("not audio at all\n" * 50)
+    files = [library[0], str(empty), str(corrupt), missing, library[3]]
+    out = tmp_path / "out"
+    result = tag_library(tagger, files, _options(out, workers=2))
+    assert sorted(result.tagged) == sorted([library[0], library[3]])
+    assert result.failed[str(empty)] == "audio file is empty (0 bytes)"
+    assert result.failed[str(corrupt)].startswith("cannot decode audio")
+    assert result.failed[missing] == "audio file not found"
+    err = capsys.readouterr().err
+    for path in (str(empty), str(corrupt), missing):
+        assert f"error: {path}: " in err
+    summary = json.loads((out / "library.json").read_text())
+    assert {f["path"] for f in summary["failed"]} == {str(empty), str(corrupt), missing}
+    assert [r["path"] for r in summary["files"]] == [library[0], library[3]]
+
+
+def _truncate_to(path, fraction):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:int(len(data) * fraction)])
+    return path
+
+
+def test_truncated_and_short_files_are_tagged_with_a_warning(tagger, tmp_path, capsys):
+    wav = _truncate_to(_music(tmp_path / "cut_wav.wav", 10.0, sr=8000), 0.3)
+    mp3 = _truncate_to(_music(tmp_path / "cut_mp3.mp3", 10.0), 0.3)
+    short = write_tone(tmp_path / "blip.wav", 0.4, sr=8000)
+    fine = [_music(tmp_path / f"fine_{ext}.{ext}", 4.0, fmt=ext.upper()) for ext in ("wav", "mp3", "flac", "ogg")]
+    out = tmp_path / "out"
+    result = tag_library(tagger, [wav, mp3, short, *fine], _options(out))
+    assert len(result.tagged) == 7 and not result.failed
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: {re.escape(wav)}: truncated: its header promises 10\.0 s of audio, its data hold "
+                     r"about 3\.0 s", err)
+    assert re.search(rf"warning: {re.escape(mp3)}: truncated: its header promises 10\.0 s of audio, its data hold "
+                     r"about 3\.\d s", err)
+    assert re.search(rf"warning: {re.escape(short)}: shorter than one window \(0\.40 s < 1\.02 s\)", err)
+    assert not any(f in err for f in fine)
+    record = json.loads((out / "cut_wav.json").read_text())
+    assert record["library"]["warnings"] and record["duration"] == pytest.approx(3.0, abs=0.05)
+
+
+def _samples(path):
+    return sf.read(path, dtype="float32")[0]
+
+
+def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys):
+    from jaxtag.data.tags import EMOTION_TAGS, short_tag
+    files = [shutil.copy(p, tmp_path) for p in library[:3]]     # wav, flac, mp3
+    before = {p: (_samples(p), open(p, "rb").read()) for p in files}
+    threshold = tagger.threshold
+    tagger.threshold = np.zeros_like(threshold)                  # every tag on: all 18 emotions are moods
+    try:
+        dry = tag_library(tagger, files, _options(tmp_path / "dry", write_tags=True, dry_run=True))
+        assert not dry.failed and all(open(p, "rb").read() == before[p][1] for p in files)
+        err = capsys.readouterr().err
+        assert all(f"{p}: would write" in err for p in files) and "model=cnn_lstm; tags=" in err
+        result = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
+        assert not result.failed
+        again = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
+    finally:
+        tagger.threshold = threshold
+    emotions = {short_tag(t) for t in EMOTION_TAGS}
+    for path in files:
+        fields = metadata.read_tags(path)
+        mood = next(v for k, v in fields.items() if "MOO" in k.upper())
+        model, tags = metadata.parse_jaxtag(next(v for k, v in fields.items() if "JAXTAG" in k.upper()))
+        assert model == "cnn_lstm" and len(tags) == 18 and set(mood.split("; ")) == emotions
+        np.testing.assert_array_equal(_samples(path), before[path][0])   # the audio is untouched
+    assert again.tagged == [] and len(again.skipped) == 3                # the new mtime was recorded
+
+
+def _tag_cli(*args):
+    return [sys.executable, "-m", "jaxtag.tag", *args]
+
+
+def _json_count(out):
+    return len([f for f in os.listdir(out) if f.endswith(".json") and not f.startswith("library")]) \
+        if os.path.isdir(out) else 0
+
+
+def _run_until(command, out, done: int, sig, log_dir):
+    """Start the tag command, send `sig` once `done` files have their JSON; its exit code and stderr
+    (through a file: a pipe could be held open by a worker)."""
+    with open(log_dir / "stderr", "w+") as err:
+        proc = subprocess.Popen(command, cwd=processes.REPO, env=processes.environment(), stdout=subprocess.DEVNULL,
+                                stderr=err, text=True)
+        deadline = time.time() + 600
+        while _json_count(out) < done and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        returncode = proc.wait(timeout=300)
+        err.seek(0)
+        return returncode, err.read()
+
+
+def _check_complete(out, files):
+    """Every file has all four outputs, each valid; no temporary file is left."""
+    from jaxtag.tagging.outputs import output_names
+    for path, name in output_names(files).items():
+        record = json.loads((out / f"{name}.json").read_text())
+        assert record["file"] == path and record["windows"]
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{name}.csv").read_text().startswith("Start_Time,End_Time,")
+        assert (out / f"{name}.html").read_text().rstrip().endswith("</html>")
+    with open(out / "library.csv", newline="") as f:
+        assert sorted(r["path"] for r in csv.DictReader(f)) == sorted(files)
+    assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
+
+
+@pytest.fixture(scope="module")
+def twelve(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("twelve")
+    return [_music(folder / f"song{i:02d}.{('wav', 'flac', 'mp3')[i % 3]}", 3.0 + i % 4, seed=i) for i in range(12)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
+def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trained, twelve, tmp_path, sig, code):
+    out = tmp_path / "out"
+    command = _tag_cli(f"--workdir={trained[1]}", os.path.dirname(twelve[0]), f"--output_dir={out}", "--workers=2")
+    returncode, err = _run_until(command, out, 4, sig, tmp_path)
+    assert returncode == code, err[-3000:]
+    if sig == signal.SIGINT:  # Ctrl-C: a clean stop, no traceback, temporary files removed
+        assert "interrupted: rerun the same command" in err and "Traceback" not in err
+        assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
+    finished = _json_count(out)
+    assert 4 <= finished < 12
+    rerun = subprocess.run(command, cwd=processes.REPO, env=processes.environment(), capture_output=True, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"tagged {12 - finished}, already done {finished}, failed 0 of 12" in rerun.stderr
+    _check_complete(out, twelve)
+
+
+def _chromium_dom(url, profile):
+    from test_html_page import _chromium
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--window-size=1200,800", "--virtual-time-budget=3000", "--dump-dom", url]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+
+
+USER_ACTIONS = """<script>
+// Test only: a user picks a tag, sorts by score (twice: highest first), then opens the first row's
+// strongest section.
+window.addEventListener("load", () => setTimeout(() => {
+  const select = document.getElementById("tag");
+  select.value = TAG; select.dispatchEvent(new Event("change"));
+  document.getElementById("sort").click(); document.getElementById("sort").click(); document.getElementById("sort").click();
+  document.body.dataset.rows = JSON.stringify([...document.querySelectorAll("#library tbody tr")]
+      .filter(tr => !tr.hidden).map(tr => [tr.dataset.name, tr.querySelector(".score").textContent]));
+  document.body.dataset.hiddenRows = String(document.querySelectorAll("#library tbody tr[hidden]").length);
+  if (OPEN) document.querySelector("#library tbody tr:not([hidden]) a.strongest").click();
+}, 200));
+</script></body>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_library_page_filters_sorts_and_opens_a_track_page_in_chromium(tagger, library, tmp_path):
+    out = tmp_path / "out"
+    tag_library(tagger, library, _options(out))
+    rows = json.loads((out / "library.json").read_text())["files"]
+    tag = rows[0]["top_tags"][1][0]   # a tag that is among some file's top tags
+    has = [r for r in rows if r["share"][tag] > 0 or tag in [t for t, _ in r["top_tags"]]]
+    expected = [r["name"] for r in sorted(has, key=lambda r: (-r["mean"][tag], r["path"]))]
+    page = (out / "index.html").read_text()
+    (out / "actions.html").write_text(page.replace("</body>", USER_ACTIONS.replace("TAG", json.dumps(tag))
+                                                   .replace("OPEN", "false")))
+    dom = _chromium_dom(f"file://{out / 'actions.html'}", tmp_path / "p1")
+    shown = json.loads(__import__("html").unescape(re.search(r'data-rows="([^"]*)"', dom).group(1)))
+    assert [name for name, _ in shown] == expected                    # filtered, highest score first
+    assert [float(s) for _, s in shown] == sorted((float(s) for _, s in shown), reverse=True)
+    assert int(re.search(r'data-hidden-rows="(\d+)"', dom).group(1)) == len(rows) - len(has)
+    (out / "open.html").write_text(page.replace("</body>", USER_ACTIONS.replace("TAG", json.dumps(tag))
+                                                .replace("OPEN", "true")))
+    dom = _chromium_dom(f"file://{out / 'open.html'}", tmp_path / "p2")
+    best = next(r for r in rows if r["name"] == expected[0])["strongest"][tag]
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert title == f"{os.path.basename(next(r['path'] for r in rows if r['name'] == expected[0]))} - jaxtag"
+    cursor = float(re.search(r'<div id="cursor"[^>]*data-time="([0-9.]+)"', dom).group(1))
+    assert cursor == pytest.approx(best["start"], abs=0.05)          # the track page opened at the section
