@@ -338,6 +338,8 @@ def library_benchmark() -> None:
     import json
     import subprocess
     import tempfile
+    from jaxtag import pretrained
+    pretrained.fetch()  # the weights are cached before anything is timed
     folder = _LIBRARY_DIR.value or tempfile.mkdtemp(prefix="jaxtag_library_bench_")
     os.makedirs(folder, exist_ok=True)
     minutes = 1 if _QUICK.value else 4
