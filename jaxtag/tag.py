@@ -82,7 +82,7 @@ def main(argv):
     options = LibraryOptions(output_dir=_OUTPUT_DIR.value, formats=tuple(_FORMATS.value), smooth=_SMOOTH.value,
                              workers=_WORKERS.value, force=_FORCE.value, embeddings=_EMBEDDINGS.value,
                              write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value, top_n=_TOP_N.value)
-    files = find_audio(inputs)
+    files = list(dict.fromkeys(find_audio(inputs)))  # a file named twice (itself and its folder) once
     result = tag_library(tagger, files, options)
     print(f"tagged {len(result.tagged)}, already done {len(result.skipped)}, failed {len(result.failed)} "
           f"of {len(files)} file(s) into {options.output_dir} (index: "

@@ -178,3 +178,24 @@ def test_files_of_different_lengths_in_one_bucket_compile_once(trained):
         for w in waves[1:]:
             fresh.tag(w, sr=8000)
     assert first["n"] >= 1 and more["n"] == 0
+
+
+def test_a_checkpoint_in_the_earlier_layout_still_tags(trained, tmp_path):
+    """Runs saved before the paper trunk became plain Flax kept its conv layers under trunk/convs/:
+    restored for inference, they tag exactly as the same weights in today's layout."""
+    from jaxtag.training import checkpoints
+    _, workdir, _ = trained
+    variables, meta = checkpoints.restore_for_inference(workdir)
+    trunk = variables["params"]["trunk"]
+    old = {**variables, "params": {**variables["params"], "trunk": {
+        "dense_0": trunk["dense_0"], "convs": {k: v for k, v in trunk.items() if k.startswith("conv")}}}}
+    assert "conv0" not in old["params"]["trunk"]
+    store = checkpoints.CheckpointStore(str(tmp_path / "old"))
+    try:
+        store.save(meta["step"], old, {"unused": np.zeros(1)}, meta, 1.0, True)
+        store.wait()
+    finally:
+        store.close()
+    y = np.random.default_rng(0).standard_normal(8000 * 5).astype(np.float32) * 0.1
+    np.testing.assert_array_equal(Tagger.from_workdir(str(tmp_path / "old")).tag(y, sr=8000).scores,
+                                  Tagger.from_workdir(workdir).tag(y, sr=8000).scores)

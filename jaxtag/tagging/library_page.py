@@ -31,9 +31,10 @@ let order = "";   // "", "desc" or "asc": by the score column
 for (const tag of L.tags) { const o = document.createElement("option"); o.value = tag; o.textContent = tag; select.appendChild(o); }
 function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
 function link(td, href, text) { const a = document.createElement("a"); a.href = href; a.textContent = text; td.appendChild(a); return a; }
-function score(f, tag) { return tag ? f.mean[tag] : f.top_tags[0][1]; }
+const column = Object.fromEntries(L.tags.map((t, j) => [t, j]));   // per-file values are arrays in tag order
+function score(f, tag) { return tag ? f.mean[column[tag]] : f.top_tags[0][1]; }
 // A file has a tag when it is on at some time, or is among the file's top tags.
-function has(f, tag) { return !tag || f.share[tag] > 0 || f.top_tags.some(([t]) => t === tag); }
+function has(f, tag) { return !tag || f.share[column[tag]] > 0 || f.top_tags.some(([t]) => t === tag); }
 function render() {
   const tag = select.value;
   const files = L.files.slice();
@@ -46,9 +47,12 @@ function render() {
     cell(tr, f.duration.toFixed(1) + " s", "num");
     cell(tr, f.top_tags.map(([t, s]) => t + " " + s.toFixed(2)).join(", "), "tags");
     cell(tr, score(f, tag).toFixed(3), "num score");
-    cell(tr, tag ? Math.round(100 * f.share[tag]) + "%" : "", "num");
+    cell(tr, tag ? Math.round(100 * f.share[column[tag]]) + "%" : "", "num");
     const best = cell(tr, "");
-    if (tag) { const s = f.strongest[tag]; link(best, encodeURIComponent(f.name) + ".html#t=" + s.start, s.start.toFixed(1) + "-" + s.end.toFixed(1) + " s").className = "strongest"; }
+    if (tag) {
+      const j = column[tag], start = f.start[j];
+      link(best, encodeURIComponent(f.name) + ".html#t=" + start, start.toFixed(1) + "-" + f.end[j].toFixed(1) + " s").className = "strongest";
+    }
     if (!has(f, tag)) tr.hidden = true;
     body.appendChild(tr);
   }
@@ -65,10 +69,19 @@ render();
 """
 
 
+def _page_row(row: dict, tags: list[str]) -> dict:
+    """A summary row with its per-tag values as arrays in tag order: tag names are not repeated in
+    every row (a page of 20,000 files stays tens of MB)."""
+    return {"path": row["path"], "name": row["name"], "duration": row["duration"], "top_tags": row["top_tags"],
+            "mean": [row["mean"][t] for t in tags], "share": [row["share"][t] for t in tags],
+            "start": [row["strongest"][t]["start"] for t in tags], "end": [row["strongest"][t]["end"] for t in tags]}
+
+
 def render_index(rows: list[dict], tags: list[str], model: str) -> str:
     """The library page of the summary rows (jaxtag.tagging.summary.track_summary)."""
     esc = lambda s: html.escape(str(s), quote=True)
     total = sum(r["duration"] for r in rows)
+    data = {"files": [_page_row(r, tags) for r in rows], "tags": tags}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>jaxtag library - {len(rows)} files</title>
@@ -81,7 +94,7 @@ def render_index(rows: list[dict], tags: list[str], model: str) -> str:
 <button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>
 <table id="library"><thead><tr><th>file</th><th>duration</th><th>top tags (mean score)</th><th>score</th>
 <th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
-<script type="application/json" id="library-data">{_json_for_script({"files": rows, "tags": tags})}</script>
+<script type="application/json" id="library-data">{_json_for_script(data)}</script>
 <script>
 {SCRIPT}</script></body></html>
 """

@@ -122,7 +122,18 @@ def restore_for_inference(workdir: str, which: str = BEST) -> tuple[Any, dict]:
             variables=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     finally:
         mngr.close()
-    return out["variables"], out["meta"]
+    return upgrade_variables(out["variables"]), out["meta"]
+
+
+def upgrade_variables(variables: dict) -> dict:
+    """Variables saved by earlier jaxtag versions in today's layout: the paper trunk's conv layers
+    were under trunk/convs/ (an nn.scan); they are now trunk/conv0, trunk/conv1, ..."""
+    params = variables.get("params", {})
+    trunk = params.get("trunk")
+    if not isinstance(trunk, dict) or "convs" not in trunk:
+        return variables
+    trunk = {**{k: v for k, v in trunk.items() if k != "convs"}, **trunk["convs"]}
+    return {**variables, "params": {**params, "trunk": trunk}}
 
 
 def checkpoint_threshold(meta: dict, n_tags: int) -> np.ndarray:
