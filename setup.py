@@ -29,10 +29,11 @@ setup(
         "scikit-learn>=1.4",  # ROC-AUC, average precision, the F1-optimal threshold
         "soxr>=0.3",          # streaming resampling of long files (librosa's own resampler)
         "mutagen>=1.45",      # --write_tags: tags into MP3, WAV, FLAC, Ogg and M4A files
+        "av>=14",             # FFmpeg's decoders for M4A/AAC (iTunes, Apple Music), which libsndfile lacks
     ],
     extras_require={
-        # dill: imported by tfds.testing; av: an AAC encoder and decoder for the M4A tag tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "av>=14"],
+        # dill: imported by tfds.testing.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill"],
     },
     entry_points={
         "console_scripts": [

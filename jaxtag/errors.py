@@ -23,3 +23,15 @@ class ConfigError(JaxtagError, ValueError):
 
 class CheckpointError(JaxtagError):
     """A workdir has no usable checkpoint."""
+
+
+def problem_of(error: BaseException) -> str:
+    """A failure in words, for a report that names the file already: a DataError's problem, an
+    OSError's reason, any other error with its type."""
+    if isinstance(error, DataError):
+        return error.problem
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    if isinstance(error, JaxtagError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"

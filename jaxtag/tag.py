@@ -50,6 +50,8 @@ def _check_flags(inputs) -> None:
     unknown = [f for f in _FORMATS.value if f not in FORMATS]
     if unknown:
         raise app.UsageError(f"--formats: unknown {unknown}; known: {list(FORMATS)}")
+    if "json" not in _FORMATS.value:
+        raise app.UsageError("--formats must include json (each file's taggram, and its part of the library summary)")
     if _DRY_RUN.value and not _WRITE_TAGS.value:
         raise app.UsageError("--dry_run goes with --write_tags")
     if _WORKERS.value < 0:
@@ -79,10 +81,11 @@ def main(argv):
     except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    options = LibraryOptions(output_dir=_OUTPUT_DIR.value, formats=tuple(_FORMATS.value), smooth=_SMOOTH.value,
-                             workers=_WORKERS.value, force=_FORCE.value, embeddings=_EMBEDDINGS.value,
-                             write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value, top_n=_TOP_N.value)
-    files = list(dict.fromkeys(find_audio(inputs)))  # a file named twice (itself and its folder) once
+    files = list(dict.fromkeys(find_audio([os.path.expanduser(i) for i in inputs])))  # each file once
+    options = LibraryOptions(output_dir=os.path.expanduser(_OUTPUT_DIR.value), formats=tuple(_FORMATS.value),
+                             smooth=_SMOOTH.value, workers=_WORKERS.value, force=_FORCE.value,
+                             embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
+                             top_n=_TOP_N.value, embed_audio=len(files) == 1)
     result = tag_library(tagger, files, options)
     print(f"tagged {len(result.tagged)}, already done {len(result.skipped)}, failed {len(result.failed)} "
           f"of {len(files)} file(s) into {options.output_dir} (index: "

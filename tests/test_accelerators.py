@@ -97,3 +97,23 @@ def test_bfloat16_compute_trains_with_float32_state_close_to_float32(name, data_
     # where float32 moved clearly.
     clear = np.abs(m32) > 1e-4
     assert clear.sum() > 1000 and np.mean(np.sign(m16[clear]) == np.sign(m32[clear])) > 0.9
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_musicnn_tagger_and_transfer_train_step_lower_for_accelerators(platform, data_dir, pretrained_cache,
+                                                                     monkeypatch):
+    from conftest import tiny_musicnn_config
+    from jaxtag.models.musicnn import MusicnnTagger
+    tagger = MusicnnTagger()
+    mel = jax.ShapeDtypeStruct((1, 4, 187, 96), jnp.float32)
+    variables = jax.eval_shape(lambda: tagger.init(jax.random.PRNGKey(0), jnp.zeros((1, 1, 187, 96))))
+    apply = jax.jit(lambda v, m: tagger.apply(v, m))
+    assert export.export(apply, platforms=[platform])(variables, mel).out_avals[0].shape == (1, 4, 50)
+    # musicnn_lstm fine-tuning: the multi_transform optimizer and the frozen batch statistics.
+    monkeypatch.setenv("JAXTAG_CACHE", pretrained_cache)
+    config = tiny_musicnn_config(data_dir, **{"model.freeze_trunk": False})
+    model = create_model(config.model, 18, backend=platform)
+    state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
+    exported = export.export(steps.make_train_step(model, "margin"), platforms=[platform])(
+        _spec(state), _batch_spec(window=64, n_mels=96), KEY)
+    assert exported.platforms == (platform,)

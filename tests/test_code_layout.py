@@ -31,21 +31,33 @@ def long_functions(package_dir: str, limit: int = MAX_FUNCTION_LINES) -> list[st
     return found
 
 
+def _imported(node, modules: dict) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        return [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                for a in node.names]
+    return []
+
+
 def import_cycles(package_dir: str) -> list[list[str]]:
-    """Strongly connected groups of modules that import each other, directly or through others
-    (imports anywhere in a module, including inside functions)."""
+    """Strongly connected groups of modules that import each other, directly or through others.
+    Imports anywhere in a module count, inside functions too; a module-level import of a.b.c also
+    runs a.b's __init__, unless a.b is a package of the importing module itself (then it is being
+    imported already; the root package always is)."""
     modules = _modules(package_dir)
     package = os.path.basename(package_dir)
     graph = collections.defaultdict(set)
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                         for a in node.names]
-            graph[module].update(n for n in names if n in modules and n.split(".")[0] == package)
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        top_level = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            for name in _imported(node, modules):
+                parts, own = name.split("."), module.split(".")
+                parents = [".".join(parts[:k]) for k in range(2, len(parts))
+                           if parts[:k] != own[:k]] if id(node) in top_level else []
+                graph[module].update(n for n in [name, *parents] if n in modules and n.split(".")[0] == package
+                                     and n != module)
     index, low, stack, on_stack, cycles = {}, {}, [], set(), []
 
     def visit(v):  # Tarjan's strongly connected components
@@ -93,3 +105,8 @@ def test_the_checks_find_a_long_function_and_a_cycle(tmp_path):
     (pkg / "c.py").write_text("import pkg.a\n")
     assert [entry.split(" ")[1] for entry in long_functions(str(pkg))] == ["f"]
     assert import_cycles(str(pkg)) == [["pkg.a", "pkg.sub.b"]]
+    # Importing pkg.sub.b at module level runs pkg/sub/__init__.py, which imports d (lazily).
+    (pkg / "sub" / "b.py").write_text("x = 1\n")
+    (pkg / "sub" / "__init__.py").write_text("def lazy():\n    import pkg.d\n")
+    (pkg / "d.py").write_text("import pkg.sub.b\n")
+    assert import_cycles(str(pkg)) == [["pkg.d", "pkg.sub"]]

@@ -165,8 +165,9 @@ def test_truncated_and_short_files_are_tagged_with_a_warning(tagger, tmp_path, c
                      r"about 3\.\d s", err)
     assert re.search(rf"warning: {re.escape(short)}: shorter than one window \(0\.40 s < 1\.02 s\)", err)
     assert not any(f in err for f in fine)
-    record = json.loads((out / "cut_wav.json").read_text())
-    assert record["library"]["warnings"] and record["duration"] == pytest.approx(3.0, abs=0.05)
+    assert json.loads((out / "cut_wav.json").read_text())["duration"] == pytest.approx(3.0, abs=0.05)
+    record = json.loads((out / ".jaxtag" / "records" / "cut_wav.json").read_text())
+    assert record["warnings"][0].startswith("truncated: its header promises 10.0 s")
 
 
 def _samples(path):
@@ -203,9 +204,10 @@ def _tag_cli(*args):
     return [sys.executable, "-m", "jaxtag.tag", *args]
 
 
-def _json_count(out):
-    return len([f for f in os.listdir(out) if f.endswith(".json") and not f.startswith("library")]) \
-        if os.path.isdir(out) else 0
+def _record_count(out):
+    """Files done: those with a record (written after all their outputs)."""
+    records = os.path.join(out, ".jaxtag", "records")
+    return len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
 
 
 def _run_until(command, out, done: int, sig, log_dir):
@@ -215,7 +217,7 @@ def _run_until(command, out, done: int, sig, log_dir):
         proc = subprocess.Popen(command, cwd=processes.REPO, env=processes.environment(), stdout=subprocess.DEVNULL,
                                 stderr=err, text=True)
         deadline = time.time() + 600
-        while _json_count(out) < done and proc.poll() is None and time.time() < deadline:
+        while _record_count(out) < done and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
         proc.send_signal(sig)
         returncode = proc.wait(timeout=300)
@@ -253,7 +255,7 @@ def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trai
     if sig == signal.SIGINT:  # Ctrl-C: a clean stop, no traceback, temporary files removed
         assert "interrupted: rerun the same command" in err and "Traceback" not in err
         assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
-    finished = _json_count(out)
+    finished = _record_count(out)
     assert 4 <= finished < 12
     rerun = subprocess.run(command, cwd=processes.REPO, env=processes.environment(), capture_output=True, text=True,
                            timeout=600)
@@ -310,3 +312,129 @@ def test_library_page_filters_sorts_and_opens_a_track_page_in_chromium(tagger, l
     assert title == f"{os.path.basename(next(r['path'] for r in rows if r['name'] == expected[0]))} - jaxtag"
     cursor = float(re.search(r'<div id="cursor"[^>]*data-time="([0-9.]+)"', dom).group(1))
     assert cursor == pytest.approx(best["start"], abs=0.05)          # the track page opened at the section
+
+
+def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library, tmp_path, monkeypatch):
+    files = [shutil.copy(p, tmp_path) for p in library[:3]]
+    out = tmp_path / "out"
+    assert len(tag_library(tagger, files, _options(out, formats=("json",))).tagged) == 3
+    # Every format now: the runs that wrote only JSON do not count as done.
+    assert len(tag_library(tagger, files, _options(out)).tagged) == 3
+    assert all((out / f"{n}.html").exists() for n in ("one", "two", "three"))
+    # A write that fails half-way (after the JSON, before the page) leaves the file without a
+    # record: the next run redoes it, and only it.
+    from jaxtag.tagging import html_page
+
+    def broken_page(taggram, *args, **kw):
+        if taggram.source == files[1]:
+            raise OSError(28, "No space left on device")
+        return real_page(taggram, *args, **kw)
+
+    real_page = html_page.render_html
+    monkeypatch.setattr(html_page, "render_html", broken_page)
+    forced = tag_library(tagger, files, _options(out, force=True))
+    assert forced.failed == {files[1]: "No space left on device"} and len(forced.tagged) == 2
+    monkeypatch.setattr(html_page, "render_html", real_page)
+    resumed = tag_library(tagger, files, _options(out))
+    assert resumed.tagged == [files[1]] and sorted(resumed.skipped) == sorted([files[0], files[2]])
+    # Another model (here: another threshold) redoes everything.
+    threshold = tagger.threshold
+    tagger.threshold = threshold * 0.5
+    try:
+        assert len(tag_library(tagger, files, _options(out)).tagged) == 3
+    finally:
+        tagger.threshold = threshold
+
+
+def test_a_worker_that_dies_is_named_and_the_others_are_tagged(tagger, library, tmp_path):
+    from helpers.crashing_decoder import decode_or_crash
+    crash = shutil.copy(library[0], str(tmp_path / "crash_me.wav"))
+    files = [library[1], crash, library[2], library[3]]
+    result = tag_library(tagger, files, _options(tmp_path / "out", workers=2), decode=decode_or_crash)
+    assert sorted(result.tagged) == sorted([library[1], library[2], library[3]])
+    assert result.failed == {crash: "decoding it killed the worker process (a crash in the audio decoder, or out "
+                                    "of memory)"}
+    assert [r["path"] for r in json.loads((tmp_path / "out" / "library.json").read_text())["files"]] == \
+        [library[1], library[2], library[3]]
+
+
+def test_names_stay_with_their_files_and_never_take_the_library_files(tagger, library, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = shutil.copy(library[0], str(tmp_path / "a" / "song.wav"))
+    out = tmp_path / "out"
+    tag_library(tagger, [first], _options(out))
+    assert (out / "song.json").exists()
+    # Another song.wav joins the library: the first keeps its outputs' name, the new one is hashed.
+    second = shutil.copy(library[1], str(tmp_path / "b" / "song.flac"))
+    result = tag_library(tagger, [first, second], _options(out))
+    assert result.skipped == [first] and result.tagged == [second]
+    from jaxtag.tagging.outputs import output_name
+    assert json.loads((out / f"{output_name(second)}.json").read_text())["file"] == second
+    # Tracks named like the library's own files get hashed names; the summary stays the summary.
+    named = [shutil.copy(library[0], str(tmp_path / "library.wav")), shutil.copy(library[3], str(tmp_path / "index.ogg"))]
+    tag_library(tagger, named, _options(out))
+    assert sorted(r["path"] for r in json.loads((out / "library.json").read_text())["files"]) == sorted(named)
+    assert (out / "index.html").read_text().startswith("<!DOCTYPE html>") and "jaxtag library" in \
+        (out / "index.html").read_text()
+    assert all((out / f"{output_name(p)}.json").exists() for p in named)
+
+
+def test_a_file_gone_since_the_last_run_is_reported_and_the_run_goes_on(tagger, library, tmp_path):
+    files = [shutil.copy(p, tmp_path) for p in library[:2]]
+    tag_library(tagger, files, _options(tmp_path / "out"))
+    os.remove(files[0])
+    result = tag_library(tagger, files, _options(tmp_path / "out"))
+    assert result.failed == {files[0]: "audio file not found"} and result.skipped == [files[1]]
+
+
+def test_library_pages_link_the_audio_and_a_single_file_embeds_it(tagger, library, tmp_path):
+    out = tmp_path / "out"
+    tag_library(tagger, library[:2], _options(out))
+    page = (out / "one.html").read_text()
+    relative = os.path.relpath(library[0], out).replace(os.sep, "/")
+    assert f'src="{relative}"' in page and "base64," not in page
+    tag_library(tagger, library[:1], _options(tmp_path / "single", embed_audio=True))
+    assert 'src="data:audio/wav;base64,' in (tmp_path / "single" / "one.html").read_text()
+
+
+def test_tags_written_by_another_program_do_not_make_a_file_new(tagger, library, tmp_path):
+    from mutagen.flac import FLAC
+    files = [shutil.copy(p, tmp_path) for p in library[:2]]     # wav, flac
+    out = tmp_path / "out"
+    tag_library(tagger, files, _options(out))
+    tagged = FLAC(files[1])
+    tagged["title"] = "renamed by a tag editor"
+    tagged.save()
+    assert tag_library(tagger, files, _options(out)).tagged == []
+
+
+def test_hidden_files_are_passed_over_and_m4a_and_unwritable_formats_work(tagger, tmp_path, capsys):
+    import av
+    from jaxtag.tagging.outputs import find_audio
+    folder = tmp_path / "music"
+    (folder / ".hidden").mkdir(parents=True)
+    _music(folder / "x.wav", 2.0, sr=8000)
+    (folder / "._x.wav").write_bytes(b"\x00\x05\x16\x07AppleDouble")
+    _music(folder / ".hidden" / "y.wav", 2.0, sr=8000)
+    aiff = _music(folder / "z.aiff", 3.0, sr=8000, fmt="AIFF")
+    m4a = str(folder / "w.m4a")
+    with av.open(m4a, "w") as container:                        # FFmpeg's AAC encoder
+        stream = container.add_stream("aac", rate=44100)
+        y = _samples(_music(tmp_path / "src.wav", 3.0, sr=44100))
+        for i in range(0, len(y), 1024):
+            frame = av.AudioFrame.from_ndarray(y[None, i:i + 1024].copy(), format="fltp", layout="mono")
+            frame.sample_rate = 44100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    files = find_audio([str(folder)])
+    assert files == [m4a, str(folder / "x.wav"), aiff]
+    result = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
+    assert not result.failed and len(result.tagged) == 3
+    assert "model=cnn_lstm" in next(v for k, v in metadata.read_tags(m4a).items() if "JAXTAG" in k)
+    assert re.search(rf"warning: {re.escape(aiff)}: tags not written: jaxtag cannot write tags into .aiff",
+                     capsys.readouterr().err)
+    m4a_seconds = json.loads((tmp_path / "out" / "w.json").read_text())["duration"]
+    assert m4a_seconds == pytest.approx(3.0, abs=0.1)

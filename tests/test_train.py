@@ -225,7 +225,7 @@ def test_eval_mode_uses_the_checkpoint_model_settings_and_refuses_another_model(
     config, original, result = trained
     workdir = str(tmp_path / "run")
     shutil.copytree(original, workdir)
-    # The command's config says other sizes (and another chunking): the checkpoint's are used.
+    # The command's config says other sizes and another split: the checkpoint's are used.
     other = tiny_config(config.data.data_dir, **{"model.lstm_size": 99, "model.dense_sizes": (7, 5, 3),
                                                   "data.split_seed": 5})
     again = evaluate_checkpoint(other, workdir, "test")
@@ -251,7 +251,9 @@ def test_metrics_file_parses_as_strict_json(trained):
         raise ValueError(f"non-standard JSON constant {constant}")
 
     with open(os.path.join(workdir, "eval", "test_metrics.json")) as f:
-        json.loads(f.read(), parse_constant=refuse)
+        text = f.read()
+    json.loads(text, parse_constant=refuse)
+    assert "null" in text  # the tiny test split leaves some tags one-class: undefined metrics are null
 
 
 def test_count_compilations_unregisters_its_listener(data_dir):
@@ -261,3 +263,22 @@ def test_count_compilations_unregisters_its_listener(data_dir):
         assert len(monitoring.get_event_duration_listeners()) == before + 1
         jax.jit(lambda x: x * 3 + 1)(np.arange(5.0)).block_until_ready()
     assert len(monitoring.get_event_duration_listeners()) == before and compiled["n"] == 1
+
+
+def test_resuming_a_checkpoint_of_the_earlier_layout_says_why_it_cannot(trained, tmp_path):
+    """Training workdirs from before the paper trunk became plain Flax tag and evaluate (see
+    test_tagger.py) but cannot resume: a clear CheckpointError, not orbax's tree mismatch."""
+    from jaxtag.errors import CheckpointError
+    from jaxtag.training.loop import restore_or_initialize, set_up_run
+    config, workdir, _ = trained
+    variables, meta = checkpoints.restore_for_inference(workdir)
+    trunk = variables["params"]["trunk"]
+    old = {**variables, "params": {**variables["params"], "trunk": {
+        "dense_0": trunk["dense_0"], "convs": {k: v for k, v in trunk.items() if k.startswith("conv")}}}}
+    run = set_up_run(config, str(tmp_path / "old"))
+    state, _ = restore_or_initialize(run)  # a fresh run: nothing to resume
+    run.store.save(meta["step"], old, state.opt_state, meta, 1.0, True)
+    run.store.wait()
+    with pytest.raises(CheckpointError, match=r"saved by an earlier jaxtag .* cannot resume from it; use a new"):
+        restore_or_initialize(run)
+    run.store.close()

@@ -11,7 +11,10 @@ import numpy as np
 
 from jaxtag.errors import DataError
 
-AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".oga", ".aiff", ".aif")
+# Decoded by libsndfile (through soundfile); and by FFmpeg (through PyAV): AAC in MP4 (iTunes, Apple Music).
+SNDFILE_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".oga", ".aiff", ".aif")
+PYAV_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac")
+AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS + PYAV_EXTENSIONS
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
@@ -53,6 +56,8 @@ def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
     import soundfile as sf
     path = os.fspath(path)
     check_audio_file(path)
+    if os.path.splitext(path)[1].lower() in PYAV_EXTENSIONS:
+        return np.concatenate(list(AudioStream(path, target_sr)))
     try:
         samples, sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors.
@@ -136,18 +141,15 @@ class AudioStream:
         self.warnings: list[str] = []
 
     def __iter__(self):
-        import soundfile as sf
         path = self.path
         check_audio_file(path)
-        try:
-            f = sf.SoundFile(path)
-        except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors
-            raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
-        with f:
+        extension = os.path.splitext(path)[1].lower()
+        opened = _open_pyav(path) if extension in PYAV_EXTENSIONS else _open_sndfile(path)
+        with opened as f:
             sr = f.samplerate
             self.promised_seconds = f.frames / sr if sr > 0 else 0.0
             yield from self._blocks(f, sr)
-        self._check_length(os.path.splitext(path)[1].lower())
+        self._check_length(extension)
 
     def _blocks(self, f, sr: int):
         resampler = None
@@ -194,3 +196,67 @@ class AudioStream:
             promised, held = shortfall
             self.warnings.append(f"truncated: its header promises {promised:.1f} s of audio, its data hold "
                                  f"about {held:.1f} s (tagged as decoded)")
+
+
+def _open_sndfile(path: str):
+    import soundfile as sf
+    try:
+        return sf.SoundFile(path)
+    except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors
+        raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
+
+
+def _open_pyav(path: str) -> "_PyAVReader":
+    try:
+        import av
+    except ImportError:
+        raise DataError(path, "decoding this format needs PyAV: pip install av") from None
+    try:
+        return _PyAVReader(av.open(path))
+    except Exception as e:  # FFmpeg reports corrupt/unknown files as various errors
+        raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
+
+
+class _PyAVReader:
+    """The part of soundfile.SoundFile that AudioStream uses (samplerate, frames, read), over
+    FFmpeg's decoder: blocks of float32 [n, channels]."""
+
+    def __init__(self, container):
+        self.container = container
+        streams = container.streams.audio
+        if not streams:
+            container.close()
+            raise ValueError("no audio stream")
+        self.stream = streams[0]
+        self.samplerate = int(self.stream.codec_context.sample_rate or 0)
+        seconds = (float(self.stream.duration * self.stream.time_base) if self.stream.duration
+                   else (container.duration or 0) / 1e6)
+        self.frames = int(round(seconds * self.samplerate))
+        self._frames = container.decode(self.stream)
+        self._pending = np.zeros((0, self.stream.codec_context.channels or 1), np.float32)
+
+    def read(self, n: int, dtype="float32", always_2d=True) -> np.ndarray:
+        del dtype, always_2d
+        parts, have = [self._pending], len(self._pending)
+        while have < n:
+            frame = next(self._frames, None)
+            if frame is None:
+                break
+            samples = frame.to_ndarray().astype(np.float32)
+            if frame.format.is_planar:
+                samples = samples.T                                   # [n, channels]
+            else:
+                samples = samples.reshape(-1, len(frame.layout.channels))
+            if frame.format.name.startswith(("s16", "s32", "u8")):    # integer samples: to [-1, 1]
+                samples /= {"s16": 2 ** 15, "s32": 2 ** 31, "u8": 2 ** 7}[frame.format.name[:3].rstrip("p")]
+            parts.append(samples)
+            have += len(samples)
+        data = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        self._pending = data[n:]
+        return data[:n]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.container.close()

@@ -74,10 +74,11 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-# The data settings a checkpoint fixes: its frontend, tags, label rules and split (evaluating on
-# another split could score training tracks). Where the data lives comes from the command's config.
+# The data settings a checkpoint fixes: its frontend, tags, label set and rules, and split
+# (evaluating on another split could score training tracks). Where the data lives comes from the
+# command's config.
 _CHECKPOINT_DATA_FIELDS = tuple(f for f in FrontendSettings.__dataclass_fields__) + (
-    "tags", "unannotated", "split_seed", "split_fractions", "synthetic")
+    "tags", "label_set", "unannotated", "split_seed", "split_fractions", "synthetic")
 
 
 def evaluation_config(config, meta: dict, workdir: str) -> ml_collections.ConfigDict:

@@ -73,26 +73,6 @@ def pretrained_trunk(model_config) -> str | None:
     return model_config.get("pretrained", "musicnn-msd")
 
 
-def with_pretrained_trunk(model_config, variables: dict, cache_dir=None) -> dict:
-    """variables with the trunk's published weights in place of their random initialisation
-    (fetched on first use); unchanged for models without a pretrained trunk."""
-    name = pretrained_trunk(model_config)
-    if name is None:
-        return variables
-    from jaxtag.pretrained import load_pretrained
-    pretrained, _ = load_pretrained(name, cache_dir)
-    out = {collection: dict(tree) for collection, tree in variables.items()}
-    for collection, tree in out.items():
-        mine = tree["trunk"]["musicnn"]
-        # The trunk uses musicnn up to its penultimate layer: every one of its variables is there.
-        theirs = {k: pretrained[collection][k] for k in mine}
-        shapes = jax.tree.map(np.shape, (mine, theirs))
-        if shapes[0] != shapes[1]:
-            raise ValueError(f"the {name} weights do not fit the musicnn trunk: {shapes}")
-        tree["trunk"] = {**tree["trunk"], "musicnn": jax.tree.map(jnp.asarray, theirs)}
-    return out
-
-
 def to_probabilities(scores, output_activation: str) -> np.ndarray:
     """Model outputs as probabilities: sigmoid outputs pass through, logits get a sigmoid."""
     if output_activation == "none":

@@ -58,14 +58,25 @@ def ignore_interrupts() -> None:
             pass
 
 
-def file_stamp(path: str) -> dict:
-    """size, mtime and sha256 of a file: what says it is the same content on a rerun."""
-    st = os.stat(path)
+def content_fingerprint(path: str) -> str:
+    """What says a file holds the same audio on a rerun: the sha256 of its audio stream without
+    its tags where jaxtag can walk its format (so tags written by --write_tags, a tag editor or a
+    player do not count as a change), else of the whole file."""
+    from jaxtag.tagging.metadata import audio_fingerprint
+    audio = audio_fingerprint(path)
+    if audio is not None:
+        return f"audio:{audio}"
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    return f"file:{digest.hexdigest()}"
+
+
+def file_stamp(path: str) -> dict:
+    """size, mtime and content fingerprint of a file, as it is about to be read."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "content": content_fingerprint(path)}
 
 
 class _Envelope:
@@ -96,16 +107,14 @@ class _Envelope:
 def decode_file(path: str, frontend: dict, tmp_dir: str) -> DecodedFile | DecodeFailure:
     """Worker: decode `path` into mel frames in a file under tmp_dir. Never raises: a file that
     cannot be decoded is a DecodeFailure saying why."""
-    from jaxtag.errors import DataError
+    from jaxtag.errors import problem_of
     frames_path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32")
     try:
         return _decode(path, FrontendSettings(**frontend), frames_path)
     except Exception as e:  # noqa: BLE001 - reported for this file; the others go on
         if os.path.exists(frames_path):
             os.remove(frames_path)
-        problem = e.problem if isinstance(e, DataError) else (
-            e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}")
-        return DecodeFailure(path, str(problem))
+        return DecodeFailure(path, problem_of(e))
 
 
 def _decode(path: str, settings: FrontendSettings, frames_path: str) -> DecodedFile:

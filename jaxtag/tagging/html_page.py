@@ -14,8 +14,9 @@ import urllib.parse
 
 from jaxtag.tagging.taggram import Taggram
 
-# Audio up to this size is embedded in the page (one self-contained file to share); a larger file
-# (a long recording; a library, where embedding would double its size on disk) is linked instead.
+# Audio up to this size may be embedded in the page (one self-contained file to share); a larger
+# file (a long recording) is linked instead, as are a library's files (embedding them all would
+# make the output folder a third larger than the library).
 MAX_EMBED_BYTES = 16 * 1024 * 1024
 MIME = {".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg", ".opus": "audio/ogg",
         ".flac": "audio/flac", ".wav": "audio/wav"}
@@ -99,11 +100,11 @@ showTime(player.currentTime);
 """
 
 
-def _player(audio_path: str | None, name: str, page_dir: str | None = None) -> str:
-    """An <audio> element with the file embedded as a data URI when it is small, else linked by
+def _player(audio_path: str | None, name: str, page_dir: str | None = None, embed: bool = True) -> str:
+    """An <audio> element with the file embedded as a data URI when asked and small, else linked by
     its path relative to the page's folder (the page then plays while the file stays in place)."""
     if audio_path and os.path.isfile(audio_path):
-        if os.path.getsize(audio_path) <= MAX_EMBED_BYTES:
+        if (embed or page_dir is None) and os.path.getsize(audio_path) <= MAX_EMBED_BYTES:
             mime = MIME.get(os.path.splitext(audio_path)[1].lower(), "application/octet-stream")
             with open(audio_path, "rb") as f:
                 data = base64.b64encode(f.read()).decode("ascii")
@@ -120,7 +121,8 @@ def _escape(value) -> str:
     return html.escape(str(value), quote=True)
 
 
-def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None = None) -> str:
+def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None = None,
+                embed_audio: bool = True) -> str:
     """The listening page of one tagged file, as one HTML document (self-contained but for a
     large audio file, linked relative to page_dir, the folder the page is written to)."""
     name = os.path.basename(taggram.source)
@@ -137,7 +139,7 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
 <h1>{_escape(name)}</h1>
 <div class="meta">duration {taggram.duration:.1f} s &middot; model {_escape(taggram.model)} &middot;
 {len(taggram.tags)} tags &middot; {len(taggram.start)} windows</div>
-{_player(audio_path, name, page_dir)}
+{_player(audio_path, name, page_dir, embed_audio)}
 <div id="view"><div id="labels">{rows}</div>
 <div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>
 <div id="now">Active now: <em id="now-tags"></em></div>

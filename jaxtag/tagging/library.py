@@ -3,10 +3,11 @@
 - Worker processes decode files into mel frames ahead of the model (jaxtag.tagging.decoding);
   the model takes windows of several files together, in fixed chunks; memory is bounded for any
   file length (audio and frames stream through blocks and a temporary file).
-- Every output is written atomically, NAME.json last: it records the file's size, mtime and
-  sha256 and the model and settings, so a rerun skips a file whose outputs exist for the same
-  content and model (--force redoes it). A run killed at any moment and rerun ends with a complete,
-  valid set and redoes only what was unfinished. Ctrl-C stops cleanly (exit 130).
+- Every output is written atomically, and a file's record (OUT/.jaxtag/records/NAME.json) last:
+  it names the outputs written, the file's size, mtime and content fingerprint (its audio stream
+  without tags), the model and settings. A file being redone loses its record first. A rerun skips
+  a file whose record matches (--force redoes it); a run killed at any moment and rerun ends with a
+  complete, valid set and redoes only what was unfinished. Ctrl-C stops cleanly (exit 130).
 - One bad file never stops the others: it is reported on stderr with its problem.
 - OUT/library.csv, OUT/library.json and OUT/index.html summarise every tagged file.
 """
@@ -23,9 +24,9 @@ import time
 
 import numpy as np
 
-from jaxtag.errors import DataError, JaxtagError
+from jaxtag.errors import DataError, problem_of
 from jaxtag.tagging import decoding, summary
-from jaxtag.tagging.library_page import render_index
+from jaxtag.tagging.library_page import write_index
 from jaxtag.tagging.outputs import FORMATS, TMP_MARK, output_names, write_atomic, write_outputs
 
 RECORD_VERSION = 1
@@ -42,6 +43,7 @@ class LibraryOptions:
     write_tags: bool = False     # the track's tags into the file's own metadata
     dry_run: bool = False        # with write_tags: only say what would be written
     top_n: int = 3               # top tags printed per file
+    embed_audio: bool = False    # the audio in each track page (for a single file to share), else linked
 
 
 @dataclasses.dataclass
@@ -61,35 +63,47 @@ def settings_of(tagger, options: LibraryOptions) -> dict:
     return {"version": RECORD_VERSION, "model": tagger.fingerprint, "smooth": options.smooth}
 
 
-def _record_path(output_dir: str, name: str) -> str:
-    return os.path.join(output_dir, f"{name}.json")
+RECORDS = os.path.join(".jaxtag", "records")
 
 
-def _wanted_outputs(output_dir: str, name: str, options: LibraryOptions) -> list[str]:
-    paths = [os.path.join(output_dir, f"{name}.{fmt}") for fmt in options.formats if fmt != "json"]
-    if options.embeddings:
-        paths.append(os.path.join(output_dir, f"{name}.embeddings.npz"))
-    return paths + [_record_path(output_dir, name)]
+def record_path(output_dir: str, name: str) -> str:
+    return os.path.join(output_dir, RECORDS, f"{name}.json")
 
 
-def finished_record(path: str, name: str, options: LibraryOptions, settings: dict) -> dict | None:
-    """The record of a file whose outputs are all there for its current content and the same
-    model and settings, else None."""
+def read_record(output_dir: str, name: str) -> dict | None:
+    """A file's record, or None where there is none (or it cannot be read: the file is redone)."""
     try:
-        with open(_record_path(options.output_dir, name), encoding="utf-8") as f:
-            record = json.load(f)["library"]
-    except (OSError, ValueError, KeyError, TypeError):
+        with open(record_path(output_dir, name), encoding="utf-8") as f:
+            record = json.load(f)
+        return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
         return None
-    if record.get("settings") != settings or record.get("source", {}).get("path") != os.path.abspath(path):
-        return None
-    if not all(os.path.exists(p) for p in _wanted_outputs(options.output_dir, name, options)):
-        return None
-    st, source = os.stat(path), record["source"]
-    if (st.st_size, st.st_mtime_ns) != (source.get("size"), source.get("mtime_ns")):
-        # Touched or copied since: the same content is what counts.
-        if decoding.file_stamp(path)["sha256"] != source.get("sha256"):
-            return None
-    return record
+
+
+def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
+    """The output files (base names) a file gets with these options."""
+    return [f"{name}.{fmt}" for fmt in options.formats] + ([f"{name}.embeddings.npz"] if options.embeddings else [])
+
+
+def finished_record(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None) -> bool:
+    """Whether `record` (read_record) shows this file done: the same model and settings, every
+    output wanted now among those written then and still there, the same audio content."""
+    try:
+        if record is None or record.get("settings") != settings:
+            return False
+        source = record["source"]
+        if source["path"] != os.path.abspath(path):
+            return False
+        wanted = wanted_outputs(name, options)
+        if not set(wanted) <= set(record["outputs"]) or not all(
+                os.path.exists(os.path.join(options.output_dir, f)) for f in wanted):
+            return False
+        st = os.stat(path)
+        # Touched, copied or retagged since: the same audio is what counts.
+        return (st.st_size, st.st_mtime_ns) == (source["size"], source["mtime_ns"]) or \
+            decoding.content_fingerprint(path) == source["content"]
+    except (OSError, KeyError, TypeError):  # gone, unreadable, or a record of another version
+        return False
 
 
 class WindowBatcher:
@@ -139,117 +153,170 @@ def _window_groups(tagger, decoded: decoding.DecodedFile):
         yield g, tagger.windows(frames, group - group[0])
 
 
-def tag_library(tagger, files: list[str], options: LibraryOptions, log=None) -> LibraryResult:
-    """Tag every file into options.output_dir (see the module docstring); returns what happened."""
+def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
+    """Tag every file into options.output_dir (see the module docstring); returns what happened.
+    decode: the worker function (default decoding.decode_file)."""
+    if "json" not in options.formats:
+        raise ValueError("the formats must include json (a file's taggram, and its part of the library summary)")
+    files = [os.fspath(f) for f in files]
     log = log or _Log(options)
     result = LibraryResult()
     started = time.perf_counter()
-    os.makedirs(options.output_dir, exist_ok=True)
-    names = output_names(files)
+    os.makedirs(os.path.join(options.output_dir, RECORDS), exist_ok=True)
+    found: dict[str, dict | None] = {}
+
+    def owner(name):
+        found.setdefault(name, read_record(options.output_dir, name))
+        return (found[name] or {}).get("source", {}).get("path")
+
+    names = output_names(files, owner)
     settings = settings_of(tagger, options)
-    records, todo = {}, []
+    rows, todo = {}, []
     for path in files:
-        record = None if options.force else finished_record(path, names[path], options, settings)
-        if record is None:
-            todo.append(path)
-        else:
-            records[path] = record
+        record = found.get(names[path]) or read_record(options.output_dir, names[path])
+        if not options.force and finished_record(path, names[path], options, settings, record):
+            rows[path] = summary.row_from_json(record["summary"])
             result.skipped.append(path)
+        else:
+            todo.append(path)
+    found.clear()
     log.plan(len(files), len(todo))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
+    context = _RunContext(tagger, names, options, settings, rows, result, log, decode or decoding.decode_file)
     try:
-        _run(tagger, todo, names, options, settings, tmp_dir, records, result, log)
+        _run(context, todo, tmp_dir)
+        if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
+            for path in result.skipped:
+                _write_file_tags(context, path)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    if options.write_tags:
-        for path in result.skipped:
-            _write_file_tags(path, records[path], options, tagger, result, log)
-    _write_library(options.output_dir, files, records, result, tagger.model_name)
+    _write_library(options.output_dir, files, rows, result, tagger)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _run(tagger, todo, names, options, settings, tmp_dir, records, result, log) -> None:
-    """Decode `todo` in worker processes (a few files ahead) and tag them as they come."""
-    workers = options.workers or os.cpu_count() or 1
-    batcher = WindowBatcher(tagger, result)
-    frontend = dataclasses.asdict(tagger.frontend)
+@dataclasses.dataclass
+class _RunContext:
+    tagger: object
+    names: dict
+    options: LibraryOptions
+    settings: dict
+    rows: dict          # path -> summary row, of every file done (now or before)
+    result: LibraryResult
+    log: object
+    decode: object
+
+
+def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
+    """Decode `todo` in worker processes (a few files ahead) and tag them as they come. If a
+    worker process dies (a decoder crash, the OOM killer), the files it may have held are retried
+    one at a time, so the one that kills its worker is named and the others are tagged."""
+    workers = c.options.workers or os.cpu_count() or 1
+    batcher = WindowBatcher(c.tagger, c.result)
+    queue = list(todo)
+    while queue:
+        suspects, queue = _pool_pass(c, queue, batcher, tmp_dir, workers)
+        for path in suspects:
+            if _pool_pass(c, [path], batcher, tmp_dir, 1)[0]:
+                _fail(c, path, "decoding it killed the worker process (a crash in the audio decoder, or out of memory)")
+    for state in batcher.flush():
+        _finish(c, state)
+
+
+def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers: int):
+    """Decode files in a pool of `workers` processes, a few ahead, tagging each as it comes.
+    Returns (the files in flight when a worker died, the files not started then)."""
+    frontend = dataclasses.asdict(c.tagger.frontend)
     context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=decoding.ignore_interrupts) as pool:
-        queue, pending = list(todo), set()
-        try:
-            while queue or pending:
-                while queue and len(pending) < workers + 1:  # bounded read-ahead
-                    pending.add(pool.submit(decoding.decode_file, queue.pop(0), frontend, tmp_dir))
-                finished, pending = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    for state in _take_decoded(tagger, future.result(), batcher, result, log):
-                        _finish(tagger, state, names, options, settings, records, result, log)
-            for state in batcher.flush():
-                _finish(tagger, state, names, options, settings, records, result, log)
-        except BaseException:
-            # Ctrl-C (or a bug): stop now, not after the files being decoded.
-            for future in pending:
-                future.cancel()
-            for process in list(getattr(pool, "_processes", {}).values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.ignore_interrupts)
+    queue, pending = list(files), {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers + 1:  # bounded read-ahead
+                path = queue.pop(0)
+                pending[pool.submit(c.decode, path, frontend, tmp_dir)] = path
+            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                path = pending.pop(future)
+                try:
+                    decoded = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    return [path, *pending.values()], queue
+                for state in _take_decoded(c, decoded, batcher):
+                    _finish(c, state)
+        pool.shutdown()
+        return [], []
+    except BaseException:
+        # Ctrl-C (or a bug): stop now, not after the files being decoded.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _take_decoded(tagger, decoded, batcher: WindowBatcher, result: LibraryResult, log) -> list[dict]:
+def _fail(c: _RunContext, path: str, problem: str, done: bool = True) -> None:
+    c.result.failed[path] = problem
+    c.log.failed(path, problem, done)
+
+
+def _take_decoded(c: _RunContext, decoded, batcher: WindowBatcher) -> list[dict]:
     """Feed a decoded file's windows to the batcher; the files this completes."""
     if isinstance(decoded, decoding.DecodeFailure):
-        result.failed[decoded.path] = decoded.problem
-        log.failed(decoded.path, decoded.problem)
+        _fail(c, decoded.path, decoded.problem)
         return []
-    result.stage_seconds["decode"] += decoded.decode_seconds
-    result.stage_seconds["features"] += decoded.feature_seconds
+    c.result.stage_seconds["decode"] += decoded.decode_seconds
+    c.result.stage_seconds["features"] += decoded.feature_seconds
     for warning in decoded.warnings:
-        log.warn(decoded.path, warning)
-    state = {"decoded": decoded, "n_windows": len(tagger.window_starts(decoded.n_frames)), "encoded": 0,
+        c.log.warn(decoded.path, warning)
+    state = {"decoded": decoded, "n_windows": len(c.tagger.window_starts(decoded.n_frames)), "encoded": 0,
              "features": None}
     done = []
-    for first, windows in _window_groups(tagger, decoded):
+    for first, windows in _window_groups(c.tagger, decoded):
         done += batcher.add(state, first, windows)
     return done
 
 
-def _finish(tagger, state: dict, names, options: LibraryOptions, settings, records, result, log) -> None:
-    """The across-window stage and every output of a file whose windows are all encoded."""
+def _finish(c: _RunContext, state: dict) -> None:
+    """The across-window stage and every output of a file whose windows are all encoded: its
+    record is removed first and written last."""
     decoded: decoding.DecodedFile = state["decoded"]
-    path, name = decoded.path, names[decoded.path]
+    path, name, options = decoded.path, c.names[decoded.path], c.options
     try:
         start = time.perf_counter()
-        scores, embeddings = tagger.decode_features(state["features"], embeddings=options.embeddings)
-        taggram = tagger.taggram(path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
+        scores, embeddings = c.tagger.decode_features(state["features"], embeddings=options.embeddings)
+        taggram = c.tagger.taggram(path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
         taggram = taggram.smoothed(options.smooth)
-        result.stage_seconds["model"] += time.perf_counter() - start
+        c.result.stage_seconds["model"] += time.perf_counter() - start
         start = time.perf_counter()
+        _remove(record_path(options.output_dir, name))
         row = summary.track_summary(taggram, path, name)
-        record = {"settings": settings, "source": {"path": os.path.abspath(path), **decoded.stamp},
-                  "warnings": decoded.warnings, "summary": row}
         if options.embeddings:
             _write_embeddings(options.output_dir, name, taggram, embeddings)
-        write_outputs(taggram, path, options.output_dir, options.formats, name, extra={"library": record})
-        result.stage_seconds["writing"] += time.perf_counter() - start
+        write_outputs(taggram, path, options.output_dir, options.formats, name, embed_audio=options.embed_audio)
+        record = {"settings": c.settings, "source": {"path": os.path.abspath(path), **decoded.stamp},
+                  "outputs": wanted_outputs(name, options), "warnings": decoded.warnings, "tags": taggram.tags,
+                  "summary": summary.row_to_json(row)}
+        write_atomic(record_path(options.output_dir, name), json.dumps(record))
+        c.result.stage_seconds["writing"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
-        problem = e if isinstance(e, (JaxtagError, OSError)) else f"{type(e).__name__}: {e}"
-        result.failed[path] = str(problem).removeprefix(f"{path}: ")
-        log.failed(path, result.failed[path])
+        _fail(c, path, problem_of(e))
         return
     finally:
-        if os.path.exists(decoded.frames_path):
-            os.remove(decoded.frames_path)
-    records[path] = record
-    result.tagged.append(path)
-    result.audio_seconds += decoded.duration
-    log.tagged(path, taggram)
+        _remove(decoded.frames_path)
+    c.rows[path] = row
+    c.result.tagged.append(path)
+    c.result.audio_seconds += decoded.duration
+    c.log.tagged(path, taggram)
     if options.write_tags:
-        _write_file_tags(path, record, options, tagger, result, log)
+        _write_file_tags(c, path)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def _write_embeddings(output_dir: str, name: str, taggram, embeddings: np.ndarray) -> None:
@@ -258,53 +325,50 @@ def _write_embeddings(output_dir: str, name: str, taggram, embeddings: np.ndarra
     write_atomic(os.path.join(output_dir, f"{name}.embeddings.npz"), save)
 
 
-def _write_file_tags(path: str, record: dict, options: LibraryOptions, tagger, result: LibraryResult, log) -> None:
+def _write_file_tags(c: _RunContext, path: str) -> None:
     """The track's tags into the file's metadata (or, with dry_run, what would be written); the
-    record then holds the file's new size and mtime, so a rerun still finds it done."""
+    record then holds the file's new size and mtime. A format jaxtag cannot write tags into is a
+    warning, not a failure."""
     from jaxtag.data.tags import short_tag
     from jaxtag.tagging import metadata
-    row = record["summary"]
+    row, name = c.rows[path], c.names[path]
+    if os.path.splitext(path)[1].lower() not in metadata.SUPPORTED_EXTENSIONS:
+        c.log.warn(path, f"tags not written: jaxtag cannot write tags into {os.path.splitext(path)[1]} files")
+        return
     try:
         plan = metadata.write_tags(path, row["moods"], [short_tag(t) for t in row["track_tags"]],
-                                   tagger.model_name, dry_run=options.dry_run)
-    except (DataError, ValueError) as e:
-        result.failed[path] = f"tags not written: {getattr(e, 'problem', e)}"
-        log.failed(path, result.failed[path], done=False)
-        return
-    if options.dry_run:
-        log.say(metadata.describe_plan(path, plan))
-        return
-    st = os.stat(path)
-    if (st.st_size, st.st_mtime_ns) != (record["source"]["size"], record["source"]["mtime_ns"]):
-        record["source"].update(decoding.file_stamp(path))
-        _update_record(options.output_dir, row["name"], record)
+                                   c.tagger.model_name, dry_run=c.options.dry_run)
+        if c.options.dry_run:
+            c.log.say(metadata.describe_plan(path, plan))
+            return
+        record = read_record(c.options.output_dir, name)
+        st = os.stat(path)
+        if record is not None and (st.st_size, st.st_mtime_ns) != (record["source"]["size"], record["source"]["mtime_ns"]):
+            record["source"].update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same
+            write_atomic(record_path(c.options.output_dir, name), json.dumps(record))
+    except (DataError, ValueError, OSError) as e:
+        _fail(c, path, f"tags not written: {problem_of(e)}", done=False)
 
 
-def _update_record(output_dir: str, name: str, record: dict) -> None:
-    path = _record_path(output_dir, name)
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    data["library"] = record
-    write_atomic(path, json.dumps(data, indent=1))
-
-
-def _write_library(output_dir: str, files: list[str], records: dict, result: LibraryResult, model: str) -> None:
-    """library.csv, library.json and index.html over every file tagged now or before."""
-    rows = [records[p]["summary"] for p in files if p in records]
-    tags = list(rows[0]["mean"]) if rows else []
-    write_atomic(os.path.join(output_dir, "library.json"), summary.library_json(rows, result.failed))
-    write_atomic(os.path.join(output_dir, "library.csv"), summary.library_csv(rows))
-    write_atomic(os.path.join(output_dir, "index.html"), render_index(rows, tags, model))
+def _write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger) -> None:
+    """library.csv, library.json and index.html over every file tagged now or before, a row at a time."""
+    done = [rows[p] for p in files if p in rows]
+    tags = list(tagger.tags)
+    write_atomic(os.path.join(output_dir, "library.json"),
+                 lambda f: summary.write_library_json(f, done, tags, result.failed))
+    write_atomic(os.path.join(output_dir, "library.csv"), lambda f: summary.write_library_csv(f, done, tags))
+    write_atomic(os.path.join(output_dir, "index.html"), lambda f: write_index(f, done, tags, tagger.model_name))
 
 
 def _fresh_tmp_dir(output_dir: str) -> str:
     """A temporary folder for this run's mel frames. What killed runs left (their folders, and
-    half-written outputs under temporary names) is removed first."""
-    for entry in os.listdir(output_dir):
-        if TMP_MARK in entry:
-            pid = entry.rsplit(TMP_MARK, 1)[1]
-            if not (pid.isdigit() and _alive(int(pid))):
-                path = os.path.join(output_dir, entry)
+    half-written outputs and records under temporary names) is removed first."""
+    for folder in (output_dir, os.path.join(output_dir, RECORDS)):
+        for entry in os.listdir(folder):
+            pid = entry.rsplit(TMP_MARK, 1)[1] if TMP_MARK in entry else None
+            # (our own pid on a leftover: a killed run in an earlier container that had it)
+            if pid is not None and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+                path = os.path.join(folder, entry)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:

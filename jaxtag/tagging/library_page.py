@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
+
 from jaxtag.tagging.html_page import _json_for_script
 
 STYLE = """\
@@ -50,8 +52,8 @@ function render() {
     cell(tr, tag ? Math.round(100 * f.share[column[tag]]) + "%" : "", "num");
     const best = cell(tr, "");
     if (tag) {
-      const j = column[tag], start = f.start[j];
-      link(best, encodeURIComponent(f.name) + ".html#t=" + start, start.toFixed(1) + "-" + f.end[j].toFixed(1) + " s").className = "strongest";
+      const j = column[tag], start = f.strongest_start[j];
+      link(best, encodeURIComponent(f.name) + ".html#t=" + start, start.toFixed(1) + "-" + f.strongest_end[j].toFixed(1) + " s").className = "strongest";
     }
     if (!has(f, tag)) tr.hidden = true;
     body.appendChild(tr);
@@ -69,20 +71,18 @@ render();
 """
 
 
-def _page_row(row: dict, tags: list[str]) -> dict:
-    """A summary row with its per-tag values as arrays in tag order: tag names are not repeated in
-    every row (a page of 20,000 files stays tens of MB)."""
-    return {"path": row["path"], "name": row["name"], "duration": row["duration"], "top_tags": row["top_tags"],
-            "mean": [row["mean"][t] for t in tags], "share": [row["share"][t] for t in tags],
-            "start": [row["strongest"][t]["start"] for t in tags], "end": [row["strongest"][t]["end"] for t in tags]}
+def _page_row(row: dict) -> dict:
+    """What the page needs of a summary row (per-tag values as arrays in tag order)."""
+    keys = ("path", "name", "duration", "top_tags", "mean", "share", "strongest_start", "strongest_end")
+    return {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items() if k in keys}
 
 
-def render_index(rows: list[dict], tags: list[str], model: str) -> str:
-    """The library page of the summary rows (jaxtag.tagging.summary.track_summary)."""
+def write_index(f, rows: list[dict], tags: list[str], model: str) -> None:
+    """The library page of the summary rows (jaxtag.tagging.summary.track_summary), to a binary
+    file, a row at a time."""
     esc = lambda s: html.escape(str(s), quote=True)
     total = sum(r["duration"] for r in rows)
-    data = {"files": [_page_row(r, tags) for r in rows], "tags": tags}
-    return f"""<!DOCTYPE html>
+    f.write(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>jaxtag library - {len(rows)} files</title>
 <style>
@@ -94,7 +94,10 @@ def render_index(rows: list[dict], tags: list[str], model: str) -> str:
 <button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>
 <table id="library"><thead><tr><th>file</th><th>duration</th><th>top tags (mean score)</th><th>score</th>
 <th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
-<script type="application/json" id="library-data">{_json_for_script(data)}</script>
+<script type="application/json" id="library-data">{{"tags": {_json_for_script(tags)}, "files": [""".encode())
+    for i, row in enumerate(rows):
+        f.write(((",\n" if i else "\n") + _json_for_script(_page_row(row))).encode())
+    f.write(f"""]}}</script>
 <script>
 {SCRIPT}</script></body></html>
-"""
+""".encode())

@@ -584,6 +584,18 @@ def _fingerprint(path: str, kind: str, audio) -> str:
     return h.hexdigest()
 
 
+def audio_fingerprint(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's audio stream without its tags (what write_tags, a tag editor or a
+    player's play count never change), or None when its format is not one write_tags handles
+    or its structure cannot be walked."""
+    try:
+        kind = _kind_of(path)
+        real = os.path.realpath(os.fspath(path))
+        return _fingerprint(real, kind, _open(real, kind))
+    except (DataError, _Unparseable, _Unsupported, OSError):
+        return None
+
+
 # --------------------------------------------------------------------------------------------
 # Writing
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
 import re
 
@@ -20,12 +19,17 @@ FORMATS = ("json", "csv", "png", "html")
 
 
 def find_audio(inputs: list[str]) -> list[str]:
-    """Files given directly, plus audio files under given directories (sorted, recursive)."""
+    """Files given directly, plus the audio files under given directories (sorted, recursive;
+    hidden files and folders, such as macOS's ._song.mp3, are passed over)."""
     found = []
     for item in inputs:
         if os.path.isdir(item):
-            found += sorted(os.path.join(root, f) for root, _, files in os.walk(item) for f in files
-                            if os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS)
+            inside = []
+            for root, dirs, files in os.walk(item):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                inside += [os.path.join(root, f) for f in files
+                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in AUDIO_EXTENSIONS]
+            found += sorted(inside)
         else:
             found.append(item)
     return found
@@ -43,12 +47,25 @@ def output_name(path: str) -> str:
     return f"{_safe_stem(path)}-{digest}"
 
 
-def output_names(paths: list[str]) -> dict[str, str]:
+# The library's own files (library.json, library.csv, index.html): no track's outputs take them.
+RESERVED_NAMES = ("library", "index")
+
+
+def output_names(paths: list[str], owner=None) -> dict[str, str]:
     """Output names for a run's inputs: the safe file name where it is unique among them
-    (case-insensitively, for case-insensitive disks), `output_name` where it is not."""
+    (case-insensitively, for case-insensitive disks) and not reserved, `output_name` where not.
+    owner(name), if given, says which file's outputs an earlier run gave that name (an absolute
+    path, or None): that file keeps it and no other takes it, so adding a file to a library never
+    renames the outputs of the files already tagged."""
     stems = [_safe_stem(p) for p in paths]
     uses = collections.Counter(stem.lower() for stem in stems)
-    return {p: stem if uses[stem.lower()] == 1 else output_name(p) for p, stem in zip(paths, stems)}
+    names = {}
+    for path, stem in zip(paths, stems):
+        holder = owner(stem) if owner else None
+        mine = holder == os.path.abspath(path)
+        plain = stem.lower() not in RESERVED_NAMES and (mine or (holder is None and uses[stem.lower()] == 1))
+        names[path] = stem if plain else output_name(path)
+    return names
 
 
 TMP_MARK = ".jaxtag-tmp-"
@@ -56,7 +73,7 @@ TMP_MARK = ".jaxtag-tmp-"
 
 def temporary_name(path: str) -> str:
     """A hidden name beside `path` for writing it before the atomic rename; it carries this
-    process's id, so a later run can remove what a killed run left (see library._remove_stale)."""
+    process's id, so a later run can remove what a killed run left (library._fresh_tmp_dir)."""
     folder, base = os.path.split(path)
     return os.path.join(folder, f".{base}{TMP_MARK}{os.getpid()}")
 
@@ -78,9 +95,10 @@ def write_atomic(path: str, data) -> None:
 
 
 def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None,
-                  extra: dict | None = None) -> dict[str, str]:
-    """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically, the
-    JSON last (with `extra` in it): a complete JSON means the file's outputs are complete."""
+                  embed_audio: bool = True) -> dict[str, str]:
+    """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically.
+    embed_audio: the audio goes into the HTML page (up to html_page.MAX_EMBED_BYTES), else the
+    page links it by its path (a library's pages)."""
     from jaxtag.tagging import plots
     from jaxtag.tagging.html_page import render_html
     base = os.path.join(output_dir, name or output_name(audio_path))
@@ -90,14 +108,14 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
     if unknown:
         raise ValueError(f"unknown output format(s) {unknown}; known: {list(FORMATS)}")
     written = {}
-    for fmt in sorted(formats, key=lambda f: f == "json"):
+    for fmt in formats:
         path = f"{base}.{fmt}"
         if fmt == "json":
-            write_atomic(path, json.dumps({**taggram.to_dict(), **(extra or {})}, indent=1))
+            write_atomic(path, taggram.to_json())
         elif fmt == "csv":
             write_atomic(path, taggram.to_csv())
         elif fmt == "html":
-            write_atomic(path, render_html(taggram, audio_path, page_dir=output_dir))
+            write_atomic(path, render_html(taggram, audio_path, page_dir=output_dir, embed_audio=embed_audio))
         else:  # png: matplotlib names the format from the extension
             write_atomic(path, lambda f: plots.plot_taggram(taggram, f))
         written[fmt] = path

@@ -4,12 +4,15 @@ OUT/library.csv, OUT/library.json and OUT/index.html (jaxtag.tagging.library_pag
 A row: path, duration, model, the top tags by mean score, the tags on for most of the file (the
 track's own tags, written into the file by --write_tags), each tag's share of the time it is on,
 and each tag's strongest section (the window where it scores highest: start, end, score).
+
+Rows keep their per-tag values as float32 arrays in tag order (a library of 20,000 files holds
+a few tens of MB of them), and the files are written row by row.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
+from typing import Iterable
 
 import numpy as np
 
@@ -19,6 +22,7 @@ from jaxtag.tagging.taggram import Taggram
 TOP_TAGS = 5
 # A tag belongs to the whole track when it is on for at least this share of the track's time.
 TRACK_TAG_SHARE = 0.5
+PER_TAG = ("mean", "share", "strongest_start", "strongest_end", "strongest_score")
 
 
 def time_on(taggram: Taggram) -> np.ndarray:
@@ -31,37 +35,54 @@ def time_on(taggram: Taggram) -> np.ndarray:
 
 
 def track_summary(taggram: Taggram, path: str, name: str) -> dict:
-    """The library row of one tagged file (JSON-able). `name`: its outputs' base name."""
+    """The library row of one tagged file. `name`: its outputs' base name."""
     mean = taggram.scores.mean(axis=0)
     share = time_on(taggram)
     strongest = taggram.scores.argmax(axis=0)
     order = np.argsort(-mean, kind="stable")
     track_tags = [taggram.tags[i] for i in order if share[i] >= TRACK_TAG_SHARE]
-    return {
-        "path": path, "name": name, "duration": round(float(taggram.duration), 3), "model": taggram.model,
-        "top_tags": [[taggram.tags[i], round(float(mean[i]), 4)] for i in order[:TOP_TAGS]],
-        "track_tags": track_tags,
-        "moods": [short_tag(t) for t in track_tags if is_mood(t)],
-        "mean": {t: round(float(m), 4) for t, m in zip(taggram.tags, mean)},
-        "share": {t: round(float(s), 4) for t, s in zip(taggram.tags, share)},
-        "strongest": {t: {"start": round(float(taggram.start[k]), 3), "end": round(float(taggram.end[k]), 3),
-                          "score": round(float(taggram.scores[k, j]), 4)}
-                      for j, (t, k) in enumerate(zip(taggram.tags, strongest))},
-    }
+    f32 = lambda v: np.asarray(v, np.float32)
+    return {"path": path, "name": name, "duration": round(float(taggram.duration), 3), "model": taggram.model,
+            "top_tags": [[taggram.tags[i], round(float(mean[i]), 4)] for i in order[:TOP_TAGS]],
+            "track_tags": track_tags, "moods": [short_tag(t) for t in track_tags if is_mood(t)],
+            "mean": f32(mean), "share": f32(share), "strongest_start": f32(taggram.start[strongest]),
+            "strongest_end": f32(taggram.end[strongest]),
+            "strongest_score": f32(taggram.scores[strongest, np.arange(len(taggram.tags))])}
 
 
-def library_json(rows: list[dict], failed: dict[str, str]) -> str:
-    tags = list(rows[0]["mean"]) if rows else []
-    return json.dumps({"files": rows, "tags": tags, "failed": [{"path": p, "problem": m} for p, m in failed.items()]},
-                      indent=1)
+def row_to_json(row: dict) -> dict:
+    return {k: ([round(float(x), 4) for x in v] if k in PER_TAG else v) for k, v in row.items()}
 
 
-def library_csv(rows: list[dict]) -> str:
-    """One row per file: path, duration, model, top tags ("tag score; ..."), track tags, then per
-    tag its share of time on and its strongest section (start, end, score)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    tags = list(rows[0]["mean"]) if rows else []
+def row_from_json(data: dict) -> dict:
+    return {k: (np.asarray(v, np.float32) if k in PER_TAG else v) for k, v in data.items()}
+
+
+def _file_entry(row: dict, tags: list[str]) -> dict:
+    """A row as library.json shows it: per-tag values keyed by tag."""
+    per = lambda key: {t: round(float(x), 4) for t, x in zip(tags, row[key])}
+    entry = {k: row[k] for k in ("path", "name", "duration", "model", "top_tags", "track_tags", "moods")}
+    entry.update(mean=per("mean"), share=per("share"), strongest={
+        t: {"start": round(float(s), 3), "end": round(float(e), 3), "score": round(float(v), 4)}
+        for t, s, e, v in zip(tags, row["strongest_start"], row["strongest_end"], row["strongest_score"])})
+    return entry
+
+
+def write_library_json(f, rows: Iterable[dict], tags: list[str], failed: dict[str, str]) -> None:
+    """library.json, a file row at a time, to a binary file."""
+    f.write(('{"tags": ' + json.dumps(tags) + ', "files": [').encode())
+    for i, row in enumerate(rows):
+        f.write(((",\n" if i else "\n") + json.dumps(_file_entry(row, tags))).encode())
+    failures = [{"path": p, "problem": m} for p, m in failed.items()]
+    f.write(("\n], \"failed\": " + json.dumps(failures, indent=1) + "}\n").encode())
+
+
+def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
+    """library.csv to a binary file: path, duration, model, top tags ("tag score; ..."), track
+    tags, then per tag its share of time on and its strongest section (start, end, score)."""
+    import io
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    writer = csv.writer(text, lineterminator="\n")
     header = ["path", "duration", "model", "top_tags", "track_tags"]
     for t in tags:
         header += [f"{t} share", f"{t} strongest start", f"{t} strongest end", f"{t} strongest score"]
@@ -69,8 +90,9 @@ def library_csv(rows: list[dict]) -> str:
     for r in rows:
         line = [r["path"], f"{r['duration']:.3f}", r["model"],
                 "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"])]
-        for t in tags:
-            best = r["strongest"][t]
-            line += [f"{r['share'][t]:.4f}", f"{best['start']:.3f}", f"{best['end']:.3f}", f"{best['score']:.4f}"]
+        for j in range(len(tags)):
+            line += [f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
+                     f"{r['strongest_score'][j]:.4f}"]
         writer.writerow(line)
-    return out.getvalue()
+    text.flush()
+    text.detach()

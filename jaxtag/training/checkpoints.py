@@ -80,10 +80,27 @@ class CheckpointStore:
         step = self.latest.latest_step()
         if step is None:
             return None
-        out = self.latest.restore(step, args=ocp.args.Composite(
-            variables=ocp.args.StandardRestore(variables_target),
-            opt_state=ocp.args.StandardRestore(opt_state_target), meta=ocp.args.JsonRestore()))
+        try:
+            out = self.latest.restore(step, args=ocp.args.Composite(
+                variables=ocp.args.StandardRestore(variables_target),
+                opt_state=ocp.args.StandardRestore(opt_state_target), meta=ocp.args.JsonRestore()))
+        except ValueError:  # another tree than the model's: say so where we know why
+            if self._saved_in_earlier_layout(step):
+                raise CheckpointError(f"{self.latest.directory}: step {step} was saved by an earlier jaxtag (the "
+                                      "paper trunk's layers under trunk/convs/): it tags and evaluates, but training "
+                                      "cannot resume from it; use a new --workdir") from None
+            raise
         return out["variables"], out["opt_state"], out["meta"]
+
+    def _saved_in_earlier_layout(self, step: int) -> bool:
+        mngr = _manager(str(self.latest.directory), 1, best=False, create=False,
+                        item_handlers={"variables": ocp.StandardCheckpointHandler()})
+        try:
+            return "convs" in mngr.item_metadata(step)["variables"]["params"]["trunk"]
+        except (KeyError, TypeError):
+            return False
+        finally:
+            mngr.close()
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

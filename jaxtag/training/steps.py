@@ -14,7 +14,8 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from jaxtag.models import pretrained_trunk, with_pretrained_trunk
+from jaxtag.models import pretrained_trunk
+from jaxtag.pretrained import with_pretrained_trunk
 from jaxtag.training import losses, parallel
 
 BATCH_KEYS = ("mel", "labels", "mask", "present")
