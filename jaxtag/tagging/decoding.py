@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxtag.data.audio import AudioStream, check_audio_file
 from jaxtag.data.features import FrontendSettings, StreamingMel
+from jaxtag.tagging.taggram import reduce_envelope
 
 ENVELOPE_BINS = 2000   # (min, max) pairs of the waveform for the taggram picture
 ENVELOPE_RATE = 50     # pairs per second kept while streaming, reduced to ENVELOPE_BINS at the end
@@ -99,9 +100,7 @@ class _Envelope:
         if len(self.rest):
             self.pairs.append(np.array([[self.rest.min(), self.rest.max()]], np.float32))
         pairs = np.concatenate(self.pairs) if self.pairs else np.zeros((1, 2), np.float32)
-        edges = np.linspace(0, len(pairs), min(ENVELOPE_BINS, len(pairs)) + 1).astype(int)
-        return np.stack([np.minimum.reduceat(pairs[:, 0], edges[:-1]),
-                         np.maximum.reduceat(pairs[:, 1], edges[:-1])], axis=1)
+        return reduce_envelope(pairs[:, 0], pairs[:, 1], ENVELOPE_BINS)
 
 
 def decode_file(path: str, frontend: dict, tmp_dir: str) -> DecodedFile | DecodeFailure:

@@ -85,6 +85,12 @@ class Taggram:
 def peak_envelope(y: np.ndarray, n_bins: int = 2000) -> np.ndarray:
     """(min, max) of the waveform over n_bins equal stretches: [n_bins, 2]."""
     y = np.asarray(y, np.float32)
-    n_bins = max(1, min(n_bins, len(y)))
-    edges = np.linspace(0, len(y), n_bins + 1).astype(int)
-    return np.stack([np.minimum.reduceat(y, edges[:-1]), np.maximum.reduceat(y, edges[:-1])], axis=1)
+    return reduce_envelope(y, y, n_bins)
+
+
+def reduce_envelope(lows: np.ndarray, highs: np.ndarray, n_bins: int = 2000) -> np.ndarray:
+    """(min of lows, max of highs) over n_bins equal stretches of them: [n_bins, 2]. (A waveform's
+    peak envelope, or a finer envelope's, coarser.)"""
+    n_bins = max(1, min(n_bins, len(lows)))
+    edges = np.linspace(0, len(lows), n_bins + 1).astype(int)[:-1]
+    return np.stack([np.minimum.reduceat(lows, edges), np.maximum.reduceat(highs, edges)], axis=1)
