@@ -370,7 +370,7 @@ def main(argv):
         library_benchmark()
         return
     import jax
-    n, r = _WINDOWS.value, _REPEATS.value
+    n, r = (min(_WINDOWS.value, 20) if _QUICK.value else _WINDOWS.value), _REPEATS.value
     print(f"JAX {jax.__version__}, devices: {jax.devices()}, {os.cpu_count()} CPU cores")
     peak = matmul_peak()
     print(f"matmul peak (2048x2048 f32, XLA): {peak:.1f} GFLOP/s")
@@ -385,7 +385,7 @@ def main(argv):
     if _ABLATION.value:
         for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
             print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
-    n_tracks, max_windows = (12, 40) if _QUICK.value else (40, 200)  # quick: fewer buckets to compile
+    n_tracks, max_windows = (8, 24) if _QUICK.value else (40, 200)  # quick: fewer buckets to compile
     for name in results:
         compiled, buckets = count_compilations(name, n_tracks, max_windows)
         print(f"{name}: compilations for an epoch of {n_tracks} tracks of random lengths: {compiled} "
