@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     # musicnn_* models: the published weights their trunk starts from, and whether it stays frozen.
     model.pretrained = "musicnn-msd"   # or "musicnn-mtt"
     model.freeze_trunk = True
+    model.musicnn_layer = "penultimate"  # the trunk's features: its 200-d penultimate layer, or "pooled" (1506-d)
 
     # ---- Training (paper 4.3). ----
     train = config.train = ml_collections.ConfigDict()

@@ -23,6 +23,8 @@ def validate_config(config) -> None:
         problems.append(f"model.compression must be 'none', 'log1p' or 'db', got {m.compression!r}")
     if m.lstm_initial_state not in ("random", "zeros"):
         problems.append(f"model.lstm_initial_state must be 'random' or 'zeros', got {m.lstm_initial_state!r}")
+    if m.musicnn_layer not in ("penultimate", "pooled"):
+        problems.append(f"model.musicnn_layer must be 'penultimate' or 'pooled', got {m.musicnn_layer!r}")
     if m.implementation not in IMPLEMENTATIONS:
         problems.append(f"model.implementation must be one of {IMPLEMENTATIONS}, got {m.implementation!r}")
     if m.dtype not in DTYPES:

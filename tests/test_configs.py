@@ -54,6 +54,7 @@ def test_paper_configs_keep_the_paper_settings():
     ("data.window_frames", 4096, "longer than every track"),
     ("model.implementation", "cuda_fast", "model.implementation"),
     ("model.dtype", "float16", "model.dtype"),
+    ("model.musicnn_layer", "last", "model.musicnn_layer"),
 ])
 def test_impossible_values_fail_before_any_work(field, value, message):
     config = importlib.import_module("configs.cnn_lstm").get_config()

@@ -219,3 +219,24 @@ def test_a_label_file_with_other_columns_is_named(tmp_path):
         "data.split_fractions": (0.34, 0.33, 0.33)}))
     assert builder.builder_config.settings.tags == OWN_TAGS
     assert sum(builder.info.splits[s].num_examples for s in ("train", "validation", "test")) == 3
+
+
+def test_the_musicnn_trunk_gives_its_penultimate_or_pooled_features(data_dir):
+    """The trunk's features before its dense layer: musicnn's own 200-d penultimate layer or its
+    1506-d pooled map, computed from the compressed window as the tagger's musicnn does."""
+    from jaxtag.models import create_model
+    from jaxtag.models.musicnn import Musicnn, compress
+    rng = np.random.default_rng(0)
+    mel = rng.uniform(size=(1, 2, 64, 96)).astype(np.float32) ** 4
+    for layer, width in [("penultimate", 200), ("pooled", 1506)]:
+        model = create_model(tiny_musicnn_config(data_dir, **{"model.musicnn_layer": layer}).model, 18)
+        variables = model.init({"params": jax.random.PRNGKey(0), "lstm_state": jax.random.PRNGKey(0)}, mel,
+                               np.ones((1, 2), bool))
+        trunk = {c: v["trunk"] for c, v in variables.items()}
+        assert trunk["params"]["dense_0"]["kernel"].shape == (width, 16)
+        net = {c: v["musicnn"] for c, v in trunk.items()}
+        expected = Musicnn().apply(net, compress(mel[0]), method="pooled" if layer == "pooled" else "features")
+        dense = trunk["params"]["dense_0"]
+        got = model.apply(variables, mel, np.ones((1, 2), bool), method=model.encode)[0]
+        np.testing.assert_allclose(got, np.maximum(expected @ dense["kernel"] + dense["bias"], 0), rtol=1e-4,
+                                   atol=1e-5)

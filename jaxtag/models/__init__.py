@@ -63,7 +63,8 @@ def create_model(model_config, num_tags: int, input_stats: Mapping | None = None
         input_mean=mean, input_std=std, dtype=DTYPES[model_config.get("dtype", "float32")],
         cpu_fast=uses_cpu_fast_path(model_config.get("implementation", "auto"), backend),
         window_chunk=int(model_config.get("window_chunk", 0)),
-        trunk_trainable=not model_config.get("freeze_trunk", False))
+        trunk_trainable=not model_config.get("freeze_trunk", False),
+        trunk_layer=model_config.get("musicnn_layer", "penultimate"))
 
 
 def pretrained_trunk(model_config) -> str | None:

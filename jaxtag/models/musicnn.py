@@ -134,14 +134,18 @@ class Musicnn(nn.Module):
         c3 = self.midend_conv3_bn(nn.relu(self.midend_conv3(c2))) + c2
         return jnp.concatenate([front, c1, c2, c3], axis=-1)       # [N, T, 753]
 
-    def _penultimate(self, logmel):
+    def pooled(self, logmel):
+        """The back-end's input [N, 1506]: the 753-channel map max- and mean-pooled over time,
+        interleaved, batch-normed."""
         feature_map = self._midend(self._frontend(self._check(logmel)))
         max_pool = jnp.max(feature_map, axis=1)                    # [N, 753]
         mean_pool = jnp.mean(feature_map, axis=1)
         # TF flattens concat([max, mean], axis=2) of shape [N, 753, 2]: interleaved.
         pooled = jnp.stack([max_pool, mean_pool], axis=-1).reshape(feature_map.shape[0], -1)
-        pooled = self.backend_pool_bn(pooled)                      # [N, 1506]
-        return self.backend_dense_bn(nn.relu(self.backend_dense(pooled)))  # [N, 200]
+        return self.backend_pool_bn(pooled)                        # [N, 1506]
+
+    def _penultimate(self, logmel):
+        return self.backend_dense_bn(nn.relu(self.backend_dense(self.pooled(logmel))))  # [N, 200]
 
     def features(self, logmel):
         """The 200-d penultimate activations [N, 200] (the original's "penultimate")."""
@@ -190,19 +194,23 @@ class MusicnnTagger(nn.Module):
 
 class MusicnnTrunk(nn.Module):
     """musicnn as a window trunk for jaxtag's training configs (model "musicnn_*"): a power-mel
-    window [N, frames, 96] -> musicnn's 200-d penultimate features (its published weights, see
-    jaxtag.pretrained; batch-norm statistics frozen) -> dense `features` + ReLU (trained).
+    window [N, frames, 96] -> musicnn's 200-d penultimate features, or its 1506-d pooled map
+    (`layer`; its published weights, see jaxtag.pretrained; batch-norm statistics frozen) -> dense
+    `features` + ReLU (trained).
     With `trainable=False` no gradient flows into musicnn (a frozen feature extractor)."""
     channels: tuple = ()  # unused: the trunk's sizes are musicnn's
     features: int = 1000
     dtype: Any = jnp.float32
     cpu_fast: bool = False  # unused
     trainable: bool = False
+    layer: str = "penultimate"  # musicnn's 200-d penultimate layer, or "pooled": its 1506-d back-end input
 
     @nn.compact
     def __call__(self, x, present=None, train: bool = False):
         del present, train
-        h = Musicnn(name="musicnn").features(compress(jnp.asarray(x, jnp.float32)))
+        musicnn = Musicnn(name="musicnn")
+        logmel = compress(jnp.asarray(x, jnp.float32))
+        h = musicnn.pooled(logmel) if self.layer == "pooled" else musicnn.features(logmel)
         if not self.trainable:
             h = jax.lax.stop_gradient(h)
         return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="dense_0")(h.astype(self.dtype)))

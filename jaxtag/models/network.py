@@ -57,12 +57,14 @@ class TaggingNetwork(nn.Module):
     # The CPU fast path of the conv trunks (chosen by create_model) and its windows per chunk.
     cpu_fast: bool = False
     window_chunk: int = 0
-    # A pretrained trunk (musicnn): whether its weights train (fine-tuning) or stay frozen.
+    # A pretrained trunk (musicnn): whether its weights train (fine-tuning) or stay frozen, and the
+    # layer whose features it gives.
     trunk_trainable: bool = True
+    trunk_layer: str = "penultimate"
 
     def setup(self):
         options = {"paper": {"window_chunk": self.window_chunk},
-                   "musicnn": {"trainable": self.trunk_trainable}}.get(self.trunk, {})
+                   "musicnn": {"trainable": self.trunk_trainable, "layer": self.trunk_layer}}.get(self.trunk, {})
         self.window_trunk = TRUNKS[self.trunk](tuple(self.conv_channels), self.dense_sizes[0], dtype=self.dtype,
                                                cpu_fast=self.cpu_fast, name="trunk", **options)
         if self.temporal == "lstm":
