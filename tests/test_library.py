@@ -358,6 +358,36 @@ def test_a_worker_that_dies_is_named_and_the_others_are_tagged(tagger, library, 
         [library[1], library[2], library[3]]
 
 
+def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(tagger, library, tmp_path,
+                                                                             monkeypatch):
+    """Ctrl-C while workers decode: the run stops without waiting for them, and neither a worker
+    nor the pool's manager thread outlives it (one still closing its pipe at interpreter exit made
+    concurrent.futures' exit hook fail with "Bad file descriptor")."""
+    import concurrent.futures.process
+    import multiprocessing
+    import threading
+    from helpers.crashing_decoder import decode_slowly
+    from jaxtag.tagging import library as library_module
+    write_library, running_then = library_module._write_library, []
+
+    def note_what_runs_then_write_library(*args):  # right after the pool is gone
+        running_then.extend(t for t in threading.enumerate()
+                            if isinstance(t, concurrent.futures.process._ExecutorManagerThread))
+        running_then.extend(multiprocessing.active_children())
+        write_library(*args)
+    monkeypatch.setattr(library_module, "_write_library", note_what_runs_then_write_library)
+    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.perf_counter()
+    try:
+        result = tag_library(tagger, library, _options(tmp_path / "out", workers=2), decode=decode_slowly)
+    finally:
+        timer.cancel()
+    assert result.interrupted and not result.tagged and not result.failed
+    assert time.perf_counter() - started < 45  # the decoders sleep 60 s: they were not waited for
+    assert running_then == []
+
+
 def test_names_stay_with_their_files_and_never_take_the_library_files(tagger, library, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -254,7 +254,10 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
             process.terminate()
         raise
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # Wait for the pool's manager thread even here: one still closing its wake-up pipe at
+        # interpreter exit races concurrent.futures' exit hook (CPython 3.11: "OSError: Bad file
+        # descriptor" after Ctrl-C). The workers are terminated above, so this is quick.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _fail(c: _RunContext, path: str, problem: str, done: bool = True) -> None:
