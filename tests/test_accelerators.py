@@ -12,7 +12,7 @@ from conftest import tiny_config
 from jaxtag.models import create_model
 from jaxtag.training import steps
 
-PLATFORMS = ("cuda", "tpu")
+PLATFORMS = ("cuda", pytest.param("tpu", marks=pytest.mark.slow))  # the fast tier lowers for one
 
 
 def _spec(tree):
@@ -63,7 +63,8 @@ def test_the_tagger_model_lowers_for_accelerators(trained, platform):
     assert scores.out_avals[0].shape == (1, 4, len(tagger.tags))
 
 
-@pytest.mark.parametrize("name", ["cnn_lstm", pytest.param("resnet_attention", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cnn_lstm", "resnet_attention"])
 def test_bfloat16_compute_trains_with_float32_state_close_to_float32(name, data_dir):
     overrides = {"model.name": name, "model.lstm_initial_state": "zeros"}
     if name.startswith("resnet"):

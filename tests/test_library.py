@@ -107,6 +107,7 @@ def _check_summary_row(row, csv_row, record, scores, start, end):
     assert row["duration"] == pytest.approx(duration, abs=1e-3) and csv_row["model"] == record["model"]
 
 
+@pytest.mark.slow
 def test_rerun_redoes_only_what_changed(tagger, library, tmp_path):
     files = [shutil.copy(p, tmp_path) for p in library]
     out = tmp_path / "out"
@@ -314,6 +315,7 @@ def test_library_page_filters_sorts_and_opens_a_track_page_in_chromium(tagger, l
     assert cursor == pytest.approx(best["start"], abs=0.05)          # the track page opened at the section
 
 
+@pytest.mark.slow
 def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library, tmp_path, monkeypatch):
     files = [shutil.copy(p, tmp_path) for p in library[:3]]
     out = tmp_path / "out"
@@ -346,6 +348,7 @@ def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library,
         tagger.threshold = threshold
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_named_and_the_others_are_tagged(tagger, library, tmp_path):
     from helpers.crashing_decoder import decode_or_crash
     crash = shutil.copy(library[0], str(tmp_path / "crash_me.wav"))
@@ -363,6 +366,7 @@ def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(t
     """Ctrl-C while workers decode: the run stops without waiting for them, and neither a worker
     nor the pool's manager thread outlives it (one still closing its pipe at interpreter exit made
     concurrent.futures' exit hook fail with "Bad file descriptor")."""
+    import concurrent.futures
     import concurrent.futures.process
     import multiprocessing
     import threading
@@ -376,13 +380,14 @@ def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(t
         running_then.extend(multiprocessing.active_children())
         write_library(*args)
     monkeypatch.setattr(library_module, "_write_library", note_what_runs_then_write_library)
-    timer = threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+    wait = concurrent.futures.wait
+
+    def ctrl_c_while_waiting(*args, **kwargs):  # where a real Ctrl-C lands: waiting for the decoders
+        wait(*args, timeout=2.0, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(concurrent.futures, "wait", ctrl_c_while_waiting)
     started = time.perf_counter()
-    try:
-        result = tag_library(tagger, library, _options(tmp_path / "out", workers=2), decode=decode_slowly)
-    finally:
-        timer.cancel()
+    result = tag_library(tagger, library, _options(tmp_path / "out", workers=2), decode=decode_slowly)
     assert result.interrupted and not result.tagged and not result.failed
     assert time.perf_counter() - started < 45  # the decoders sleep 60 s: they were not waited for
     assert running_then == []

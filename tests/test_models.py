@@ -129,6 +129,7 @@ def test_input_compression_and_normalisation():
         create_model(config, 3)
 
 
+@pytest.mark.slow
 def test_paper_trunk_skips_chunks_of_padding_without_changing_real_windows_or_gradients():
     from jaxtag.models.trunks import PaperTrunk
     trunk = PaperTrunk((4, 4, 8, 8), 16, cpu_fast=True, window_chunk=2)

@@ -119,6 +119,7 @@ def test_cpu_fast_paper_trunk_equals_the_plain_flax_trunk(chunk):
                  jax.grad(loss(fast))(params), jax.grad(loss(plain))(params))
 
 
+@pytest.mark.slow
 def test_cpu_fast_resnet_trunk_equals_the_plain_flax_trunk():
     rng = np.random.default_rng(5)
     x = rng.uniform(size=(5, 16, 16)).astype(np.float32)

@@ -52,6 +52,7 @@ def test_train_step_compiles_once_per_bucket(data_dir):
     assert step._cache_size() == 2
 
 
+@pytest.mark.slow
 def test_an_epoch_of_random_lengths_compiles_once_per_bucket(data_dir):
     """Counted by jax.monitoring (XLA compile events), over 30 tracks of random lengths."""
     from jaxtag.data.buckets import bucket_length
@@ -156,6 +157,7 @@ def test_main_eval_mode_and_prepare_cli(trained, tmp_path):
     assert "using the built-in SYNTHETIC corpus" in out.stderr  # said loudly, never silently
 
 
+@pytest.mark.slow
 def test_main_reports_bad_root_without_a_traceback(tmp_path):
     out = processes.run_cli("jaxtag.main", "--config=configs/tiny.py", f"--workdir={tmp_path}/w",
                             f"--config.data.root={tmp_path}/nope", f"--config.data.data_dir={tmp_path}/d")
@@ -196,6 +198,7 @@ def test_mistyped_config_field_fails_before_any_work(tmp_path):
     assert not os.path.exists(tmp_path / "d") and not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_prepare_cli_validates_the_config_before_reading_audio(tmp_path):
     out = processes.run_cli("jaxtag.prepare", "--config=configs/tiny.py", "--config.data.window_hop=64",
                             f"--config.data.data_dir={tmp_path}/d")
