@@ -328,7 +328,7 @@ def library_run(files: list[str]) -> dict:
     return {"files": len(result.tagged), "failed": result.failed, "audio_seconds": result.audio_seconds,
             "tag_seconds": result.seconds, "load_seconds": loaded, "stages": result.stage_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "worker_peak_rss_mb": result.worker_peak_rss_mb}
 
 
 def library_benchmark() -> None:

@@ -19,6 +19,34 @@ def test_mel_matches_direct_librosa_call_with_paper_parameters():
     np.testing.assert_allclose(mel, expected.T, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("sr, n_fft, n_mels", [(20500, 2048, 128), (16000, 512, 96), (8000, 512, 32),
+                                                (44100, 4096, 40), (22050, 1000, 64)])
+def test_mel_basis_is_librosas_filterbank(sr, n_fft, n_mels):
+    settings = features.FrontendSettings(sample_rate=sr, n_fft=n_fft, n_mels=n_mels)
+    np.testing.assert_allclose(features.mel_basis(settings), librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_library_decoding_worker_needs_no_librosa(tmp_path):
+    """Streaming mel frames given the basis imports neither librosa nor scipy (seconds and about
+    100 MB in every decoding worker), and gives mel_spectrogram's frames."""
+    import subprocess
+    import sys
+    path = write_tone(tmp_path / "tone.wav", 3.0, sr=16000)
+    code = ("import sys, numpy as np; from jaxtag.data.features import FrontendSettings, StreamingMel; "
+            "from jaxtag.data.audio import AudioStream; s = FrontendSettings(sample_rate=16000, n_fft=512, "
+            "hop_length=256, n_mels=96); m = StreamingMel(s, np.load(sys.argv[2])); "
+            "f = np.concatenate([m.push(b) for b in AudioStream(sys.argv[1], 16000)] + [m.finish()]); "
+            "np.save(sys.argv[3], f); print(sorted(n for n in ('librosa', 'scipy') if n in sys.modules))")
+    settings = features.FrontendSettings(sample_rate=16000, n_fft=512, hop_length=256, n_mels=96)
+    np.save(tmp_path / "basis.npy", features.mel_basis(settings))
+    out = subprocess.run([sys.executable, "-c", code, path, str(tmp_path / "basis.npy"), str(tmp_path / "f.npy")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    expected = features.mel_spectrogram(audio.load_audio(path, 16000), settings)
+    np.testing.assert_allclose(np.load(tmp_path / "f.npy"), expected, rtol=1e-4, atol=1e-7 * expected.max())
+
+
 def test_load_audio_downmixes_and_resamples(tmp_path):
     path = write_tone(tmp_path / "stereo.wav", 2.0, sr=44100, channels=2)
     y = audio.load_audio(path, 20500)

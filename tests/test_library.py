@@ -68,6 +68,8 @@ def test_library_outputs_equal_the_tagger_and_the_summary_is_right(tagger, libra
     out = tmp_path / "out"
     result = tag_library(tagger, library, _options(out, workers=2, embeddings=True))
     assert sorted(result.tagged) == sorted(library) and not result.failed and not result.skipped
+    from jaxtag.tagging.decoding import peak_rss_mb
+    assert 10 < result.worker_peak_rss_mb < peak_rss_mb()  # workers measure their own memory; no JAX in them
     rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
     with open(out / "library.csv", newline="") as f:
         table = {r["path"]: r for r in csv.DictReader(f)}
@@ -85,6 +87,32 @@ def test_library_outputs_equal_the_tagger_and_the_summary_is_right(tagger, libra
             w, b = (np.asarray(tagger.variables["params"]["out"][k]) for k in ("kernel", "bias"))
             np.testing.assert_allclose(1 / (1 + np.exp(-(npz["embeddings"] @ w + b))), scores, atol=1e-5)
         _check_summary_row(rows[path], table[path], record, scores, start, end)
+
+
+def test_the_model_takes_a_files_windows_while_it_is_still_being_decoded(trained, library, tmp_path, monkeypatch):
+    """A long file's windows go through the model as its frames arrive (whole chunks of the
+    regular windows), the rest once its length is known; the scores equal the in-memory tagger's."""
+    from helpers.crashing_decoder import decode_then_linger
+    from jaxtag.tagging import library as library_module
+    small_chunks = Tagger.from_workdir(trained[1], chunk_windows=4)
+    take_decoded, fed_before_the_end = library_module._take_decoded, {}
+
+    def note_windows_fed_then_take(c, state, decoded, batcher):
+        fed_before_the_end[state.path] = state.fed
+        return take_decoded(c, state, decoded, batcher)
+    monkeypatch.setattr(library_module, "_take_decoded", note_windows_fed_then_take)
+    out = tmp_path / "out"
+    result = tag_library(small_chunks, library, _options(out, workers=2), decode=decode_then_linger)
+    assert sorted(result.tagged) == sorted(library)
+    hop = small_chunks.frontend.window_hop
+    for path in library:
+        name = os.path.splitext(os.path.basename(path))[0]
+        windows = json.loads((out / f"{name}.json").read_text())["windows"]
+        starts = np.round(np.array([w["start"] for w in windows]) / small_chunks.frontend.seconds_per_frame)
+        regular = int(np.sum(starts % hop == 0))  # all but the one aligned to the end, if any
+        assert regular >= 4 and regular - 4 < fed_before_the_end[path] <= regular, (path, fed_before_the_end)
+        scores = np.array([w["scores"] for w in windows])
+        np.testing.assert_allclose(scores, small_chunks.tag(path).scores, atol=2e-6)
 
 
 def _check_summary_row(row, csv_row, record, scores, start, end):
@@ -383,7 +411,8 @@ def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(t
     wait = concurrent.futures.wait
 
     def ctrl_c_while_waiting(*args, **kwargs):  # where a real Ctrl-C lands: waiting for the decoders
-        wait(*args, timeout=2.0, **kwargs)
+        time.sleep(2.0)
+        wait(*args, **kwargs)
         raise KeyboardInterrupt
     monkeypatch.setattr(concurrent.futures, "wait", ctrl_c_while_waiting)
     started = time.perf_counter()

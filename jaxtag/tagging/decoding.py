@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-import uuid
 
 import numpy as np
 
@@ -39,6 +38,7 @@ class DecodedFile:
     stamp: dict                     # {"size", "mtime_ns", "sha256"} of the file as it was read
     decode_seconds: float           # decoding and resampling
     feature_seconds: float          # mel frames
+    worker_peak_rss_mb: float = 0.0  # the worker process's peak memory so far
 
 
 @dataclasses.dataclass
@@ -103,24 +103,26 @@ class _Envelope:
         return reduce_envelope(pairs[:, 0], pairs[:, 1], ENVELOPE_BINS)
 
 
-def decode_file(path: str, frontend: dict, tmp_dir: str) -> DecodedFile | DecodeFailure:
-    """Worker: decode `path` into mel frames in a file under tmp_dir. Never raises: a file that
-    cannot be decoded is a DecodeFailure saying why."""
+def decode_file(path: str, frontend: dict, frames_path: str, mel_basis: np.ndarray | None = None
+                ) -> DecodedFile | DecodeFailure:
+    """Worker: decode `path` into mel frames written to `frames_path` as they are made (the main
+    process reads them while this goes on). Never raises: a file that cannot be decoded is a
+    DecodeFailure saying why (and its frames file is removed). mel_basis: the frontend's
+    (jaxtag.data.features.mel_basis), so that the worker need not import librosa."""
     from jaxtag.errors import problem_of
-    frames_path = os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32")
     try:
-        return _decode(path, FrontendSettings(**frontend), frames_path)
+        return _decode(path, FrontendSettings(**frontend), frames_path, mel_basis)
     except Exception as e:  # noqa: BLE001 - reported for this file; the others go on
         if os.path.exists(frames_path):
             os.remove(frames_path)
         return DecodeFailure(path, problem_of(e))
 
 
-def _decode(path: str, settings: FrontendSettings, frames_path: str) -> DecodedFile:
+def _decode(path: str, settings: FrontendSettings, frames_path: str, mel_basis: np.ndarray | None) -> DecodedFile:
     check_audio_file(path)
     stamp = file_stamp(path)
     stream = AudioStream(path, settings.sample_rate)
-    mel = StreamingMel(settings)
+    mel = StreamingMel(settings, mel_basis)
     envelope = _Envelope(settings.sample_rate)
     decode_seconds = feature_seconds = 0.0
     with open(frames_path, "wb") as out:
@@ -132,6 +134,7 @@ def _decode(path: str, settings: FrontendSettings, frames_path: str) -> DecodedF
             start = time.perf_counter()
             frames = mel.finish() if y is None else mel.push(y)
             out.write(frames.tobytes())
+            out.flush()  # visible to the model as they come
             if y is not None:
                 envelope.add(y)
             feature_seconds += time.perf_counter() - start
@@ -144,13 +147,24 @@ def _decode(path: str, settings: FrontendSettings, frames_path: str) -> DecodedF
                         "padded with silence to one window")
     return DecodedFile(path=path, frames_path=frames_path, n_frames=mel.frames, n_mels=settings.n_mels,
                        duration=mel.samples / settings.sample_rate, envelope=envelope.result(), warnings=warnings,
-                       stamp=stamp, decode_seconds=decode_seconds, feature_seconds=feature_seconds)
+                       stamp=stamp, decode_seconds=decode_seconds, feature_seconds=feature_seconds,
+                       worker_peak_rss_mb=peak_rss_mb())
 
 
-def read_frames(decoded: DecodedFile, first: int, count: int) -> np.ndarray:
-    """Mel frames [first, first + count) of a decoded file (fewer at its end), read from disk."""
-    count = max(0, min(count, decoded.n_frames - first))
-    with open(decoded.frames_path, "rb") as f:
-        f.seek(first * decoded.n_mels * 4)
-        data = np.fromfile(f, np.float32, count * decoded.n_mels)
-    return data.reshape(count, decoded.n_mels)
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux: VmHWM, which starts afresh at exec, unlike
+    getrusage's maxrss, which a spawned worker inherits from its parent's fork), in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_frames(frames_path: str, n_mels: int, first: int, count: int) -> np.ndarray:
+    """Mel frames [first, first + count) of a frames file (fewer at its end), read from disk."""
+    with open(frames_path, "rb") as f:
+        f.seek(first * n_mels * 4)
+        data = np.fromfile(f, np.float32, max(0, count) * n_mels)
+    return data[:len(data) // n_mels * n_mels].reshape(-1, n_mels)

@@ -1,8 +1,9 @@
 """Tagging a whole library: `python -m jaxtag.tag DIR ... --output_dir=OUT` (tag_library).
 
 - Worker processes decode files into mel frames ahead of the model (jaxtag.tagging.decoding);
-  the model takes windows of several files together, in fixed chunks; memory is bounded for any
-  file length (audio and frames stream through blocks and a temporary file).
+  the model takes a file's windows as their frames arrive, while the rest is still decoded, and
+  windows of several files together, in fixed chunks; memory is bounded for any file length
+  (audio and frames stream through blocks and a temporary file).
 - Every output is written atomically, and a file's record (OUT/.jaxtag/records/NAME.json) last:
   it names the outputs written, the file's size, mtime and content fingerprint (its audio stream
   without tags), the model and settings. A file being redone loses its record first. A rerun skips
@@ -21,15 +22,18 @@ import os
 import shutil
 import sys
 import time
+import uuid
 
 import numpy as np
 
+from jaxtag.data import features
 from jaxtag.errors import DataError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
 from jaxtag.tagging.outputs import FORMATS, TMP_MARK, output_names, write_atomic, write_outputs
 
 RECORD_VERSION = 1
+POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
 
 
 @dataclasses.dataclass
@@ -56,6 +60,7 @@ class LibraryResult:
         ("decode", "features", "model", "writing"), 0.0))
     seconds: float = 0.0
     audio_seconds: float = 0.0   # of the files tagged in this run
+    worker_peak_rss_mb: float = 0.0  # the largest decoding worker's peak memory
 
 
 def settings_of(tagger, options: LibraryOptions) -> dict:
@@ -106,16 +111,44 @@ def finished_record(path: str, name: str, options: LibraryOptions, settings: dic
         return False
 
 
+@dataclasses.dataclass(eq=False)
+class _FileState:
+    """A file on its way through the model: its windows go to the batcher as its frames arrive
+    (a worker may still be decoding it); it is done when all its windows are encoded."""
+    path: str
+    frames_path: str
+    decoded: decoding.DecodedFile | None = None   # once its decoding has finished
+    n_windows: int | None = None                  # known then
+    fed: int = 0                                  # windows given to the batcher
+    encoded: int = 0
+    features: dict = dataclasses.field(default_factory=dict)  # window index -> features
+    dropped: bool = False                         # its decoding failed, or its worker died
+
+    @property
+    def done(self) -> bool:
+        return self.n_windows is not None and self.encoded == self.n_windows
+
+
 class WindowBatcher:
     """Fills fixed-size chunks of windows from several files and encodes them; a file whose
     windows are all encoded comes back from add() or flush()."""
 
     def __init__(self, tagger, stats: LibraryResult):
         self.tagger, self.stats = tagger, stats
-        self.rows: list[tuple[dict, int]] = []   # (file state, its window index) per chunk row
+        self.rows: list[tuple[_FileState, int]] = []   # (file, its window index) per chunk row
         self.windows: list[np.ndarray] = []
+        self.compiled = False
 
-    def add(self, state: dict, first: int, windows: np.ndarray) -> list[dict]:
+    def compile(self) -> None:
+        """Compile the model's one chunk shape now, while the workers start and decode (their
+        imports alone take seconds), not when the first windows arrive."""
+        if not self.compiled:
+            self.compiled = True
+            f, start = self.tagger.frontend, time.perf_counter()
+            self.tagger.encode_chunk(np.zeros((1, f.window_frames, f.n_mels), np.float32))
+            self.stats.stage_seconds["model"] += time.perf_counter() - start
+
+    def add(self, state: _FileState, first: int, windows: np.ndarray) -> list[_FileState]:
         done = []
         for k, window in enumerate(windows):
             self.rows.append((state, first + k))
@@ -124,33 +157,51 @@ class WindowBatcher:
                 done += self._encode()
         return done
 
-    def flush(self) -> list[dict]:
+    def flush(self) -> list[_FileState]:
         return self._encode() if self.rows else []
 
-    def _encode(self) -> list[dict]:
+    def _encode(self) -> list[_FileState]:
         start = time.perf_counter()
         features = self.tagger.encode_chunk(np.stack(self.windows))
         self.stats.stage_seconds["model"] += time.perf_counter() - start
         done = []
         for (state, index), feature in zip(self.rows, features):
-            if state["features"] is None:
-                state["features"] = np.zeros((state["n_windows"], len(feature)), np.float32)
-            state["features"][index] = feature
-            state["encoded"] += 1
-            if state["encoded"] == state["n_windows"]:
+            if state.dropped:
+                continue
+            state.features[index] = feature
+            state.encoded += 1
+            if state.done:
                 done.append(state)
         self.rows, self.windows = [], []
         return done
 
 
-def _window_groups(tagger, decoded: decoding.DecodedFile):
-    """(first window index, windows) of a decoded file, a chunk at a time, read from its frames file."""
+def _feed(tagger, state: _FileState, batcher: WindowBatcher, starts: np.ndarray, upto: int) -> list[_FileState]:
+    """Give the batcher windows state.fed .. upto-1 of a file (`starts`: their first frames), read
+    from its frames file a chunk at a time; the files this completes."""
+    f, done = tagger.frontend, []
+    while state.fed < upto:
+        group = starts[state.fed:min(upto, state.fed + tagger.chunk_windows)]
+        frames = decoding.read_frames(state.frames_path, f.n_mels, int(group[0]),
+                                      int(group[-1]) + f.window_frames - int(group[0]))
+        first, state.fed = state.fed, state.fed + len(group)
+        done += batcher.add(state, first, tagger.windows(frames, group - group[0]))
+    return done
+
+
+def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_FileState]:
+    """While a worker decodes a file: feed the batcher whole chunks of the windows whose frames have
+    all arrived. Those are the regular windows (every hop); the one aligned to the file's end, if
+    any, waits for the file's length."""
     f = tagger.frontend
-    starts = tagger.window_starts(decoded.n_frames)
-    for g in range(0, len(starts), tagger.chunk_windows):
-        group = starts[g:g + tagger.chunk_windows]
-        frames = decoding.read_frames(decoded, int(group[0]), int(group[-1]) + f.window_frames - int(group[0]))
-        yield g, tagger.windows(frames, group - group[0])
+    try:
+        arrived = os.path.getsize(state.frames_path) // (4 * f.n_mels)
+        ready = (arrived - f.window_frames) // f.window_hop + 1 if arrived >= f.window_frames else 0
+        if ready - state.fed < tagger.chunk_windows:
+            return []
+        return _feed(tagger, state, batcher, np.arange(ready) * f.window_hop, ready)
+    except OSError:  # not begun, or failed and removed: its result will say
+        return []
 
 
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
@@ -229,23 +280,32 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
     """Decode files in a pool of `workers` processes, a few ahead, tagging each as it comes.
     Returns (the files in flight when a worker died, the files not started then)."""
     frontend = dataclasses.asdict(c.tagger.frontend)
+    basis = features.mel_basis(c.tagger.frontend)
     context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.ignore_interrupts)
-    queue, pending = list(files), {}
+    queue, pending = list(files), {}  # future -> _FileState
     try:
         while queue or pending:
             while queue and len(pending) < workers + 1:  # bounded read-ahead
-                path = queue.pop(0)
-                pending[pool.submit(c.decode, path, frontend, tmp_dir)] = path
-            finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                state = _FileState(queue.pop(0), os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32"))
+                pending[pool.submit(c.decode, state.path, frontend, state.frames_path, basis)] = state
+            batcher.compile()
+            finished, _ = concurrent.futures.wait(pending, timeout=POLL_SECONDS,
+                                                  return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                path = pending.pop(future)
+                state = pending.pop(future)
                 try:
                     decoded = future.result()
                 except concurrent.futures.process.BrokenProcessPool:
-                    return [path, *pending.values()], queue
-                for state in _take_decoded(c, decoded, batcher):
-                    _finish(c, state)
+                    in_flight = [state, *pending.values()]
+                    for s in in_flight:  # their windows in the batcher are passed over
+                        s.dropped = True
+                    return [s.path for s in in_flight], queue
+                for done in _take_decoded(c, state, decoded, batcher):
+                    _finish(c, done)
+            for state in list(pending.values()):  # the model need not wait for a long file's end
+                for done in _feed_arrived(c.tagger, state, batcher):
+                    _finish(c, done)
         pool.shutdown()
         return [], []
     except BaseException:
@@ -265,31 +325,35 @@ def _fail(c: _RunContext, path: str, problem: str, done: bool = True) -> None:
     c.log.failed(path, problem, done)
 
 
-def _take_decoded(c: _RunContext, decoded, batcher: WindowBatcher) -> list[dict]:
-    """Feed a decoded file's windows to the batcher; the files this completes."""
+def _take_decoded(c: _RunContext, state: _FileState, decoded, batcher: WindowBatcher) -> list[_FileState]:
+    """A file's decoding has finished: feed the batcher the rest of its windows; the files this
+    completes (the file itself when all its windows were encoded already)."""
     if isinstance(decoded, decoding.DecodeFailure):
+        state.dropped = True
         _fail(c, decoded.path, decoded.problem)
         return []
     c.result.stage_seconds["decode"] += decoded.decode_seconds
     c.result.stage_seconds["features"] += decoded.feature_seconds
+    c.result.worker_peak_rss_mb = max(c.result.worker_peak_rss_mb, decoded.worker_peak_rss_mb)
     for warning in decoded.warnings:
         c.log.warn(decoded.path, warning)
-    state = {"decoded": decoded, "n_windows": len(c.tagger.window_starts(decoded.n_frames)), "encoded": 0,
-             "features": None}
-    done = []
-    for first, windows in _window_groups(c.tagger, decoded):
-        done += batcher.add(state, first, windows)
+    starts = c.tagger.window_starts(decoded.n_frames)
+    state.decoded, state.n_windows = decoded, len(starts)
+    done = _feed(c.tagger, state, batcher, starts, len(starts))
+    if state.done and all(s is not state for s in done):
+        done.append(state)
     return done
 
 
-def _finish(c: _RunContext, state: dict) -> None:
+def _finish(c: _RunContext, state: _FileState) -> None:
     """The across-window stage and every output of a file whose windows are all encoded: its
     record is removed first and written last."""
-    decoded: decoding.DecodedFile = state["decoded"]
+    decoded = state.decoded
     path, name, options = decoded.path, c.names[decoded.path], c.options
     try:
         start = time.perf_counter()
-        scores, embeddings = c.tagger.decode_features(state["features"], embeddings=options.embeddings)
+        scores, embeddings = c.tagger.decode_features(
+            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=options.embeddings)
         taggram = c.tagger.taggram(path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
         taggram = taggram.smoothed(options.smooth)
         c.result.stage_seconds["model"] += time.perf_counter() - start
