@@ -115,6 +115,30 @@ def test_the_model_takes_a_files_windows_while_it_is_still_being_decoded(trained
         np.testing.assert_allclose(scores, small_chunks.tag(path).scores, atol=2e-6)
 
 
+def test_a_frames_file_gone_mid_feed_loses_no_file_the_model_completed(trained, tmp_path, monkeypatch):
+    """Its worker failed and removed a file's frames while the model read them: the files the
+    chunks already encoded completed are still handed back (else never written)."""
+    from jaxtag.tagging import library as library_module
+    tagger = Tagger.from_workdir(trained[1], chunk_windows=2)
+    f = tagger.frontend
+    batcher = library_module.WindowBatcher(tagger, library_module.LibraryResult())
+    other = library_module._FileState("other.wav", "", n_windows=1)
+    batcher.add(other, 0, np.zeros((1, f.window_frames, f.n_mels), np.float32))
+    frames = tmp_path / "long.f32"
+    np.random.default_rng(0).random((f.window_frames + 2 * f.window_hop, f.n_mels), dtype=np.float32).tofile(frames)
+    read_frames, reads = library_module.decoding.read_frames, []
+
+    def read_then_vanish(*args):
+        reads.append(args)
+        if len(reads) > 1:
+            raise FileNotFoundError(str(frames))
+        return read_frames(*args)
+    monkeypatch.setattr(library_module.decoding, "read_frames", read_then_vanish)
+    long = library_module._FileState("long.wav", str(frames))
+    done = library_module._feed_arrived(tagger, long, batcher)
+    assert done == [other] and other.encoded == 1 and long.fed == 2 and len(reads) == 2
+
+
 def _check_summary_row(row, csv_row, record, scores, start, end):
     """The row recomputed from the file's own JSON: time on from the nearest window centre at
     every instant, the strongest window, the top tags by mean score."""

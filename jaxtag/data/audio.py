@@ -24,7 +24,7 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, dtype=np.float32)
     if samples.ndim == 1:
         return samples
-    if samples.shape[1] >= 8:  # numpy sums 8 or more pairwise: its own mean, then
+    if samples.shape[1] >= 8:  # numpy sums 8 or more pairwise, for librosa too: the same mean
         return samples.mean(axis=1, dtype=np.float32)
     total = samples[:, 0].copy()
     for channel in range(1, samples.shape[1]):

@@ -58,7 +58,7 @@ def _mel_to_hz(mel):
 def mel_basis(settings: FrontendSettings) -> np.ndarray:
     """The mel filterbank [n_mels, 1 + n_fft // 2] that mel_spectrogram applies: librosa's
     filters.mel (Slaney scale and area normalisation, 0 Hz to Nyquist), in numpy, so the library's
-    decoding workers and main process need not import librosa (seconds and ~100 MB each).
+    decoding workers and main process need not import librosa (seconds, and ~135 MB a worker).
     tests/test_audio_features.py checks it against librosa."""
     n_mels, sr = settings.n_mels, settings.sample_rate
     fft_freqs = np.fft.rfftfreq(settings.n_fft, 1.0 / sr)

@@ -31,7 +31,6 @@ class DecodedFile:
     path: str
     frames_path: str
     n_frames: int
-    n_mels: int
     duration: float                 # seconds of audio decoded
     envelope: np.ndarray            # [bins, 2] (min, max)
     warnings: list[str]
@@ -145,7 +144,7 @@ def _decode(path: str, settings: FrontendSettings, frames_path: str, mel_basis: 
     if mel.frames < settings.window_frames:
         warnings.append(f"shorter than one window ({stream.seconds:.2f} s < {window_seconds:.2f} s): "
                         "padded with silence to one window")
-    return DecodedFile(path=path, frames_path=frames_path, n_frames=mel.frames, n_mels=settings.n_mels,
+    return DecodedFile(path=path, frames_path=frames_path, n_frames=mel.frames,
                        duration=mel.samples / settings.sample_rate, envelope=envelope.result(), warnings=warnings,
                        stamp=stamp, decode_seconds=decode_seconds, feature_seconds=feature_seconds,
                        worker_peak_rss_mb=peak_rss_mb())

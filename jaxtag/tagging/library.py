@@ -176,32 +176,33 @@ class WindowBatcher:
         return done
 
 
-def _feed(tagger, state: _FileState, batcher: WindowBatcher, starts: np.ndarray, upto: int) -> list[_FileState]:
+def _feed(tagger, state: _FileState, batcher: WindowBatcher, starts: np.ndarray, upto: int,
+          done: list[_FileState]) -> None:
     """Give the batcher windows state.fed .. upto-1 of a file (`starts`: their first frames), read
-    from its frames file a chunk at a time; the files this completes."""
-    f, done = tagger.frontend, []
+    from its frames file a chunk at a time; the files this completes go into `done` (kept there
+    if a later read fails)."""
+    f = tagger.frontend
     while state.fed < upto:
         group = starts[state.fed:min(upto, state.fed + tagger.chunk_windows)]
         frames = decoding.read_frames(state.frames_path, f.n_mels, int(group[0]),
                                       int(group[-1]) + f.window_frames - int(group[0]))
         first, state.fed = state.fed, state.fed + len(group)
         done += batcher.add(state, first, tagger.windows(frames, group - group[0]))
-    return done
 
 
 def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_FileState]:
     """While a worker decodes a file: feed the batcher whole chunks of the windows whose frames have
     all arrived. Those are the regular windows (every hop); the one aligned to the file's end, if
     any, waits for the file's length."""
-    f = tagger.frontend
+    f, done = tagger.frontend, []
     try:
         arrived = os.path.getsize(state.frames_path) // (4 * f.n_mels)
         ready = (arrived - f.window_frames) // f.window_hop + 1 if arrived >= f.window_frames else 0
-        if ready - state.fed < tagger.chunk_windows:
-            return []
-        return _feed(tagger, state, batcher, np.arange(ready) * f.window_hop, ready)
+        if ready - state.fed >= tagger.chunk_windows:
+            _feed(tagger, state, batcher, np.arange(ready) * f.window_hop, ready, done)
     except OSError:  # not begun, or failed and removed: its result will say
-        return []
+        pass
+    return done
 
 
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
@@ -339,7 +340,8 @@ def _take_decoded(c: _RunContext, state: _FileState, decoded, batcher: WindowBat
         c.log.warn(decoded.path, warning)
     starts = c.tagger.window_starts(decoded.n_frames)
     state.decoded, state.n_windows = decoded, len(starts)
-    done = _feed(c.tagger, state, batcher, starts, len(starts))
+    done = []
+    _feed(c.tagger, state, batcher, starts, len(starts), done)
     if state.done and all(s is not state for s in done):
         done.append(state)
     return done
