@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags
 
-from jaxtag.tagging.outputs import FORMATS
+from jaxtag.tagging.outputs import FORMATS, check_formats
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run directory (with checkpoints/); without it, "
                                "the pretrained --model tags.")
@@ -47,11 +47,10 @@ def _check_flags(inputs) -> None:
         raise app.UsageError("--model and --hop_seconds pick a pretrained model; --workdir a trained run: give one")
     if _SMOOTH.value < 1 or _SMOOTH.value % 2 == 0:
         raise app.UsageError(f"--smooth must be an odd number of windows >= 1, got {_SMOOTH.value}")
-    unknown = [f for f in _FORMATS.value if f not in FORMATS]
-    if unknown:
-        raise app.UsageError(f"--formats: unknown {unknown}; known: {list(FORMATS)}")
-    if "json" not in _FORMATS.value:
-        raise app.UsageError("--formats must include json (each file's taggram, and its part of the library summary)")
+    try:
+        check_formats(_FORMATS.value)
+    except ValueError as e:
+        raise app.UsageError(f"--formats: {e}") from None
     if _DRY_RUN.value and not _WRITE_TAGS.value:
         raise app.UsageError("--dry_run goes with --write_tags")
     if _WORKERS.value < 0:

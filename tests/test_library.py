@@ -139,6 +139,16 @@ def test_a_frames_file_gone_mid_feed_loses_no_file_the_model_completed(trained, 
     assert done == [other] and other.encoded == 1 and long.fed == 2 and len(reads) == 2
 
 
+def test_formats_must_be_known_and_include_json(tagger, library, tmp_path):
+    from jaxtag.tagging.outputs import check_formats
+    check_formats(("json", "png"))
+    with pytest.raises(ValueError, match=r"unknown \['mp4'\]"):
+        check_formats(("json", "mp4"))
+    with pytest.raises(ValueError, match="must include json"):
+        tag_library(tagger, library, _options(tmp_path / "out", formats=("csv", "png")))
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
 def _check_summary_row(row, csv_row, record, scores, start, end):
     """The row recomputed from the file's own JSON: time on from the nearest window centre at
     every instant, the strongest window, the top tags by mean score."""

@@ -34,7 +34,7 @@ class DecodedFile:
     duration: float                 # seconds of audio decoded
     envelope: np.ndarray            # [bins, 2] (min, max)
     warnings: list[str]
-    stamp: dict                     # {"size", "mtime_ns", "sha256"} of the file as it was read
+    stamp: dict                     # file_stamp: {"size", "mtime_ns", "content"} as it was read
     decode_seconds: float           # decoding and resampling
     feature_seconds: float          # mel frames
     worker_peak_rss_mb: float = 0.0  # the worker process's peak memory so far

@@ -30,7 +30,7 @@ from jaxtag.data import features
 from jaxtag.errors import DataError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
-from jaxtag.tagging.outputs import FORMATS, TMP_MARK, output_names, write_atomic, write_outputs
+from jaxtag.tagging.outputs import FORMATS, TMP_MARK, check_formats, output_names, write_atomic, write_outputs
 
 RECORD_VERSION = 1
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
@@ -208,8 +208,7 @@ def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_Fi
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
     """Tag every file into options.output_dir (see the module docstring); returns what happened.
     decode: the worker function (default decoding.decode_file)."""
-    if "json" not in options.formats:
-        raise ValueError("the formats must include json (a file's taggram, and its part of the library summary)")
+    check_formats(options.formats)
     files = [os.fspath(f) for f in files]
     log = log or _Log(options)
     result = LibraryResult()

@@ -18,6 +18,16 @@ from jaxtag.errors import DataError
 FORMATS = ("json", "csv", "png", "html")
 
 
+def check_formats(formats) -> None:
+    """ValueError unless `formats` are known and include json (a file's taggram, and its part of
+    a library's summary)."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown {unknown}; known: {list(FORMATS)}")
+    if "json" not in formats:
+        raise ValueError("they must include json (each file's taggram, and its part of the library summary)")
+
+
 def find_audio(inputs: list[str]) -> list[str]:
     """Files given directly, plus the audio files under given directories (sorted, recursive;
     hidden files and folders, such as macOS's ._song.mp3, are passed over)."""
