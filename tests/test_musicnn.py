@@ -19,6 +19,7 @@ import time
 import wave
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ from jaxtag import pretrained
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import mel_spectrogram
 from jaxtag.errors import JaxtagError
-from jaxtag.models.musicnn import MUSICNN_FRONTEND, Musicnn, compress
+from jaxtag.models.musicnn import MUSICNN_FRONTEND, Musicnn, compress, single_channel_conv
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "musicnn_reference.npz"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -264,6 +265,27 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXTAG_DATA_DIR")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert pretrained.cache_dir() == str(tmp_path / "home" / "jaxtag_data" / "pretrained")
+
+
+@pytest.mark.parametrize("kernel_shape,padding", [
+    ((7, 38), ((0, 0), (0, 0))), ((7, 67), ((0, 0), (0, 0))),      # timbral (time padded before)
+    ((128, 1), ((63, 64), (0, 0))), ((32, 1), ((15, 16), (0, 0))),  # temporal, TF "same" along time
+    ((3, 5), ((1, 2), (2, 0)))])                                    # uneven padding on both axes
+def test_single_channel_conv_gradients_equal_xla_autodiff(kernel_shape, padding):
+    rng = np.random.default_rng(sum(kernel_shape))
+    x = jnp.asarray(rng.normal(size=(3, 40, 70, 1)).astype(np.float32))
+    kernel = jnp.asarray(rng.normal(size=kernel_shape + (1, 6)).astype(np.float32))
+
+    def plain(x_, k_):
+        return jax.lax.conv_general_dilated(x_, k_, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+    out = plain(x, kernel)
+    weights = jnp.asarray(rng.normal(size=out.shape).astype(np.float32))  # a loss that weighs every output
+    mine = jax.grad(lambda x_, k_: jnp.sum(single_channel_conv(x_, k_, padding) * weights), (0, 1))(x, kernel)
+    xla = jax.grad(lambda x_, k_: jnp.sum(plain(x_, k_) * weights), (0, 1))(x, kernel)
+    np.testing.assert_array_equal(single_channel_conv(x, kernel, padding), out)
+    for got, want in zip(mine, xla):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(want))))
 
 
 def test_musicnn_checks_its_input():

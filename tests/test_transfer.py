@@ -153,6 +153,13 @@ def test_finetuning_moves_the_trunk_but_not_its_batch_norm_statistics(musicnn_ru
     published = _published(pretrained_cache)
     assert _max_difference(variables, published, "params") > 0
     assert _max_difference(variables, published, "batch_stats") == 0.0
+    mine = variables["params"]["trunk"]["musicnn"]
+    # Every front-end conv trains (their kernel gradients are jaxtag's own, see single_channel_conv);
+    # the input batch norm's scale and shift stay the published ones.
+    for conv in ("timbral_7x38", "timbral_7x67", "temporal_128", "temporal_64", "temporal_32"):
+        assert np.max(np.abs(np.asarray(mine[conv]["kernel"]) - published["params"][conv]["kernel"])) > 0, conv
+    for name in ("scale", "bias"):
+        np.testing.assert_array_equal(mine["input_bn"][name], published["params"]["input_bn"][name])
 
 
 def test_optimizer_freezes_or_slows_only_the_musicnn_weights(data_dir, pretrained_cache, monkeypatch):
