@@ -585,6 +585,28 @@ def test_temporary_copy_cannot_be_created(tmp_path, monkeypatch):
     assert read_bytes(path) == data
 
 
+def test_a_copy_left_by_a_killed_writer_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+    path = make_track("flac", tmp_path)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # What write_tags leaves when SIGKILLed mid-copy: a hidden copy carrying the writer's id.
+        stale = tmp_path / f".track.flac.x1y2z3.jaxtag-tmp-{gone}"
+        live = tmp_path / f".track.flac.a4b5c6.jaxtag-tmp-{running.pid}"   # another writer's, still at work
+        other = tmp_path / f".other.flac.d7e8f9.jaxtag-tmp-{gone}"        # another file's: its own write cleans it
+        for leftover in (stale, live, other):
+            leftover.write_bytes(b"half a copy")
+        metadata.write_tags(path, MOODS, TAGS, MODEL)
+        assert metadata.read_tags(path)["MOOD"]
+        assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name, "track.flac"])
+    finally:
+        running.kill()
+        running.wait()
+
+
 def test_file_changed_during_the_write_is_not_overwritten(tmp_path, monkeypatch):
     path = make_track("flac", tmp_path)
     real_save = metadata._save

@@ -30,7 +30,8 @@ from jaxtag.data import features
 from jaxtag.errors import DataError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
-from jaxtag.tagging.outputs import FORMATS, TMP_MARK, check_formats, output_names, write_atomic, write_outputs
+from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, write_atomic,
+                                    write_outputs)
 
 RECORD_VERSION = 1
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
@@ -433,9 +434,7 @@ def _fresh_tmp_dir(output_dir: str) -> str:
     half-written outputs and records under temporary names) is removed first."""
     for folder in (output_dir, os.path.join(output_dir, RECORDS)):
         for entry in os.listdir(folder):
-            pid = entry.rsplit(TMP_MARK, 1)[1] if TMP_MARK in entry else None
-            # (our own pid on a leftover: a killed run in an earlier container that had it)
-            if pid is not None and not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            if left_by_dead_process(entry):
                 path = os.path.join(folder, entry)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
@@ -444,16 +443,6 @@ def _fresh_tmp_dir(output_dir: str) -> str:
     path = os.path.join(output_dir, f"{TMP_MARK}{os.getpid()}")
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _Log:

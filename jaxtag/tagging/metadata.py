@@ -58,6 +58,7 @@ import zlib
 from typing import BinaryIO, Iterable, Sequence
 
 from jaxtag.errors import DataError
+from jaxtag.tagging.outputs import TMP_MARK, left_by_dead_process
 
 # .aac (raw ADTS) is not here: it has no metadata container, and mutagen's AAC class is read-only.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -82,7 +83,6 @@ _FIELDS = {
     "ogg": ("MOOD", "JAXTAG"),
     "mp4": (_ITUNES + "MOOD", _ITUNES + "JAXTAG"),
 }
-_TEMP_SUFFIX = ".jaxtag-tmp"
 _CHUNK = 1 << 20
 
 
@@ -686,6 +686,21 @@ def _fingerprint_before_writing(path, real: str, kind: str, audio) -> str:
         raise DataError(path, f"cannot read the file: {e.strerror or e}") from e
 
 
+def _remove_stale_copies(folder: str, prefix: str) -> None:
+    """Remove the tagged copies of this file that a killed writer left (the copy carries its
+    process id); copies of a writer still running stay."""
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix) and TMP_MARK in n]
+    except OSError:
+        return
+    for name in names:
+        if left_by_dead_process(name):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
 def write_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequence[str],
                model: str, dry_run: bool = False) -> dict[str, str]:
     """Write the planned fields into ``path``'s own metadata and return them.
@@ -709,11 +724,11 @@ def write_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequ
     other_before = _other_tags(audio, kind)
 
     folder = os.path.dirname(real)
+    # (the name's first 100 bytes only, so that the temporary name fits in 255 bytes)
+    short = os.fsdecode(os.fsencode(os.path.basename(real))[:100])
+    _remove_stale_copies(folder, "." + short + ".")
     try:
-        # (the name's first 100 bytes only, so that the temporary name fits in 255 bytes)
-        short = os.fsdecode(os.fsencode(os.path.basename(real))[:100])
-        fd, tmp = tempfile.mkstemp(prefix="." + short + ".",
-                                   suffix=_TEMP_SUFFIX, dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix="." + short + ".", suffix=f"{TMP_MARK}{os.getpid()}", dir=folder)
     except OSError as e:
         raise DataError(path, f"cannot create a temporary copy in {folder} to write tags "
                               f"safely: {e.strerror or e}") from e

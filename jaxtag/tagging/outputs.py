@@ -81,6 +81,24 @@ def output_names(paths: list[str], owner=None) -> dict[str, str]:
 TMP_MARK = ".jaxtag-tmp-"
 
 
+def left_by_dead_process(name: str) -> bool:
+    """Whether a temporary name (TMP_MARK + a process id) was left by a process that is gone, so
+    its file can be removed. Our own id on a leftover means a killed run in an earlier container
+    that had it (a live writer in this process removes its own temporary files)."""
+    pid = name.rsplit(TMP_MARK, 1)[1] if TMP_MARK in name else None
+    if pid is None:
+        return False
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # alive, another user's
+        return False
+    return False
+
+
 def temporary_name(path: str) -> str:
     """A hidden name beside `path` for writing it before the atomic rename; it carries this
     process's id, so a later run can remove what a killed run left (library._fresh_tmp_dir)."""
