@@ -95,6 +95,9 @@ def test_train_and_evaluate_writes_checkpoints_and_metrics(trained):
     _, latest = checkpoints.restore_for_inference(workdir, "latest")
     assert best["validation"][metric] == latest["best_score"] >= latest["validation"][metric]
     assert (best["step"] == latest["step"]) == (latest["validation"][metric] == latest["best_score"])
+    # The test metrics say which checkpoint they are of, and its validation scores (docs/results.md).
+    assert saved["checkpoint"]["epoch"] == best["epoch"] and saved["checkpoint"]["which"] == "best"
+    assert saved["checkpoint"]["validation"]["mean_roc_auc"] == best["validation"]["mean_roc_auc"]
     assert len(os.listdir(os.path.join(workdir, "checkpoints", "latest"))) <= config.train.keep_checkpoints
     assert len(os.listdir(os.path.join(workdir, "checkpoints", "best"))) == 1
 

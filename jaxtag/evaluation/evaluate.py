@@ -111,7 +111,10 @@ def evaluate_checkpoint(config, workdir: str, split: str = "test", which: str = 
     threshold = checkpoints.checkpoint_threshold(meta, len(tags))
     result = evaluate_split(config, split, variables, make_predict_step(model), run_keys(config.seed).inference,
                             tags, threshold)
-    result["metrics"]["checkpoint"] = {"epoch": meta["epoch"], "step": meta.get("step"), "which": which}
+    validation = meta.get("validation") or {}   # the validation metrics the checkpoint was saved with
+    result["metrics"]["checkpoint"] = {
+        "epoch": meta["epoch"], "step": meta.get("step"), "which": which,
+        "validation": {k: validation[k] for k in ("mean_roc_auc", "mean_pr_auc", "mean_f1", "mean_maa") if k in validation}}
     if jax.process_index() == 0:  # one writer in a multi-host run
         paths = write_results(workdir, split, result["metrics"], result["predictions"])
         print(f"{split} metrics of the {which} checkpoint (epoch {meta['epoch'] + 1}):")
