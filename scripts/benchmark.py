@@ -31,6 +31,8 @@ _WINDOWS = flags.DEFINE_integer("windows", 75, "Windows in the benchmark track."
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions.")
 _PIPELINE = flags.DEFINE_bool("pipeline", True, "Measure the tf.data pipeline overhead on the default corpus.")
 _ABLATION = flags.DEFINE_bool("ablation", False, "Also time the paper trunk with XLA's own conv/pool gradients.")
+_MUSICNN = flags.DEFINE_bool("musicnn", False, "Also time training on the musicnn trunk: frozen, fine-tuned, and "
+                             "fine-tuned with XLA's own kernel gradients for its front-end convs.")
 _LIBRARY = flags.DEFINE_bool("library", False, "Only the library-tagging benchmark: generated MP3s (4 and 60 "
                              "minutes, and a library of 10 four-minute files) tagged end to end with musicnn-msd.")
 _LIBRARY_DIR = flags.DEFINE_string("library_dir", "", "Where the generated audio is kept (default: a temporary "
@@ -90,7 +92,9 @@ def matmul_peak(n=2048, repeats=10) -> float:
 def _config(name):
     import importlib
     config = importlib.import_module(f"configs.{name}").get_config()
-    if _QUICK.value:
+    if _QUICK.value and config.model.name.startswith("musicnn"):  # its sizes are its weights'; it takes any length
+        config.data.window_frames = 64
+    elif _QUICK.value:
         d, m = config.data, config.model
         d.n_mels, d.window_frames = 32, 32
         m.conv_channels, m.dense_sizes, m.lstm_size = (4, 4, 8, 8), (32, 16, 16), 8
@@ -130,6 +134,45 @@ def bench_model(name: str, n_windows: int, repeats: int) -> dict:
             "train_gflops": flops / train_s / 1e9, "infer_gflops": infer_flops / infer_s / 1e9,
             "flops_per_step": flops, "padded_to": length,
             "step_seconds": train_s, "step": lambda: jax.block_until_ready(one_step())}
+
+
+def musicnn_training(n_windows: int, repeats: int) -> list[tuple[str, float]]:
+    """Train-step windows/s of a track of n_windows on the musicnn trunk (published weights,
+    needs them cached or the network): frozen, fine-tuned, and fine-tuned with XLA's own kernel
+    gradients for the one-channel front-end convs (what jaxtag.models.musicnn.single_channel_conv
+    replaces)."""
+    import jax
+    import numpy as np
+    from jaxtag.data.buckets import bucket_length
+    from jaxtag.models import create_model, musicnn
+    from jaxtag.training import steps
+    rows = []
+    for label, name, xla_kernel_grads in [("frozen trunk", "musicnn_lstm", False),
+                                          ("fine-tuned", "musicnn_lstm_finetune", False),
+                                          ("fine-tuned, XLA's own kernel gradients", "musicnn_lstm_finetune", True)]:
+        config = _config(name)
+        d = config.data
+        model = create_model(config.model, 18)
+        length = bucket_length(n_windows, config.train.length_buckets)
+        rng = np.random.default_rng(0)
+        present = np.arange(length)[None] < n_windows
+        batch = {"mel": (rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]
+                         ).astype(np.float32),
+                 "labels": (rng.uniform(size=(1, length, 18)) < 0.35).astype(np.float32),
+                 "mask": present, "present": present}
+        holder = {"state": steps.create_train_state(config, model, jax.random.PRNGKey(0))}
+        step = steps.make_train_step(model, config.train.loss)
+        original = musicnn.single_channel_conv
+        if xla_kernel_grads:
+            musicnn.single_channel_conv = musicnn._conv2d   # plain lax.conv: XLA differentiates it
+        try:
+            def one_step():
+                holder["state"], loss, _, _ = step(holder["state"], batch, jax.random.PRNGKey(1))
+                return loss
+            rows.append((label, n_windows / _time(one_step, repeats)))
+        finally:
+            musicnn.single_channel_conv = original
+    return rows
 
 
 def trunk_ablation(n_windows: int, repeats: int) -> list[tuple[str, float]]:
@@ -385,6 +428,9 @@ def main(argv):
     if _ABLATION.value:
         for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
             print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
+    if _MUSICNN.value:
+        for label, rate in musicnn_training(8 if _QUICK.value else 32, r):
+            print(f"musicnn_lstm train step, {label}: {rate:.1f} windows/s (track of {8 if _QUICK.value else 32} windows)")
     n_tracks, max_windows = (8, 24) if _QUICK.value else (40, 200)  # quick: fewer buckets to compile
     for name in results:
         compiled, buckets = count_compilations(name, n_tracks, max_windows)

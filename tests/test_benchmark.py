@@ -7,8 +7,9 @@ from helpers import processes
 
 
 @pytest.mark.slow
-def test_benchmark_prints_its_table_and_ends_with_the_cnn_lstm_train_rate():
-    out = processes.run(["scripts/benchmark.py", "--quick", "--repeats=1", "--nopipeline"], timeout=900)
+def test_benchmark_prints_its_table_and_ends_with_the_cnn_lstm_train_rate(pretrained_cache):
+    out = processes.run(["scripts/benchmark.py", "--quick", "--repeats=1", "--nopipeline", "--musicnn"], timeout=900,
+                        JAXTAG_CACHE=pretrained_cache)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("JAX ") and "devices:" in lines[0]
@@ -21,5 +22,8 @@ def test_benchmark_prints_its_table_and_ends_with_the_cnn_lstm_train_rate():
         compiled = re.search(rf"^{name}: compilations for an epoch of 8 tracks of random lengths: (\d+) \((\d+) length buckets\)",
                              out.stdout, re.M)
         assert compiled and int(compiled.group(1)) == int(compiled.group(2)) > 1
+    for kind in ("frozen trunk", "fine-tuned", "fine-tuned, XLA's own kernel gradients"):
+        rate = re.search(rf"^musicnn_lstm train step, {re.escape(kind)}: ([\d.]+) windows/s", out.stdout, re.M)
+        assert rate and float(rate.group(1)) > 0, kind
     final = re.fullmatch(r"cnn_lstm train windows/s: ([\d.]+)", lines[-1])
     assert final and float(final.group(1)) == rows["cnn_lstm"][0]
