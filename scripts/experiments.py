@@ -60,7 +60,8 @@ def run_once(name: str, split_seed: int) -> dict:
     record = json.load(open(record_path)) if os.path.exists(record_path) else {"train_and_eval_seconds": 0.0}
     start = time.time()
     metrics = train_and_evaluate(config, workdir)
-    record["train_and_eval_seconds"] += time.time() - start
+    if record.get("metrics") is None or record.get("epochs") != config.train.num_epochs:
+        record["train_and_eval_seconds"] += time.time() - start   # not a finished run evaluated again
     record.update(config=EXPERIMENTS[name], model=config.model.name, epochs=config.train.num_epochs,
                   split_seed=split_seed, metrics=metrics)
     with open(record_path, "w") as f:
