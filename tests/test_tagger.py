@@ -1,4 +1,5 @@
 """Tagging new audio: library API and CLI, on the tiny trained run."""
+import dataclasses
 import json
 import os
 
@@ -199,3 +200,33 @@ def test_a_checkpoint_in_the_earlier_layout_still_tags(trained, tmp_path):
     y = np.random.default_rng(0).standard_normal(8000 * 5).astype(np.float32) * 0.1
     np.testing.assert_array_equal(Tagger.from_workdir(str(tmp_path / "old")).tag(y, sr=8000).scores,
                                   Tagger.from_workdir(workdir).tag(y, sr=8000).scores)
+
+
+def _teal_pixels(png: bytes) -> int:
+    import io
+
+    import matplotlib.image
+    rgb = (matplotlib.image.imread(io.BytesIO(png), format="png")[..., :3] * 255).round()
+    return int(np.sum(np.all(np.abs(rgb - [0x2d, 0xd4, 0xbf]) <= 2, axis=-1)))
+
+
+def test_taggram_picture_marks_exactly_the_active_cells():
+    import io
+
+    from jaxtag.tagging import plots
+    from jaxtag.tagging.taggram import Taggram
+    # Windows 0-4, 2-6, 4-8 s of an 8-s file: stretches 0-3, 3-5, 5-8 s (nearest centre).
+    scores = np.array([[0.1, 0.2], [0.9, 0.3], [0.2, 0.7]], np.float32)
+    taggram = Taggram("song.wav", 8.0, ["Emotion-Happy", "Emotion-Sad"], np.array([0.0, 2.0, 4.0]),
+                      np.array([4.0, 6.0, 8.0]), scores, np.array([0.5, 0.6], np.float32), "m",
+                      np.tile([[-0.5, 0.5]], (50, 1)))
+    np.testing.assert_allclose(plots.active_segments(taggram), [[[3.0, 0.5], [5.0, 0.5]],    # window 1, tag 0
+                                                                [[5.0, 1.5], [8.0, 1.5]]])   # window 2, tag 1
+    png = io.BytesIO()
+    plots.plot_taggram(taggram, png)
+    assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n" and _teal_pixels(png.getvalue()) > 0
+    quiet = dataclasses.replace(taggram, threshold=np.array([0.95, 0.95], np.float32))
+    assert plots.active_segments(quiet).shape == (0, 2, 2)
+    png = io.BytesIO()
+    plots.plot_taggram(quiet, png)
+    assert _teal_pixels(png.getvalue()) == 0
