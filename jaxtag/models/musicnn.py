@@ -66,9 +66,9 @@ def single_channel_conv(x, kernel, padding):
 
     XLA's CPU convolution differentiates a one-channel input's kernel slowly (it convolves the
     input with the output gradient as a [T, F]-sized kernel of one channel: 36-60 ms a window
-    for musicnn's front-end convs, 3-10x the forward pass), which made fine-tuning musicnn crawl.
-    The same sums as a 1-D convolution over time whose channels are (example, frequency
-    position) run 3-11x faster; the forward pass and the input gradient are XLA's own.
+    for each of musicnn's big front-end convs, 7-18x their forward pass), which made fine-tuning
+    musicnn crawl. The same sums as a 1-D convolution over time whose channels are (example,
+    frequency position) run 4-11x faster; the forward pass and the input gradient are XLA's own.
     """
     return _conv2d(x, kernel, padding)
 
