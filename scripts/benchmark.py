@@ -101,21 +101,26 @@ def _config(name):
     return config
 
 
-def bench_model(name: str, n_windows: int, repeats: int) -> dict:
-    import jax
+def _random_track(config, n_windows: int, num_tags: int = 18) -> tuple[dict, int]:
+    """A batch of one track of n_windows random windows, padded to its length bucket; the bucket."""
     import numpy as np
     from jaxtag.data.buckets import bucket_length
-    from jaxtag.models import create_model
-    from jaxtag.training import steps
-    config = _config(name)
-    model = create_model(config.model, 18)
     d = config.data
     length = bucket_length(n_windows, config.train.length_buckets)
     rng = np.random.default_rng(0)
     present = np.arange(length)[None] < n_windows
-    batch = {"mel": (rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]).astype(np.float32),
-             "labels": (rng.uniform(size=(1, length, 18)) < 0.35).astype(np.float32),
-             "mask": present, "present": present}
+    mel = rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]
+    return {"mel": mel.astype(np.float32), "labels": (rng.uniform(size=(1, length, num_tags)) < 0.35).astype(np.float32),
+            "mask": present, "present": present}, length
+
+
+def bench_model(name: str, n_windows: int, repeats: int) -> dict:
+    import jax
+    from jaxtag.models import create_model
+    from jaxtag.training import steps
+    config = _config(name)
+    model = create_model(config.model, 18)
+    batch, length = _random_track(config, n_windows)
     state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
     step = steps.make_train_step(model, config.train.loss)
     key = jax.random.PRNGKey(1)
@@ -142,8 +147,6 @@ def musicnn_training(n_windows: int, repeats: int) -> list[tuple[str, float]]:
     gradients for the one-channel front-end convs (what jaxtag.models.musicnn.single_channel_conv
     replaces)."""
     import jax
-    import numpy as np
-    from jaxtag.data.buckets import bucket_length
     from jaxtag.models import create_model, musicnn
     from jaxtag.training import steps
     rows = []
@@ -151,15 +154,8 @@ def musicnn_training(n_windows: int, repeats: int) -> list[tuple[str, float]]:
                                           ("fine-tuned", "musicnn_lstm_finetune", False),
                                           ("fine-tuned, XLA's own kernel gradients", "musicnn_lstm_finetune", True)]:
         config = _config(name)
-        d = config.data
         model = create_model(config.model, 18)
-        length = bucket_length(n_windows, config.train.length_buckets)
-        rng = np.random.default_rng(0)
-        present = np.arange(length)[None] < n_windows
-        batch = {"mel": (rng.uniform(size=(1, length, d.window_frames, d.n_mels)) * present[..., None, None]
-                         ).astype(np.float32),
-                 "labels": (rng.uniform(size=(1, length, 18)) < 0.35).astype(np.float32),
-                 "mask": present, "present": present}
+        batch, _ = _random_track(config, n_windows)
         holder = {"state": steps.create_train_state(config, model, jax.random.PRNGKey(0))}
         step = steps.make_train_step(model, config.train.loss)
         original = musicnn.single_channel_conv
