@@ -17,6 +17,7 @@ setup(
         "orbax-checkpoint>=0.11",
         "librosa>=0.10.2",
         "soundfile>=0.12.1",
+        "threadpoolctl>=3.1",  # the decoding workers' numpy BLAS on one thread
         "numpy>=1.26",
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets>=4.9.6",

@@ -64,6 +64,25 @@ def _options(out, **kw):
     return LibraryOptions(output_dir=str(out), workers=kw.pop("workers", 1), top_n=0, **kw)
 
 
+def test_decoding_workers_run_numpy_blas_on_one_thread():
+    """A decoding worker's BLAS (its mel projection) on more threads than one spins on the cores
+    the model's threads need (measured: twice the CPU time for the same decoding)."""
+    import concurrent.futures
+    import importlib
+    import multiprocessing
+    import threadpoolctl
+    from jaxtag.tagging import decoding
+    context = multiprocessing.get_context("spawn")
+    runs = {}
+    for name, init, args in (("plain", importlib.import_module, ("numpy",)), ("worker", decoding.init_worker, ())):
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=context, initializer=init, initargs=args) as pool:
+            runs[name] = [(p["user_api"], p["num_threads"]) for p in pool.submit(threadpoolctl.threadpool_info).result()]
+    assert any(api == "blas" for api, _ in runs["worker"])
+    assert all(threads == 1 for _, threads in runs["worker"]), runs["worker"]
+    if (os.cpu_count() or 1) > 1:  # what the initializer changes: numpy's default is a thread per core
+        assert any(api == "blas" and threads > 1 for api, threads in runs["plain"]), runs["plain"]
+
+
 def test_library_outputs_equal_the_tagger_and_the_summary_is_right(tagger, library, tmp_path):
     out = tmp_path / "out"
     result = tag_library(tagger, library, _options(out, workers=2, embeddings=True))

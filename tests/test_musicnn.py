@@ -27,7 +27,7 @@ from jaxtag import pretrained
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import mel_spectrogram
 from jaxtag.errors import JaxtagError
-from jaxtag.models.musicnn import MUSICNN_FRONTEND, Musicnn, compress, single_channel_conv
+from jaxtag.models.musicnn import MUSICNN_FRONTEND, Musicnn, MusicnnTagger, compress, single_channel_conv
 
 REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "musicnn_reference.npz"
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -145,6 +145,27 @@ def test_other_input_length_matches_original(name, loaded, reference):
     assert np.abs(feats - reference[f"{MODELS[name]}_penultimate_250"]).max() < PENULTIMATE_ATOL
     # ...and another length gives other scores than the 187-frame patches.
     assert np.abs(probs[0] - reference[f"{MODELS[name]}_probs"][0]).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tagger_network_runs_window_by_window_as_the_original(name, loaded, reference):
+    """MusicnnTagger (what jaxtag.tag runs) takes power-mel chunks [files, windows, 187, 96] and
+    loops over their windows one at a time: the original's probabilities for its patches, each
+    in its own place, and the batched network's for every other window."""
+    variables, _ = loaded[name]
+    logmel = reference["patches"].astype(np.float32)                  # [3, 187, 96]
+    power = ((10.0 ** logmel.astype(np.float64) - 1.0) / 10000.0).astype(np.float32)  # compress's inverse
+    chunk = np.random.default_rng(0).random((2, 4, 187, 96)).astype(np.float32) * 0.05
+    places = ([0, 1, 1], [1, 0, 3])
+    chunk[places] = power
+    tagger = MusicnnTagger(num_tags=50)
+    probs = np.asarray(jax.jit(lambda v, m: tagger.apply(v, m))(
+        {collection: {"musicnn": tree} for collection, tree in variables.items()}, chunk))
+    assert probs.shape == (2, 4, 50)
+    assert np.abs(probs[places] - reference[f"{MODELS[name]}_probs"]).max() < 1e-5
+    batched = np.asarray(probabilities(variables, compress(chunk.reshape(-1, 187, 96))))
+    assert np.abs(probs.reshape(-1, 50) - batched).max() < 1e-5
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3                 # the windows differ
 
 
 @pytest.fixture(scope="session")

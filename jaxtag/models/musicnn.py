@@ -249,7 +249,15 @@ class MusicnnTagger(nn.Module):
 
     def encode(self, mel, present=None, train: bool = False):
         del present, train
-        return self.musicnn.features(_windows_to_logmel(mel)).reshape(mel.shape[:2] + (-1,))
+        logmel = _windows_to_logmel(mel)
+        if self.is_initializing():   # variables are created outside a JAX loop
+            return self.musicnn.features(logmel).reshape(mel.shape[:2] + (-1,))
+        # One window at a time, a loop inside the jitted chunk: a window's front-end conv outputs
+        # (~25 MB) then stay in cache and reuse one buffer. Over a whole 32-window chunk they were
+        # fresh memory on every call (page faults: 0.6 CPU-s of system time per 128 windows), read
+        # back from RAM: 48-50 windows/s, one at a time 53-55.
+        features = jax.lax.map(lambda window: self.musicnn.features(window[None])[0], logmel)
+        return features.reshape(mel.shape[:2] + (-1,))
 
     def decode(self, features, present=None, train: bool = False):
         del present, train

@@ -283,7 +283,7 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
     frontend = dataclasses.asdict(c.tagger.frontend)
     basis = features.mel_basis(c.tagger.frontend)
     context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.ignore_interrupts)
+    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.init_worker)
     queue, pending = list(files), {}  # future -> _FileState
     try:
         while queue or pending:
