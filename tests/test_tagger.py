@@ -202,6 +202,38 @@ def test_a_checkpoint_in_the_earlier_layout_still_tags(trained, tmp_path):
                                   Tagger.from_workdir(workdir).tag(y, sr=8000).scores)
 
 
+@pytest.mark.parametrize("tags", [["Emotion-Happy", "Emotion-Not_Angry_Aggressive"],
+                                  [f"tag {i} " + "x" * (i % 23) for i in range(50)]])
+def test_taggram_picture_keeps_every_label_inside_and_clear_of_the_plot(tags):
+    """The margins are set from the labels' measured widths (no fitting at drawing time): every
+    text is inside the picture and the tag labels do not run into the heat map."""
+    import matplotlib.pyplot
+    import matplotlib.text
+    from jaxtag.tagging import plots
+    from jaxtag.tagging.taggram import Taggram
+    n = len(tags)
+    starts = np.arange(6) * 3.0
+    taggram = Taggram("a rather long file name of a song.flac", 18.0, tags, starts, starts + 3.0,
+                      np.random.default_rng(0).random((6, n)).astype(np.float32), np.full(n, 0.5, np.float32),
+                      "musicnn-msd", np.tile([[-0.5, 0.5]], (50, 1)))
+    fig = plots.taggram_figure(taggram)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    picture = fig.bbox
+    heat_map = fig.axes[0]
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    assert len(texts) > n
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert picture.x0 <= box.x0 and box.x1 <= picture.x1 and picture.y0 <= box.y0 and box.y1 <= picture.y1, \
+            (text.get_text(), box, picture)
+    plot_left = heat_map.get_window_extent(renderer).x0
+    assert max(t.get_window_extent(renderer).x1 for t in heat_map.get_yticklabels()) < plot_left
+    # and no wide empty margin: the longest label starts near the picture's left edge
+    assert min(t.get_window_extent(renderer).x0 for t in heat_map.get_yticklabels()) - picture.x0 < 0.3 * fig.dpi
+    matplotlib.pyplot.close(fig)
+
+
 def _teal_pixels(png: bytes) -> int:
     import io
 
