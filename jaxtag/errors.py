@@ -25,6 +25,10 @@ class CheckpointError(JaxtagError):
     """A workdir has no usable checkpoint."""
 
 
+class WorkerStartError(JaxtagError, RuntimeError):
+    """The decoding worker processes could not start (no file was at fault)."""
+
+
 def problem_of(error: BaseException) -> str:
     """A failure in words, for a report that names the file already: a DataError's problem, an
     OSError's reason, any other error with its type."""

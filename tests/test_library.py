@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -440,6 +441,32 @@ def test_a_worker_that_dies_is_named_and_the_others_are_tagged(tagger, library, 
                                     "of memory)"}
     assert [r["path"] for r in json.loads((tmp_path / "out" / "library.json").read_text())["files"]] == \
         [library[1], library[2], library[3]]
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_is_told_so_and_no_file_is_blamed(trained, library, tmp_path):
+    """A user script calling tag_library at its top level: each spawned worker imports the script
+    and would tag again, which Python stops, so no worker ever starts. The run stops with one
+    error saying what to do, not a "killed the worker" failure for every file. With the guard,
+    the same script tags."""
+    body = textwrap.dedent(f"""
+        from jaxtag.tagging.library import LibraryOptions, tag_library
+        from jaxtag.tagging.tagger import Tagger
+        {{call}}
+            result = tag_library(Tagger.from_workdir({str(trained[1])!r}), {library[:2]!r},
+                                 LibraryOptions(output_dir={str(tmp_path / "out")!r}, top_n=0, workers=1))
+            print("TAGGED", len(result.tagged), "FAILED", len(result.failed))
+        """)
+    unguarded, guarded = tmp_path / "unguarded.py", tmp_path / "guarded.py"
+    unguarded.write_text(body.replace("{call}", "if True:"))
+    guarded.write_text(body.replace("{call}", 'if __name__ == "__main__":'))
+    run = subprocess.run([sys.executable, str(unguarded)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode != 0
+    assert "WorkerStartError: the decoding worker processes could not start" in run.stderr
+    assert 'under `if __name__ == "__main__":`' in run.stderr
+    assert "killed the worker" not in run.stderr + run.stdout and "TAGGED" not in run.stdout
+    run = subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0 and "TAGGED 2 FAILED 0" in run.stdout, run.stderr[-2000:]
 
 
 def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(tagger, library, tmp_path,

@@ -64,6 +64,12 @@ def init_worker() -> None:
     threadpoolctl.threadpool_limits(limits=1)
 
 
+def worker_started() -> int:
+    """The first task of a worker pool: that it runs tells a worker that died while decoding a
+    file from one that could not start at all."""
+    return os.getpid()
+
+
 def content_fingerprint(path: str) -> str:
     """What says a file holds the same audio on a rerun: the sha256 of its audio stream without
     its tags where jaxtag can walk its format (so tags written by --write_tags, a tag editor or a

@@ -27,7 +27,7 @@ import uuid
 import numpy as np
 
 from jaxtag.data import features
-from jaxtag.errors import DataError, problem_of
+from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
 from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, write_atomic,
@@ -284,6 +284,7 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
     basis = features.mel_basis(c.tagger.frontend)
     context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.init_worker)
+    started = pool.submit(decoding.worker_started)
     queue, pending = list(files), {}  # future -> _FileState
     try:
         while queue or pending:
@@ -298,6 +299,7 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
                 try:
                     decoded = future.result()
                 except concurrent.futures.process.BrokenProcessPool:
+                    _check_workers_started(started)
                     in_flight = [state, *pending.values()]
                     for s in in_flight:  # their windows in the batcher are passed over
                         s.dropped = True
@@ -319,6 +321,19 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
         # interpreter exit races concurrent.futures' exit hook (CPython 3.11: "OSError: Bad file
         # descriptor" after Ctrl-C). The workers are terminated above, so this is quick.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_workers_started(started: concurrent.futures.Future) -> None:
+    """After the pool broke: raise WorkerStartError when no worker ever ran a task. The usual
+    cause: a script that calls tag_library at its top level; each worker, started afresh
+    ("spawn"), imports the script and so calls it again, which Python stops."""
+    concurrent.futures.wait([started], timeout=10)   # the pool marks all its futures broken at once
+    if started.done() and not started.cancelled() and started.exception() is None:
+        return
+    raise WorkerStartError(
+        "the decoding worker processes could not start (their error is printed above). A script "
+        "that calls jaxtag's tag_library must call it under `if __name__ == \"__main__\":` - each worker "
+        "imports the script afresh, which must not tag again.")
 
 
 def _fail(c: _RunContext, path: str, problem: str, done: bool = True) -> None:
