@@ -147,18 +147,19 @@ def test_other_input_length_matches_original(name, loaded, reference):
     assert np.abs(probs[0] - reference[f"{MODELS[name]}_probs"][0]).max() > 1e-3
 
 
+@pytest.mark.parametrize("cpu_fast", [True, False])
 @pytest.mark.parametrize("name", MODELS)
-def test_tagger_network_runs_window_by_window_as_the_original(name, loaded, reference):
-    """MusicnnTagger (what jaxtag.tag runs) takes power-mel chunks [files, windows, 187, 96] and
-    loops over their windows one at a time: the original's probabilities for its patches, each
-    in its own place, and the batched network's for every other window."""
+def test_tagger_network_runs_window_by_window_as_the_original(name, cpu_fast, loaded, reference):
+    """MusicnnTagger (what jaxtag.tag runs) takes power-mel chunks [files, windows, 187, 96], on a
+    CPU one window at a time: the original's probabilities for its patches, each in its own
+    place, and the batched network's for every other window."""
     variables, _ = loaded[name]
     logmel = reference["patches"].astype(np.float32)                  # [3, 187, 96]
     power = ((10.0 ** logmel.astype(np.float64) - 1.0) / 10000.0).astype(np.float32)  # compress's inverse
     chunk = np.random.default_rng(0).random((2, 4, 187, 96)).astype(np.float32) * 0.05
     places = ([0, 1, 1], [1, 0, 3])
     chunk[places] = power
-    tagger = MusicnnTagger(num_tags=50)
+    tagger = MusicnnTagger(num_tags=50, cpu_fast=cpu_fast)
     probs = np.asarray(jax.jit(lambda v, m: tagger.apply(v, m))(
         {collection: {"musicnn": tree} for collection, tree in variables.items()}, chunk))
     assert probs.shape == (2, 4, 50)

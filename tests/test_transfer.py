@@ -40,6 +40,7 @@ def clip_path(reference, tmp_path_factory):
 def test_pretrained_tagger_gives_musicnn_probabilities_on_its_own_patches(name, original, reference, clip_path,
                                                                            pretrained_cache):
     tagger = Tagger.pretrained(name, cache_dir=pretrained_cache)
+    assert tagger.model.cpu_fast == (jax.default_backend() == "cpu")   # one window at a time on CPU
     taggram = tagger.tag(clip_path)
     assert taggram.tags == list(reference[f"{original}_tags"]) and taggram.model == name
     # The clip is 8.96 s: 561 frames, exactly musicnn's own 3 patches at frames 0, 187, 374.

@@ -241,8 +241,15 @@ class MusicnnTagger(nn.Module):
     """musicnn's own tagger (its 50 tags) behind the two stages of jaxtag's Tagger: `encode`
     (power-mel windows [B, L, frames, 96] -> penultimate features [B, L, 200], windows
     independent) and `decode` (features -> tag probabilities [B, L, num_tags]). Variables: those
-    of jaxtag.pretrained.load_pretrained under "musicnn"."""
+    of jaxtag.pretrained.load_pretrained under "musicnn".
+
+    `cpu_fast` (jaxtag.models.uses_cpu_fast_path: on a CPU backend) runs the network one window
+    at a time, a loop inside the jitted chunk: a window's front-end conv outputs (~25 MB) then stay
+    in cache and reuse one buffer. Over a whole 32-window chunk they were fresh memory on every
+    call (page faults: 0.6 CPU-s of system time per 128 windows), read back from RAM: 48-50
+    windows/s, one at a time 53-55. A GPU or TPU wants the whole chunk at once."""
     num_tags: int = 50
+    cpu_fast: bool = False
 
     def setup(self):
         self.musicnn = Musicnn(self.num_tags)
@@ -250,13 +257,10 @@ class MusicnnTagger(nn.Module):
     def encode(self, mel, present=None, train: bool = False):
         del present, train
         logmel = _windows_to_logmel(mel)
-        if self.is_initializing():   # variables are created outside a JAX loop
-            return self.musicnn.features(logmel).reshape(mel.shape[:2] + (-1,))
-        # One window at a time, a loop inside the jitted chunk: a window's front-end conv outputs
-        # (~25 MB) then stay in cache and reuse one buffer. Over a whole 32-window chunk they were
-        # fresh memory on every call (page faults: 0.6 CPU-s of system time per 128 windows), read
-        # back from RAM: 48-50 windows/s, one at a time 53-55.
-        features = jax.lax.map(lambda window: self.musicnn.features(window[None])[0], logmel)
+        if self.cpu_fast and not self.is_initializing():   # (variables are created outside a loop)
+            features = jax.lax.map(lambda window: self.musicnn.features(window[None])[0], logmel)
+        else:
+            features = self.musicnn.features(logmel)
         return features.reshape(mel.shape[:2] + (-1,))
 
     def decode(self, features, present=None, train: bool = False):

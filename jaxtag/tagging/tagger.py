@@ -26,7 +26,7 @@ from jaxtag.data import labels as labels_lib
 from jaxtag.data.audio import load_audio, prepare_waveform
 from jaxtag.data.buckets import bucket_length
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
-from jaxtag.models import create_model, run_keys, to_probabilities
+from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
@@ -56,7 +56,7 @@ class Tagger:
         self.chunk_windows = int(chunk_windows)
         if meta.get("pretrained"):
             self.config = None
-            self.model = MusicnnTagger(num_tags=len(self.tags))
+            self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"))
             self.model_name, self.output_activation, self.buckets, seed = (
                 meta["pretrained"], "sigmoid", PRETRAINED_BUCKETS, 0)
         else:
