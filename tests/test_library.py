@@ -135,6 +135,42 @@ def test_the_model_takes_a_files_windows_while_it_is_still_being_decoded(trained
         np.testing.assert_allclose(scores, small_chunks.tag(path).scores, atol=2e-6)
 
 
+def test_the_model_goes_on_while_a_files_outputs_are_written(trained, library, tmp_path, monkeypatch):
+    """Outputs are written on a writer thread: the first file's writing is held until the model
+    has encoded another chunk, which it could not do if writing blocked it. Every file ends
+    tagged, with its outputs and record, in a library written after all of them."""
+    import threading
+    from jaxtag.tagging import library as library_module
+    tagger = Tagger.from_workdir(trained[1], chunk_windows=1)
+    write, encode = library_module.write_outputs, tagger.encode_chunk
+    writing_first, encoded_meanwhile, first = threading.Event(), threading.Event(), []
+
+    def encode_chunk(windows):
+        if writing_first.is_set():
+            encoded_meanwhile.set()
+        return encode(windows)
+
+    def write_outputs(taggram, path, *args, **kwargs):
+        if not first:
+            first.append(path)
+            writing_first.set()
+            encoded_meanwhile.wait(timeout=20)
+            writing_first.clear()   # only encodes while the write is held count
+        return write(taggram, path, *args, **kwargs)
+    monkeypatch.setattr(tagger, "encode_chunk", encode_chunk)
+    monkeypatch.setattr(library_module, "write_outputs", write_outputs)
+    out = tmp_path / "out"
+    result = tag_library(tagger, library, _options(out, workers=2))
+    assert encoded_meanwhile.is_set(), "the model waited for the first file's outputs"
+    assert sorted(result.tagged) == sorted(library) and not result.failed
+    assert sorted(r["path"] for r in json.loads((out / "library.json").read_text())["files"]) == sorted(library)
+    for path in library:
+        name = os.path.splitext(os.path.basename(path))[0]
+        assert (out / f"{name}.png").stat().st_size > 0
+        assert json.loads((out / ".jaxtag" / "records" / f"{name}.json").read_text())["source"]["path"] == \
+            os.path.abspath(path)
+
+
 def test_a_frames_file_gone_mid_feed_loses_no_file_the_model_completed(trained, tmp_path, monkeypatch):
     """Its worker failed and removed a file's frames while the model read them: the files the
     chunks already encoded completed are still handed back (else never written)."""

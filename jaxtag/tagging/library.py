@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -21,6 +22,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import time
 import uuid
 
@@ -35,6 +37,7 @@ from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_de
 
 RECORD_VERSION = 1
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
+MAX_QUEUED_WRITES = 4  # files tagged and waiting for the writer thread
 
 
 @dataclasses.dataclass
@@ -234,15 +237,24 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     found.clear()
     log.plan(len(files), len(todo))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
-    context = _RunContext(tagger, names, options, settings, rows, result, log, decode or decoding.decode_file)
+    # A file's outputs are written on this thread while the model goes on with the next files
+    # (the picture is most of it; the model would wait for it otherwise).
+    writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
+    context = _RunContext(tagger, names, options, settings, rows, result, _LockedLog(log),
+                          decode or decoding.decode_file, writer)
     try:
         _run(context, todo, tmp_dir)
+        while context.writes:
+            context.writes.popleft().result()
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
             for path in result.skipped:
                 _write_file_tags(context, path)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
+        # Interrupted: the write under way ends (its outputs are atomic, its record last); the
+        # files queued behind it have no record and are redone by the next run.
+        writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
     _write_library(options.output_dir, files, rows, result, tagger)
     result.seconds = time.perf_counter() - started
@@ -259,6 +271,8 @@ class _RunContext:
     result: LibraryResult
     log: object
     decode: object
+    writer: concurrent.futures.ThreadPoolExecutor | None = None
+    writes: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
 def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
@@ -363,17 +377,30 @@ def _take_decoded(c: _RunContext, state: _FileState, decoded, batcher: WindowBat
 
 
 def _finish(c: _RunContext, state: _FileState) -> None:
-    """The across-window stage and every output of a file whose windows are all encoded: its
-    record is removed first and written last."""
+    """The across-window stage of a file whose windows are all encoded, then its outputs, written
+    on the writer thread (a few files at most wait for it)."""
     decoded = state.decoded
-    path, name, options = decoded.path, c.names[decoded.path], c.options
     try:
         start = time.perf_counter()
         scores, embeddings = c.tagger.decode_features(
-            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=options.embeddings)
-        taggram = c.tagger.taggram(path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
-        taggram = taggram.smoothed(options.smooth)
+            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=c.options.embeddings)
+        taggram = c.tagger.taggram(decoded.path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
+        taggram = taggram.smoothed(c.options.smooth)
         c.result.stage_seconds["model"] += time.perf_counter() - start
+    except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+        _fail(c, decoded.path, problem_of(e))
+        return
+    finally:
+        _remove(decoded.frames_path)
+    while len(c.writes) >= MAX_QUEUED_WRITES:
+        c.writes.popleft().result()
+    c.writes.append(c.writer.submit(_write_file_outputs, c, decoded, taggram, embeddings))
+
+
+def _write_file_outputs(c: _RunContext, decoded, taggram, embeddings) -> None:
+    """Every output of a file, its record removed first and written last."""
+    path, name, options = decoded.path, c.names[decoded.path], c.options
+    try:
         start = time.perf_counter()
         _remove(record_path(options.output_dir, name))
         row = summary.track_summary(taggram, path, name)
@@ -388,8 +415,6 @@ def _finish(c: _RunContext, state: _FileState) -> None:
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
-    finally:
-        _remove(decoded.frames_path)
     c.rows[path] = row
     c.result.tagged.append(path)
     c.result.audio_seconds += decoded.duration
@@ -458,6 +483,22 @@ def _fresh_tmp_dir(output_dir: str) -> str:
     path = os.path.join(output_dir, f"{TMP_MARK}{os.getpid()}")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+class _LockedLog:
+    """A log called from the main and the writer thread, one call at a time."""
+
+    def __init__(self, log):
+        self._log = log
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        method = getattr(self._log, name)
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return method(*args, **kwargs)
+        return locked
 
 
 class _Log:
