@@ -235,16 +235,20 @@ def test_the_musicnn_trunk_gives_its_penultimate_or_pooled_features(data_dir):
     from jaxtag.models import create_model
     from jaxtag.models.musicnn import Musicnn, compress
     rng = np.random.default_rng(0)
-    mel = rng.uniform(size=(1, 2, 64, 96)).astype(np.float32) ** 4
-    for layer, width in [("penultimate", 200), ("pooled", 1506)]:
-        model = create_model(tiny_musicnn_config(data_dir, **{"model.musicnn_layer": layer}).model, 18)
+    mel = rng.uniform(size=(1, 3, 64, 96)).astype(np.float32) ** 4
+    # On CPU the windows go through musicnn one at a time where no gradient flows into it (frozen,
+    # or a fine-tuned run tagging): the same features as the whole batch at once.
+    for layer, width, freeze in [("penultimate", 200, True), ("pooled", 1506, True), ("penultimate", 200, False)]:
+        model = create_model(tiny_musicnn_config(data_dir, **{"model.musicnn_layer": layer,
+                                                              "model.freeze_trunk": freeze}).model, 18)
+        assert model.cpu_fast == (jax.default_backend() == "cpu")
         variables = model.init({"params": jax.random.PRNGKey(0), "lstm_state": jax.random.PRNGKey(0)}, mel,
-                               np.ones((1, 2), bool))
+                               np.ones((1, 3), bool))
         trunk = {c: v["trunk"] for c, v in variables.items()}
         assert trunk["params"]["dense_0"]["kernel"].shape == (width, 16)
         net = {c: v["musicnn"] for c, v in trunk.items()}
         expected = Musicnn().apply(net, compress(mel[0]), method="pooled" if layer == "pooled" else "features")
         dense = trunk["params"]["dense_0"]
-        got = model.apply(variables, mel, np.ones((1, 2), bool), method=model.encode)[0]
+        got = model.apply(variables, mel, np.ones((1, 3), bool), method=model.encode)[0]
         np.testing.assert_allclose(got, np.maximum(expected @ dense["kernel"] + dense["bias"], 0), rtol=1e-4,
                                    atol=1e-5)

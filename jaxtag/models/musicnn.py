@@ -285,16 +285,21 @@ class MusicnnTrunk(nn.Module):
     channels: tuple = ()  # unused: the trunk's sizes are musicnn's
     features: int = 1000
     dtype: Any = jnp.float32
-    cpu_fast: bool = False  # unused
+    cpu_fast: bool = False  # on CPU: one window at a time where no gradient flows into musicnn
     trainable: bool = False
     layer: str = "penultimate"  # musicnn's 200-d penultimate layer, or "pooled": its 1506-d back-end input
 
     @nn.compact
     def __call__(self, x, present=None, train: bool = False):
-        del present, train
+        del present
         musicnn = Musicnn(freeze_input_norm=True, name="musicnn")
         logmel = compress(jnp.asarray(x, jnp.float32))
-        h = musicnn.pooled(logmel) if self.layer == "pooled" else musicnn.features(logmel)
+        layer = musicnn.pooled if self.layer == "pooled" else musicnn.features
+        if self.cpu_fast and not (self.trainable and train) and not self.is_initializing():
+            # No gradient into musicnn: one window at a time, as MusicnnTagger (why: there).
+            h = jax.lax.map(lambda window: layer(window[None])[0], logmel)
+        else:
+            h = layer(logmel)
         if not self.trainable:
             h = jax.lax.stop_gradient(h)
         return nn.relu(nn.Dense(self.features, dtype=self.dtype, name="dense_0")(h.astype(self.dtype)))
