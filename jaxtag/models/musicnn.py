@@ -237,17 +237,21 @@ def _windows_to_logmel(mel):
     return compress(jnp.asarray(mel, jnp.float32)).reshape((-1,) + mel.shape[2:])
 
 
+def window_by_window(network, logmel):
+    """network (a Musicnn method: patches [N, frames, 96] -> [N, D]) over the N windows one at a
+    time, a loop inside the jitted function. For XLA:CPU: a window's front-end conv outputs
+    (~25 MB) then stay in cache and reuse one buffer; over a 32-window chunk at once they were
+    fresh memory on every call (page faults: 0.6 CPU-s of system time per 128 windows), read back
+    from RAM: 48-50 windows/s, one at a time 53-55. A GPU or TPU wants the whole batch at once."""
+    return jax.lax.map(lambda window: network(window[None])[0], logmel)
+
+
 class MusicnnTagger(nn.Module):
     """musicnn's own tagger (its 50 tags) behind the two stages of jaxtag's Tagger: `encode`
     (power-mel windows [B, L, frames, 96] -> penultimate features [B, L, 200], windows
     independent) and `decode` (features -> tag probabilities [B, L, num_tags]). Variables: those
-    of jaxtag.pretrained.load_pretrained under "musicnn".
-
-    `cpu_fast` (jaxtag.models.uses_cpu_fast_path: on a CPU backend) runs the network one window
-    at a time, a loop inside the jitted chunk: a window's front-end conv outputs (~25 MB) then stay
-    in cache and reuse one buffer. Over a whole 32-window chunk they were fresh memory on every
-    call (page faults: 0.6 CPU-s of system time per 128 windows), read back from RAM: 48-50
-    windows/s, one at a time 53-55. A GPU or TPU wants the whole chunk at once."""
+    of jaxtag.pretrained.load_pretrained under "musicnn". `cpu_fast` (jaxtag.models.
+    uses_cpu_fast_path: on a CPU backend) runs the network window_by_window."""
     num_tags: int = 50
     cpu_fast: bool = False
 
@@ -258,7 +262,7 @@ class MusicnnTagger(nn.Module):
         del present, train
         logmel = _windows_to_logmel(mel)
         if self.cpu_fast and not self.is_initializing():   # (variables are created outside a loop)
-            features = jax.lax.map(lambda window: self.musicnn.features(window[None])[0], logmel)
+            features = window_by_window(self.musicnn.features, logmel)
         else:
             features = self.musicnn.features(logmel)
         return features.reshape(mel.shape[:2] + (-1,))
@@ -296,8 +300,7 @@ class MusicnnTrunk(nn.Module):
         logmel = compress(jnp.asarray(x, jnp.float32))
         layer = musicnn.pooled if self.layer == "pooled" else musicnn.features
         if self.cpu_fast and not (self.trainable and train) and not self.is_initializing():
-            # No gradient into musicnn: one window at a time, as MusicnnTagger (why: there).
-            h = jax.lax.map(lambda window: layer(window[None])[0], logmel)
+            h = window_by_window(layer, logmel)   # no gradient flows into musicnn here
         else:
             h = layer(logmel)
         if not self.trainable:

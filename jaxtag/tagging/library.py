@@ -244,8 +244,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
                           decode or decoding.decode_file, writer)
     try:
         _run(context, todo, tmp_dir)
-        while context.writes:
-            context.writes.popleft().result()
+        _wait_for_writes(context)
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
             for path in result.skipped:
                 _write_file_tags(context, path)
@@ -271,7 +270,7 @@ class _RunContext:
     result: LibraryResult
     log: object
     decode: object
-    writer: concurrent.futures.ThreadPoolExecutor | None = None
+    writer: concurrent.futures.ThreadPoolExecutor
     writes: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
@@ -392,9 +391,15 @@ def _finish(c: _RunContext, state: _FileState) -> None:
         return
     finally:
         _remove(decoded.frames_path)
-    while len(c.writes) >= MAX_QUEUED_WRITES:
-        c.writes.popleft().result()
+    _wait_for_writes(c, at_most=MAX_QUEUED_WRITES - 1)
     c.writes.append(c.writer.submit(_write_file_outputs, c, decoded, taggram, embeddings))
+
+
+def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
+    """Wait until at most `at_most` files wait for the writer thread (a write reports its own
+    failures; result() re-raises only a bug)."""
+    while len(c.writes) > at_most:
+        c.writes.popleft().result()
 
 
 def _write_file_outputs(c: _RunContext, decoded, taggram, embeddings) -> None:
