@@ -425,8 +425,9 @@ def main(argv):
         for label, rate in trunk_ablation(80 if not _QUICK.value else 8, r):
             print(f"paper trunk forward+backward, {label}: {rate:.1f} windows/s")
     if _MUSICNN.value:
-        for label, rate in musicnn_training(8 if _QUICK.value else 32, r):
-            print(f"musicnn_lstm train step, {label}: {rate:.1f} windows/s (track of {8 if _QUICK.value else 32} windows)")
+        n_windows = 8 if _QUICK.value else 32
+        for label, rate in musicnn_training(n_windows, r):
+            print(f"musicnn_lstm train step, {label}: {rate:.1f} windows/s (track of {n_windows} windows)")
     n_tracks, max_windows = (8, 24) if _QUICK.value else (40, 200)  # quick: fewer buckets to compile
     for name in results:
         compiled, buckets = count_compilations(name, n_tracks, max_windows)
