@@ -287,6 +287,24 @@ def test_mp3_and_wav_carry_id3v24_frames(tmp_path):
     assert data.index(b"data") < data.index(b"id3 ") and b"LIST" in data
 
 
+def test_a_wav_whose_id3_chunk_is_upper_case_is_tagged(tmp_path):
+    """Several tag editors write a WAV's ID3 tag in an "ID3 " chunk; mutagen reads and rewrites it
+    as its own "id3 " chunk, so the fingerprint must not count either as audio."""
+    path = make_track("wav", tmp_path)
+    data = bytearray(read_bytes(path))
+    at = data.index(b"id3 ")
+    data[at:at + 4] = b"ID3 "
+    open(path, "wb").write(bytes(data))
+    samples, before = decode(path)[0], metadata.audio_fingerprint(path)
+    metadata.write_tags(path, MOODS, TAGS, MODEL)
+    assert metadata.read_tags(path) == metadata.planned_tags(path, MOODS, TAGS, MODEL)
+    assert other_tags(path) == expected_other_tags("wav")
+    np.testing.assert_array_equal(decode(path)[0], samples)
+    assert metadata.audio_fingerprint(path) == before
+    written = read_bytes(path)
+    assert written.lower().count(b"id3 ") == 1   # one tag chunk, not a second one beside the old
+
+
 def test_ogg_big_comment_header_gains_a_page_and_the_audio_survives(tmp_path):
     path = make_track("ogg_vorbis_big_comment", tmp_path)
     pages_before = read_bytes(path).count(b"OggS")

@@ -33,7 +33,7 @@ replaces the original:
 3. the audio payload is unchanged, compared exactly but without decoding (decoding thousands of
    files twice would dominate a library run): a SHA-256 over everything that is not the tag
    being rewritten -- MP3: the bytes between the leading ID3v2 tag and a trailing ID3v1 tag;
-   WAV: every RIFF chunk but ``id3 ``; FLAC: every metadata block but VORBIS_COMMENT/PADDING,
+   WAV: every RIFF chunk but the ID3 one (``id3 ``, or ``ID3 `` as some editors write it); FLAC: every metadata block but VORBIS_COMMENT/PADDING,
    then all audio frames; Ogg: every packet of every logical stream but the comment packet,
    with the granule positions of the audio pages (page sequence numbers and CRCs may change
    when the comment header grows); MP4: every box but ``free``/``skip`` and ``moov.udta``, each
@@ -403,7 +403,7 @@ def _fp_wav(f: BinaryIO, h) -> None:
         end = pos + 8 + csize
         if end > riff_end:
             raise _Unparseable(f"chunk {cid!r} runs past the end of the RIFF data")
-        if cid.rstrip() != b"id3":  # the chunk mutagen writes (it ignores an "ID3 " chunk)
+        if cid.rstrip().lower() != b"id3":  # the tag chunk: mutagen reads "ID3 " and writes "id3 "
             h.update(cid + struct.pack("<Q", csize))
             _hash_range(f, h, pos + 8, end)
         pos = end + (csize & 1)
