@@ -10,6 +10,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["jaxtag", "jaxtag.*"]),
     include_package_data=True,
+    # The pretrained models' reference statistics (calibrated decisions; scripts/real_music_report.py).
+    package_data={"jaxtag.tagging": ["calibration/*.json"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.10",

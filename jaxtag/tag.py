@@ -26,8 +26,10 @@ _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: secon
                                   "(default: their 3-s windows end to end).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-_SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter width over windows (odd; 1 = none).")
-_THRESHOLD = flags.DEFINE_float("threshold", None, "Tag threshold; default: the model's own.")
+_SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter of each tag's on/off over this many windows (odd; 1 = none).")
+_THRESHOLD = flags.DEFINE_float("threshold", None, "One score threshold for every tag, and track tags on for half "
+                                "the track or more; default: the model's own decisions (pretrained models: "
+                                "calibrated on real music; trained runs: their validation-tuned thresholds).")
 _TOP_N = flags.DEFINE_integer("top_n", 3, "Print this many top tags per file (0: none).")
 _FORMATS = flags.DEFINE_list("formats", list(FORMATS), "Which outputs to write per file.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per CPU core).")
@@ -58,14 +60,14 @@ def _check_flags(inputs) -> None:
 
 
 def _tagger():
-    import numpy as np
     from jaxtag.tagging.tagger import Tagger
     if _WORKDIR.value:
         tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value)
     else:
         tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value)
     if _THRESHOLD.value is not None:
-        tagger.threshold = np.full(len(tagger.tags), _THRESHOLD.value, np.float32)
+        tagger.policy = tagger.policy.with_threshold(_THRESHOLD.value)
+    tagger.policy = tagger.policy.replace(smooth=_SMOOTH.value)
     return tagger
 
 
@@ -82,17 +84,29 @@ def main(argv):
         return 2
     files = list(dict.fromkeys(find_audio([os.path.expanduser(i) for i in inputs])))  # each file once
     options = LibraryOptions(output_dir=os.path.expanduser(_OUTPUT_DIR.value), formats=tuple(_FORMATS.value),
-                             smooth=_SMOOTH.value, workers=_WORKERS.value, force=_FORCE.value,
+                             workers=_WORKERS.value, force=_FORCE.value,
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
                              top_n=_TOP_N.value, embed_audio=len(files) == 1)
     result = tag_library(tagger, files, options)
-    print(f"tagged {len(result.tagged)}, already done {len(result.skipped)}, failed {len(result.failed)} "
-          f"of {len(files)} file(s) into {options.output_dir} (index: "
+    print(f"{summary_line(result, len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
     if result.interrupted:
         print("interrupted: rerun the same command to tag the rest", file=sys.stderr)
         return 130
-    return 1 if result.failed else 0
+    return 1 if result.failed or result.tags_not_written else 0
+
+
+def summary_line(result, total: int) -> str:
+    """What happened to each file, each file counted once (tags not written are counted apart:
+    those files are tagged)."""
+    parts = [f"tagged {len(result.tagged)}"]
+    if result.derived:
+        parts.append(f"re-derived {len(result.derived)} from stored scores")
+    parts += [f"already done {len(result.skipped)}", f"failed {len(result.failed)} of {total} file(s)"]
+    line = ", ".join(parts)
+    if result.tags_not_written:
+        line += f"; tags not written into {len(result.tags_not_written)}"
+    return line
 
 
 def run():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_tone
+from jaxtag.tagging.decisions import threshold_policy
 from jaxtag.tagging.html_page import render_html
 from jaxtag.tagging.taggram import Taggram
 
@@ -19,7 +20,7 @@ def _taggram(source, tags=("Emotion-Happy", "Emotion-Sad", f"Emotion-{EVIL}")):
     start = np.arange(6) * 2.0
     scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.2, 0.7], [0.2, 0.9, 0.1],
                        [0.1, 0.8, 0.6], [0.6, 0.7, 0.1], [0.3, 0.1, 0.9]], np.float32)
-    return Taggram(source, 14.0, list(tags), start, start + 4.0, scores, np.full(3, 0.5, np.float32), model="cnn_lstm")
+    return Taggram(source, 14.0, list(tags), start, start + 4.0, scores, threshold_policy(tags, 0.5), model="cnn_lstm")
 
 
 def test_page_is_self_contained_and_escapes_names(tmp_path):

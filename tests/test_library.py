@@ -1,6 +1,7 @@
 """Tagging a library: streaming decode in workers, windows of several files per chunk, resumable
 outputs, one bad file never stopping the others, the library summary and page, audio integrity
 warnings, tags written into the files, embeddings."""
+import contextlib
 import csv
 import json
 import os
@@ -239,8 +240,10 @@ def test_rerun_redoes_only_what_changed(tagger, library, tmp_path):
     assert changed.tagged == [files[0]] and len(changed.skipped) == 3
     assert json.loads((out / "one.json").read_text())["duration"] == pytest.approx(6.0, abs=0.01)
     assert len(tag_library(tagger, files, _options(out, force=True)).tagged) == 4
-    # Asking for another output (embeddings) redoes the files that lack it.
-    assert len(tag_library(tagger, files, _options(out, embeddings=True)).tagged) == 4
+    # Asking for another output (embeddings) writes it for every file from the stored model output.
+    exported = tag_library(tagger, files, _options(out, embeddings=True))
+    assert len(exported.derived) == 4 and not exported.tagged
+    assert (out / "one.embeddings.npz").exists()
     assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
 
 
@@ -297,8 +300,8 @@ def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys
     from jaxtag.data.tags import EMOTION_TAGS, short_tag
     files = [shutil.copy(p, tmp_path) for p in library[:3]]     # wav, flac, mp3
     before = {p: (_samples(p), open(p, "rb").read()) for p in files}
-    threshold = tagger.threshold
-    tagger.threshold = np.zeros_like(threshold)                  # every tag on: all 18 emotions are moods
+    policy = tagger.policy
+    tagger.policy = policy.with_threshold(0.0)                   # every tag on: all 18 emotions are moods
     try:
         dry = tag_library(tagger, files, _options(tmp_path / "dry", write_tags=True, dry_run=True))
         assert not dry.failed and all(open(p, "rb").read() == before[p][1] for p in files)
@@ -308,7 +311,7 @@ def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys
         assert not result.failed
         again = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
     finally:
-        tagger.threshold = threshold
+        tagger.policy = policy
     emotions = {short_tag(t) for t in EMOTION_TAGS}
     for path in files:
         fields = metadata.read_tags(path)
@@ -317,6 +320,121 @@ def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys
         assert model == "cnn_lstm" and len(tags) == 18 and set(mood.split("; ")) == emotions
         np.testing.assert_array_equal(_samples(path), before[path][0])   # the audio is untouched
     assert again.tagged == [] and len(again.skipped) == 3                # the new mtime was recorded
+
+
+@contextlib.contextmanager
+def _calibrated_on(tagger, files, smooth=1):
+    """The tagger decides by the calibrated rule, with reference statistics made from `files`."""
+    from jaxtag.tagging import decisions
+    summaries = [decisions.summarise_track(tagger.tag(f).scores) for f in files]
+    reference = {"model": "test", "tags": tagger.tags, "description": f"{len(files)} test files",
+                 "statistics": decisions.reference_statistics(summaries)}
+    policy = tagger.policy
+    tagger.policy = decisions.calibrated_policy(tagger.tags, reference, smooth=smooth)
+    try:
+        yield reference["statistics"]
+    finally:
+        tagger.policy = policy
+
+
+def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path):
+    """Per-tag thresholds (from reference statistics) and smoothing decide each window's tags in
+    the JSON, the CSV segments and the listening page; the track rule the rows' tags and moods,
+    which --write_tags writes into the files. Recomputed here from the stored scores."""
+    import scipy.ndimage
+    from jaxtag.data.tags import short_tag
+    from jaxtag.tagging import library as library_module
+    files = [shutil.copy(p, tmp_path) for p in library]
+    out = tmp_path / "out"
+    with _calibrated_on(tagger, files, smooth=3) as stats:
+        result = tag_library(tagger, files, _options(out, write_tags=True))
+        names = library_module.output_names(files)
+    assert sorted(result.tagged) == sorted(files)
+    thresholds = 1 / (1 + np.exp(-(np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"]))))
+    rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
+    carried = set()
+    for path in files:
+        name = names[path]
+        scores = library_module.read_store(str(out), name)["scores"]
+        active = scipy.ndimage.median_filter(scores, size=(3, 1), mode="nearest") >= thresholds.astype(np.float32)
+        written = json.loads((out / f"{name}.json").read_text())
+        np.testing.assert_allclose(written["threshold"], thresholds, rtol=1e-5)
+        assert [w["tags"] for w in written["windows"]] == [[t for t, on in zip(tagger.tags, a) if on] for a in active]
+        page = (out / f"{name}.html").read_text()
+        payload = json.loads(re.search(r'id="taggram-data">(.*?)</script>', page, re.S).group(1))
+        assert payload["active"] == active.astype(int).tolist()
+        segments = __import__("jaxtag.data.labels", fromlist=["x"]).read_segments(out / f"{name}.csv", tagger.tags,
+                                                                                 columns=None)
+        assert {tuple(row) for row in segments.labels.astype(bool)} <= {tuple(a) for a in active}
+        # The track: z of its mean log-odds against the reference tracks.
+        z = (np.log(np.clip(scores, 1e-6, 1 - 1e-6) / (1 - np.clip(scores, 1e-6, 1 - 1e-6))).mean(0)
+             - np.array(stats["track_mean"])) / np.array(stats["track_std"])
+        order = [tagger.tags[i] for i in np.argsort(-z, kind="stable")]
+        zs = dict(zip(tagger.tags, z))
+        distinct = [t for t in order if zs[t] >= 1.0][:5]
+        lean = [t for t in order if 0.5 <= zs[t] < 1.0][:max(0, 2 - len(distinct))]
+        moods = [t for t in order if zs[t] >= 0.5][:2]       # every tag of this model is a mood (an emotion)
+        row = rows[path]
+        assert row["moods"] == [short_tag(t) for t in moods]
+        assert row["track_tags"] == [t for t in order if t in distinct + lean + moods]
+        fields = metadata.read_tags(path)
+        assert (next((v for k, v in fields.items() if "MOO" in k.upper()), "") or "") == "; ".join(row["moods"])
+        _, file_tags = metadata.parse_jaxtag(next(v for k, v in fields.items() if "JAXTAG" in k.upper()))
+        assert file_tags == [short_tag(t) for t in row["track_tags"]]
+        carried.update(row["track_tags"])
+    assert carried, "no file carries a tag: the test would check nothing"
+
+
+def test_a_file_whose_tags_cannot_be_written_counts_once(tagger, library, tmp_path, monkeypatch, capsys):
+    """A file tagged whose own tags could not be written is tagged (its outputs are there), and
+    reported apart: never both tagged and failed; the exit status says so."""
+    from jaxtag.tag import summary_line
+    files = [shutil.copy(p, tmp_path) for p in library[:3]]
+    real = metadata.write_tags
+
+    def refuse_one(path, *args, **kwargs):
+        if path == files[1]:
+            raise metadata.DataError(path, "tags not written, the file is unchanged: a test refusal")
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(metadata, "write_tags", refuse_one)
+    result = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
+    assert sorted(result.tagged) == sorted(files) and not result.failed
+    assert list(result.tags_not_written) == [files[1]]
+    assert summary_line(result, 3) == "tagged 3, already done 0, failed 0 of 3 file(s); tags not written into 1"
+    summary = json.loads((tmp_path / "out" / "library.json").read_text())
+    assert len(summary["files"]) == 3 and summary["failed"] == []
+    assert [f["path"] for f in summary["tags_not_written"]] == [files[1]]
+    assert f"error: {files[1]}: tags not written: tags not written, the file is unchanged" in capsys.readouterr().err
+
+
+def test_file_names_that_are_not_utf8_are_tagged_and_shown_escaped(tagger, tmp_path):
+    """Old Latin-1 collections: `caf\xe9.ogg` is tagged; its outputs, record, library rows and page
+    name it with the byte escaped; a rerun finds it done; its own tags are written."""
+    from jaxtag.tagging.outputs import find_audio
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    names = []
+    for i, ext in enumerate(("ogg", "wav", "mp3", "flac")):
+        raw = os.fsencode(str(folder)) + b"/caf\xe9 " + str(i).encode() + b"." + ext.encode()
+        _music(tmp_path / f"plain.{ext}", 4.0, seed=i)
+        os.rename(tmp_path / f"plain.{ext}", raw)
+        names.append(os.fsdecode(raw))
+    files = find_audio([str(folder)])
+    assert sorted(files) == sorted(names)
+    out = tmp_path / "out"
+    result = tag_library(tagger, files, _options(out, write_tags=True))
+    assert sorted(result.tagged) == sorted(files) and not result.failed and not result.tags_not_written
+    shown = {f["path"] for f in json.loads((out / "library.json").read_text(encoding="utf-8"))["files"]}
+    assert shown == {f"{folder}/caf\\xe9 {i}.{ext}" for i, ext in enumerate(("ogg", "wav", "mp3", "flac"))}
+    with open(out / "library.csv", encoding="utf-8", newline="") as f:
+        assert {r["path"] for r in csv.DictReader(f)} == shown
+    for path in files:
+        assert metadata.read_tags(path)                              # written into the file itself
+    pages = [p for p in os.listdir(out) if p.endswith(".html") and p != "index.html"]
+    assert len(pages) == 4 and all("caf\\xe9" in (out / p).read_text(encoding="utf-8") for p in pages)
+    assert all("%E9" in (out / p).read_text(encoding="utf-8") for p in pages)   # the audio linked by its bytes
+    again = tag_library(tagger, files, _options(out, write_tags=True))
+    assert sorted(again.skipped) == sorted(files) and not again.tagged
 
 
 def _tag_cli(*args):
@@ -329,17 +447,14 @@ def _record_count(out):
     return len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
 
 
-def _run_until(command, out, done: int, sig, log_dir):
-    """Start the tag command, send `sig` once `done` files have their JSON; its exit code and stderr
-    (through a file: a pipe could be held open by a worker)."""
+def _run_with_fault(fault, args, log_dir):
+    """Run the tag command with a fault injected (tests/helpers/run_with_fault.py); its exit code
+    and stderr (through a file: a pipe could be held open by a worker)."""
+    command = [sys.executable, os.path.join(processes.TESTS, "helpers", "run_with_fault.py"), fault, "jaxtag.tag", *args]
     with open(log_dir / "stderr", "w+") as err:
         proc = subprocess.Popen(command, cwd=processes.REPO, env=processes.environment(), stdout=subprocess.DEVNULL,
                                 stderr=err, text=True)
-        deadline = time.time() + 600
-        while _record_count(out) < done and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        proc.send_signal(sig)
-        returncode = proc.wait(timeout=300)
+        returncode = proc.wait(timeout=600)
         err.seek(0)
         return returncode, err.read()
 
@@ -365,21 +480,27 @@ def twelve(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code", [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)])
-def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trained, twelve, tmp_path, sig, code):
+@pytest.mark.parametrize("fault, code", [("tag_sigkill@4", -signal.SIGKILL), ("tag_sigint@4", 130)])
+def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trained, twelve, tmp_path, fault, code):
+    """The signal lands right after the 4th file's record is written (a point the test controls):
+    the rerun finishes the rest. Files whose scores were stored but whose outputs were not all
+    written are derived again from their stored scores, without the model."""
     out = tmp_path / "out"
-    command = _tag_cli(f"--workdir={trained[1]}", os.path.dirname(twelve[0]), f"--output_dir={out}", "--workers=2")
-    returncode, err = _run_until(command, out, 4, sig, tmp_path)
+    args = [f"--workdir={trained[1]}", os.path.dirname(twelve[0]), f"--output_dir={out}", "--workers=2"]
+    returncode, err = _run_with_fault(fault, args, tmp_path)
     assert returncode == code, err[-3000:]
-    if sig == signal.SIGINT:  # Ctrl-C: a clean stop, no traceback, temporary files removed
+    if code == 130:  # Ctrl-C: a clean stop, no traceback, temporary files removed
         assert "interrupted: rerun the same command" in err and "Traceback" not in err
         assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
     finished = _record_count(out)
-    assert 4 <= finished < 12
-    rerun = subprocess.run(command, cwd=processes.REPO, env=processes.environment(), capture_output=True, text=True,
-                           timeout=600)
+    stored = len(os.listdir(out / ".jaxtag" / "scores"))
+    assert 4 <= finished <= stored < 12
+    rerun = subprocess.run(_tag_cli(*args), cwd=processes.REPO, env=processes.environment(), capture_output=True,
+                           text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"tagged {12 - finished}, already done {finished}, failed 0 of 12" in rerun.stderr
+    derived = stored - finished
+    assert (f"tagged {12 - stored}" + (f", re-derived {derived} from stored scores" if derived else "")
+            + f", already done {finished}, failed 0 of 12") in rerun.stderr
     _check_complete(out, twelve)
 
 
@@ -410,11 +531,13 @@ window.addEventListener("load", () => setTimeout(() => {
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_library_page_filters_sorts_and_opens_a_track_page_in_chromium(tagger, library, tmp_path):
     out = tmp_path / "out"
-    tag_library(tagger, library, _options(out))
+    with _calibrated_on(tagger, library):
+        tag_library(tagger, library, _options(out))
     rows = json.loads((out / "library.json").read_text())["files"]
-    tag = rows[0]["top_tags"][1][0]   # a tag that is among some file's top tags
-    has = [r for r in rows if r["share"][tag] > 0 or tag in [t for t, _ in r["top_tags"]]]
-    expected = [r["name"] for r in sorted(has, key=lambda r: (-r["mean"][tag], r["path"]))]
+    # A tag some files carry and others not: the filter shows the files that carry it.
+    tag = next(t for t in tagger.tags if 0 < sum(t in r["track_tags"] for r in rows) < len(rows))
+    has = [r for r in rows if tag in r["track_tags"]]
+    expected = [r["name"] for r in sorted(has, key=lambda r: (-r["strength"][tag], r["path"]))]
     page = (out / "index.html").read_text()
     (out / "actions.html").write_text(page.replace("</body>", USER_ACTIONS.replace("TAG", json.dumps(tag))
                                                    .replace("OPEN", "false")))
@@ -438,8 +561,9 @@ def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library,
     files = [shutil.copy(p, tmp_path) for p in library[:3]]
     out = tmp_path / "out"
     assert len(tag_library(tagger, files, _options(out, formats=("json",))).tagged) == 3
-    # Every format now: the runs that wrote only JSON do not count as done.
-    assert len(tag_library(tagger, files, _options(out)).tagged) == 3
+    # Every format now: the runs that wrote only JSON do not count as done; the others are derived
+    # from the stored scores.
+    assert len(tag_library(tagger, files, _options(out)).derived) == 3
     assert all((out / f"{n}.html").exists() for n in ("one", "two", "three"))
     # A write that fails half-way (after the JSON, before the page) leaves the file without a
     # record: the next run redoes it, and only it.
@@ -456,14 +580,23 @@ def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library,
     assert forced.failed == {files[1]: "No space left on device"} and len(forced.tagged) == 2
     monkeypatch.setattr(html_page, "render_html", real_page)
     resumed = tag_library(tagger, files, _options(out))
-    assert resumed.tagged == [files[1]] and sorted(resumed.skipped) == sorted([files[0], files[2]])
-    # Another model (here: another threshold) redoes everything.
-    threshold = tagger.threshold
-    tagger.threshold = threshold * 0.5
+    # Its scores were stored before the page failed: its outputs are derived again, no model.
+    assert resumed.derived == [files[1]] and not resumed.tagged
+    assert sorted(resumed.skipped) == sorted([files[0], files[2]])
+    # Other decisions (here: another threshold) derive every output again from the stored scores.
+    policy = tagger.policy
+    tagger.policy = policy.with_threshold(0.3)
     try:
-        assert len(tag_library(tagger, files, _options(out)).tagged) == 3
+        rederived = tag_library(tagger, files, _options(out))
+        assert sorted(rederived.derived) == sorted(files) and not rederived.tagged
+        assert json.loads((out / "one.json").read_text())["threshold"] == [pytest.approx(0.3)] * len(tagger.tags)
     finally:
-        tagger.threshold = threshold
+        tagger.policy = policy
+    # Another model (the same run's settings, other weights) runs the model again.
+    import jax
+    other = Tagger(jax.tree.map(lambda x: x * 1.01, tagger.variables), tagger.meta)
+    assert other.fingerprint != tagger.fingerprint
+    assert len(tag_library(other, files, _options(out)).tagged) == 3
 
 
 @pytest.mark.slow

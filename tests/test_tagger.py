@@ -87,13 +87,17 @@ def test_csv_round_trips_through_the_cal500exp_reader(tagger, tmp_path):
 
 
 def test_segments_merge_identical_neighbours_and_use_nearest_centres():
+    from jaxtag.tagging.decisions import threshold_policy
     from jaxtag.tagging.taggram import Taggram
     t = Taggram("x", 10.0, ["a", "b"], start=np.array([0.0, 2.0, 4.0, 6.0]), end=np.array([4.0, 6.0, 8.0, 10.0]),
-                scores=np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.7]]), threshold=np.array([0.5, 0.5]))
+                scores=np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.2, 0.7]]),
+                policy=threshold_policy(["a", "b"], [0.5, 0.5]))
     segs = t.segments()
     assert [(s, e) for s, e, _ in segs] == [(0.0, 5.0), (5.0, 10.0)]   # centres 2, 4 | 6, 8
     assert [list(a) for _, _, a in segs] == [[True, False], [False, True]]
-    np.testing.assert_allclose(t.smoothed(3).scores[:, 0], [0.9, 0.8, 0.2, 0.2])
+    np.testing.assert_allclose(t.time_on(), [0.5, 0.5])
+    # Smoothing changes the decisions, never the scores (they are written as the model gave them).
+    np.testing.assert_array_equal(t.smoothed(3).scores, t.scores)
 
 
 def test_output_names_are_safe_and_unique(tmp_path):
@@ -210,11 +214,12 @@ def test_taggram_picture_keeps_every_label_inside_and_clear_of_the_plot(tags):
     import matplotlib.pyplot
     import matplotlib.text
     from jaxtag.tagging import plots
+    from jaxtag.tagging.decisions import threshold_policy
     from jaxtag.tagging.taggram import Taggram
     n = len(tags)
     starts = np.arange(6) * 3.0
     taggram = Taggram("a rather long file name of a song.flac", 18.0, tags, starts, starts + 3.0,
-                      np.random.default_rng(0).random((6, n)).astype(np.float32), np.full(n, 0.5, np.float32),
+                      np.random.default_rng(0).random((6, n)).astype(np.float32), threshold_policy(tags, 0.5),
                       "musicnn-msd", np.tile([[-0.5, 0.5]], (50, 1)))
     fig = plots.taggram_figure(taggram)
     fig.canvas.draw()
@@ -246,18 +251,20 @@ def test_taggram_picture_marks_exactly_the_active_cells():
     import io
 
     from jaxtag.tagging import plots
+    from jaxtag.tagging.decisions import threshold_policy
     from jaxtag.tagging.taggram import Taggram
     # Windows 0-4, 2-6, 4-8 s of an 8-s file: stretches 0-3, 3-5, 5-8 s (nearest centre).
     scores = np.array([[0.1, 0.2], [0.9, 0.3], [0.2, 0.7]], np.float32)
-    taggram = Taggram("song.wav", 8.0, ["Emotion-Happy", "Emotion-Sad"], np.array([0.0, 2.0, 4.0]),
-                      np.array([4.0, 6.0, 8.0]), scores, np.array([0.5, 0.6], np.float32), "m",
+    tags = ["Emotion-Happy", "Emotion-Sad"]
+    taggram = Taggram("song.wav", 8.0, tags, np.array([0.0, 2.0, 4.0]),
+                      np.array([4.0, 6.0, 8.0]), scores, threshold_policy(tags, [0.5, 0.6]), "m",
                       np.tile([[-0.5, 0.5]], (50, 1)))
     np.testing.assert_allclose(plots.active_segments(taggram), [[[3.0, 0.5], [5.0, 0.5]],    # window 1, tag 0
                                                                 [[5.0, 1.5], [8.0, 1.5]]])   # window 2, tag 1
     png = io.BytesIO()
     plots.plot_taggram(taggram, png)
     assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n" and _teal_pixels(png.getvalue()) > 0
-    quiet = dataclasses.replace(taggram, threshold=np.array([0.95, 0.95], np.float32))
+    quiet = taggram.with_policy(threshold_policy(tags, 0.95))
     assert plots.active_segments(quiet).shape == (0, 2, 2)
     png = io.BytesIO()
     plots.plot_taggram(quiet, png)

@@ -189,7 +189,7 @@ def test_improved_settings_train_with_train_split_statistics_and_tuned_threshold
     np.testing.assert_allclose(stats["std"], np.maximum(x.std(0), 1e-3 * x.std(0).max()), rtol=1e-4)
     assert stats["num_frames"] == frames.shape[0]
     assert isinstance(result["threshold"], list) and len(result["threshold"]) == 18
-    np.testing.assert_allclose(tagger.threshold, tagger.meta["thresholds"], rtol=1e-6)
+    np.testing.assert_allclose(tagger.policy.thresholds, tagger.meta["thresholds"], rtol=1e-6)
     np.testing.assert_allclose(result["threshold"], tagger.meta["thresholds"], rtol=1e-6)
     assert "emotion" in result["categories"] and np.isfinite(result["mean_roc_auc"])
 

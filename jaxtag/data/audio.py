@@ -68,7 +68,7 @@ def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
     if os.path.splitext(path)[1].lower() in PYAV_EXTENSIONS:
         return np.concatenate(list(AudioStream(path, target_sr)))
     try:
-        samples, sr = sf.read(path, dtype="float32", always_2d=True)
+        samples, sr = sf.read(os.fsencode(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors.
         raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
     return prepare_waveform(samples, sr, target_sr, source=path)
@@ -77,7 +77,7 @@ def load_audio(path: str | os.PathLike, target_sr: int) -> np.ndarray:
 # ---- Streaming: any file length in bounded memory (library-scale tagging) ----------------------
 
 # A file whose data stop more than this short of its header's promise is reported as truncated.
-TRUNCATION_TOLERANCE_SECONDS = 0.1
+TRUNCATION_TOLERANCE_SECONDS = 0.5
 
 
 def _riff_shortfall(path: str) -> tuple[float, float] | None:
@@ -107,10 +107,12 @@ def _riff_shortfall(path: str) -> tuple[float, float] | None:
             f.seek(length + (length & 1), os.SEEK_CUR)
 
 
-def _mp3_shortfall(path: str, promised_seconds: float) -> tuple[float, float] | None:
+def _mp3_shortfall(path: str, promised_seconds: float) -> tuple[float, float] | None | bool:
     """MP3 with a Xing/Info header (LAME writes one): (promised, estimated) seconds when the file
-    holds fewer stream bytes than the header counts. (libsndfile pads such a file with silence up
-    to the promised length.)"""
+    holds fewer stream bytes than the header counts, None when it holds them all. (libsndfile pads
+    such a file with silence up to the promised length.) False when no header counts the bytes:
+    libsndfile's length is then an estimate from the file's size and first bitrate, which real
+    files miss by fractions of a second either way, so it promises nothing."""
     import struct
     with open(path, "rb") as f:
         data = f.read(64 * 1024)
@@ -123,14 +125,14 @@ def _mp3_shortfall(path: str, promised_seconds: float) -> tuple[float, float] | 
         if at >= 0 and len(data) >= at + 16:
             flags = struct.unpack(">I", data[at + 4:at + 8])[0]
             if not flags & 2:  # no byte count
-                return None
+                return False
             offset = at + 8 + (4 if flags & 1 else 0)
             stream_bytes = struct.unpack(">I", data[offset:offset + 4])[0]
             available = size - start
             if stream_bytes and available < stream_bytes * 0.99:
                 return promised_seconds, promised_seconds * available / stream_bytes
             return None
-    return None
+    return False
 
 
 class AudioStream:
@@ -199,9 +201,11 @@ class AudioStream:
             shortfall = _riff_shortfall(self.path)
         elif extension == ".mp3":
             shortfall = _mp3_shortfall(self.path, self.promised_seconds)
+            if shortfall is False:  # no header promises a length (see _mp3_shortfall)
+                return
         if shortfall is None and self.promised_seconds - self.seconds > TRUNCATION_TOLERANCE_SECONDS:
             shortfall = (self.promised_seconds, self.seconds)
-        if shortfall is not None:
+        if shortfall:
             promised, held = shortfall
             self.warnings.append(f"truncated: its header promises {promised:.1f} s of audio, its data hold "
                                  f"about {held:.1f} s (tagged as decoded)")
@@ -210,7 +214,9 @@ class AudioStream:
 def _open_sndfile(path: str):
     import soundfile as sf
     try:
-        return sf.SoundFile(path)
+        # As bytes: soundfile encodes a str path strictly, which a name that is not valid UTF-8
+        # (held as surrogate escapes) fails.
+        return sf.SoundFile(os.fsencode(path))
     except Exception as e:  # libsndfile reports corrupt/unknown formats as various errors
         raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
 
@@ -221,6 +227,11 @@ def _open_pyav(path: str) -> "_PyAVReader":
     except ImportError:
         raise DataError(path, "decoding this format needs PyAV: pip install av") from None
     try:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:  # a name that is not valid UTF-8: FFmpeg reads it through Python
+            handle = open(path, "rb")
+            return _PyAVReader(av.open(handle), handle)
         return _PyAVReader(av.open(path))
     except Exception as e:  # FFmpeg reports corrupt/unknown files as various errors
         raise DataError(path, f"cannot decode audio ({type(e).__name__}: {e})") from None
@@ -230,8 +241,8 @@ class _PyAVReader:
     """The part of soundfile.SoundFile that AudioStream uses (samplerate, frames, read), over
     FFmpeg's decoder: blocks of float32 [n, channels]."""
 
-    def __init__(self, container):
-        self.container = container
+    def __init__(self, container, handle=None):
+        self.container, self.handle = container, handle
         streams = container.streams.audio
         if not streams:
             container.close()
@@ -269,3 +280,5 @@ class _PyAVReader:
 
     def __exit__(self, *exc):
         self.container.close()
+        if self.handle is not None:
+            self.handle.close()

@@ -111,7 +111,9 @@ def _player(audio_path: str | None, name: str, page_dir: str | None = None, embe
             return f'<audio controls id="player" preload="auto" src="data:{mime};base64,{data}"></audio>'
         if page_dir is not None:
             relative = os.path.relpath(os.path.abspath(audio_path), os.path.abspath(page_dir))
-            url = urllib.parse.quote(relative.replace(os.sep, "/"))
+            # As bytes: a name that is not valid UTF-8 keeps its own bytes (%E9), which the browser
+            # asks the disk for.
+            url = urllib.parse.quote(os.fsencode(relative.replace(os.sep, "/")))
             return f'<audio controls id="player" preload="metadata" src="{_escape(url)}"></audio>'
     return ('<audio id="player"></audio><p class="note">Audio not embedded '
             f'({_escape(name)} is missing or larger than {MAX_EMBED_BYTES >> 20} MiB).</p>')
@@ -126,10 +128,11 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
     """The listening page of one tagged file, as one HTML document (self-contained but for a
     large audio file, linked relative to page_dir, the folder the page is written to)."""
     name = os.path.basename(taggram.source)
+    decided = taggram.decisions()
     payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
                "end": taggram.end.tolist(), "centres": taggram.centres.tolist(),
                "scores": [[round(float(x), 4) for x in row] for row in taggram.scores],
-               "active": taggram.active.astype(int).tolist()}
+               "active": decided.active.astype(int).tolist()}
     rows = "".join(f'<div class="tag">{_escape(t)}</div>' for t in taggram.tags)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -139,6 +142,8 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
 <h1>{_escape(name)}</h1>
 <div class="meta">duration {taggram.duration:.1f} s &middot; model {_escape(taggram.model)} &middot;
 {len(taggram.tags)} tags &middot; {len(taggram.start)} windows</div>
+<div class="meta" id="track">tags: <span id="track-tags">{_escape(", ".join(decided.track_tags) or "none")}</span>
+&middot; moods: <span id="track-moods">{_escape(", ".join(decided.moods) or "none")}</span></div>
 {_player(audio_path, name, page_dir, embed_audio)}
 <div id="view"><div id="labels">{rows}</div>
 <div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>

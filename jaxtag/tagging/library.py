@@ -4,11 +4,17 @@
   the model takes a file's windows as their frames arrive, while the rest is still decoded, and
   windows of several files together, in fixed chunks; memory is bounded for any file length
   (audio and frames stream through blocks and a temporary file).
-- Every output is written atomically, and a file's record (OUT/.jaxtag/records/NAME.json) last:
-  it names the outputs written, the file's size, mtime and content fingerprint (its audio stream
-  without tags), the model and settings. A file being redone loses its record first. A rerun skips
-  a file whose record matches (--force redoes it); a run killed at any moment and rerun ends with a
-  complete, valid set and redoes only what was unfinished. Ctrl-C stops cleanly (exit 130).
+- The model's output for a file (window times, scores, embeddings) goes to the library's store
+  first (OUT/.jaxtag/scores/NAME.npz, with the model's fingerprint and the file's size, mtime and
+  content fingerprint: its audio stream without tags). Every other output is derived from it by
+  the decision policy (jaxtag.tagging.decisions) and written atomically, and the file's record
+  (OUT/.jaxtag/records/NAME.json) last, naming the outputs, the model and the policy. A file being
+  redone loses its record first.
+- A rerun skips a file whose record matches the model, the policy and the file's audio; where only
+  the policy (--threshold, --smooth, ...) or the outputs asked for changed, it derives them again
+  from the store without the model; a new model or new audio runs the model (--force always does).
+  A run killed at any moment and rerun ends with a complete, valid set and redoes only what was
+  unfinished. Ctrl-C stops cleanly (exit 130).
 - One bad file never stops the others: it is reported on stderr with its problem.
 - OUT/library.csv, OUT/library.json and OUT/index.html summarise every tagged file.
 """
@@ -32,10 +38,11 @@ from jaxtag.data import features
 from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
-from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, write_atomic,
-                                    write_outputs)
+from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, shown_path,
+                                    write_atomic, write_outputs)
+from jaxtag.tagging.taggram import Taggram
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
 MAX_QUEUED_WRITES = 4  # files tagged and waiting for the writer thread
 
@@ -44,7 +51,6 @@ MAX_QUEUED_WRITES = 4  # files tagged and waiting for the writer thread
 class LibraryOptions:
     output_dir: str
     formats: tuple = FORMATS
-    smooth: int = 1
     workers: int = 0             # decoding processes; 0: one per CPU core
     force: bool = False          # redo files whose outputs exist
     embeddings: bool = False     # NAME.embeddings.npz: the penultimate layer per window
@@ -56,9 +62,11 @@ class LibraryOptions:
 
 @dataclasses.dataclass
 class LibraryResult:
-    tagged: list = dataclasses.field(default_factory=list)
+    tagged: list = dataclasses.field(default_factory=list)      # the model ran on them
+    derived: list = dataclasses.field(default_factory=list)     # outputs derived again from stored scores
     skipped: list = dataclasses.field(default_factory=list)     # outputs already there
-    failed: dict = dataclasses.field(default_factory=dict)      # path -> problem
+    failed: dict = dataclasses.field(default_factory=dict)      # path -> problem (not tagged)
+    tags_not_written: dict = dataclasses.field(default_factory=dict)  # path -> problem (--write_tags)
     interrupted: bool = False
     stage_seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
         ("decode", "features", "model", "writing"), 0.0))
@@ -67,16 +75,22 @@ class LibraryResult:
     worker_peak_rss_mb: float = 0.0  # the largest decoding worker's peak memory
 
 
-def settings_of(tagger, options: LibraryOptions) -> dict:
-    """What makes two runs' outputs of the same file the same."""
-    return {"version": RECORD_VERSION, "model": tagger.fingerprint, "smooth": options.smooth}
+def settings_of(tagger) -> dict:
+    """What makes two runs' outputs of the same file the same: the model (its weights) and the
+    decision policy (the model alone makes the stored scores)."""
+    return {"version": RECORD_VERSION, "model": tagger.fingerprint, "policy": tagger.policy.key()}
 
 
 RECORDS = os.path.join(".jaxtag", "records")
+STORE = os.path.join(".jaxtag", "scores")
 
 
 def record_path(output_dir: str, name: str) -> str:
     return os.path.join(output_dir, RECORDS, f"{name}.json")
+
+
+def store_path(output_dir: str, name: str) -> str:
+    return os.path.join(output_dir, STORE, f"{name}.npz")
 
 
 def read_record(output_dir: str, name: str) -> dict | None:
@@ -94,25 +108,77 @@ def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
     return [f"{name}.{fmt}" for fmt in options.formats] + ([f"{name}.embeddings.npz"] if options.embeddings else [])
 
 
-def finished_record(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None) -> bool:
-    """Whether `record` (read_record) shows this file done: the same model and settings, every
-    output wanted now among those written then and still there, the same audio content."""
+def same_audio(path: str, *sources: dict) -> bool:
+    """Whether `path` holds the audio the stamps `sources` (size, mtime_ns, content) were made
+    from: untouched since one of them, or touched, copied or retagged since (the same audio stream
+    is what counts)."""
+    st = os.stat(path)
+    if any((st.st_size, st.st_mtime_ns) == (s["size"], s["mtime_ns"]) for s in sources):
+        return True
+    return decoding.content_fingerprint(path) == sources[0]["content"]
+
+
+def read_store(output_dir: str, name: str) -> dict | None:
+    """A file's stored model output (see the module docstring), or None where there is none or it
+    cannot be read."""
     try:
-        if record is None or record.get("settings") != settings:
-            return False
-        source = record["source"]
-        if source["path"] != os.path.abspath(path):
-            return False
-        wanted = wanted_outputs(name, options)
-        if not set(wanted) <= set(record["outputs"]) or not all(
-                os.path.exists(os.path.join(options.output_dir, f)) for f in wanted):
-            return False
-        st = os.stat(path)
-        # Touched, copied or retagged since: the same audio is what counts.
-        return (st.st_size, st.st_mtime_ns) == (source["size"], source["mtime_ns"]) or \
-            decoding.content_fingerprint(path) == source["content"]
+        with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
+            stored = {k: npz[k] for k in npz.files}
+        stored["source"] = json.loads(str(stored.pop("source_json")))
+        stored["model"], stored["warnings"] = str(stored["model"]), json.loads(str(stored.pop("warnings_json")))
+        return stored
+    except (OSError, ValueError, KeyError, TypeError, EOFError):  # absent, partial, or another version's
+        return None
+
+
+def write_store(output_dir: str, name: str, taggram, embeddings: np.ndarray, model: str, source: dict,
+                warnings: list[str]) -> None:
+    def save(f):
+        np.savez(f, scores=np.asarray(taggram.scores, np.float32), start=taggram.start, end=taggram.end,
+                 duration=np.float64(taggram.duration), embeddings=np.asarray(embeddings, np.float32),
+                 envelope=np.zeros((0, 2), np.float32) if taggram.envelope is None else taggram.envelope,
+                 tags=np.array(taggram.tags), model=np.array(model), source_json=np.array(json.dumps(source)),
+                 warnings_json=np.array(json.dumps(warnings)))
+    write_atomic(store_path(output_dir, name), save)
+
+
+MODEL, DERIVE, DONE = "model", "derive", "done"
+
+
+def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None) -> str:
+    """What a file needs (see the module docstring): DONE (its record shows this model, policy and
+    audio, and every output wanted now), DERIVE (its stored scores are this model's for this
+    audio: the outputs are derived again) or MODEL."""
+    try:
+        if options.force:
+            return MODEL
+        if record is not None and record.get("settings") == settings and \
+                record["source"]["path"] == os.path.abspath(path):
+            wanted = wanted_outputs(name, options)
+            if set(wanted) <= set(record["outputs"]) and all(
+                    os.path.exists(os.path.join(options.output_dir, f)) for f in wanted) \
+                    and os.path.exists(store_path(options.output_dir, name)) and same_audio(path, record["source"]):
+                return DONE
+        stored = _stored_header(options.output_dir, name)
+        if stored is not None and stored["model"] == settings["model"] and \
+                stored["source"]["path"] == os.path.abspath(path):
+            # The record's stamp is newer where --write_tags retagged the file since.
+            later = [record["source"]] if record is not None and record.get("settings", {}).get("model") == \
+                settings["model"] and record["source"]["content"] == stored["source"]["content"] else []
+            if same_audio(path, stored["source"], *later):
+                return DERIVE
+        return MODEL
     except (OSError, KeyError, TypeError):  # gone, unreadable, or a record of another version
-        return False
+        return MODEL
+
+
+def _stored_header(output_dir: str, name: str) -> dict | None:
+    """A stored file's model fingerprint and source, read without its arrays."""
+    try:
+        with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
+            return {"model": str(npz["model"]), "source": json.loads(str(npz["source_json"]))}
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -217,7 +283,8 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     log = log or _Log(options)
     result = LibraryResult()
     started = time.perf_counter()
-    os.makedirs(os.path.join(options.output_dir, RECORDS), exist_ok=True)
+    for folder in (RECORDS, STORE):
+        os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
     found: dict[str, dict | None] = {}
 
     def owner(name):
@@ -225,17 +292,18 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
         return (found[name] or {}).get("source", {}).get("path")
 
     names = output_names(files, owner)
-    settings = settings_of(tagger, options)
-    rows, todo = {}, []
+    settings = settings_of(tagger)
+    rows, todo, derive = {}, [], []
     for path in files:
         record = found.get(names[path]) or read_record(options.output_dir, names[path])
-        if not options.force and finished_record(path, names[path], options, settings, record):
+        plan = plan_file(path, names[path], options, settings, record)
+        if plan == DONE:
             rows[path] = summary.row_from_json(record["summary"])
             result.skipped.append(path)
         else:
-            todo.append(path)
+            (derive if plan == DERIVE else todo).append(path)
     found.clear()
-    log.plan(len(files), len(todo))
+    log.plan(len(files), len(todo), len(derive))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
     # A file's outputs are written on this thread while the model goes on with the next files
     # (the picture is most of it; the model would wait for it otherwise).
@@ -243,6 +311,8 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     context = _RunContext(tagger, names, options, settings, rows, result, _LockedLog(log),
                           decode or decoding.decode_file, writer)
     try:
+        for path in derive:  # no model: the writer thread derives them while the model starts
+            _queue_write(context, _derive_outputs, path)
         _run(context, todo, tmp_dir)
         _wait_for_writes(context)
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
@@ -382,17 +452,23 @@ def _finish(c: _RunContext, state: _FileState) -> None:
     try:
         start = time.perf_counter()
         scores, embeddings = c.tagger.decode_features(
-            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=c.options.embeddings)
-        taggram = c.tagger.taggram(decoded.path, decoded.duration, decoded.n_frames, scores, decoded.envelope)
-        taggram = taggram.smoothed(c.options.smooth)
+            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=True)
+        taggram = c.tagger.taggram(shown_path(decoded.path), decoded.duration, decoded.n_frames, scores,
+                                   decoded.envelope)
         c.result.stage_seconds["model"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, decoded.path, problem_of(e))
         return
     finally:
         _remove(decoded.frames_path)
+    source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
+    _queue_write(c, _write_file_outputs, decoded.path, taggram, embeddings, source, decoded.warnings,
+                 decoded.duration)
+
+
+def _queue_write(c: _RunContext, function, *args) -> None:
     _wait_for_writes(c, at_most=MAX_QUEUED_WRITES - 1)
-    c.writes.append(c.writer.submit(_write_file_outputs, c, decoded, taggram, embeddings))
+    c.writes.append(c.writer.submit(function, c, *args))
 
 
 def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
@@ -402,27 +478,53 @@ def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
         c.writes.popleft().result()
 
 
-def _write_file_outputs(c: _RunContext, decoded, taggram, embeddings) -> None:
-    """Every output of a file, its record removed first and written last."""
-    path, name, options = decoded.path, c.names[decoded.path], c.options
+def _derive_outputs(c: _RunContext, path: str) -> None:
+    """A file whose stored scores are this model's for its audio: its outputs derived again with
+    this run's policy (no decoding, no model)."""
+    name = c.names[path]
+    try:
+        stored = read_store(c.options.output_dir, name)
+        if stored is None:
+            raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
+        source = dict(stored["source"])
+        st = os.stat(path)
+        source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
+        taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(c.tagger.tags),
+                          start=stored["start"], end=stored["end"], scores=stored["scores"], policy=c.tagger.policy,
+                          model=c.tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None)
+    except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+        _fail(c, path, problem_of(e))
+        return
+    _write_file_outputs(c, path, taggram, stored["embeddings"], source, stored["warnings"], None)
+
+
+def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
+                        audio_seconds: float | None) -> None:
+    """Every output of a file, its record removed first and written last; its scores stored first
+    when they are new (audio_seconds: how much audio the model took; None: derived again)."""
+    name, options = c.names[path], c.options
     try:
         start = time.perf_counter()
         _remove(record_path(options.output_dir, name))
-        row = summary.track_summary(taggram, path, name)
+        if audio_seconds is not None:
+            write_store(options.output_dir, name, taggram, embeddings, c.settings["model"], source, warnings)
+        row = summary.track_summary(taggram, taggram.source, name)
         if options.embeddings:
             _write_embeddings(options.output_dir, name, taggram, embeddings)
         write_outputs(taggram, path, options.output_dir, options.formats, name, embed_audio=options.embed_audio)
-        record = {"settings": c.settings, "source": {"path": os.path.abspath(path), **decoded.stamp},
-                  "outputs": wanted_outputs(name, options), "warnings": decoded.warnings, "tags": taggram.tags,
-                  "summary": summary.row_to_json(row)}
+        record = {"settings": c.settings, "source": source, "outputs": wanted_outputs(name, options),
+                  "warnings": warnings, "summary": summary.row_to_json(row)}
         write_atomic(record_path(options.output_dir, name), json.dumps(record))
         c.result.stage_seconds["writing"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
     c.rows[path] = row
-    c.result.tagged.append(path)
-    c.result.audio_seconds += decoded.duration
+    if audio_seconds is None:
+        c.result.derived.append(path)
+    else:
+        c.result.tagged.append(path)
+        c.result.audio_seconds += audio_seconds
     c.log.tagged(path, taggram)
     if options.write_tags:
         _write_file_tags(c, path)
@@ -461,7 +563,9 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
             record["source"].update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same
             write_atomic(record_path(c.options.output_dir, name), json.dumps(record))
     except (DataError, ValueError, OSError) as e:
-        _fail(c, path, f"tags not written: {problem_of(e)}", done=False)
+        # The file is tagged (its outputs are written); only its own tags are not: counted apart.
+        c.result.tags_not_written[path] = problem_of(e)
+        c.log.failed(path, f"tags not written: {problem_of(e)}", done=False)
 
 
 def _write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger) -> None:
@@ -469,15 +573,16 @@ def _write_library(output_dir: str, files: list[str], rows: dict, result: Librar
     done = [rows[p] for p in files if p in rows]
     tags = list(tagger.tags)
     write_atomic(os.path.join(output_dir, "library.json"),
-                 lambda f: summary.write_library_json(f, done, tags, result.failed))
+                 lambda f: summary.write_library_json(f, done, tags, result.failed, result.tags_not_written))
     write_atomic(os.path.join(output_dir, "library.csv"), lambda f: summary.write_library_csv(f, done, tags))
-    write_atomic(os.path.join(output_dir, "index.html"), lambda f: write_index(f, done, tags, tagger.model_name))
+    write_atomic(os.path.join(output_dir, "index.html"),
+                 lambda f: write_index(f, done, tags, tagger.model_name, tagger.policy.origin))
 
 
 def _fresh_tmp_dir(output_dir: str) -> str:
     """A temporary folder for this run's mel frames. What killed runs left (their folders, and
     half-written outputs and records under temporary names) is removed first."""
-    for folder in (output_dir, os.path.join(output_dir, RECORDS)):
+    for folder in (output_dir, os.path.join(output_dir, RECORDS), os.path.join(output_dir, STORE)):
         for entry in os.listdir(folder):
             if left_by_dead_process(entry):
                 path = os.path.join(folder, entry)
@@ -514,28 +619,32 @@ class _Log:
         self.options = options
         self.bar = None
 
-    def plan(self, total: int, todo: int) -> None:
-        if total > todo:
-            self.say(f"{total - todo} of {total} file(s) already tagged with this model and settings "
+    def plan(self, total: int, todo: int, derive: int = 0) -> None:
+        done = total - todo - derive
+        if done:
+            self.say(f"{done} of {total} file(s) already tagged with this model and these decisions "
                      "(--force redoes them)")
-        if todo >= 2:
+        if derive:
+            self.say(f"{derive} file(s) tagged with this model before: their tags are derived again from the "
+                     "stored scores with this run's decisions (no decoding, no model)")
+        if todo + derive >= 2:
             from tqdm import tqdm
-            self.bar = tqdm(total=todo, desc="tagging", unit="file", file=sys.stderr)
+            self.bar = tqdm(total=todo + derive, desc="tagging", unit="file", file=sys.stderr)
 
     def tagged(self, path: str, taggram) -> None:
         if self.options.top_n > 0:
             top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(self.options.top_n))
-            self._print(f"{path}: {top}", sys.stdout)
+            self._print(f"{shown_path(path)}: {top}", sys.stdout)
         self._step()
 
     def failed(self, path: str, problem: str, done: bool = True) -> None:
         """done: the file leaves the queue here (a failure after tagging it does not)."""
-        self._print(f"error: {path}: {problem}", sys.stderr)
+        self._print(f"error: {shown_path(path)}: {problem}", sys.stderr)
         if done:
             self._step()
 
     def warn(self, path: str, message: str) -> None:
-        self._print(f"warning: {path}: {message}", sys.stderr)
+        self._print(f"warning: {shown_path(path)}: {message}", sys.stderr)
 
     def say(self, message: str) -> None:
         self._print(message, sys.stderr)

@@ -1,7 +1,8 @@
 """OUT/index.html: the tagged library on one self-contained page. A table of every file (linking to
-its own listening page), filtered by a tag (files where it is on at some time, or among their top
-tags) and sorted by the tag's mean score; each row also links to the file's strongest section
-for that tag.
+its own listening page), filtered by a tag (the files that carry it: their track tags and moods,
+as the decision policy gave them and --write_tags writes them; or, ticked, also the files where it
+is on at some time) and sorted by the tag's strength; each row also links to the file's strongest
+section for that tag.
 
 The state is in the address too (index.html#tag=sad&sort=desc), so a view can be bookmarked.
 Every name is escaped: the data goes in a JSON block whose '<', '>' and '&' are escaped, and the
@@ -34,9 +35,11 @@ for (const tag of L.tags) { const o = document.createElement("option"); o.value 
 function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
 function link(td, href, text) { const a = document.createElement("a"); a.href = href; a.textContent = text; td.appendChild(a); return a; }
 const column = Object.fromEntries(L.tags.map((t, j) => [t, j]));   // per-file values are arrays in tag order
-function score(f, tag) { return tag ? f.mean[column[tag]] : f.top_tags[0][1]; }
-// A file has a tag when it is on at some time, or is among the file's top tags.
-function has(f, tag) { return !tag || f.share[column[tag]] > 0 || f.top_tags.some(([t]) => t === tag); }
+function score(f, tag) { return tag ? f.strength[column[tag]] : f.top_tags[0][1]; }
+// A file has a tag when it carries it (a track tag: the policy's decision); ticked, also when the
+// tag is on at some time in it.
+const anyTime = document.getElementById("anytime");
+function has(f, tag) { return !tag || f.track_tags.includes(tag) || (anyTime.checked && f.share[column[tag]] > 0); }
 function render() {
   const tag = select.value;
   const files = L.files.slice();
@@ -47,7 +50,9 @@ function render() {
     tr.dataset.name = f.name;
     link(cell(tr, ""), encodeURIComponent(f.name) + ".html", f.path.split(/[\\\\/]/).pop()).className = "track";
     cell(tr, f.duration.toFixed(1) + " s", "num");
-    cell(tr, f.top_tags.map(([t, s]) => t + " " + s.toFixed(2)).join(", "), "tags");
+    cell(tr, f.track_tags.join(", "), "tags");
+    cell(tr, f.moods.join(", "), "moods");
+    cell(tr, f.top_tags.map(([t, s]) => t + " " + s.toFixed(2)).join(", "), "top");
     cell(tr, score(f, tag).toFixed(3), "num score");
     cell(tr, tag ? Math.round(100 * f.share[column[tag]]) + "%" : "", "num");
     const best = cell(tr, "");
@@ -60,24 +65,27 @@ function render() {
   }
   document.getElementById("shown").textContent = String(files.filter(f => has(f, tag)).length);
   sortButton.textContent = order === "desc" ? "score: highest first" : order === "asc" ? "score: lowest first" : "sort by score";
-  history.replaceState(null, "", "#tag=" + encodeURIComponent(tag) + "&sort=" + order);
+  history.replaceState(null, "", "#tag=" + encodeURIComponent(tag) + "&sort=" + order + (anyTime.checked ? "&any=1" : ""));
 }
 select.addEventListener("change", render);
+anyTime.addEventListener("change", render);
 sortButton.addEventListener("click", () => { order = order === "desc" ? "asc" : "desc"; render(); });
 const state = new URLSearchParams(location.hash.slice(1));
 if (state.get("tag") && L.tags.includes(state.get("tag"))) select.value = state.get("tag");
 if (["desc", "asc"].includes(state.get("sort"))) order = state.get("sort");
+anyTime.checked = state.get("any") === "1";
 render();
 """
 
 
 def _page_row(row: dict) -> dict:
     """What the page needs of a summary row (per-tag values as arrays in tag order)."""
-    keys = ("path", "name", "duration", "top_tags", "mean", "share", "strongest_start", "strongest_end")
+    keys = ("path", "name", "duration", "top_tags", "track_tags", "moods", "strength", "share", "strongest_start",
+            "strongest_end")
     return {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items() if k in keys}
 
 
-def write_index(f, rows: list[dict], tags: list[str], model: str) -> None:
+def write_index(f, rows: list[dict], tags: list[str], model: str, decisions: str = "") -> None:
     """The library page of the summary rows (jaxtag.tagging.summary.track_summary), to a binary
     file, a row at a time."""
     esc = lambda s: html.escape(str(s), quote=True)
@@ -89,11 +97,12 @@ def write_index(f, rows: list[dict], tags: list[str], model: str) -> None:
 {STYLE}</style></head><body>
 <h1>jaxtag library</h1>
 <div class="meta">{len(rows)} files &middot; {total / 3600:.2f} hours &middot; model {esc(model)} &middot;
-{len(tags)} tags</div>
+{len(tags)} tags{" &middot; decisions: " + esc(decisions) if decisions else ""}</div>
 <div id="controls"><label>tag <select id="tag"><option value="">(any)</option></select></label>
+<label><input type="checkbox" id="anytime"> or on at some time</label>
 <button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>
-<table id="library"><thead><tr><th>file</th><th>duration</th><th>top tags (mean score)</th><th>score</th>
-<th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
+<table id="library"><thead><tr><th>file</th><th>duration</th><th>tags</th><th>moods</th><th>top tags (strength)</th>
+<th>score</th><th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
 <script type="application/json" id="library-data">{{"tags": {_json_for_script(tags)}, "files": [""".encode())
     for i, row in enumerate(rows):
         f.write(((",\n" if i else "\n") + _json_for_script(_page_row(row))).encode())

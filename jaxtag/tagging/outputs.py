@@ -45,6 +45,13 @@ def find_audio(inputs: list[str]) -> list[str]:
     return found
 
 
+def shown_path(path: str) -> str:
+    """A path as outputs, logs and pages show it. A name that is not valid UTF-8 (an old Latin-1
+    collection's `caf\xe9.ogg`: Python holds its bytes as surrogate escapes, which no UTF-8 file,
+    terminal or page can hold) shows those bytes escaped as \\xNN."""
+    return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _safe_stem(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"

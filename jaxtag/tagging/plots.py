@@ -16,17 +16,10 @@ def _pyplot():
     return plt
 
 
-def _stretch_bounds(taggram: Taggram) -> np.ndarray:
-    """Each window's scores are drawn over the stretch nearest its centre (as Taggram.segments):
-    [W + 1] bounds in seconds."""
-    c = taggram.centres
-    return np.r_[0.0, (c[:-1] + c[1:]) / 2, taggram.duration]
-
-
 def active_segments(taggram: Taggram) -> np.ndarray:
     """The lines marking where a tag is on: [n, 2, 2], one (x, y) pair of ends per active
     (window, tag), across the window's stretch, through the middle of the tag's row."""
-    bounds = _stretch_bounds(taggram)
+    bounds = taggram.bounds()
     window, tag = np.nonzero(taggram.active)
     row = tag + 0.5
     return np.stack([np.stack([bounds[window], row], 1), np.stack([bounds[window + 1], row], 1)], 1)
@@ -57,7 +50,7 @@ def taggram_figure(taggram: Taggram):
                         for label in labels), default=0.0) / fig.dpi
     fig.subplots_adjust(left=(label_inches + 0.15) / width, right=1 - 0.75 / width,
                         top=1 - 0.3 / height, bottom=0.5 / height, hspace=0.3 / (height - 0.8))
-    bounds = _stretch_bounds(taggram)
+    bounds = taggram.bounds()
     mesh = ax.pcolormesh(bounds, np.arange(n_tags + 1), taggram.scores.T, cmap="magma", vmin=0, vmax=1,
                          shading="flat")
     # One collection, not a line per active cell (that took seconds for a long file).

@@ -16,37 +16,24 @@ from typing import Iterable
 
 import numpy as np
 
-from jaxtag.data.tags import is_mood, short_tag
+from jaxtag.data.tags import short_tag
+from jaxtag.tagging.outputs import shown_path
 from jaxtag.tagging.taggram import Taggram
 
-TOP_TAGS = 5
-# A tag belongs to the whole track when it is on for at least this share of the track's time.
-TRACK_TAG_SHARE = 0.5
-PER_TAG = ("mean", "share", "strongest_start", "strongest_end", "strongest_score")
-
-
-def time_on(taggram: Taggram) -> np.ndarray:
-    """Each tag's share of the file's time during which it is on [C] (the time partition of
-    Taggram.segments: each instant takes the window centred nearest to it)."""
-    on = np.zeros(len(taggram.tags))
-    for start, end, active in taggram.segments():
-        on += (end - start) * np.asarray(active, bool)
-    return on / max(taggram.duration, 1e-9)
+PER_TAG = ("mean", "strength", "share", "strongest_start", "strongest_end", "strongest_score")
 
 
 def track_summary(taggram: Taggram, path: str, name: str) -> dict:
-    """The library row of one tagged file. `name`: its outputs' base name."""
-    mean = taggram.scores.mean(axis=0)
-    share = time_on(taggram)
+    """The library row of one tagged file (its decisions are its taggram's policy's). `path`: the
+    file as shown; `name`: its outputs' base name. Moods are shown as short names (as written)."""
+    d = taggram.decisions()
     strongest = taggram.scores.argmax(axis=0)
-    order = np.argsort(-mean, kind="stable")
-    track_tags = [taggram.tags[i] for i in order if share[i] >= TRACK_TAG_SHARE]
     f32 = lambda v: np.asarray(v, np.float32)
     return {"path": path, "name": name, "duration": round(float(taggram.duration), 3), "model": taggram.model,
-            "top_tags": [[taggram.tags[i], round(float(mean[i]), 4)] for i in order[:TOP_TAGS]],
-            "track_tags": track_tags, "moods": [short_tag(t) for t in track_tags if is_mood(t)],
-            "mean": f32(mean), "share": f32(share), "strongest_start": f32(taggram.start[strongest]),
-            "strongest_end": f32(taggram.end[strongest]),
+            "top_tags": [[t, round(s, 4)] for t, s in d.top_tags], "track_tags": d.track_tags,
+            "moods": [short_tag(t) for t in d.moods],
+            "mean": f32(taggram.scores.mean(axis=0)), "strength": f32(d.strength), "share": f32(d.share),
+            "strongest_start": f32(taggram.start[strongest]), "strongest_end": f32(taggram.end[strongest]),
             "strongest_score": f32(taggram.scores[strongest, np.arange(len(taggram.tags))])}
 
 
@@ -62,36 +49,41 @@ def _file_entry(row: dict, tags: list[str]) -> dict:
     """A row as library.json shows it: per-tag values keyed by tag."""
     per = lambda key: {t: round(float(x), 4) for t, x in zip(tags, row[key])}
     entry = {k: row[k] for k in ("path", "name", "duration", "model", "top_tags", "track_tags", "moods")}
-    entry.update(mean=per("mean"), share=per("share"), strongest={
+    entry.update(mean=per("mean"), strength=per("strength"), share=per("share"), strongest={
         t: {"start": round(float(s), 3), "end": round(float(e), 3), "score": round(float(v), 4)}
         for t, s, e, v in zip(tags, row["strongest_start"], row["strongest_end"], row["strongest_score"])})
     return entry
 
 
-def write_library_json(f, rows: Iterable[dict], tags: list[str], failed: dict[str, str]) -> None:
-    """library.json, a file row at a time, to a binary file."""
+def write_library_json(f, rows: Iterable[dict], tags: list[str], failed: dict[str, str],
+                       tags_not_written: dict[str, str] | None = None) -> None:
+    """library.json, a file row at a time, to a binary file: the rows, the files that failed, and
+    the files tagged whose own tags could not be written (--write_tags)."""
     f.write(('{"tags": ' + json.dumps(tags) + ', "files": [').encode())
     for i, row in enumerate(rows):
         f.write(((",\n" if i else "\n") + json.dumps(_file_entry(row, tags))).encode())
-    failures = [{"path": p, "problem": m} for p, m in failed.items()]
-    f.write(("\n], \"failed\": " + json.dumps(failures, indent=1) + "}\n").encode())
+    listed = lambda problems: json.dumps([{"path": shown_path(p), "problem": m} for p, m in problems.items()], indent=1)
+    f.write(("\n], \"failed\": " + listed(failed) + ", \"tags_not_written\": " + listed(tags_not_written or {})
+             + "}\n").encode())
 
 
 def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
-    """library.csv to a binary file: path, duration, model, top tags ("tag score; ..."), track
-    tags, then per tag its share of time on and its strongest section (start, end, score)."""
+    """library.csv to a binary file: path, duration, model, top tags ("tag strength; ..."), track
+    tags, moods, then per tag its strength, share of time on and strongest section (start, end,
+    score)."""
     import io
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     writer = csv.writer(text, lineterminator="\n")
-    header = ["path", "duration", "model", "top_tags", "track_tags"]
+    header = ["path", "duration", "model", "top_tags", "track_tags", "moods"]
     for t in tags:
-        header += [f"{t} share", f"{t} strongest start", f"{t} strongest end", f"{t} strongest score"]
+        header += [f"{t} strength", f"{t} share", f"{t} strongest start", f"{t} strongest end", f"{t} strongest score"]
     writer.writerow(header)
     for r in rows:
         line = [r["path"], f"{r['duration']:.3f}", r["model"],
-                "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"])]
+                "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"]),
+                "; ".join(r["moods"])]
         for j in range(len(tags)):
-            line += [f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
+            line += [f"{r['strength'][j]:.4f}", f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
                      f"{r['strongest_score'][j]:.4f}"]
         writer.writerow(line)
     text.flush()

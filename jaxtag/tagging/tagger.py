@@ -28,14 +28,14 @@ from jaxtag.data.buckets import bucket_length
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
+from jaxtag.tagging import decisions
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
 DEFAULT_CHUNK_WINDOWS = 32
 # Length buckets of the across-window stage for pretrained models (trained runs use their own).
 PRETRAINED_BUCKETS = (8, 16, 32, 64, 128, 256, 512)
-# A window's tag is on when its probability reaches this, for pretrained models (they have no
-# validation split of ours to tune thresholds on); --threshold overrides it.
+# A pretrained model's fixed threshold where it has no reference statistics (jaxtag.tagging.decisions).
 PRETRAINED_THRESHOLD = 0.5
 
 
@@ -51,8 +51,9 @@ class Tagger:
         self.meta = meta
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
-        self.threshold = checkpoints.checkpoint_threshold(meta, len(self.tags)).astype(np.float32)
+        self.policy = default_policy(meta)
         self.variables = variables
+        self._fingerprint = None
         self.chunk_windows = int(chunk_windows)
         if meta.get("pretrained"):
             self.config = None
@@ -96,7 +97,7 @@ class Tagger:
                                  f"got {hop_seconds}")
             frontend = dataclasses.replace(frontend, window_hop=hop)
         meta = {"pretrained": name, "model": name, "tags": info["tags"], "frontend": frontend.to_dict(),
-                "threshold": PRETRAINED_THRESHOLD, "source": info["source"], "license": info["license"]}
+                "source": info["source"], "license": info["license"]}
         variables = {collection: {"musicnn": tree} for collection, tree in variables.items()}
         return cls(variables, meta, **kwargs)
 
@@ -172,16 +173,35 @@ class Tagger:
         starts = self.window_starts(n_frames)
         end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
         return Taggram(source=source, duration=float(duration), tags=self.tags, start=starts * f.seconds_per_frame,
-                       end=end, scores=scores, threshold=self.threshold, model=self.model_name, envelope=envelope)
-
-    def scores_from_mel(self, mel: np.ndarray) -> np.ndarray:
-        """Per-window probabilities [W, C] for a mel spectrogram [frames, n_mels]."""
-        return self.decode_features(self.encode_windows(self.windows(mel)))[0]
+                       end=end, scores=scores, policy=self.policy, model=self.model_name, envelope=envelope)
 
     @property
     def fingerprint(self) -> str:
-        """Identifies the model and its settings (weights, tags, frontend, thresholds): outputs
-        made with the same fingerprint are the same."""
-        meta = {k: v for k, v in self.meta.items() if k not in ("validation", "license")}
-        meta["threshold_used"] = self.threshold.tolist()
-        return hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """Identifies what makes the scores: the weights themselves, the model, its tags and frontend
+        (not the decision policy, which works on stored scores). Two runs of one config that ended
+        at the same epoch differ in their weights, so their fingerprints differ."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            meta = {k: self.meta.get(k) for k in ("pretrained", "model", "tags", "frontend", "config", "input_stats")}
+            digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
+            for path, leaf in jax.tree_util.tree_flatten_with_path(self.variables)[0]:
+                array = np.asarray(leaf)
+                digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
+
+
+def default_policy(meta: dict) -> decisions.DecisionPolicy:
+    """A model's own decisions: a pretrained model's calibrated rule (from its shipped reference
+    statistics), a trained run's thresholds (validation-tuned where it tuned them)."""
+    tags = list(meta["tags"])
+    if meta.get("pretrained"):
+        reference = decisions.load_reference(meta["pretrained"])
+        if reference is not None:
+            return decisions.calibrated_policy(tags, reference)
+        return decisions.threshold_policy(tags, PRETRAINED_THRESHOLD, origin=f"fixed at {PRETRAINED_THRESHOLD}")
+    tuned = bool(meta.get("thresholds"))
+    return decisions.threshold_policy(
+        tags, checkpoints.checkpoint_threshold(meta, len(tags)),
+        origin="tuned on the run's validation split" if tuned else "the run's eval.threshold")

@@ -3,57 +3,80 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
+
+from jaxtag.tagging.decisions import DecisionPolicy, TrackDecisions
 
 
 @dataclasses.dataclass
 class Taggram:
-    """source: file path or "<waveform>"; start/end: window times in seconds [W]; scores [W, C] in
-    [0, 1]; threshold [C]. A window's tags are those with score >= threshold."""
+    """source: the file's path as shown (or "<waveform>"); start/end: window times in seconds [W];
+    scores [W, C] in [0, 1], as the model gave them; policy: how scores become tags
+    (jaxtag.tagging.decisions), asked by every output."""
     source: str
     duration: float
     tags: list[str]
     start: np.ndarray
     end: np.ndarray
     scores: np.ndarray
-    threshold: np.ndarray
+    policy: DecisionPolicy
     model: str = ""
     # Peak envelope of the waveform for plots: [n_bins, 2] (min, max) over equal time bins.
     envelope: np.ndarray | None = None
 
     @property
+    def threshold(self) -> np.ndarray:
+        return self.policy.thresholds
+
+    @property
     def active(self) -> np.ndarray:
-        return self.scores >= self.threshold[None, :]
+        """Which tags are on in each window [W, C] (the policy's thresholds, smoothed)."""
+        return self.policy.active(self.scores)
 
     @property
     def centres(self) -> np.ndarray:
         return (self.start + self.end) / 2
 
     def smoothed(self, k: int) -> "Taggram":
-        """Median filter of width k (odd) over windows, per tag; edges use the nearest windows."""
-        if k <= 1:
-            return self
-        if k % 2 == 0:
-            raise ValueError(f"the smoothing width must be odd, got {k}")
-        half = k // 2
-        padded = np.pad(self.scores, ((half, half), (0, 0)), mode="edge")
-        stacked = np.stack([padded[i:i + len(self.scores)] for i in range(k)])
-        return dataclasses.replace(self, scores=np.median(stacked, axis=0).astype(self.scores.dtype))
+        """The same scores, with each tag's on/off median-filtered over k windows (odd)."""
+        return dataclasses.replace(self, policy=self.policy.replace(smooth=k))
 
-    def segments(self) -> list[tuple[float, float, np.ndarray]]:
+    def with_policy(self, policy: DecisionPolicy) -> "Taggram":
+        return dataclasses.replace(self, policy=policy)
+
+    def bounds(self) -> np.ndarray:
+        """[W + 1] times (s): each instant belongs to the window whose centre is nearest, so window
+        k covers bounds[k]..bounds[k + 1] (the segments, the picture and the listening page)."""
+        c = self.centres
+        return np.r_[0.0, (c[:-1] + c[1:]) / 2, self.duration]
+
+    def segments(self, active: np.ndarray | None = None) -> list[tuple[float, float, np.ndarray]]:
         """Non-overlapping segments covering [0, duration]: each instant takes the tags of the window
         whose centre is nearest; consecutive windows with identical tags are merged."""
-        centres = self.centres
-        bounds = np.r_[0.0, (centres[:-1] + centres[1:]) / 2, self.duration]
-        active = self.active
+        bounds = self.bounds()
+        active = self.active if active is None else active
         out = []
-        for k in range(len(centres)):
+        for k in range(len(active)):
             if out and np.array_equal(out[-1][2], active[k]):
                 out[-1] = (out[-1][0], bounds[k + 1], out[-1][2])
             else:
                 out.append((bounds[k], bounds[k + 1], active[k]))
         return [(float(s), float(e), a) for s, e, a in out if e > s]
+
+    def time_on(self, active: np.ndarray | None = None) -> np.ndarray:
+        """Each tag's share of the file's time during which it is on [C] (the time partition of
+        `segments`: each instant takes the window centred nearest to it)."""
+        active = self.active if active is None else active
+        bounds = np.clip(self.bounds(), 0.0, self.duration)
+        stretch = np.maximum(np.diff(bounds), 0.0)
+        return (stretch[:, None] * active).sum(axis=0) / max(self.duration, 1e-9)
+
+    def decisions(self) -> TrackDecisions:
+        """The policy's decisions for this track: window tags, time on, track tags, moods, top tags."""
+        active = self.active
+        return self.policy.decide(self.scores, share=self.time_on(active), active=active)
 
     def to_csv(self) -> str:
         """Segments in the CAL500exp CSV layout: Start_Time, End_Time, one 0/1 column per tag."""
@@ -63,23 +86,42 @@ class Taggram:
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
-        active = self.active
+        d = self.decisions()
         return {
             "file": self.source, "duration": float(self.duration), "model": self.model,
             "tags": list(self.tags), "threshold": [float(t) for t in self.threshold],
+            "decisions": self.policy.describe(), "track_tags": d.track_tags, "moods": d.moods,
+            "top_tags": [[t, round(s, 4)] for t, s in d.top_tags],
             "windows": [{"start": float(s), "end": float(e), "scores": [round(float(x), 6) for x in sc],
                          "tags": [t for t, on in zip(self.tags, act) if on]}
-                        for s, e, sc, act in zip(self.start, self.end, self.scores, active)],
+                        for s, e, sc, act in zip(self.start, self.end, self.scores, d.active)],
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
     def top_tags(self, n: int) -> list[tuple[str, float]]:
-        """The n tags with the highest mean score over the file."""
-        mean = self.scores.mean(axis=0)
-        order = np.argsort(-mean)[:n]
-        return [(self.tags[i], float(mean[i])) for i in order]
+        """The n tags the track carries most strongly (the policy's strength: the mean score, or
+        for calibrated decisions the share of reference tracks scoring lower)."""
+        return self.policy.top_tags(self.scores, n)
+
+
+def read_taggram(path: str) -> Taggram:
+    """A file's taggram from its JSON (NAME.json), this version's or an earlier one's. Its window
+    decisions are those the file shows: its per-tag thresholds and smoothing (a file written
+    before decisions had a home has neither smoothing nor a "decisions" entry)."""
+    from jaxtag.tagging.decisions import threshold_policy
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    windows = data["windows"]
+    smooth = int((data.get("decisions") or {}).get("smooth", 1))
+    policy = threshold_policy(data["tags"], data["threshold"], smooth=smooth,
+                              origin=f"the thresholds in {os.path.basename(path)}")
+    as_array = lambda key: np.array([w[key] for w in windows], np.float64)
+    return Taggram(source=data["file"], duration=float(data["duration"]), tags=list(data["tags"]),
+                   start=as_array("start"), end=as_array("end"),
+                   scores=np.array([w["scores"] for w in windows], np.float32).reshape(len(windows), -1),
+                   policy=policy, model=data.get("model", ""))
 
 
 def peak_envelope(y: np.ndarray, n_bins: int = 2000) -> np.ndarray:

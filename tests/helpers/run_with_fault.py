@@ -3,7 +3,9 @@
     python tests/helpers/run_with_fault.py FAULT MODULE [ARGS...]
 
 FAULT is sigkill@N or sigterm@N (this process is signalled right after train step N, before the
-loop's preemption check) or prepare_kill@N (SIGKILL once N tracks of a preparation are cached).
+loop's preemption check), prepare_kill@N (SIGKILL once N tracks of a preparation are cached), or
+tag_sigkill@N / tag_sigint@N (the tag command is sent SIGKILL, or SIGINT as a Ctrl-C would be, right
+after the Nth file's record is written: a point the test controls, whatever the machine's speed).
 The faults are patched in here, so the package itself carries no test hooks.
 """
 import os
@@ -36,6 +38,21 @@ def inject(fault: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         TrackCache.store = store_then_kill
+    elif kind in ("tag_sigkill", "tag_sigint"):
+        import threading
+
+        from jaxtag.tagging import library
+        write, records, lock = library.write_atomic, [], threading.Lock()
+
+        def write_then_signal(path, data):
+            write(path, data)
+            if os.path.dirname(path).endswith(library.RECORDS):
+                with lock:
+                    records.append(path)
+                    if len(records) == at:
+                        os.kill(os.getpid(), signal.SIGKILL if kind == "tag_sigkill" else signal.SIGINT)
+
+        library.write_atomic = write_then_signal
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 
