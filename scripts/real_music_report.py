@@ -1,0 +1,452 @@
+"""Real music from Debian's archive: the pretrained models' reference statistics, and how their
+decisions cover music they were not calibrated on.
+
+    python scripts/real_music_report.py calibrate   # fetch the calibration set, tag it, write
+                                                    # jaxtag/tagging/calibration/<model>.json
+    python scripts/real_music_report.py report      # fetch the report set, tag it, print coverage
+                                                    # before (fixed 0.5) and after (calibrated)
+    python scripts/real_music_report.py check       # the shipped statistics follow from their
+                                                    # per-track summaries, and (where the audio is
+                                                    # cached) those from the audio
+    python scripts/real_music_report.py levels      # how the calibrated rule's levels were chosen:
+                                                    # coverage on each calibration collection with
+                                                    # statistics from the others
+
+Two sets of freely licensed game soundtracks and songs, packaged in Debian's main archive (so
+DFSG-free; each package's licence is in its /usr/share/doc/<package>/copyright, and the
+collections below name it): CALIBRATION (the reference statistics are made from it) and REPORT
+(music that no decision threshold was tuned on; coverage is reported on it). Packages are fetched
+with `apt-get download` into --cache_dir (never into the repository), unpacked with Python's own
+ar/tar readers, and their music selected: files of at least MIN_SECONDS under the music folders
+named below (sound effects and speech are passed over); Frets on Fire songs come as stems,
+mixed here (song + guitar [+ rhythm]). Only statistics are shipped, never audio.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import fnmatch
+import glob
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from jaxtag.files import sha256_file  # noqa: E402
+
+MIN_SECONDS = 30.0
+MODELS = ("musicnn-msd", "musicnn-mtt")
+AUDIO = (".ogg", ".opus", ".mp3", ".flac", ".wav")
+
+
+@dataclasses.dataclass(frozen=True)
+class Collection:
+    package: str
+    music: tuple[str, ...]          # globs of music files, relative to the unpacked package
+    license: str                    # as the package's copyright file states it for the music
+    archive: str = ""               # music inside this zip (a game's .pk3) instead
+    stems: bool = False             # each folder matched is one song, its .ogg stems mixed
+
+
+CALIBRATION = (
+    Collection("asc-music", ("usr/share/games/asc/music/*",), "GPL-2+"),
+    Collection("colobot-common-sounds", ("usr/share/games/colobot/music/*",), "GPL-3+"),
+    Collection("drascula-music", ("usr/share/scummvm/drascula/audio/*",), "Drascula licence (free, BSD-like)"),
+    Collection("fretsonfire-songs-muldjord", ("usr/share/games/fretsonfire/data/songs/*/*/",), "CC-BY-SA-3.0",
+               stems=True),
+    Collection("fretsonfire-songs-sectoid", ("usr/share/games/fretsonfire/data/songs/*/*/",), "GPL", stems=True),
+    Collection("hyperrogue-music", ("usr/share/hyperrogue/music/*",), "GPL-2+"),
+    Collection("lincity-ng-data", ("usr/share/games/lincity-ng/music/default/*",), "GPL-2+"),
+    Collection("nexuiz-music", ("sound/cdtracks/*",), "GPL-2+", archive="usr/share/games/nexuiz/data/music.pk3"),
+    Collection("openarena-088-data", ("music/*",), "GPL-2+",
+               archive="usr/share/games/openarena/baseoa/pak6-patch088.pk3"),
+    Collection("planetblupi-music-ogg", ("usr/share/planetblupi/music/*",), "GPL-3+"),
+    Collection("pushover-data", ("usr/share/pushover/themes/*",), "GPL-3+"),
+    Collection("singularity-music", ("usr/share/games/singularity/music/*", "usr/share/games/singularity/music/*/*"),
+               "CC-BY-SA-3.0"),
+    Collection("ufoai-music", ("music/*",), "GPL-2+, CC-BY-3.0, CC-BY-SA-3.0 (per track)",
+               archive="usr/share/games/ufoai/base/0music.pk3"),
+    Collection("warzone2100-music", ("usr/share/games/warzone2100/music/*", "usr/share/games/warzone2100/music/*/*/*"),
+               "CC-BY-SA-3.0 or GPL-2+"),
+    Collection("wesnoth-1.16-music", ("usr/share/games/wesnoth/1.16/data/core/music/*",), "GPL-2+"),
+)
+
+REPORT = (
+    Collection("extremetuxracer-data", ("usr/share/games/etr/music/*",), "GPL-2+"),
+    Collection("flare-game", ("usr/share/games/flare/mods/fantasycore/music/*",), "CC-BY-SA-3.0+"),
+    Collection("freedroidrpg-data", ("usr/share/freedroidrpg/data/sound/music/*",), "GPL-2+"),
+    Collection("hedgewars-data", ("usr/share/games/hedgewars/Data/Music/*",), "GPL-2 and others (per file)"),
+    Collection("lugaru-data", ("usr/share/games/lugaru/Sounds/Music*",), "CC-BY-SA-3.0/4.0 and GPL-2+ (per file)"),
+    Collection("megaglest-data", ("usr/share/games/megaglest/data/core/menu/music/*",
+                                  "usr/share/games/megaglest/techs/megapack/factions/*/music/*"), "CC-BY-SA-3.0"),
+    Collection("openclonk-data", ("usr/share/games/openclonk/Music.ocg/*",), "CC-BY 3.0 and others (per file)"),
+    Collection("scorched3d-data", ("usr/share/games/scorched3d/data/globalmods/none/data/music/*",),
+               "GPL-2+ and CC-BY-SA-3 (per file)"),
+    Collection("supertux-data", ("usr/share/games/supertux2/music/*/*",), "GPL-2+ and CC-BY-SA (per file)"),
+    Collection("xmoto-data", ("usr/share/games/xmoto/Textures/Musics/*",), "GPL-2+"),
+)
+SETS = {"calibration": CALIBRATION, "report": REPORT}
+
+
+# -- fetching and unpacking ---------------------------------------------------------------------
+
+def fetch(package: str, cache_dir: str) -> str:
+    """The package's .deb in cache_dir/debs, downloaded with apt-get when absent."""
+    folder = os.path.join(cache_dir, "debs")
+    os.makedirs(folder, exist_ok=True)
+    found = sorted(glob.glob(os.path.join(folder, f"{package}_*.deb")))
+    if not found:
+        try:
+            subprocess.run(["apt-get", "download", package], cwd=folder, check=True, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise SystemExit("apt-get is needed to fetch the music (a Debian or Ubuntu machine)") from None
+        except subprocess.CalledProcessError as e:
+            raise SystemExit(f"apt-get download {package} failed: {e.stderr.strip()[-500:]} "
+                             "(run `apt-get update` first?)") from None
+        found = sorted(glob.glob(os.path.join(folder, f"{package}_*.deb")))
+    return found[-1]
+
+
+def deb_version(deb: str) -> str:
+    return os.path.basename(deb).split("_")[1].replace("%3a", ":")
+
+
+def _ar_members(deb: str):
+    """(name, bytes) of a Debian package's ar members."""
+    with open(deb, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise SystemExit(f"{deb}: not a Debian package")
+        while True:
+            header = f.read(60)
+            if len(header) < 60:
+                return
+            name, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode())
+            data = f.read(size)
+            if size % 2:
+                f.read(1)
+            yield name, data
+
+
+def _inside(member, path):
+    """tarfile's "data" filter, passing over links that point out of the package (documentation
+    links into other packages: not needed here)."""
+    try:
+        return tarfile.data_filter(member, path)
+    except tarfile.FilterError:
+        return None
+
+
+def unpack(deb: str, cache_dir: str) -> str:
+    """The package's files under cache_dir/unpacked/<package> (unpacked once)."""
+    package = os.path.basename(deb).split("_")[0]
+    target = os.path.join(cache_dir, "unpacked", package)
+    done = os.path.join(target, ".unpacked-" + os.path.basename(deb))
+    if os.path.exists(done):
+        return target
+    for name, data in _ar_members(deb):
+        if name.startswith("data.tar"):
+            if name.endswith(".zst"):
+                raise SystemExit(f"{deb}: zstd-compressed packages need `dpkg-deb -x`; unpack it into {target}")
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                tar.extractall(target, filter=_inside)
+            open(done, "w").close()
+            return target
+    raise SystemExit(f"{deb}: no data.tar member")
+
+
+def _duration(path: str) -> float:
+    import soundfile as sf
+    try:
+        return sf.info(path).duration
+    except Exception:  # noqa: BLE001 - not audio libsndfile reads: passed over
+        return 0.0
+
+
+def collect(collection: Collection, cache_dir: str) -> list[dict]:
+    """The collection's music as files under cache_dir/music/<package>: [{"file", "path",
+    "source_sha256"}] sorted by file (the name inside the package, "/" replaced by "__")."""
+    deb = fetch(collection.package, cache_dir)
+    root = unpack(deb, cache_dir)
+    out_dir = os.path.join(cache_dir, "music", collection.package)
+    os.makedirs(out_dir, exist_ok=True)
+    found = []
+    if collection.archive:
+        with zipfile.ZipFile(os.path.join(root, collection.archive)) as z:
+            for member in sorted(z.namelist()):
+                if any(fnmatch.fnmatch(member, g) for g in collection.music) and member.lower().endswith(AUDIO):
+                    path = os.path.join(out_dir, member.replace("/", "__"))
+                    if not os.path.exists(path):
+                        with open(path + ".part", "wb") as f:
+                            f.write(z.read(member))
+                        os.replace(path + ".part", path)
+                    found.append((member, path, sha256_file(path)))
+    elif collection.stems:
+        for folder in sorted({d for g in collection.music for d in glob.glob(os.path.join(root, g))}):
+            stems = sorted(glob.glob(os.path.join(folder, "*.ogg")))
+            member = os.path.relpath(folder, root).rstrip("/")
+            path = os.path.join(out_dir, member.replace("/", "__").replace(" ", "_") + ".flac")
+            if not os.path.exists(path):
+                _mix(stems, path)
+            digest = hashlib.sha256("".join(sha256_file(s) for s in stems).encode()).hexdigest()
+            found.append((member, path, digest))
+    else:
+        for g in collection.music:
+            for source in sorted(glob.glob(os.path.join(root, g))):
+                if os.path.isfile(source) and source.lower().endswith(AUDIO):
+                    member = os.path.relpath(source, root)
+                    path = os.path.join(out_dir, member.replace("/", "__"))
+                    if not os.path.lexists(path):
+                        os.symlink(source, path)
+                    found.append((member, path, sha256_file(source)))
+    tracks = [{"file": m, "path": p, "source_sha256": h} for m, p, h in found if _duration(p) >= MIN_SECONDS]
+    return sorted({t["file"]: t for t in tracks}.values(), key=lambda t: t["file"])
+
+
+def _mix(stems: list[str], path: str) -> None:
+    """A song from its stems: their sum, scaled down only where it would clip, as FLAC."""
+    import numpy as np
+    import soundfile as sf
+    parts = [sf.read(s, dtype="float32", always_2d=True) for s in stems]
+    sr = parts[0][1]
+    if any(rate != sr for _, rate in parts):
+        raise SystemExit(f"{stems}: stems of different sample rates")
+    mix = np.zeros((max(len(y) for y, _ in parts), 2), np.float32)
+    for y, _ in parts:
+        mix[:len(y)] += y[:, :2] if y.shape[1] > 1 else y
+    mix /= max(1.0, float(np.abs(mix).max()))
+    sf.write(path + ".part.flac", mix, sr)
+    os.replace(path + ".part.flac", path)
+
+
+# -- tagging ------------------------------------------------------------------------------------
+
+def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[list, list[dict]]:
+    """Every track of a set tagged with a model (resumable: the library's own store), as
+    (collections with their package version and deb hash, tracks with collection, file,
+    source_sha256, seconds and the stored taggram)."""
+    from jaxtag.tagging import library
+    from jaxtag.tagging.tagger import Tagger
+    infos, tracks = [], []
+    for c in SETS[name]:
+        found = collect(c, cache_dir)
+        deb = fetch(c.package, cache_dir)
+        infos.append({"package": c.package, "version": deb_version(deb), "deb_sha256": sha256_file(deb),
+                      "license": c.license, "tracks": len(found)})
+        tracks += [dict(t, collection=c.package) for t in found]
+    tagger = Tagger.pretrained(model)
+    out = os.path.join(cache_dir, "tagged", name, model)
+    files = [t["path"] for t in tracks]
+    result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
+                                                                         workers=workers))
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
+    names = library.output_names(files, lambda n: (library.read_record(out, n) or {}).get("source", {}).get("path"))
+    for t in tracks:
+        t["taggram"] = stored_taggram(out, names[t["path"]], tagger)
+        t["seconds"] = round(float(t["taggram"].duration), 3)
+    seconds = collections.Counter()
+    for t in tracks:
+        seconds[t["collection"]] += t["seconds"]
+    for info in infos:
+        info["hours"] = round(seconds[info["package"]] / 3600, 3)
+    return infos, tracks
+
+
+def stored_taggram(output_dir: str, name: str, tagger):
+    from jaxtag.tagging import library
+    from jaxtag.tagging.taggram import Taggram
+    stored = library.read_store(output_dir, name)
+    if stored is None:
+        raise SystemExit(f"no stored scores for {name} in {output_dir}")
+    return Taggram(source=name, duration=float(stored["duration"]), tags=list(tagger.tags), start=stored["start"],
+                   end=stored["end"], scores=stored["scores"], policy=tagger.policy, model=tagger.model_name)
+
+
+# -- calibrate, check, report -------------------------------------------------------------------
+
+def reference_of(model: str, infos: list, tracks: list[dict], tags: list[str]) -> dict:
+    """The shipped reference statistics of a model (see jaxtag.tagging.decisions)."""
+    from jaxtag.tagging import decisions
+    summaries = [{"collection": t["collection"], "file": t["file"], "source_sha256": t["source_sha256"],
+                  "seconds": t["seconds"], **decisions.summarise_track(t["taggram"].scores)} for t in tracks]
+    hours = sum(t["seconds"] for t in tracks) / 3600
+    return {"model": model, "tags": list(tags),
+            "description": f"{len(tracks)} tracks ({hours:.1f} h) of {len(infos)} freely licensed soundtracks and "
+                           "song collections from Debian's archive",
+            "made_by": "python scripts/real_music_report.py calibrate",
+            "windows": "the model's own 3-s windows, end to end", "collections": infos, "tracks": summaries,
+            "statistics": decisions.reference_statistics(summaries)}
+
+
+def write_reference(reference: dict) -> str:
+    """One line per track, so that a change shows as the tracks that changed."""
+    from jaxtag.tagging import decisions
+    path = decisions.reference_path(reference["model"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    head = {k: v for k, v in reference.items() if k not in ("tracks", "statistics")}
+    lines = [json.dumps(head)[:-1] + ', "statistics": ' + json.dumps(reference["statistics"]) + ', "tracks": [']
+    lines += [json.dumps(t) + ("," if i < len(reference["tracks"]) - 1 else "") for i, t in enumerate(reference["tracks"])]
+    with open(path + ".part", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n]}\n")
+    os.replace(path + ".part", path)
+    return path
+
+
+def compare_summaries(shipped: list[dict], rebuilt: list[dict], atol: float = 2e-3) -> list[str]:
+    """What differs between shipped and rebuilt per-track summaries (log-odds within atol: other
+    CPUs round differently)."""
+    import numpy as np
+    problems = []
+    by_key = {(t["collection"], t["file"]): t for t in shipped}
+    for t in rebuilt:
+        old = by_key.get((t["collection"], t["file"]))
+        if old is None:
+            problems.append(f"{t['collection']}/{t['file']}: not in the shipped statistics")
+            continue
+        if old["source_sha256"] != t["source_sha256"] or old["windows"] != t["windows"]:
+            problems.append(f"{t['collection']}/{t['file']}: other audio ({old['windows']} vs {t['windows']} windows)")
+            continue
+        for key in ("logit_mean", "logit_sq_mean"):
+            gap = float(np.max(np.abs(np.subtract(old[key], t[key]))))
+            scale = 1.0 if key == "logit_mean" else 1.0 + float(np.max(np.abs(old[key])))
+            if gap > atol * scale:
+                problems.append(f"{t['collection']}/{t['file']}: {key} differs by {gap:.2e}")
+    return problems
+
+
+def coverage(tracks: list[dict], policy) -> dict:
+    """Coverage of a set under a policy: tracks with >= 1 and >= 2 tags and >= 1 mood, windows with
+    >= 1 tag on, tags per track and per window, how the first moods spread, and each collection's
+    commonest track tags."""
+    n = len(tracks)
+    tags_per_track, windows, windows_on, on_per_window = [], 0, 0, 0.0
+    first_moods, per_collection, one_mood = collections.Counter(), collections.defaultdict(collections.Counter), 0
+    for t in tracks:
+        d = t["taggram"].with_policy(policy).decisions()
+        tags_per_track.append(len(d.track_tags))
+        windows += len(d.active)
+        windows_on += int(d.active.any(axis=1).sum())
+        on_per_window += float(d.active.sum())
+        one_mood += bool(d.moods)
+        if d.moods:
+            first_moods[d.moods[0]] += 1
+        per_collection[t["collection"]].update(d.track_tags)
+    top_mood = first_moods.most_common(1)[0][1] / max(1, sum(first_moods.values())) if first_moods else 0.0
+    return {"tracks": n, "with_a_tag": sum(k >= 1 for k in tags_per_track) / n,
+            "with_two_tags": sum(k >= 2 for k in tags_per_track) / n, "with_a_mood": one_mood / n,
+            "windows_with_a_tag": windows_on / max(1, windows), "tags_per_track": sum(tags_per_track) / n,
+            "tags_per_window": on_per_window / max(1, windows), "first_moods": dict(first_moods.most_common()),
+            "commonest_first_mood_share": top_mood,
+            "collections": {c: counter.most_common(5) for c, counter in sorted(per_collection.items())}}
+
+
+def print_report(model: str, name: str, infos: list, tracks: list[dict], policies: dict) -> dict:
+    hours = sum(t["seconds"] for t in tracks) / 3600
+    print(f"\n## {model} on the {name} set: {len(tracks)} tracks, {hours:.1f} h, "
+          f"{sum(len(t['taggram'].start) for t in tracks)} windows, {len(infos)} packages")
+    print("packages: " + ", ".join(f"{i['package']} {i['version']} ({i['tracks']} tracks; {i['license']})"
+                                   for i in infos))
+    results = {label: coverage(tracks, policy) for label, policy in policies.items()}
+    print(f"\n| decisions | tracks >= 1 tag | >= 2 tags | >= 1 mood | windows >= 1 tag | tags/track | "
+          f"tags/window | commonest first mood |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, r in results.items():
+        top = next(iter(r["first_moods"]), "-")
+        print(f"| {label} | {r['with_a_tag']:.1%} | {r['with_two_tags']:.1%} | {r['with_a_mood']:.1%} | "
+              f"{r['windows_with_a_tag']:.1%} | {r['tags_per_track']:.1f} | {r['tags_per_window']:.1f} | "
+              f"{top} ({r['commonest_first_mood_share']:.0%} of moods) |")
+    after = results[list(results)[-1]]
+    if after["first_moods"]:
+        print("\nfirst moods (calibrated): " + ", ".join(f"{m} {k}" for m, k in after["first_moods"].items()))
+    print("\ncommonest track tags per collection (calibrated):")
+    for c, top in after["collections"].items():
+        print(f"- {c}: " + ", ".join(f"{t} ({k})" for t, k in top))
+    return results
+
+
+def leave_one_collection_out(tracks: list[dict], policy, **levels) -> dict:
+    """Coverage of the calibration set where each collection is judged by statistics made from
+    the other collections only (as music the statistics never saw), at these levels (DecisionPolicy
+    fields: track_z, lean_z, ...)."""
+    from jaxtag.tagging import decisions
+    summaries = [decisions.summarise_track(t["taggram"].scores) for t in tracks]
+    with_a_tag = with_two = with_a_mood = 0
+    for c in sorted({t["collection"] for t in tracks}):
+        others = decisions.reference_statistics([s for s, t in zip(summaries, tracks) if t["collection"] != c])
+        judged = policy.replace(track_mean=others["track_mean"], track_std=others["track_std"], **levels)
+        for t in tracks:
+            if t["collection"] == c:
+                d = judged.decide(t["taggram"].scores)
+                with_a_tag += bool(d.track_tags)
+                with_two += len(d.track_tags) >= 2
+                with_a_mood += bool(d.moods)
+    n = len(tracks)
+    return {"with_a_tag": with_a_tag / n, "with_two_tags": with_two / n, "with_a_mood": with_a_mood / n}
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("calibrate", "report", "check", "levels"))
+    parser.add_argument("--cache_dir", default=os.path.join(os.environ.get("JAXTAG_CACHE", os.path.expanduser(
+        os.path.join("~", "jaxtag_data"))), "real_music"), help="where packages, music and tagged outputs are kept")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--set", default=None, choices=tuple(SETS), help="report: which set (default: report)")
+    parser.add_argument("--workers", type=int, default=0)
+    args = parser.parse_args(argv)
+    from jaxtag.tagging import decisions
+    from jaxtag.tagging.tagger import Tagger
+    models = [m for m in args.models.split(",") if m]
+    status = 0
+    for model in models:
+        if args.command == "calibrate":
+            infos, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
+            path = write_reference(reference_of(model, infos, tracks, Tagger.pretrained(model).tags))
+            print(f"{model}: {len(tracks)} tracks -> {os.path.relpath(path, REPO)}")
+        elif args.command == "check":
+            shipped = decisions.load_reference(model)
+            if shipped is None:
+                print(f"{model}: no shipped statistics")
+                status = 1
+                continue
+            same = decisions.reference_statistics(shipped["tracks"]) == shipped["statistics"]
+            print(f"{model}: statistics {'follow' if same else 'DO NOT follow'} from the shipped per-track summaries")
+            status |= not same
+            if os.path.isdir(os.path.join(args.cache_dir, "debs")):
+                infos, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
+                rebuilt = reference_of(model, infos, tracks, shipped["tags"])["tracks"]
+                problems = compare_summaries(shipped["tracks"], rebuilt)
+                print(f"{model}: {len(rebuilt)} tracks re-tagged from the cached audio: "
+                      + ("the same summaries" if not problems else f"{len(problems)} differ: {problems[:5]}"))
+                status |= bool(problems)
+        elif args.command == "levels":
+            _, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
+            policy = Tagger.pretrained(model).policy
+            print(f"\n{model}, calibration set, each collection judged by the others' statistics:")
+            print("| track_z | lean_z (moods; second tag) | min tags | >= 1 tag | >= 2 tags | >= 1 mood |")
+            print("|---|---|---|---|---|---|")
+            for track_z, lean_z, min_tags in ((1.0, 0.5, 0), (1.0, 0.5, 2), (1.0, 0.25, 2), (1.0, 0.0, 2),
+                                               (0.75, 0.5, 2), (1.5, 0.5, 2)):
+                r = leave_one_collection_out(tracks, policy, track_z=track_z, lean_z=lean_z, min_track_tags=min_tags)
+                print(f"| {track_z} | {lean_z} | {min_tags} | {r['with_a_tag']:.1%} | {r['with_two_tags']:.1%} | "
+                      f"{r['with_a_mood']:.1%} |")
+        else:
+            name = args.set or "report"
+            infos, tracks = tag_set(name, model, args.cache_dir, args.workers)
+            tagger = Tagger.pretrained(model)
+            print_report(model, name, infos, tracks, {
+                "before: score >= 0.5, track tags on >= half the time": decisions.threshold_policy(tagger.tags, 0.5),
+                "after: calibrated (the default)": tagger.policy})
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
