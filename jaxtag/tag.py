@@ -86,7 +86,8 @@ def main(argv):
     options = LibraryOptions(output_dir=os.path.expanduser(_OUTPUT_DIR.value), formats=tuple(_FORMATS.value),
                              workers=_WORKERS.value, force=_FORCE.value,
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
-                             top_n=_TOP_N.value, embed_audio=len(files) == 1)
+                             top_n=_TOP_N.value, embed_audio=len(files) == 1,
+                             roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
     result = tag_library(tagger, files, options)
     print(f"{summary_line(result, len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)

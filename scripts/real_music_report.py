@@ -247,7 +247,7 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
                                                                          workers=workers))
     if result.failed:
         raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
-    names = library.output_names(files, lambda n: (library.read_record(out, n) or {}).get("source", {}).get("path"))
+    names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
     for t in tracks:
         t["taggram"] = stored_taggram(out, names[t["path"]], tagger)
         t["seconds"] = round(float(t["taggram"].duration), 3)

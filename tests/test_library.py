@@ -678,12 +678,17 @@ def test_names_stay_with_their_files_and_never_take_the_library_files(tagger, li
     out = tmp_path / "out"
     tag_library(tagger, [first], _options(out))
     assert (out / "song.json").exists()
-    # Another song.wav joins the library: the first keeps its outputs' name, the new one is hashed.
+    # Another song joins the library from another folder: the first keeps its outputs' name (tagged
+    # alone, it was at the top); the new one's mirror its folder below the two's common folder.
     second = shutil.copy(library[1], str(tmp_path / "b" / "song.flac"))
     result = tag_library(tagger, [first, second], _options(out))
     assert result.skipped == [first] and result.tagged == [second]
     from jaxtag.tagging.outputs import output_name
-    assert json.loads((out / f"{output_name(second)}.json").read_text())["file"] == second
+    assert json.loads((out / "b" / "song.json").read_text())["file"] == second
+    # ... and a third song.* in that folder: the two clash inside it, so the newcomer is hashed.
+    third = shutil.copy(library[2], str(tmp_path / "b" / "song.mp3"))
+    assert tag_library(tagger, [first, second, third], _options(out)).tagged == [third]
+    assert json.loads((out / f"{output_name(third, [str(tmp_path)])}.json").read_text())["file"] == third
     # Tracks named like the library's own files get hashed names; the summary stays the summary.
     named = [shutil.copy(library[0], str(tmp_path / "library.wav")), shutil.copy(library[3], str(tmp_path / "index.ogg"))]
     tag_library(tagger, named, _options(out))
@@ -691,6 +696,37 @@ def test_names_stay_with_their_files_and_never_take_the_library_files(tagger, li
     assert (out / "index.html").read_text().startswith("<!DOCTYPE html>") and "jaxtag library" in \
         (out / "index.html").read_text()
     assert all((out / f"{output_name(p)}.json").exists() for p in named)
+
+
+def test_outputs_mirror_the_librarys_folders_and_a_flat_folder_keeps_its_names(tagger, library, tmp_path):
+    """OUT/Artist/Album/track.* below the directory given; pages link their audio and each other
+    through those folders; files an earlier run named flat keep their names."""
+    import urllib.parse
+    music = tmp_path / "Music"
+    paths = {"Ärtist/First Album/01 song.wav": library[0], "Ärtist/First Album/02 song.flac": library[1],
+             "Other/Live/01 song.ogg": library[3]}
+    files = []
+    for rel, source in paths.items():
+        (music / rel).parent.mkdir(parents=True, exist_ok=True)
+        files.append(str(shutil.copy(source, music / rel)))
+    out = tmp_path / "out"
+    flat = tag_library(tagger, [files[2]], _options(out))            # an earlier run, one file: flat
+    assert flat.tagged == [files[2]] and (out / "01 song.json").exists()
+    result = tag_library(tagger, files, _options(out, roots=(str(music),)))
+    assert sorted(result.tagged) == sorted(files[:2]) and result.skipped == [files[2]]
+    for name, path in (("Ärtist/First Album/01 song", files[0]), ("Ärtist/First Album/02 song", files[1]),
+                       ("01 song", files[2])):
+        assert json.loads((out / f"{name}.json").read_text())["file"] == path
+        assert (out / ".jaxtag" / "records" / f"{name}.json").exists()
+        assert (out / ".jaxtag" / "scores" / f"{name}.npz").exists()
+        page = (out / f"{name}.html").read_text()
+        src = urllib.parse.unquote(re.search(r'<audio[^>]* src="([^"]+)"', page).group(1))
+        assert os.path.samefile((out / name).parent / src, path)     # the page plays the file in place
+    index = (out / "index.html").read_text()
+    assert 'const page = name => name.split("/").map(encodeURIComponent).join("/") + ".html";' in index
+    rows = {r["name"]: r["path"] for r in json.loads((out / "library.json").read_text())["files"]}
+    assert rows == {"Ärtist/First Album/01 song": files[0], "Ärtist/First Album/02 song": files[1],
+                    "01 song": files[2]}
 
 
 def test_a_file_gone_since_the_last_run_is_reported_and_the_run_goes_on(tagger, library, tmp_path):

@@ -106,10 +106,20 @@ def test_output_names_are_safe_and_unique(tmp_path):
     for nasty in ["../../etc/passwd.mp3", "<script>x</script>.mp3", ".hidden.mp3", "é è ü.flac"]:
         name = output_name(nasty)
         assert "/" not in name and not name.startswith(".") and "<" not in name
-    names = output_names(["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav", "/m/solo <i>.mp3"])
-    assert names["/m/solo <i>.mp3"] == "solo_i_"   # unique: the plain safe name, as users expect
-    clashing = [names[p] for p in ["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav"]]
-    assert len(set(n.lower() for n in clashing)) == 3 and all(n.lower().startswith("song-") for n in clashing)
+    names = output_names(["/m/a/song.mp3", "/m/b/song.mp3", "/m/Song.wav", "/m/solo <i>.mp3", "/m/b/Song.flac"])
+    assert names["/m/solo <i>.mp3"] == "solo _i_"   # unique: the plain safe name, as users expect
+    # Outputs mirror the folders below the inputs' common folder; names clash inside a folder only.
+    assert names["/m/a/song.mp3"] == "a/song" and names["/m/Song.wav"] == "Song"
+    clashing = [names[p] for p in ["/m/b/song.mp3", "/m/b/Song.flac"]]
+    assert len(set(n.lower() for n in clashing)) == 2 and all(n.lower().startswith("b/song-") for n in clashing)
+    # A directory given is the root its files' folders are mirrored below; names earlier runs
+    # gave stay with their files, and no new file takes them.
+    assert output_names(["/lib/Artist/Album/x.ogg"], roots=["/lib", "/lib/Artist"]) == {"/lib/Artist/Album/x.ogg": "Album/x"}
+    kept = output_names(["/lib/A/x.ogg", "/lib/B/x.ogg"], roots=["/lib"], recorded={"/lib/B/x.ogg": "x", "/old/A/x.ogg": "A/x"})
+    assert kept["/lib/B/x.ogg"] == "x" and kept["/lib/A/x.ogg"].startswith("A/x-")
+    for nasty in ["/m/ .. /x.mp3", "/m/a:b?/c*.mp3", "/m/dots.../end.  .mp3"]:
+        for part in output_names([nasty, "/m/z.mp3"])[nasty].split("/"):
+            assert part and part[0] not in ". " and part[-1] not in ". " and ".." != part
     from jaxtag.errors import DataError
     from jaxtag.tagging.outputs import write_outputs
     with pytest.raises(DataError, match=r"^/m/x\.mp3: its output name .* would leave --output_dir"):
@@ -140,7 +150,7 @@ def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
     assert result.returncode == 1
     assert str(bad) in result.stderr and "cannot decode" in result.stderr
     assert f"{empty}: " in result.stderr and "empty (0 bytes)" in result.stderr
-    for path, name in zip(good, ["one_b_", "two"]):
+    for path, name in zip(good, ["one _b_&", "two"]):
         base = out / name
         for ext in ("json", "csv", "png", "html"):
             assert (base.parent / f"{base.name}.{ext}").stat().st_size > 0, ext
@@ -148,7 +158,7 @@ def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
         assert record["file"] == path and len(record["tags"]) == 18
         assert all(set(w) == {"start", "end", "scores", "tags"} for w in record["windows"])
         assert path in result.stdout  # top-n summary
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["library.json", "one_b_.json", "two.json"]
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["library.json", "one _b_&.json", "two.json"]
     # --threshold overrides the run's: at 0 every tag is on in every window.
     result = _tag_cli(f"--workdir={workdir}", good[1], f"--output_dir={tmp_path / 'all_on'}", "--threshold=0",
                       "--formats=json")

@@ -58,6 +58,7 @@ class LibraryOptions:
     dry_run: bool = False        # with write_tags: only say what would be written
     top_n: int = 3               # top tags printed per file
     embed_audio: bool = False    # the audio in each track page (for a single file to share), else linked
+    roots: tuple = ()            # the directories given: outputs mirror the folders below them
 
 
 @dataclasses.dataclass
@@ -101,6 +102,39 @@ def read_record(output_dir: str, name: str) -> dict | None:
         return record if isinstance(record, dict) else None
     except (OSError, ValueError):
         return None
+
+
+def _names_under(folder: str, suffix: str) -> list[str]:
+    """The names ("Artist/Album/track") of the files ending in `suffix` below `folder`, but
+    temporary ones."""
+    found = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(suffix) and TMP_MARK not in f:
+                found.append(os.path.relpath(os.path.join(root, f[:-len(suffix)]), folder).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def scan_records(output_dir: str) -> dict[str, dict]:
+    """Every readable record of an output folder, by name."""
+    records = {name: read_record(output_dir, name) for name in _names_under(os.path.join(output_dir, RECORDS), ".json")}
+    return {name: r for name, r in records.items() if r is not None}
+
+
+def recorded_names(output_dir: str, records: dict[str, dict]) -> dict[str, str]:
+    """{absolute path: name} of the files earlier runs named: those with a record, and those whose
+    scores were stored by a run killed before their record was written."""
+    names = {}
+    for name in _names_under(os.path.join(output_dir, STORE), ".npz"):
+        if name not in records:
+            stored = _stored_header(output_dir, name)
+            if stored is not None:
+                names[stored["source"]["path"]] = name
+    for name, record in records.items():
+        path = (record.get("source") or {}).get("path")
+        if isinstance(path, str):
+            names[path] = name
+    return names
 
 
 def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
@@ -285,17 +319,12 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     started = time.perf_counter()
     for folder in (RECORDS, STORE):
         os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
-    found: dict[str, dict | None] = {}
-
-    def owner(name):
-        found.setdefault(name, read_record(options.output_dir, name))
-        return (found[name] or {}).get("source", {}).get("path")
-
-    names = output_names(files, owner)
+    found = scan_records(options.output_dir)
+    names = output_names(files, options.roots, recorded_names(options.output_dir, found))
     settings = settings_of(tagger)
     rows, todo, derive = {}, [], []
     for path in files:
-        record = found.get(names[path]) or read_record(options.output_dir, names[path])
+        record = found.get(names[path])
         plan = plan_file(path, names[path], options, settings, record)
         if plan == DONE:
             rows[path] = summary.row_from_json(record["summary"])
@@ -581,15 +610,17 @@ def _write_library(output_dir: str, files: list[str], rows: dict, result: Librar
 
 def _fresh_tmp_dir(output_dir: str) -> str:
     """A temporary folder for this run's mel frames. What killed runs left (their folders, and
-    half-written outputs and records under temporary names) is removed first."""
-    for folder in (output_dir, os.path.join(output_dir, RECORDS), os.path.join(output_dir, STORE)):
-        for entry in os.listdir(folder):
+    half-written outputs, records and stored scores under temporary names, in any subfolder) is
+    removed first."""
+    for folder, dirs, files in os.walk(output_dir):
+        for entry in [*dirs, *files]:
             if left_by_dead_process(entry):
                 path = os.path.join(folder, entry)
                 if os.path.isdir(path):
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     os.remove(path)
+        dirs[:] = [d for d in dirs if not left_by_dead_process(d)]
     path = os.path.join(output_dir, f"{TMP_MARK}{os.getpid()}")
     os.makedirs(path, exist_ok=True)
     return path

@@ -34,6 +34,8 @@ let order = "";   // "", "desc" or "asc": by the score column
 for (const tag of L.tags) { const o = document.createElement("option"); o.value = tag; o.textContent = tag; select.appendChild(o); }
 function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text; if (cls) td.className = cls; tr.appendChild(td); return td; }
 function link(td, href, text) { const a = document.createElement("a"); a.href = href; a.textContent = text; td.appendChild(a); return a; }
+// A page's address from its name ("Artist/Album/track"): each folder and file name escaped alone.
+const page = name => name.split("/").map(encodeURIComponent).join("/") + ".html";
 const column = Object.fromEntries(L.tags.map((t, j) => [t, j]));   // per-file values are arrays in tag order
 function score(f, tag) { return tag ? f.strength[column[tag]] : f.top_tags[0][1]; }
 // A file has a tag when it carries it (a track tag: the policy's decision); ticked, also when the
@@ -48,7 +50,7 @@ function render() {
   for (const f of files) {
     const tr = document.createElement("tr");
     tr.dataset.name = f.name;
-    link(cell(tr, ""), encodeURIComponent(f.name) + ".html", f.path.split(/[\\\\/]/).pop()).className = "track";
+    link(cell(tr, ""), page(f.name), f.path.split(/[\\\\/]/).pop()).className = "track";
     cell(tr, f.duration.toFixed(1) + " s", "num");
     cell(tr, f.track_tags.join(", "), "tags");
     cell(tr, f.moods.join(", "), "moods");
@@ -58,7 +60,7 @@ function render() {
     const best = cell(tr, "");
     if (tag) {
       const j = column[tag], start = f.strongest_start[j];
-      link(best, encodeURIComponent(f.name) + ".html#t=" + start, start.toFixed(1) + "-" + f.strongest_end[j].toFixed(1) + " s").className = "strongest";
+      link(best, page(f.name) + "#t=" + start, start.toFixed(1) + "-" + f.strongest_end[j].toFixed(1) + " s").className = "strongest";
     }
     if (!has(f, tag)) tr.hidden = true;
     body.appendChild(tr);

@@ -52,36 +52,61 @@ def shown_path(path: str) -> str:
     return os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _safe_stem(path: str) -> str:
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem).lstrip(".")[:80] or "audio"
+def _safe_part(text: str) -> str:
+    """One component of an output name: letters, digits, spaces and a few marks (others become
+    "_"; so do bytes that are not UTF-8), no leading dot, no trailing dot or space (Windows and
+    SMB shares refuse those), at most 80 characters."""
+    safe = re.sub(r"[^\w .,()\[\]&'+-]+", "_", text).lstrip(". ")[:80].rstrip(". ")
+    return safe or "audio"
 
 
-def output_name(path: str) -> str:
-    """A file name for an input whose safe name clashes with another's: safe characters only, no
-    leading dot, plus a hash of the full path."""
+def _relative_location(path: str, roots) -> list[str]:
+    """The folders of `path` below the deepest of `roots` that holds it, then its stem."""
+    absolute = os.path.abspath(path)
+    holders = [os.path.abspath(r) for r in roots if absolute.startswith(os.path.abspath(r).rstrip(os.sep) + os.sep)]
+    folder = os.path.dirname(absolute)
+    below = os.path.relpath(folder, max(holders, key=len)).split(os.sep) if holders else []
+    return [part for part in below if part not in ("", ".")] + [os.path.splitext(os.path.basename(path))[0]]
+
+
+def plain_name(path: str, roots=()) -> str:
+    """An input's output name, mirroring its folders below the root (a directory given) that holds
+    it: `Artist/Album/track`; each part made safe."""
+    return "/".join(_safe_part(part) for part in _relative_location(path, roots))
+
+
+def output_name(path: str, roots=()) -> str:
+    """An output name for an input whose plain name clashes with another's: the plain name plus
+    a hash of the input's full path."""
     digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{_safe_stem(path)}-{digest}"
+    return f"{plain_name(path, roots)}-{digest}"
 
 
 # The library's own files (library.json, library.csv, index.html): no track's outputs take them.
 RESERVED_NAMES = ("library", "index")
 
 
-def output_names(paths: list[str], owner=None) -> dict[str, str]:
-    """Output names for a run's inputs: the safe file name where it is unique among them
-    (case-insensitively, for case-insensitive disks) and not reserved, `output_name` where not.
-    owner(name), if given, says which file's outputs an earlier run gave that name (an absolute
-    path, or None): that file keeps it and no other takes it, so adding a file to a library never
-    renames the outputs of the files already tagged."""
-    stems = [_safe_stem(p) for p in paths]
-    uses = collections.Counter(stem.lower() for stem in stems)
-    names = {}
-    for path, stem in zip(paths, stems):
-        holder = owner(stem) if owner else None
-        mine = holder == os.path.abspath(path)
-        plain = stem.lower() not in RESERVED_NAMES and (mine or (holder is None and uses[stem.lower()] == 1))
-        names[path] = stem if plain else output_name(path)
+def default_roots(paths: list[str]) -> tuple[str, ...]:
+    """Without roots given, the outputs mirror the folders below the inputs' common folder."""
+    folders = {os.path.dirname(os.path.abspath(p)) for p in paths}
+    return (os.path.commonpath(sorted(folders)),) if folders else ()
+
+
+def output_names(paths: list[str], roots=(), recorded: dict[str, str] | None = None) -> dict[str, str]:
+    """Output names for a run's inputs (`plain_name` below `roots`, the directories given; by
+    default their common folder): the plain name where it is unique among them and among the
+    names earlier runs gave (case-insensitively, for case-insensitive disks) and not the library's
+    own, `output_name` where not. `recorded` {absolute path: name}: the names earlier runs gave;
+    those files keep them (an output folder of an earlier layout keeps its names too), so adding
+    files to a library never renames the outputs of the files already tagged."""
+    recorded = recorded or {}
+    roots = tuple(roots) or default_roots(paths)
+    names = {p: recorded[os.path.abspath(p)] for p in paths if os.path.abspath(p) in recorded}
+    fresh = {p: plain_name(p, roots) for p in paths if p not in names}
+    taken = {n.lower() for n in recorded.values()} | set(RESERVED_NAMES)
+    uses = collections.Counter(n.lower() for n in fresh.values())
+    for path, name in fresh.items():
+        names[path] = name if uses[name.lower()] == 1 and name.lower() not in taken else output_name(path, roots)
     return names
 
 
@@ -115,7 +140,9 @@ def temporary_name(path: str) -> str:
 
 def write_atomic(path: str, data) -> None:
     """Write `path` so that it is either absent, its old content or complete: into a temporary
-    file beside it, then renamed. data: str, bytes, or a function writing to a binary file."""
+    file beside it, then renamed. data: str, bytes, or a function writing to a binary file. Its
+    folder is made if missing (outputs mirror the library's folders)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:
@@ -150,7 +177,8 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
         elif fmt == "csv":
             write_atomic(path, taggram.to_csv())
         elif fmt == "html":
-            write_atomic(path, render_html(taggram, audio_path, page_dir=output_dir, embed_audio=embed_audio))
+            write_atomic(path, render_html(taggram, audio_path, page_dir=os.path.dirname(base),
+                                           embed_audio=embed_audio))
         else:  # png: matplotlib names the format from the extension
             write_atomic(path, lambda f: plots.plot_taggram(taggram, f))
         written[fmt] = path
