@@ -329,6 +329,29 @@ def test_m4a_freeform_atoms_are_utf8(tmp_path):
     assert MP4(path).tags["----:com.apple.iTunes:MOOD"] == [MP4FreeForm(b"Emotion-Happy")]
 
 
+def test_a_steady_tempo_is_written_and_an_unsteady_one_leaves_the_files_own(track):
+    """With a bpm the tempo field is written (whole beats); without, one already there (another
+    tool's) is left exactly as it is; the audio and every other tag survive both."""
+    name, track = track
+    samples = decode(track)[0]
+    kind = metadata._kind_of(track)
+    field = {"mp3": "TBPM", "wav": "TBPM", "flac": "BPM", "ogg": "BPM", "mp4": "tmpo"}[kind]
+    plan = metadata.write_tags(track, MOODS, TAGS, MODEL, bpm=120.4)
+    assert plan[field] == "120" and metadata.read_tags(track) == plan
+    assert other_tags(track) == expected_other_tags(name)
+    # Another tool's tempo, then a write without one (the tempo was not steady): kept.
+    audio = metadata._open(track, kind)
+    metadata._apply(audio, kind, {**metadata.planned_tags(track, MOODS, TAGS, MODEL), field: "97"})
+    metadata._save(audio, kind)
+    plan = metadata.write_tags(track, MOODS[:1], TAGS, MODEL)
+    assert field not in plan and metadata.read_tags(track)[field] == "97"
+    assert metadata.read_tags(track)[metadata._FIELDS[kind][0]] == MOODS[0]
+    assert "(left as it is: the tempo is not steady)" in metadata.describe_plan(track, plan)
+    np.testing.assert_array_equal(decode(track)[0], samples)
+    with pytest.raises(ValueError, match="positive number"):
+        metadata.planned_tags(track, MOODS, TAGS, MODEL, bpm=float("nan"))
+
+
 def test_a_second_write_replaces_instead_of_adding(track):
     name, path = track
     before, _ = decode(path)

@@ -1,6 +1,8 @@
 """Write a track's jaxtag tags into the audio file's own metadata, safely (``--write_tags``).
 
-Two fields are written, named per container (these names are the keys of planned_tags/read_tags):
+Two fields are written, and a third, the tempo, where the track has a steady one (TBPM / BPM /
+tmpo, whole beats per minute; without one, a tempo already in the file is left as it is). They are
+named per container (these names are the keys of planned_tags/read_tags):
 
 * MP3 (.mp3): ID3v2.4 frames ``TMOO`` and ``TXXX:JAXTAG`` (an ID3v2.3/2.2 tag is upgraded to 2.4;
   an ID3v1 tag at the end is kept up to date by mutagen).
@@ -83,6 +85,14 @@ _FIELDS = {
     "ogg": ("MOOD", "JAXTAG"),
     "mp4": (_ITUNES + "MOOD", _ITUNES + "JAXTAG"),
 }
+# The tempo field, written only with a stable tempo (else left as it is: it may be another tool's).
+_BPM_FIELD = {"mp3": "TBPM", "wav": "TBPM", "flac": "BPM", "ogg": "BPM", "mp4": "tmpo"}
+
+
+def _owned(kind: str, plan: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The fields a write replaces: mood and jaxtag always, the tempo where the plan has one."""
+    bpm = _BPM_FIELD[kind]
+    return _FIELDS[kind] + ((bpm,) if plan is None or bpm in plan else ())
 _CHUNK = 1 << 20
 
 
@@ -141,18 +151,26 @@ def parse_jaxtag(value: str) -> tuple[str, list[str]]:
 
 
 def planned_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequence[str],
-                 model: str) -> dict[str, str]:
+                 model: str, bpm: float | None = None) -> dict[str, str]:
     """The fields write_tags would write into this file (field name -> value), from its extension.
 
-    The mood field is absent when ``mood_tags`` is empty (writing then removes it). DataError for an
-    unsupported extension; ValueError for a model or tag name with ';' or a control character.
+    The mood field is absent when ``mood_tags`` is empty (writing then removes it). The tempo
+    field (TBPM, BPM or tmpo: whole beats per minute, as ID3 and iTunes store it) is there only
+    with a ``bpm``; without one, a tempo already in the file is left as it is. DataError for an
+    unsupported extension; ValueError for a model or tag name with ';' or a control character,
+    or a bpm that is not a positive number.
     """
-    mood_field, jaxtag_field = _FIELDS[_kind_of(path)]
+    kind = _kind_of(path)
+    mood_field, jaxtag_field = _FIELDS[kind]
     moods = list(dict.fromkeys(_check_name("mood tag", t) for t in mood_tags))
     plan = {}
     if moods:
         plan[mood_field] = MOOD_SEPARATOR.join(moods)
     plan[jaxtag_field] = format_jaxtag(model, all_tags)
+    if bpm is not None:
+        if not (isinstance(bpm, (int, float)) and 0 < bpm < 1000):
+            raise ValueError(f"a tempo must be a positive number of beats per minute, got {bpm!r}")
+        plan[_BPM_FIELD[kind]] = str(int(round(bpm)))
     return plan
 
 
@@ -160,8 +178,10 @@ def describe_plan(path: str | os.PathLike, plan: dict[str, str]) -> str:
     """Lines for ``--dry_run``: what write_tags would write into ``path``."""
     kind = _kind_of(path)
     lines = [f"{os.fspath(path)}: would write"]
-    lines += [f"  {field} = {plan[field]}" for field in _FIELDS[kind] if field in plan]
+    lines += [f"  {field} = {plan[field]}" for field in _owned(kind) if field in plan]
     lines += [f"  {field} (removed)" for field in _FIELDS[kind] if field not in plan]
+    lines += [f"  {field} (left as it is: the tempo is not steady)" for field in (_BPM_FIELD[kind],)
+              if field not in plan]
     return "\n".join(lines)
 
 
@@ -264,14 +284,17 @@ def _text_of_freeform(value) -> str:
     return bytes(value).decode(codec, "replace")
 
 
-def _read_fields(audio, kind: str) -> dict[str, str]:
-    """The two fields' values as found (joined with '; ' when a field holds several values)."""
+def _read_fields(audio, kind: str, fields: Sequence[str] | None = None) -> dict[str, str]:
+    """The fields' values as found (joined with '; ' when a field holds several values); by
+    default mood, jaxtag and the tempo."""
     out = {}
     tags = audio.tags
     if tags is None:
         return out
-    for field in _FIELDS[kind]:
-        if kind in ("mp3", "wav"):
+    for field in (fields if fields is not None else _owned(kind)):
+        if kind == "mp4" and field == "tmpo":
+            values = [str(v) for v in tags.get("tmpo", [])]
+        elif kind in ("mp3", "wav"):
             values = [t for frame in tags.values() if frame.HashKey.upper() == field.upper()
                       for t in frame.text]
         elif kind in ("flac", "ogg"):
@@ -289,7 +312,7 @@ def _apply(audio, kind: str, plan: dict[str, str]) -> None:
     if audio.tags is None:
         audio.add_tags()
     tags = audio.tags
-    for field in _FIELDS[kind]:
+    for field in _owned(kind, plan):
         if kind in ("flac", "ogg"):
             if field in tags:
                 del tags[field]
@@ -298,13 +321,17 @@ def _apply(audio, kind: str, plan: dict[str, str]) -> None:
                 del tags[key]
     for field, value in plan.items():
         if kind in ("mp3", "wav"):
-            from mutagen.id3 import TMOO, TXXX, Encoding
+            from mutagen.id3 import TBPM, TMOO, TXXX, Encoding
             if field == "TMOO":
                 tags.add(TMOO(encoding=Encoding.UTF8, text=[value]))
+            elif field == "TBPM":
+                tags.add(TBPM(encoding=Encoding.UTF8, text=[value]))
             else:
                 tags.add(TXXX(encoding=Encoding.UTF8, desc=field.split(":", 1)[1], text=[value]))
         elif kind in ("flac", "ogg"):
             tags[field] = [value]
+        elif field == "tmpo":
+            tags["tmpo"] = [int(value)]
         else:
             from mutagen.mp4 import AtomDataType, MP4FreeForm
             tags[field] = [MP4FreeForm(value.encode("utf-8"), dataformat=AtomDataType.UTF8)]
@@ -317,10 +344,11 @@ def _save(audio, kind: str) -> None:
         audio.save()
 
 
-def _other_tags(audio, kind: str):
-    """A comparable form of every tag except the two fields (a file without tags: empty ones)."""
+def _other_tags(audio, kind: str, plan: dict[str, str]):
+    """A comparable form of every tag but the fields the plan replaces (a file without tags:
+    empty ones)."""
     tags = audio.tags
-    ours = {f.upper() for f in _FIELDS[kind]}
+    ours = {f.upper() for f in _owned(kind, plan)}
     if kind in ("mp3", "wav"):
         if tags is None:
             return [], []
@@ -349,7 +377,7 @@ def _other_tags(audio, kind: str):
 
 
 def read_tags(path: str | os.PathLike) -> dict[str, str]:
-    """The mood and jaxtag fields found in the file (named as in :func:`planned_tags`).
+    """The mood, jaxtag and tempo fields found in the file (named as in :func:`planned_tags`).
 
     Absent fields are left out. DataError for an unsupported, unreadable or unparseable file.
     """
@@ -622,10 +650,10 @@ def _verify(tmp: str, kind: str, plan: dict[str, str], other_before,
         audio = _open(tmp, kind)
     except DataError as e:
         raise _VerifyFailed(f"mutagen cannot re-read the copy: {e.problem}") from e
-    found = _read_fields(audio, kind)
+    found = _read_fields(audio, kind, _owned(kind, plan))
     if found != plan:
         raise _VerifyFailed(f"it reads back {found!r} instead of {plan!r}")
-    other_after = _other_tags(audio, kind)
+    other_after = _other_tags(audio, kind, plan)
     if kind in ("flac", "ogg") and other_before[1] is None:
         other_after = other_after[0], None
     if other_after != other_before:
@@ -702,7 +730,7 @@ def _remove_stale_copies(folder: str, prefix: str) -> None:
 
 
 def write_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequence[str],
-               model: str, dry_run: bool = False) -> dict[str, str]:
+               model: str, dry_run: bool = False, bpm: float | None = None) -> dict[str, str]:
     """Write the planned fields into ``path``'s own metadata and return them.
 
     With ``dry_run`` nothing is written: the file is only checked (format, parseable, writable)
@@ -711,17 +739,17 @@ def write_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequ
     that failed or did not verify; the original file is then unchanged and no temporary file
     remains.
     """
-    plan = planned_tags(path, mood_tags, all_tags, model)
+    plan = planned_tags(path, mood_tags, all_tags, model, bpm)
     kind = _kind_of(path)
     real, st = _writable_file(path)
     audio = _open(real, kind)
-    if _read_fields(audio, kind) == plan:
+    if _read_fields(audio, kind, _owned(kind, plan)) == plan:
         return plan  # already written: a re-run over a library rewrites nothing
     # `st` was taken first: if the file changes after this, the final check refuses to replace it.
     fingerprint_before = _fingerprint_before_writing(path, real, kind, audio)
     if dry_run:
         return plan
-    other_before = _other_tags(audio, kind)
+    other_before = _other_tags(audio, kind, plan)
 
     folder = os.path.dirname(real)
     # (the name's first 100 bytes only, so that the temporary name fits in 255 bytes)
