@@ -1,5 +1,5 @@
 """jaxtag: time-varying semantic music tagging in JAX/Flax (Shan, "From music to semantics")."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 setup(
     name="jaxtag",
@@ -8,10 +8,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["jaxtag", "jaxtag.*"]),
+    # beetsplug: jaxtag's beets plugin, in beets' namespace package (no __init__.py, as beets wants).
+    packages=find_packages(include=["jaxtag", "jaxtag.*"]) + find_namespace_packages(include=["beetsplug"]),
     include_package_data=True,
     # The pretrained models' reference statistics (calibrated decisions; scripts/real_music_report.py).
-    package_data={"jaxtag.tagging": ["calibration/*.json"]},
+    package_data={"jaxtag.tagging": ["calibration/*.json", "calibration/*.npz"]},
     install_requires=[
         "jax>=0.4.30",
         "flax>=0.10",
@@ -33,10 +34,12 @@ setup(
         "soxr>=0.3",          # streaming resampling of long files (librosa's own resampler)
         "mutagen>=1.45",      # --write_tags: tags into MP3, WAV, FLAC, Ogg and M4A files
         "av>=14",             # FFmpeg's decoders for M4A/AAC (iTunes, Apple Music), which libsndfile lacks
+        "faiss-cpu>=1.8",     # similar tracks and moments: exact and inverted-file indexes
     ],
     extras_require={
-        # dill: imported by tfds.testing.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill"],
+        # dill: imported by tfds.testing; beets: the beets plugin's tests (beets' own test helpers).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "beets>=2.12"],
+        "beets": ["beets>=2.12"],   # the beets plugin (beetsplug/jaxtag.py)
     },
     entry_points={
         "console_scripts": [
@@ -45,6 +48,8 @@ setup(
             "jaxtag-tag=jaxtag.tag:run",
             "jaxtag-report=jaxtag.report:run",
             "jaxtag-pretrained=jaxtag.pretrained.__main__:run",
+            "jaxtag-similar=jaxtag.similar:run",
+            "jaxtag-playlists=jaxtag.playlists:run",
         ],
     },
 )

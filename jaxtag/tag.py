@@ -39,6 +39,8 @@ _EMBEDDINGS = flags.DEFINE_bool("embeddings", False, "Also write NAME.embeddings
 _WRITE_TAGS = flags.DEFINE_bool("write_tags", False, "Write each track's tags into the file's own metadata "
                                 "(MP3/WAV: ID3 TMOO and TXXX:JAXTAG; FLAC/Ogg: MOOD and JAXTAG).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --write_tags: print what would be written, change nothing.")
+_PLAYLISTS = flags.DEFINE_bool("playlists", False, "Also write OUT/playlists: an .m3u8 per tag the tracks carry and "
+                               "a Navidrome smart playlist per mood (python -m jaxtag.playlists does it alone).")
 
 
 def _check_flags(inputs) -> None:
@@ -89,25 +91,16 @@ def main(argv):
                              top_n=_TOP_N.value, embed_audio=len(files) == 1,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
     result = tag_library(tagger, files, options)
-    print(f"{summary_line(result, len(files))} into {options.output_dir} (index: "
+    print(f"{result.summary_line(len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
     if result.interrupted:
         print("interrupted: rerun the same command to tag the rest", file=sys.stderr)
         return 130
+    if _PLAYLISTS.value:
+        from jaxtag.tagging.playlists import write_playlists
+        written = write_playlists(options.output_dir)
+        print(f"{len(written)} playlist(s) in {os.path.join(options.output_dir, 'playlists')}", file=sys.stderr)
     return 1 if result.failed or result.tags_not_written else 0
-
-
-def summary_line(result, total: int) -> str:
-    """What happened to each file, each file counted once (tags not written are counted apart:
-    those files are tagged)."""
-    parts = [f"tagged {len(result.tagged)}"]
-    if result.derived:
-        parts.append(f"re-derived {len(result.derived)} from stored scores")
-    parts += [f"already done {len(result.skipped)}", f"failed {len(result.failed)} of {total} file(s)"]
-    line = ", ".join(parts)
-    if result.tags_not_written:
-        line += f"; tags not written into {len(result.tags_not_written)}"
-    return line
 
 
 def run():

@@ -8,6 +8,8 @@ decisions cover music they were not calibrated on.
     python scripts/real_music_report.py check       # the shipped statistics follow from their
                                                     # per-track summaries, and (where the audio is
                                                     # cached) those from the audio
+    python scripts/real_music_report.py similarity  # do a track's nearest tracks come from its own
+                                                    # soundtrack? jaxtag's vectors vs the plain mean
     python scripts/real_music_report.py levels      # how the calibrated rule's levels were chosen:
                                                     # coverage on each calibration collection with
                                                     # statistics from the others
@@ -250,6 +252,7 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
     names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
     for t in tracks:
         t["taggram"] = stored_taggram(out, names[t["path"]], tagger)
+        t["embeddings"] = library.read_store(out, names[t["path"]])["embeddings"]
         t["seconds"] = round(float(t["taggram"].duration), 3)
     seconds = collections.Counter()
     for t in tracks:
@@ -283,6 +286,26 @@ def reference_of(model: str, infos: list, tracks: list[dict], tags: list[str]) -
             "made_by": "python scripts/real_music_report.py calibrate",
             "windows": "the model's own 3-s windows, end to end", "collections": infos, "tracks": summaries,
             "statistics": decisions.reference_statistics(summaries)}
+
+
+def embedding_statistics(tracks: list[dict]) -> dict:
+    """The mean and covariance of the tracks' window embeddings (the whitening of similarity
+    search: jaxtag.tagging.similarity)."""
+    import numpy as np
+    windows = np.concatenate([t["embeddings"] for t in tracks]).astype(np.float64)
+    return {"mean": windows.mean(axis=0), "covariance": np.cov(windows, rowvar=False, bias=True),
+            "windows": np.int64(len(windows))}
+
+
+def write_embedding_statistics(model: str, statistics: dict) -> str:
+    import numpy as np
+    from jaxtag.tagging.similarity import embedding_reference_path
+    path = embedding_reference_path(model)
+    with open(path + ".part", "wb") as f:
+        np.savez_compressed(f, mean=statistics["mean"].astype(np.float32),
+                            covariance=statistics["covariance"].astype(np.float32), windows=statistics["windows"])
+    os.replace(path + ".part", path)
+    return path
 
 
 def write_reference(reference: dict) -> str:
@@ -354,8 +377,8 @@ def print_report(model: str, name: str, infos: list, tracks: list[dict], policie
     print("packages: " + ", ".join(f"{i['package']} {i['version']} ({i['tracks']} tracks; {i['license']})"
                                    for i in infos))
     results = {label: coverage(tracks, policy) for label, policy in policies.items()}
-    print(f"\n| decisions | tracks >= 1 tag | >= 2 tags | >= 1 mood | windows >= 1 tag | tags/track | "
-          f"tags/window | commonest first mood |")
+    print("\n| decisions | tracks >= 1 tag | >= 2 tags | >= 1 mood | windows >= 1 tag | tags/track | "
+          "tags/window | commonest first mood |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results.items():
         top = next(iter(r["first_moods"]), "-")
@@ -369,6 +392,39 @@ def print_report(model: str, name: str, infos: list, tracks: list[dict], policie
     for c, top in after["collections"].items():
         print(f"- {c}: " + ", ".join(f"{t} ({k})" for t, k in top))
     return results
+
+
+def same_collection(tracks: list[dict], vectors, k: int = 5) -> dict:
+    """How often a track's nearest tracks (cosine of `vectors`, itself left out) come from its own
+    collection: precision at k and at 1."""
+    import numpy as np
+    v = np.asarray(vectors, np.float64)
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    scores = v @ v.T
+    np.fill_diagonal(scores, -np.inf)
+    nearest = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    collection = [t["collection"] for t in tracks]
+    hits = np.array([[collection[j] == collection[i] for j in row] for i, row in enumerate(nearest)])
+    return {"precision_at_k": float(hits.mean()), "top1": float(hits[:, 0].mean())}
+
+
+def similarity_report(name: str, model: str, cache_dir: str, workers: int) -> None:
+    """jaxtag's track vectors (whitened moments, averaged) against the plain mean of each track's
+    window embeddings, by how often the nearest tracks share the query's collection."""
+    import numpy as np
+    from jaxtag.tagging import similarity
+    _, tracks = tag_set(name, model, cache_dir, workers)
+    whitening = similarity.model_whitening(model)
+    ours = [similarity.track_vector(similarity.moment_vectors(t["embeddings"], whitening)) for t in tracks]
+    plain = [np.asarray(t["embeddings"], np.float64).mean(axis=0) for t in tracks]
+    print(f"\n{model}, {name} set ({len(tracks)} tracks, {len({t['collection'] for t in tracks})} collections): "
+          "the 5 nearest tracks from the query's own collection")
+    print("| track vectors | precision@5 | nearest is from its collection |")
+    print("|---|---|---|")
+    for label, vectors in (("plain mean of window embeddings, cosine", plain),
+                           ("jaxtag: whitened moments, averaged, cosine", ours)):
+        r = same_collection(tracks, vectors)
+        print(f"| {label} | {r['precision_at_k']:.3f} | {r['top1']:.3f} |")
 
 
 def leave_one_collection_out(tracks: list[dict], policy, **levels) -> dict:
@@ -395,7 +451,7 @@ def main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("calibrate", "report", "check", "levels"))
+    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity"))
     parser.add_argument("--cache_dir", default=os.path.join(os.environ.get("JAXTAG_CACHE", os.path.expanduser(
         os.path.join("~", "jaxtag_data"))), "real_music"), help="where packages, music and tagged outputs are kept")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -410,7 +466,8 @@ def main(argv: list[str]) -> int:
         if args.command == "calibrate":
             infos, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
             path = write_reference(reference_of(model, infos, tracks, Tagger.pretrained(model).tags))
-            print(f"{model}: {len(tracks)} tracks -> {os.path.relpath(path, REPO)}")
+            embeddings = write_embedding_statistics(model, embedding_statistics(tracks))
+            print(f"{model}: {len(tracks)} tracks -> {os.path.relpath(path, REPO)}, {os.path.relpath(embeddings, REPO)}")
         elif args.command == "check":
             shipped = decisions.load_reference(model)
             if shipped is None:
@@ -427,6 +484,16 @@ def main(argv: list[str]) -> int:
                 print(f"{model}: {len(rebuilt)} tracks re-tagged from the cached audio: "
                       + ("the same summaries" if not problems else f"{len(problems)} differ: {problems[:5]}"))
                 status |= bool(problems)
+                import numpy as np
+                from jaxtag.tagging.similarity import embedding_reference_path
+                again = embedding_statistics(tracks)
+                with np.load(embedding_reference_path(model)) as npz:
+                    gap = max(float(np.abs(npz["mean"] - again["mean"]).max()),
+                              float(np.abs(npz["covariance"] - again["covariance"]).max()))
+                print(f"{model}: embedding statistics from the cached audio differ by at most {gap:.2e}")
+                status |= gap > 1e-3
+        elif args.command == "similarity":
+            similarity_report(args.set or "report", model, args.cache_dir, args.workers)
         elif args.command == "levels":
             _, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
             policy = Tagger.pretrained(model).policy

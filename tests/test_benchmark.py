@@ -27,3 +27,18 @@ def test_benchmark_prints_its_table_and_ends_with_the_cnn_lstm_train_rate(pretra
         assert rate and float(rate.group(1)) > 0, kind
     final = re.fullmatch(r"cnn_lstm train windows/s: ([\d.]+)", lines[-1])
     assert final and float(final.group(1)) == rows["cnn_lstm"][0]
+
+
+def test_similarity_benchmark_compares_the_index_with_exact_search():
+    """The --similar benchmark on its quick size (a few seconds): both
+    indexes are built and searched, exact search finds itself, the IVF index its recall."""
+    out = processes.run(["scripts/benchmark.py", "--similar", "--quick"], timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    exact = re.search(r"^exact \(faiss flat\): build [\d.]+ s; query median [\d.]+ ms, 95th percentile [\d.]+ ms; "
+                      r"recall@10 against exact ([\d.]+)$", out.stdout, re.M)
+    ivf = re.search(r"^IVF-Flat, tuned nprobe: build [\d.]+ s, nprobe (\d+) of (\d+) cells \(recall ([\d.]+) of other "
+                    r"tracks' moments, tuned on sampled moments\); query median [\d.]+ ms, 95th percentile [\d.]+ ms; "
+                    r"recall@10 against exact ([\d.]+)$", out.stdout, re.M)
+    assert exact and float(exact.group(1)) == 1.0, out.stdout
+    assert ivf and int(ivf.group(1)) < int(ivf.group(2)) and float(ivf.group(3)) >= 0.97, out.stdout
+    assert float(ivf.group(4)) >= 0.9, out.stdout

@@ -58,10 +58,22 @@ def _dump_dom(page_path, t, profile):
 def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
     audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)  # as long as the taggram
     page = tmp_path / "page.html"
-    page.write_text(render_html(_taggram(str(tmp_path / "song.wav")), audio))
+    page.write_text(render_html(_taggram(str(tmp_path / "song.wav")), audio, similar_script="page.similar.js"))
+    # Its lists of similar tracks and moments (as the library writes them): window k's moments
+    # are "other k", so the list under the cursor says which window it shows.
+    similar = {"tracks": [{"name": "x/<b>", "path": "/m/x/<b>.ogg", "score": 0.9, "href": "x/%3Cb%3E.html"}],
+               "moments": [[{"name": f"other {k}", "start": 2.0 * k, "end": 2.0 * k + 3, "score": 0.5,
+                             "href": f"other%20{k}.html#t={2.0 * k:.2f}"}] for k in range(6)]}
+    (tmp_path / "page.similar.js").write_text(f"window.JAXTAG_SIMILAR = {json.dumps(similar)};\n")
     seen = {}
     for t in (0, 9):
         dom = _dump_dom(page, t, tmp_path / f"profile{t}")
+        moments = re.search(r'<ol id="similar-moments">(.*?)</ol>', dom, re.S).group(1)
+        assert re.findall(r'<a href="([^"]+)">([^<]+)</a>', moments) == \
+            [(f"other%20{3 if t else 0}.html#t={6.0 if t else 0.0:.2f}", f"other {3 if t else 0} "
+              f"{6.0 if t else 0.0:.1f}-{9.0 if t else 3.0:.1f} s")]
+        tracks = re.search(r'<ol id="similar-tracks">(.*?)</ol>', dom, re.S).group(1)
+        assert '<a href="x/%3Cb%3E.html">&lt;b&gt;.ogg</a>' in tracks
         cursor = re.search(r'<div id="cursor"[^>]*>', dom).group(0)
         left = float(re.search(r"left:\s*([0-9.]+)px", cursor).group(1))
         time = float(re.search(r'data-time="([0-9.]+)"', cursor).group(1))
@@ -74,6 +86,10 @@ def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
     # Nearest window centre to 9 s is 8 s (window 3): Sad and the evil tag are on, Happy is off.
     assert seen[9][3] == ["Emotion-Sad", "Emotion-&lt;script&gt;alert(1)&lt;/script&gt;\"'&amp;"]
     assert seen[0][3] == ["Emotion-Happy"]
+    # Without the lists (not computed yet), the page says so.
+    (tmp_path / "page.similar.js").unlink()
+    dom = _dump_dom(page, 0, tmp_path / "profile_none")
+    assert "not computed yet" in re.search(r'<ol id="similar-moments">(.*?)</ol>', dom, re.S).group(1)
 
 
 CLICK_AT_6_SECONDS = """<script>

@@ -388,7 +388,6 @@ def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path
 def test_a_file_whose_tags_cannot_be_written_counts_once(tagger, library, tmp_path, monkeypatch, capsys):
     """A file tagged whose own tags could not be written is tagged (its outputs are there), and
     reported apart: never both tagged and failed; the exit status says so."""
-    from jaxtag.tag import summary_line
     files = [shutil.copy(p, tmp_path) for p in library[:3]]
     real = metadata.write_tags
 
@@ -400,7 +399,7 @@ def test_a_file_whose_tags_cannot_be_written_counts_once(tagger, library, tmp_pa
     result = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
     assert sorted(result.tagged) == sorted(files) and not result.failed
     assert list(result.tags_not_written) == [files[1]]
-    assert summary_line(result, 3) == "tagged 3, already done 0, failed 0 of 3 file(s); tags not written into 1"
+    assert result.summary_line(3) == "tagged 3, already done 0, failed 0 of 3 file(s); tags not written into 1"
     summary = json.loads((tmp_path / "out" / "library.json").read_text())
     assert len(summary["files"]) == 3 and summary["failed"] == []
     assert [f["path"] for f in summary["tags_not_written"]] == [files[1]]

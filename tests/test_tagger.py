@@ -1,5 +1,4 @@
 """Tagging new audio: library API and CLI, on the tiny trained run."""
-import dataclasses
 import json
 import os
 
@@ -156,7 +155,7 @@ def test_cli_tags_good_files_and_reports_a_corrupt_one(trained, tmp_path):
             assert (base.parent / f"{base.name}.{ext}").stat().st_size > 0, ext
         record = json.loads((base.parent / f"{base.name}.json").read_text())
         assert record["file"] == path and len(record["tags"]) == 18
-        assert all(set(w) == {"start", "end", "scores", "tags"} for w in record["windows"])
+        assert all(set(w) == {"start", "end", "scores", "tags", "bpm"} for w in record["windows"])
         assert path in result.stdout  # top-n summary
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".json") == ["library.json", "one _b_&.json", "two.json"]
     # --threshold overrides the run's: at 0 every tag is on in every window.

@@ -12,6 +12,8 @@ import json
 import os
 import urllib.parse
 
+import numpy as np
+
 from jaxtag.tagging.taggram import Taggram
 
 # Audio up to this size may be embedded in the page (one self-contained file to share); a larger
@@ -40,6 +42,8 @@ audio { width: 100%; } .note { color: #b45309; }
 #axis { font-size: 11px; color: #475569; height: 16px; position: relative; }
 #now { margin-top: 10px; font-size: 14px; } #now span { background: #ccfbf1; border-radius: 4px;
         padding: 2px 6px; margin: 2px; display: inline-block; }
+#like { display: flex; gap: 32px; margin-top: 12px; font-size: 13px; } #like ol { margin: 4px 0; padding-left: 20px; }
+#like h2 { font-size: 14px; margin: 0; } .score { color: #64748b; }
 """
 
 # The page's behaviour: draw the taggram on the canvas, move the cursor with the player, list the
@@ -85,6 +89,31 @@ function showTime(t) {
   out.textContent = "";
   T.tags.forEach((tag, j) => { if (T.active[k][j]) { const s = document.createElement("span"); s.textContent = tag; out.appendChild(s); } });
   if (!out.childNodes.length) out.textContent = "none";
+  const bpm = (T.bpm || [])[k];
+  document.getElementById("now-bpm").textContent = bpm ? "\u00b7 " + bpm.toFixed(0) + " BPM" : "";
+  showMoments(k);
+}
+// Similar tracks and "more moments like this" come from NAME.similar.js (window.JAXTAG_SIMILAR),
+// written when the library's similarity index is updated; without it the lists say so.
+const S = window.JAXTAG_SIMILAR;
+function entry(list, item, text) {
+  const li = document.createElement("li"), a = document.createElement("a");
+  a.href = item.href; a.textContent = text; li.appendChild(a);
+  const s = document.createElement("span"); s.className = "score"; s.textContent = " " + item.score.toFixed(2);
+  li.appendChild(s); list.appendChild(li);
+}
+function fill(list, items, text) {
+  list.textContent = "";
+  if (!S) { list.textContent = "not computed yet (tag a library to get them)"; return; }
+  for (const item of items) entry(list, item, text(item));
+}
+fill(document.getElementById("similar-tracks"), S ? S.tracks : [], t => t.path.split(/[\\/]/).pop());
+let shownMoments = -1;
+function showMoments(k) {
+  if (k === shownMoments) return;
+  shownMoments = k;
+  fill(document.getElementById("similar-moments"), S ? S.moments[k] || [] : [],
+       m => m.name.split("/").pop() + " " + m.start.toFixed(1) + "-" + m.end.toFixed(1) + " s");
 }
 function follow() { showTime(player.currentTime); if (!player.paused) requestAnimationFrame(follow); }
 player.addEventListener("timeupdate", () => showTime(player.currentTime));
@@ -124,15 +153,23 @@ def _escape(value) -> str:
 
 
 def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None = None,
-                embed_audio: bool = True) -> str:
+                embed_audio: bool = True, similar_script: str | None = None) -> str:
     """The listening page of one tagged file, as one HTML document (self-contained but for a
-    large audio file, linked relative to page_dir, the folder the page is written to)."""
+    large audio file, linked relative to page_dir, the folder the page is written to, and the
+    lists of similar tracks and moments, loaded from `similar_script` beside it if there)."""
     name = os.path.basename(taggram.source)
     decided = taggram.decisions()
     payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
                "end": taggram.end.tolist(), "centres": taggram.centres.tolist(),
                "scores": [[round(float(x), 4) for x in row] for row in taggram.scores],
-               "active": decided.active.astype(int).tolist()}
+               "active": decided.active.astype(int).tolist(),
+               "bpm": [None if not np.isfinite(b) else round(float(b), 1) for b in
+                       (taggram.tempo.windows if taggram.tempo is not None else [])]}
+    tempo = taggram.tempo
+    if tempo is None or not np.isfinite(tempo.bpm):
+        tempo_text = "tempo: none found"
+    else:
+        tempo_text = f"tempo: {tempo.bpm:.0f} BPM ({'steady' if tempo.stable else 'not steady'})"
     rows = "".join(f'<div class="tag">{_escape(t)}</div>' for t in taggram.tags)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -143,12 +180,16 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
 <div class="meta">duration {taggram.duration:.1f} s &middot; model {_escape(taggram.model)} &middot;
 {len(taggram.tags)} tags &middot; {len(taggram.start)} windows</div>
 <div class="meta" id="track">tags: <span id="track-tags">{_escape(", ".join(decided.track_tags) or "none")}</span>
-&middot; moods: <span id="track-moods">{_escape(", ".join(decided.moods) or "none")}</span></div>
+&middot; moods: <span id="track-moods">{_escape(", ".join(decided.moods) or "none")}</span>
+&middot; <span id="track-tempo">{tempo_text}</span></div>
 {_player(audio_path, name, page_dir, embed_audio)}
 <div id="view"><div id="labels">{rows}</div>
 <div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>
-<div id="now">Active now: <em id="now-tags"></em></div>
+<div id="now">Active now: <em id="now-tags"></em> <span id="now-bpm"></span></div>
+<div id="like"><div><h2>Similar tracks</h2><ol id="similar-tracks"></ol></div>
+<div><h2>More moments like this</h2><ol id="similar-moments"></ol></div></div>
 <script type="application/json" id="taggram-data">{_json_for_script(payload)}</script>
+{f'<script src="{_escape(urllib.parse.quote(similar_script))}"></script>' if similar_script else ""}
 <script>
 {SCRIPT}</script></body></html>
 """

@@ -40,6 +40,8 @@ from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
 from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, shown_path,
                                     write_atomic, write_outputs)
+from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
+                                  same_audio, scan_records, store_path, stored_header, write_store)
 from jaxtag.tagging.taggram import Taggram
 
 RECORD_VERSION = 2
@@ -70,10 +72,22 @@ class LibraryResult:
     tags_not_written: dict = dataclasses.field(default_factory=dict)  # path -> problem (--write_tags)
     interrupted: bool = False
     stage_seconds: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(
-        ("decode", "features", "model", "writing"), 0.0))
+        ("decode", "features", "model", "writing", "similarity"), 0.0))
     seconds: float = 0.0
     audio_seconds: float = 0.0   # of the files tagged in this run
     worker_peak_rss_mb: float = 0.0  # the largest decoding worker's peak memory
+
+    def summary_line(self, total: int) -> str:
+        """What happened to each file, each file counted once (tags not written are counted
+        apart: those files are tagged)."""
+        parts = [f"tagged {len(self.tagged)}"]
+        if self.derived:
+            parts.append(f"re-derived {len(self.derived)} from stored scores")
+        parts += [f"already done {len(self.skipped)}", f"failed {len(self.failed)} of {total} file(s)"]
+        line = ", ".join(parts)
+        if self.tags_not_written:
+            line += f"; tags not written into {len(self.tags_not_written)}"
+        return line
 
 
 def settings_of(tagger) -> dict:
@@ -82,98 +96,9 @@ def settings_of(tagger) -> dict:
     return {"version": RECORD_VERSION, "model": tagger.fingerprint, "policy": tagger.policy.key()}
 
 
-RECORDS = os.path.join(".jaxtag", "records")
-STORE = os.path.join(".jaxtag", "scores")
-
-
-def record_path(output_dir: str, name: str) -> str:
-    return os.path.join(output_dir, RECORDS, f"{name}.json")
-
-
-def store_path(output_dir: str, name: str) -> str:
-    return os.path.join(output_dir, STORE, f"{name}.npz")
-
-
-def read_record(output_dir: str, name: str) -> dict | None:
-    """A file's record, or None where there is none (or it cannot be read: the file is redone)."""
-    try:
-        with open(record_path(output_dir, name), encoding="utf-8") as f:
-            record = json.load(f)
-        return record if isinstance(record, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
-def _names_under(folder: str, suffix: str) -> list[str]:
-    """The names ("Artist/Album/track") of the files ending in `suffix` below `folder`, but
-    temporary ones."""
-    found = []
-    for root, _, files in os.walk(folder):
-        for f in files:
-            if f.endswith(suffix) and TMP_MARK not in f:
-                found.append(os.path.relpath(os.path.join(root, f[:-len(suffix)]), folder).replace(os.sep, "/"))
-    return sorted(found)
-
-
-def scan_records(output_dir: str) -> dict[str, dict]:
-    """Every readable record of an output folder, by name."""
-    records = {name: read_record(output_dir, name) for name in _names_under(os.path.join(output_dir, RECORDS), ".json")}
-    return {name: r for name, r in records.items() if r is not None}
-
-
-def recorded_names(output_dir: str, records: dict[str, dict]) -> dict[str, str]:
-    """{absolute path: name} of the files earlier runs named: those with a record, and those whose
-    scores were stored by a run killed before their record was written."""
-    names = {}
-    for name in _names_under(os.path.join(output_dir, STORE), ".npz"):
-        if name not in records:
-            stored = _stored_header(output_dir, name)
-            if stored is not None:
-                names[stored["source"]["path"]] = name
-    for name, record in records.items():
-        path = (record.get("source") or {}).get("path")
-        if isinstance(path, str):
-            names[path] = name
-    return names
-
-
 def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
     """The output files (base names) a file gets with these options."""
     return [f"{name}.{fmt}" for fmt in options.formats] + ([f"{name}.embeddings.npz"] if options.embeddings else [])
-
-
-def same_audio(path: str, *sources: dict) -> bool:
-    """Whether `path` holds the audio the stamps `sources` (size, mtime_ns, content) were made
-    from: untouched since one of them, or touched, copied or retagged since (the same audio stream
-    is what counts)."""
-    st = os.stat(path)
-    if any((st.st_size, st.st_mtime_ns) == (s["size"], s["mtime_ns"]) for s in sources):
-        return True
-    return decoding.content_fingerprint(path) == sources[0]["content"]
-
-
-def read_store(output_dir: str, name: str) -> dict | None:
-    """A file's stored model output (see the module docstring), or None where there is none or it
-    cannot be read."""
-    try:
-        with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
-            stored = {k: npz[k] for k in npz.files}
-        stored["source"] = json.loads(str(stored.pop("source_json")))
-        stored["model"], stored["warnings"] = str(stored["model"]), json.loads(str(stored.pop("warnings_json")))
-        return stored
-    except (OSError, ValueError, KeyError, TypeError, EOFError):  # absent, partial, or another version's
-        return None
-
-
-def write_store(output_dir: str, name: str, taggram, embeddings: np.ndarray, model: str, source: dict,
-                warnings: list[str]) -> None:
-    def save(f):
-        np.savez(f, scores=np.asarray(taggram.scores, np.float32), start=taggram.start, end=taggram.end,
-                 duration=np.float64(taggram.duration), embeddings=np.asarray(embeddings, np.float32),
-                 envelope=np.zeros((0, 2), np.float32) if taggram.envelope is None else taggram.envelope,
-                 tags=np.array(taggram.tags), model=np.array(model), source_json=np.array(json.dumps(source)),
-                 warnings_json=np.array(json.dumps(warnings)))
-    write_atomic(store_path(output_dir, name), save)
 
 
 MODEL, DERIVE, DONE = "model", "derive", "done"
@@ -193,7 +118,7 @@ def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, rec
                     os.path.exists(os.path.join(options.output_dir, f)) for f in wanted) \
                     and os.path.exists(store_path(options.output_dir, name)) and same_audio(path, record["source"]):
                 return DONE
-        stored = _stored_header(options.output_dir, name)
+        stored = stored_header(options.output_dir, name)
         if stored is not None and stored["model"] == settings["model"] and \
                 stored["source"]["path"] == os.path.abspath(path):
             # The record's stamp is newer where --write_tags retagged the file since.
@@ -204,15 +129,6 @@ def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, rec
         return MODEL
     except (OSError, KeyError, TypeError):  # gone, unreadable, or a record of another version
         return MODEL
-
-
-def _stored_header(output_dir: str, name: str) -> dict | None:
-    """A stored file's model fingerprint and source, read without its arrays."""
-    try:
-        with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
-            return {"model": str(npz["model"]), "source": json.loads(str(npz["source_json"]))}
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
-        return None
 
 
 @dataclasses.dataclass(eq=False)
@@ -354,9 +270,31 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
         # files queued behind it have no record and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    _write_library(options.output_dir, files, rows, result, tagger)
+    similar = {} if result.interrupted else _update_similarity(context, files)
+    _write_library(options.output_dir, files, rows, result, tagger, similar)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _update_similarity(c: "_RunContext", files: list[str]) -> dict:
+    """The similarity index brought up to date with this run's files, the listening pages' lists
+    of similar tracks and moments, and each file's most similar tracks (for index.html). A failure
+    here is a warning: the tags are what the run is for."""
+    from jaxtag.tagging import similarity
+    if not c.rows:
+        return {}
+    try:
+        start = time.perf_counter()
+        index = similarity.update_index(c.options.output_dir, c.tagger.spec)
+        done = [c.names[p] for p in c.result.tagged + c.result.derived]
+        if "html" in c.options.formats:
+            similarity.write_similar_lists(index, done)
+        similar = similarity.similar_tracks_of_all(index)
+        c.result.stage_seconds["similarity"] = time.perf_counter() - start
+        return {path: similar.get(c.names[path], []) for path in files}
+    except Exception as e:  # noqa: BLE001 - reported; the outputs of every file are written
+        c.log.say(f"warning: similar tracks and moments not updated: {problem_of(e)}")
+        return {}
 
 
 @dataclasses.dataclass
@@ -476,7 +414,8 @@ def _take_decoded(c: _RunContext, state: _FileState, decoded, batcher: WindowBat
 
 def _finish(c: _RunContext, state: _FileState) -> None:
     """The across-window stage of a file whose windows are all encoded, then its outputs, written
-    on the writer thread (a few files at most wait for it)."""
+    on the writer thread (a few files at most wait for it), which also finds its tempo from its
+    mel frames and then removes them."""
     decoded = state.decoded
     try:
         start = time.perf_counter()
@@ -486,13 +425,12 @@ def _finish(c: _RunContext, state: _FileState) -> None:
                                    decoded.envelope)
         c.result.stage_seconds["model"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+        _remove(decoded.frames_path)
         _fail(c, decoded.path, problem_of(e))
         return
-    finally:
-        _remove(decoded.frames_path)
     source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
     _queue_write(c, _write_file_outputs, decoded.path, taggram, embeddings, source, decoded.warnings,
-                 decoded.duration)
+                 decoded.duration, decoded.frames_path)
 
 
 def _queue_write(c: _RunContext, function, *args) -> None:
@@ -520,7 +458,8 @@ def _derive_outputs(c: _RunContext, path: str) -> None:
         source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
         taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(c.tagger.tags),
                           start=stored["start"], end=stored["end"], scores=stored["scores"], policy=c.tagger.policy,
-                          model=c.tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None)
+                          model=c.tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
+                          tempo=stored["tempo"])
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
@@ -528,12 +467,21 @@ def _derive_outputs(c: _RunContext, path: str) -> None:
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
-                        audio_seconds: float | None) -> None:
-    """Every output of a file, its record removed first and written last; its scores stored first
-    when they are new (audio_seconds: how much audio the model took; None: derived again)."""
+                        audio_seconds: float | None, frames_path: str | None = None) -> None:
+    """Every output of a file, its record removed first and written last; its scores and tempo
+    stored first when they are new (audio_seconds: how much audio the model took, frames_path its
+    mel frames, removed here; None: derived again)."""
     name, options = c.names[path], c.options
     try:
         start = time.perf_counter()
+        if frames_path is not None:
+            try:
+                n_mels = c.tagger.frontend.n_mels
+                taggram = dataclasses.replace(taggram, tempo=c.tagger.tempo(
+                    read_frames=lambda first, count: decoding.read_frames(frames_path, n_mels, first, count),
+                    n_frames=os.path.getsize(frames_path) // (4 * n_mels)))
+            finally:
+                _remove(frames_path)
         _remove(record_path(options.output_dir, name))
         if audio_seconds is not None:
             write_store(options.output_dir, name, taggram, embeddings, c.settings["model"], source, warnings)
@@ -582,7 +530,8 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
         return
     try:
         plan = metadata.write_tags(path, row["moods"], [short_tag(t) for t in row["track_tags"]],
-                                   c.tagger.model_name, dry_run=c.options.dry_run)
+                                   c.tagger.model_name, dry_run=c.options.dry_run,
+                                   bpm=row.get("bpm") if row.get("bpm_stable") else None)
         if c.options.dry_run:
             c.log.say(metadata.describe_plan(path, plan))
             return
@@ -597,9 +546,12 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
         c.log.failed(path, f"tags not written: {problem_of(e)}", done=False)
 
 
-def _write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger) -> None:
-    """library.csv, library.json and index.html over every file tagged now or before, a row at a time."""
-    done = [rows[p] for p in files if p in rows]
+def _write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger,
+                   similar: dict | None = None) -> None:
+    """library.csv, library.json and index.html over every file tagged now or before, a row at a
+    time; `similar` {path: [(name, cosine), ...]}: each file's most similar tracks."""
+    similar = similar or {}
+    done = [dict(rows[p], similar=similar.get(p, [])) for p in files if p in rows]
     tags = list(tagger.tags)
     write_atomic(os.path.join(output_dir, "library.json"),
                  lambda f: summary.write_library_json(f, done, tags, result.failed, result.tags_not_written))

@@ -57,6 +57,11 @@ function render() {
     cell(tr, f.top_tags.map(([t, s]) => t + " " + s.toFixed(2)).join(", "), "top");
     cell(tr, score(f, tag).toFixed(3), "num score");
     cell(tr, tag ? Math.round(100 * f.share[column[tag]]) + "%" : "", "num");
+    const like = cell(tr, "", "similar");
+    for (const [other, s] of f.similar || []) {
+      link(like, page(other), other.split("/").pop()).title = "cosine " + s.toFixed(2);
+      like.appendChild(document.createElement("br"));
+    }
     const best = cell(tr, "");
     if (tag) {
       const j = column[tag], start = f.strongest_start[j];
@@ -83,7 +88,7 @@ render();
 def _page_row(row: dict) -> dict:
     """What the page needs of a summary row (per-tag values as arrays in tag order)."""
     keys = ("path", "name", "duration", "top_tags", "track_tags", "moods", "strength", "share", "strongest_start",
-            "strongest_end")
+            "strongest_end", "similar")
     return {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items() if k in keys}
 
 
@@ -104,7 +109,7 @@ def write_index(f, rows: list[dict], tags: list[str], model: str, decisions: str
 <label><input type="checkbox" id="anytime"> or on at some time</label>
 <button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>
 <table id="library"><thead><tr><th>file</th><th>duration</th><th>tags</th><th>moods</th><th>top tags (strength)</th>
-<th>score</th><th>time on</th><th>strongest section</th></tr></thead><tbody></tbody></table>
+<th>score</th><th>time on</th><th>similar tracks</th><th>strongest section</th></tr></thead><tbody></tbody></table>
 <script type="application/json" id="library-data">{{"tags": {_json_for_script(tags)}, "files": [""".encode())
     for i, row in enumerate(rows):
         f.write(((",\n" if i else "\n") + _json_for_script(_page_row(row))).encode())

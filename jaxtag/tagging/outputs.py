@@ -178,7 +178,8 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
             write_atomic(path, taggram.to_csv())
         elif fmt == "html":
             write_atomic(path, render_html(taggram, audio_path, page_dir=os.path.dirname(base),
-                                           embed_audio=embed_audio))
+                                           embed_audio=embed_audio,
+                                           similar_script=os.path.basename(base) + ".similar.js"))
         else:  # png: matplotlib names the format from the extension
             write_atomic(path, lambda f: plots.plot_taggram(taggram, f))
         written[fmt] = path

@@ -54,6 +54,7 @@ class Tagger:
         self.policy = default_policy(meta)
         self.variables = variables
         self._fingerprint = None
+        self.spec: dict = {}   # how to make this tagger again (Tagger.of_spec): a pretrained name or a workdir
         self.chunk_windows = int(chunk_windows)
         if meta.get("pretrained"):
             self.config = None
@@ -78,7 +79,9 @@ class Tagger:
     def from_workdir(cls, workdir: str, checkpoint: str = "best", **kwargs) -> "Tagger":
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
         variables, meta = checkpoints.restore_for_inference(workdir, checkpoint)
-        return cls(variables, meta, **kwargs)
+        tagger = cls(variables, meta, **kwargs)
+        tagger.spec = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint)}
+        return tagger
 
     @classmethod
     def pretrained(cls, name: str = "musicnn-msd", hop_seconds: float | None = None, cache_dir=None,
@@ -99,7 +102,9 @@ class Tagger:
         meta = {"pretrained": name, "model": name, "tags": info["tags"], "frontend": frontend.to_dict(),
                 "source": info["source"], "license": info["license"]}
         variables = {collection: {"musicnn": tree} for collection, tree in variables.items()}
-        return cls(variables, meta, **kwargs)
+        tagger = cls(variables, meta, **kwargs)
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        return tagger
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
         """(waveform at the model's sample rate, source name) of a path or a waveform."""
@@ -122,7 +127,18 @@ class Tagger:
         y, source = self.load(audio, sr)
         mel = mel_spectrogram(y, self.frontend)
         scores, _ = self.decode_features(self.encode_windows(self.windows(mel)))
-        return self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y))
+        taggram = self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y))
+        return dataclasses.replace(taggram, tempo=self.tempo(mel))
+
+    def tempo(self, mel=None, read_frames=None, n_frames: int | None = None):
+        """The tempo of a file (jaxtag.tagging.tempo) from its mel frames [frames, n_mels], or read
+        with read_frames(first, count) from n_frames."""
+        from jaxtag.tagging import tempo
+        f = self.frontend
+        if mel is not None:
+            read_frames, n_frames = (lambda first, count: mel[first:first + count]), len(mel)
+        return tempo.estimate(read_frames, n_frames, f.sample_rate, f.hop_length, self.window_starts(n_frames),
+                              f.window_frames)
 
     def window_starts(self, n_frames: int) -> np.ndarray:
         """First frame of each window of a file of n_frames mel frames (as the training data's)."""
@@ -174,6 +190,15 @@ class Tagger:
         end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
         return Taggram(source=source, duration=float(duration), tags=self.tags, start=starts * f.seconds_per_frame,
                        end=end, scores=scores, policy=self.policy, model=self.model_name, envelope=envelope)
+
+    @classmethod
+    def of_spec(cls, spec: dict) -> "Tagger":
+        """The tagger a `spec` (Tagger.spec) names."""
+        if spec.get("pretrained"):
+            return cls.pretrained(spec["pretrained"], hop_seconds=spec.get("hop_seconds"))
+        if spec.get("workdir"):
+            return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"))
+        raise ValueError("no model named")
 
     @property
     def fingerprint(self) -> str:

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from jaxtag.tagging.decisions import DecisionPolicy, TrackDecisions
+from jaxtag.tagging.tempo import Tempo
 
 
 @dataclasses.dataclass
@@ -25,6 +26,7 @@ class Taggram:
     model: str = ""
     # Peak envelope of the waveform for plots: [n_bins, 2] (min, max) over equal time bins.
     envelope: np.ndarray | None = None
+    tempo: Tempo | None = None   # per window and for the track (jaxtag.tagging.tempo)
 
     @property
     def threshold(self) -> np.ndarray:
@@ -87,15 +89,19 @@ class Taggram:
 
     def to_dict(self) -> dict:
         d = self.decisions()
-        return {
+        bpm = self.tempo.windows if self.tempo is not None else np.full(len(self.start), np.nan)
+        out = {
             "file": self.source, "duration": float(self.duration), "model": self.model,
             "tags": list(self.tags), "threshold": [float(t) for t in self.threshold],
             "decisions": self.policy.describe(), "track_tags": d.track_tags, "moods": d.moods,
             "top_tags": [[t, round(s, 4)] for t, s in d.top_tags],
+            "tempo": self.tempo.to_dict() if self.tempo is not None else None,
             "windows": [{"start": float(s), "end": float(e), "scores": [round(float(x), 6) for x in sc],
-                         "tags": [t for t, on in zip(self.tags, act) if on]}
-                        for s, e, sc, act in zip(self.start, self.end, self.scores, d.active)],
+                         "tags": [t for t, on in zip(self.tags, act) if on],
+                         "bpm": round(float(b), 1) if np.isfinite(b) else None}
+                        for s, e, sc, act, b in zip(self.start, self.end, self.scores, d.active, bpm)],
         }
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

@@ -1,0 +1,573 @@
+"""Similar tracks and similar moments, from the embeddings kept with each tagged file's scores.
+
+Vectors. A *moment* is one window: its embedding (the model's penultimate layer), whitened with
+the model's reference statistics (the mean and covariance of the calibration set's window
+embeddings, shipped beside the decision statistics; scripts/real_music_report.py), unit length. A
+*track* is the mean of its moments' whitened vectors, unit length. Similarity is the cosine (a dot
+product). Whitening keeps the directions in which real music varies and stops the few dominant
+ones (loudness, "music-ness") from deciding every comparison: on held-out real music, a track's
+nearest tracks came from its own soundtrack more often than with the plain mean of its window
+embeddings and cosine (docs/players.md). A model without reference statistics (a trained run)
+uses its embeddings as they are.
+
+The index (OUT/.jaxtag/index/) is derived from the library's stored model outputs and brought up
+to date at the end of every tagging run (and by any query, if the store is newer): files tagged
+since are added, files redone or gone are removed. Track vectors are always searched exactly (a
+library of 100,000 tracks is 80 MB). Moments are searched exactly with faiss's flat index up to
+EXACT_LIMIT moments, and above it with faiss's inverted-file index (IVF-Flat, inner product): a
+coarse k-means partition of which `nprobe` cells are scanned per query, `nprobe` chosen at each
+rebuild as the smallest that finds at least RECALL_TARGET of the exact 10 nearest neighbours of
+sampled moments. The index is rebuilt when it switches kind or has grown fourfold since its
+partition was trained. It is written under a fresh name, then the state that names it,
+atomically: a run killed at any moment leaves the previous index usable, and the next sync
+removes the orphan.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import uuid
+
+import numpy as np
+
+from jaxtag.tagging import store
+from jaxtag.tagging.outputs import write_atomic
+
+INDEX = os.path.join(".jaxtag", "index")
+STATE = "state.npz"
+EXACT_LIMIT = 250_000          # moments searched exactly up to here (about 3,000 four-minute tracks)
+RECALL_TARGET = 0.97           # of the exact 10 nearest moments, by the IVF index's nprobe
+NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
+WINDOW_BITS = 20               # a moment's id: file number << 20 | window index
+WHITENING_SHRINK = 0.01        # eigenvalues + this x their mean: noise directions are not blown up
+STATE_VERSION = 1
+
+
+# -- vectors ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Whitening:
+    """x -> (x - mean) @ projection, the reference statistics' whitening (identity without them)."""
+    mean: np.ndarray | None = None
+    projection: np.ndarray | None = None
+    source: str = "none: the embeddings as they are"
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        x = np.asarray(embeddings, np.float64)
+        if self.mean is not None:
+            x = (x - self.mean) @ self.projection
+        return x.astype(np.float32)
+
+
+def whitening_from(mean: np.ndarray, covariance: np.ndarray, source: str = "") -> Whitening:
+    values, vectors = np.linalg.eigh(np.asarray(covariance, np.float64))
+    values = np.maximum(values, 0.0)
+    scale = 1.0 / np.sqrt(values + WHITENING_SHRINK * values.mean())
+    return Whitening(np.asarray(mean, np.float64), vectors * scale[None, :], source)
+
+
+def embedding_reference_path(model: str) -> str:
+    from jaxtag.tagging.decisions import CALIBRATION_DIR
+    return os.path.join(CALIBRATION_DIR, f"{model}.embeddings.npz")
+
+
+def model_whitening(model: str | None) -> Whitening:
+    """The shipped whitening of a pretrained model's embeddings; the identity for other models."""
+    if model:
+        try:
+            with np.load(embedding_reference_path(model), allow_pickle=False) as npz:
+                return whitening_from(npz["mean"], npz["covariance"], f"{model}'s reference statistics")
+        except FileNotFoundError:
+            pass
+    return Whitening()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norm, 1e-12)
+
+
+def moment_vectors(embeddings: np.ndarray, whitening: Whitening) -> np.ndarray:
+    """[W, D] unit vectors of a file's windows."""
+    return unit(whitening(embeddings))
+
+
+def track_vector(moments: np.ndarray) -> np.ndarray:
+    """A track's unit vector from its moments' unit vectors."""
+    return unit(np.asarray(moments, np.float64).mean(axis=0))
+
+
+# -- the index ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class SimilarityIndex:
+    """The library's tracks and moments, searchable (see the module docstring)."""
+    output_dir: str
+    names: list[str]                 # the files' output names, in file-number order
+    paths: list[str]                 # their audio paths
+    numbers: np.ndarray              # [F] file numbers (moment ids are number << WINDOW_BITS | window)
+    signatures: list[str]            # the stored outputs they were made from
+    tracks: np.ndarray               # [F, D] unit vectors
+    starts: np.ndarray               # [M] moment start times, the files' moments one after another
+    ends: np.ndarray
+    offsets: np.ndarray              # [F + 1] where each file's moments begin in starts/ends
+    moments: object                  # the faiss index of the moment vectors
+    kind: str                        # "exact" or "ivf"
+    nprobe: int = 0
+    recall: float = 1.0              # of the exact 10 nearest moments, measured at the last rebuild
+    trained_size: int = 0
+    model: str = ""                  # the model fingerprint the stored outputs come from
+    whitening: Whitening = dataclasses.field(default_factory=Whitening)
+    spec: dict = dataclasses.field(default_factory=dict)   # how to make that model again (Tagger.spec)
+    file: str = ""                   # the faiss file in OUT/.jaxtag/index
+
+    @property
+    def size(self) -> int:
+        return int(self.offsets[-1]) if len(self.offsets) else 0
+
+    def position(self, name: str) -> int:
+        return self.names.index(name)
+
+    def similar_tracks(self, vector: np.ndarray, n: int = 10, exclude: str | None = None) -> list[tuple[str, float]]:
+        """The n tracks most similar to a track vector: (name, cosine), best first."""
+        scores = self.tracks @ np.asarray(vector, np.float32)
+        if exclude is not None and exclude in self.names:
+            scores[self.position(exclude)] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:n]
+        return [(self.names[i], float(scores[i])) for i in order if np.isfinite(scores[i])]
+
+    def search_moments(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines [Q, k], ids [Q, k]) of the k nearest moments of each query vector (ids -1 past
+        the end)."""
+        if self.kind == "ivf":
+            self.moments.nprobe = self.nprobe
+        k = max(1, min(k, self.size))
+        return self.moments.search(np.ascontiguousarray(vectors, np.float32), k)
+
+    def similar_moments(self, vectors: np.ndarray, n: int = 10, exclude: str | None = None
+                        ) -> list[list[tuple[str, float, float, float]]]:
+        """For each query vector [Q, D], the n most similar moments: (name, start, end, cosine),
+        best first; the moments of the file `exclude` (the query's own track) passed over."""
+        vectors = np.atleast_2d(vectors)
+        skip, own = None, 0
+        if exclude in self.names:
+            i = self.position(exclude)
+            skip, own = int(self.numbers[i]), int(self.offsets[i + 1] - self.offsets[i])
+        where = {int(number): i for i, number in enumerate(self.numbers)}
+        k = n + min(own, 4 * n)   # its own moments are mostly among the nearest: look further
+        while True:
+            scores, ids = self.search_moments(vectors, k)
+            results = [self._moments_of(row_scores, row_ids, skip, where)[:n] for row_scores, row_ids in zip(scores, ids)]
+            if all(len(r) >= min(n, self.size - own) for r in results) or k >= self.size:
+                return results
+            k = min(self.size, k * 4)
+
+    def _moments_of(self, scores, ids, skip, where) -> list[tuple[str, float, float, float]]:
+        out = []
+        for score, moment in zip(scores, ids):
+            if moment < 0:
+                continue
+            number, window = int(moment) >> WINDOW_BITS, int(moment) & ((1 << WINDOW_BITS) - 1)
+            if number == skip or number not in where:
+                continue
+            i = where[number]
+            at = int(self.offsets[i]) + window
+            out.append((self.names[i], float(self.starts[at]), float(self.ends[at]), float(score)))
+        return out
+
+
+def _faiss():
+    import logging
+    # faiss's loader reports at INFO each CPU build it could not load before the one it uses.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as e:  # a dependency of jaxtag; a broken install says so
+        raise ImportError("similarity search needs faiss: pip install faiss-cpu") from e
+    return faiss
+
+
+def _exact_index(dim: int):
+    faiss = _faiss()
+    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+
+def _ivf_index(vectors: np.ndarray, seed: int = 0):
+    faiss = _faiss()
+    n, dim = vectors.shape
+    nlist = int(np.clip(min(4 * np.sqrt(n), n // 39), 1, 65536))   # faiss wants 39 points a cell
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(sample))
+    return index
+
+
+def tune_nprobe(index, vectors: np.ndarray, ids: np.ndarray, queries: int = 200, seed: int = 0) -> tuple[int, float]:
+    """The smallest nprobe whose recall of the exact 10 nearest moments *of other tracks* (as the
+    library's queries ask: a moment's own neighbours in time are no answer) reaches RECALL_TARGET,
+    for `queries` sampled moments of the index (`vectors`, added with `ids`); and that recall (the
+    largest nprobe's, if none reaches it)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)
+    tracks = ids >> WINDOW_BITS
+    own = max(int(np.sum(tracks == tracks[c])) for c in chosen)
+    candidates = exact_neighbours(vectors[chosen], vectors, 10 + own)
+    truth = [[ids[i] for i in row if tracks[i] != tracks[c]][:10] for row, c in zip(candidates, chosen)]
+    recall = 0.0
+    for nprobe in NPROBES:
+        index.nprobe = nprobe
+        _, found = index.search(vectors[chosen], 10 + own)
+        found = [[i for i in row if i >= 0 and (i >> WINDOW_BITS) != tracks[c]][:10] for row, c in zip(found, chosen)]
+        recall = float(np.mean([len(set(f) & set(t)) / max(1, len(t)) for f, t in zip(found, truth)]))
+        if recall >= RECALL_TARGET or nprobe >= index.nlist:
+            return nprobe, recall
+    return NPROBES[-1], recall
+
+
+def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """[Q, k] positions of the k most similar vectors (inner product) of each query, best first,
+    a block of vectors at a time (bounded memory)."""
+    best_scores = np.full((len(queries), 0), -np.inf, np.float32)
+    best = np.zeros((len(queries), 0), np.int64)
+    for start in range(0, len(vectors), block):
+        scores = queries @ vectors[start:start + block].T
+        scores = np.concatenate([best_scores, scores], axis=1)
+        positions = np.concatenate([best, np.arange(start, start + scores.shape[1] - best.shape[1])[None, :]
+                                    .repeat(len(queries), 0)], axis=1)
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores, best = np.take_along_axis(scores, keep, 1), np.take_along_axis(positions, keep, 1)
+    return best
+
+
+def _store_signature(output_dir: str, name: str) -> str:
+    st = os.stat(store.store_path(output_dir, name))
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def index_dir(output_dir: str) -> str:
+    return os.path.join(output_dir, INDEX)
+
+
+def load_index(output_dir: str) -> SimilarityIndex | None:
+    """The index as last written, or None where there is none (or it cannot be read)."""
+    folder = index_dir(output_dir)
+    try:
+        with np.load(os.path.join(folder, STATE), allow_pickle=False) as npz:
+            state = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(state["meta"]))
+        if meta.get("version") != STATE_VERSION:
+            return None
+        moments = _faiss().read_index(os.path.join(folder, meta["file"]))
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+    whitening = Whitening(state["whitening_mean"], state["whitening_projection"], meta["whitening"]) \
+        if len(state["whitening_mean"]) else Whitening()
+    return SimilarityIndex(
+        output_dir=output_dir, names=[str(n) for n in state["names"]], paths=[str(p) for p in state["paths"]],
+        numbers=state["numbers"], signatures=[str(s) for s in state["signatures"]], tracks=state["tracks"],
+        starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=moments, kind=meta["kind"],
+        nprobe=int(meta["nprobe"]), recall=float(meta["recall"]), trained_size=int(meta["trained_size"]),
+        model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {})
+
+
+def _write(index: SimilarityIndex) -> None:
+    """The moments under a fresh file name, then the state naming it (atomically); old files gone."""
+    folder = index_dir(index.output_dir)
+    os.makedirs(folder, exist_ok=True)
+    new_file = f"moments-{uuid.uuid4().hex[:12]}.faiss"
+    _faiss().write_index(index.moments, os.path.join(folder, new_file + ".part"))
+    os.replace(os.path.join(folder, new_file + ".part"), os.path.join(folder, new_file))
+    index.file = new_file
+    meta = {"version": STATE_VERSION, "file": new_file, "kind": index.kind, "nprobe": index.nprobe,
+            "recall": index.recall, "trained_size": index.trained_size, "model": index.model,
+            "whitening": index.whitening.source, "spec": index.spec}
+    w = index.whitening
+    empty = np.zeros(0, np.float64)
+
+    def save(f):
+        np.savez(f, meta=np.array(json.dumps(meta)), names=np.array(index.names, dtype=str),
+                 paths=np.array(index.paths, dtype=str), numbers=np.asarray(index.numbers, np.int64),
+                 signatures=np.array(index.signatures, dtype=str), tracks=np.asarray(index.tracks, np.float32),
+                 starts=np.asarray(index.starts, np.float32), ends=np.asarray(index.ends, np.float32),
+                 offsets=np.asarray(index.offsets, np.int64),
+                 whitening_mean=empty if w.mean is None else w.mean,
+                 whitening_projection=empty.reshape(0, 0) if w.projection is None else w.projection)
+    write_atomic(os.path.join(folder, STATE), save)
+    for entry in os.listdir(folder):
+        if entry.startswith("moments-") and entry != new_file:
+            os.remove(os.path.join(folder, entry))
+
+
+def whitening_of(spec: dict) -> Whitening:
+    """The whitening of the model a Tagger.spec names."""
+    return model_whitening(spec.get("pretrained"))
+
+
+def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = EXACT_LIMIT,
+                 log=None) -> SimilarityIndex:
+    """Bring the index up to date with the library's stored outputs (see the module docstring).
+    spec: the model that tagged them (Tagger.spec); default: the one the index names."""
+    records = store.scan_records(output_dir)
+    current = {}
+    for name, record in sorted(records.items()):
+        try:
+            current[name] = (_store_signature(output_dir, name), record["source"]["path"],
+                             record["settings"]["model"])
+        except (OSError, KeyError, TypeError):
+            continue  # its scores are not stored: not in the index
+    models = {model for _, _, model in current.values()}
+    index = load_index(output_dir)
+    spec = spec if spec is not None else (index.spec if index is not None else {})
+    whitening = whitening_of(spec)
+    fresh = index is None or index.model not in models or index.whitening.source != whitening.source \
+        or len(models) > 1
+    if not fresh:
+        unchanged = {n for n, s in zip(index.names, index.signatures) if current.get(n, (None,))[0] == s}
+        gone = [n for n in index.names if n not in unchanged]
+        added = [n for n in current if n not in unchanged]
+        if not gone and not added:
+            return index
+        total = index.size + sum(_window_count(output_dir, n) for n in added) - \
+            sum(int(index.offsets[index.position(n) + 1] - index.offsets[index.position(n)]) for n in gone)
+        kind = "exact" if total <= exact_limit else "ivf"
+        fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
+    if fresh:
+        model = max(models, key=lambda m: sum(v[2] == m for v in current.values())) if models else ""
+        names = [n for n, v in current.items() if v[2] == model]
+        index = _build(output_dir, names, current, whitening, model, exact_limit)
+    else:
+        index = _apply(index, gone, added, current)
+    index.spec = spec
+    _write(index)
+    if log is not None:
+        log(f"similarity index: {len(index.names)} tracks, {index.size} moments "
+            f"({'exact search' if index.kind == 'exact' else f'IVF, nprobe {index.nprobe}, recall@10 {index.recall:.3f}'})")
+    return index
+
+
+def _window_count(output_dir: str, name: str) -> int:
+    with np.load(store.store_path(output_dir, name), allow_pickle=False) as npz:
+        return int(npz["start"].shape[0])
+
+
+def _file_vectors(output_dir: str, name: str, whitening: Whitening):
+    with np.load(store.store_path(output_dir, name), allow_pickle=False) as npz:
+        return moment_vectors(npz["embeddings"], whitening), npz["start"], npz["end"]
+
+
+def build_moment_index(vectors: np.ndarray, ids: np.ndarray, exact_limit: int = EXACT_LIMIT):
+    """(faiss index, kind, nprobe, recall@10) of unit moment vectors [M, D] with their ids: exact
+    up to exact_limit, else IVF-Flat with nprobe tuned for RECALL_TARGET."""
+    dim = vectors.shape[1]
+    if len(vectors) <= exact_limit:
+        index = _exact_index(dim)
+        if len(vectors):
+            index.add_with_ids(vectors, ids)
+        return index, "exact", 0, 1.0
+    index = _ivf_index(vectors)
+    index.add_with_ids(vectors, ids)
+    nprobe, recall = tune_nprobe(index, vectors, ids)
+    return index, "ivf", nprobe, recall
+
+
+def _build(output_dir: str, names: list[str], current: dict, whitening: Whitening, model: str,
+           exact_limit: int) -> SimilarityIndex:
+    vectors, starts, ends, tracks, counts = [], [], [], [], []
+    for name in names:
+        v, s, e = _file_vectors(output_dir, name, whitening)
+        vectors.append(v)
+        starts.append(s)
+        ends.append(e)
+        tracks.append(track_vector(v))
+        counts.append(len(v))
+    dim = vectors[0].shape[1] if vectors else 1
+    all_vectors = np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
+    numbers = np.arange(len(names), dtype=np.int64)
+    ids = np.concatenate([(np.int64(k) << WINDOW_BITS) + np.arange(c, dtype=np.int64) for k, c in
+                          zip(numbers, counts)]) if counts else np.zeros(0, np.int64)
+    moments, kind, nprobe, recall = build_moment_index(all_vectors, ids, exact_limit)
+    return SimilarityIndex(
+        output_dir=output_dir, names=list(names), paths=[current[n][1] for n in names], numbers=numbers,
+        signatures=[current[n][0] for n in names],
+        tracks=np.stack(tracks) if tracks else np.zeros((0, dim), np.float32),
+        starts=np.concatenate(starts) if starts else np.zeros(0), ends=np.concatenate(ends) if ends else np.zeros(0),
+        offsets=np.r_[0, np.cumsum(counts)].astype(np.int64), moments=moments, kind=kind, nprobe=nprobe,
+        recall=recall, trained_size=len(all_vectors), model=model, whitening=whitening)
+
+
+def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: dict) -> SimilarityIndex:
+    """The index with the moments of `gone` files removed and those of `added` files added."""
+    faiss = _faiss()
+    keep = [i for i, n in enumerate(index.names) if n not in set(gone)]
+    for name in gone:
+        number = int(index.numbers[index.position(name)])
+        index.moments.remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
+    names = [index.names[i] for i in keep]
+    counts = [int(index.offsets[i + 1] - index.offsets[i]) for i in keep]
+    starts = [index.starts[index.offsets[i]:index.offsets[i + 1]] for i in keep]
+    ends = [index.ends[index.offsets[i]:index.offsets[i + 1]] for i in keep]
+    tracks = [index.tracks[i] for i in keep]
+    numbers = [int(index.numbers[i]) for i in keep]
+    next_number = int(index.numbers.max()) + 1 if len(index.numbers) else 0
+    for name in added:
+        v, s, e = _file_vectors(index.output_dir, name, index.whitening)
+        index.moments.add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
+        names.append(name)
+        counts.append(len(v))
+        starts.append(s)
+        ends.append(e)
+        tracks.append(track_vector(v))
+        numbers.append(next_number)
+        next_number += 1
+    return dataclasses.replace(
+        index, names=names, paths=[current[n][1] for n in names], numbers=np.asarray(numbers, np.int64),
+        signatures=[current[n][0] for n in names], tracks=np.stack(tracks) if tracks else index.tracks[:0],
+        starts=np.concatenate(starts) if starts else index.starts[:0],
+        ends=np.concatenate(ends) if ends else index.ends[:0], offsets=np.r_[0, np.cumsum(counts)].astype(np.int64))
+
+
+# -- queries ----------------------------------------------------------------------------------------
+
+def parse_query(query: str) -> tuple[str, float | None]:
+    """(path, seconds or None) of QUERY: a path, or PATH@SECONDS where the path exists without it."""
+    if not os.path.exists(query) and "@" in query:
+        path, _, at = query.rpartition("@")
+        try:
+            return path, float(at)
+        except ValueError:
+            pass
+    return query, None
+
+
+def query_vectors(index, output_dir: str, path: str, workdir: str | None = None):
+    """(the query's own output name or None, its moment vectors [W, D], their windows' start and
+    end times [W]). A file of the library is read from the store; any other is tagged."""
+    from jaxtag.tagging.tagger import Tagger
+    absolute = os.path.abspath(path)
+    name = next((n for n, p in zip(index.names, index.paths) if p == absolute), None)
+    if name is not None:
+        stored = store.read_store(output_dir, name)
+        return name, moment_vectors(stored["embeddings"], index.whitening), stored["start"], stored["end"]
+    tagger = Tagger.from_workdir(workdir) if workdir else Tagger.of_spec(index.spec)
+    if tagger.fingerprint != index.model:
+        raise ValueError(f"{workdir or tagger.model_name} is not the model that tagged {output_dir}")
+    y, _ = tagger.load(path)
+    from jaxtag.data.features import mel_spectrogram
+    mel = mel_spectrogram(y, tagger.frontend)
+    scores, embeddings = tagger.decode_features(tagger.encode_windows(tagger.windows(mel)), embeddings=True)
+    taggram = tagger.taggram(path, len(y) / tagger.frontend.sample_rate, mel.shape[0], scores)
+    return None, moment_vectors(embeddings, index.whitening), taggram.start, taggram.end
+
+
+def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None = None) -> dict:
+    """{"query", "tracks": [{"path", "name", "score"}], "moments": [{"path", "name", "start", "end",
+    "score"}]}: the library's tracks and moments most like the query (see the module docstring)."""
+    index = load_index(output_dir)
+    if index is None or _stale(index, output_dir):
+        index = update_index(output_dir)
+    path, seconds = parse_query(query)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    name, vectors, starts, ends = query_vectors(index, output_dir, path, workdir)
+    if seconds is not None:
+        centres = (starts + ends) / 2
+        k = int(abs(centres - seconds).argmin())
+        moment_query, track = vectors[k:k + 1], track_vector(vectors[k:k + 1])
+    else:
+        moment_query, track = vectors, track_vector(vectors)
+    tracks = index.similar_tracks(track, n, exclude=name)
+    if seconds is None:  # a whole track: the moments most like its moments, best first
+        per_window = index.similar_moments(moment_query, n, exclude=name)
+        moments = sorted({(m[0], m[1]): m for row in per_window for m in row}.values(), key=lambda m: -m[3])[:n]
+    else:
+        moments = index.similar_moments(moment_query, n, exclude=name)[0]
+    path_of = dict(zip(index.names, index.paths))
+    from jaxtag.tagging.outputs import shown_path
+    return {"query": shown_path(query),
+            "tracks": [{"path": shown_path(path_of[t]), "name": t, "score": round(s, 4)} for t, s in tracks],
+            "moments": [{"path": shown_path(path_of[t]), "name": t, "start": round(a, 2), "end": round(b, 2),
+                         "score": round(s, 4)} for t, a, b, s in moments]}
+
+
+def _stale(index, output_dir: str) -> bool:
+    """Whether the library's stored outputs changed since the index was written."""
+    if set(store.scan_records(output_dir)) != set(index.names):
+        return True
+    for name, signature in zip(index.names, index.signatures):
+        try:
+            if _store_signature(output_dir, name) != signature:
+                return True
+        except OSError:
+            return True
+    return False
+
+
+
+# -- the lists on the library's pages --------------------------------------------------------------
+
+LISTS = "lists.json"            # in the index folder: the index size at the last full refresh
+SIMILAR_TRACKS, SIMILAR_MOMENTS = 10, 5
+REFRESH_ALL_BELOW = 300         # files: below this, every page's lists are remade each run
+REFRESH_GROWTH = 0.1            # above it, all are remade when the moments changed by a tenth
+
+
+def page_href(from_name: str, to_name: str, fragment: str = "") -> str:
+    """The address of `to_name`'s listening page from `from_name`'s (both output names)."""
+    import urllib.parse
+    relative = os.path.relpath(to_name + ".html", os.path.dirname(from_name) or ".").replace(os.sep, "/")
+    return "/".join(urllib.parse.quote(part) for part in relative.split("/")) + fragment
+
+
+def similar_lists(index: SimilarityIndex, name: str, n_tracks: int = SIMILAR_TRACKS,
+                  n_moments: int = SIMILAR_MOMENTS) -> dict:
+    """A file's similar tracks and, for each of its windows, its most similar moments in other
+    tracks, with the addresses of their pages (NAME.similar.js)."""
+    position = index.position(name)
+    vectors, _, _ = _file_vectors(index.output_dir, name, index.whitening)
+    tracks = index.similar_tracks(index.tracks[position], n_tracks, exclude=name)
+    moments = index.similar_moments(vectors, n_moments, exclude=name)
+    path_of = dict(zip(index.names, index.paths))
+    from jaxtag.tagging.outputs import shown_path
+    return {"tracks": [{"name": other, "path": shown_path(path_of[other]), "score": round(score, 4),
+                        "href": page_href(name, other)} for other, score in tracks],
+            "moments": [[{"name": other, "start": round(start, 2), "end": round(end, 2), "score": round(score, 4),
+                          "href": page_href(name, other, f"#t={start:.2f}")} for other, start, end, score in row]
+                        for row in moments]}
+
+
+def write_similar_lists(index: SimilarityIndex, names: list[str] | None = None) -> int:
+    """NAME.similar.js beside each listening page (a script the page loads: it stays a static
+    file that opens from disk) for `names`, or for every file when the library is small or its
+    moments changed by a tenth since the last full refresh. Returns how many were written."""
+    from jaxtag.tagging.html_page import _json_for_script
+    lists_path = os.path.join(index_dir(index.output_dir), LISTS)
+    try:
+        with open(lists_path, encoding="utf-8") as f:
+            last = json.load(f)["moments"]
+    except (OSError, ValueError, KeyError):
+        last = None
+    everything = names is None or len(index.names) < REFRESH_ALL_BELOW or last is None or \
+        abs(index.size - last) > REFRESH_GROWTH * max(last, 1)
+    chosen = index.names if everything else [n for n in names if n in index.names]
+    for name in chosen:
+        data = _json_for_script(similar_lists(index, name))
+        write_atomic(os.path.join(index.output_dir, f"{name}.similar.js"), f"window.JAXTAG_SIMILAR = {data};\n")
+    if everything:
+        write_atomic(lists_path, json.dumps({"moments": index.size}))
+    return len(chosen)
+
+
+def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096) -> dict[str, list[tuple[str, float]]]:
+    """Each file's n most similar tracks (index.html's rows), a block of tracks at a time."""
+    out = {}
+    for start in range(0, len(index.names), block):
+        scores = index.tracks[start:start + block] @ index.tracks.T
+        for row, i in enumerate(range(start, min(start + block, len(index.names)))):
+            scores[row, i] = -np.inf
+            order = np.argsort(-scores[row], kind="stable")[:n]
+            out[index.names[i]] = [(index.names[j], float(scores[row, j])) for j in order if np.isfinite(scores[row, j])]
+    return out

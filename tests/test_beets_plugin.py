@@ -1,0 +1,110 @@
+"""The beets plugin (beetsplug/jaxtag.py), with beets' own plugin test helpers on a temporary
+library of generated audio: fields set and typed (range queries through beets), tags written
+through beets, resumable, the import stage, similar items."""
+import json
+import os
+import shutil
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+pytest.importorskip("beets", reason="the beets plugin needs beets (pip install -e '.[beets]')")
+from beets.library import Item  # noqa: E402
+from beets.test.helper import PluginTestHelper  # noqa: E402
+
+from jaxtag.tagging import metadata  # noqa: E402
+from test_library import _music  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def audio(tmp_path_factory):
+    """Five generated tracks in three formats, one a copy of another (its most similar item)."""
+    folder = tmp_path_factory.mktemp("beets_audio")
+    files = [_music(folder / f"track{i}.{ext}", 6.0 + i, sr=8000, seed=20 + i, fmt=ext.upper())
+             for i, ext in enumerate(("wav", "flac", "wav", "ogg"))]
+    files.append(str(shutil.copy(files[1], folder / "copy of track1.flac")))
+    return files
+
+
+class TestJaxtagPlugin(PluginTestHelper):
+    plugin: ClassVar[str] = "jaxtag"
+    preload_plugin: ClassVar[bool] = False
+
+    @pytest.fixture(autouse=True)
+    def _library(self, setup, trained, audio, tmp_path):  # after beets' own setup (self.lib)
+        self.trained_workdir = trained[1]
+        self.items = []
+        for path in audio:
+            copy = self.lib_path / os.path.basename(path)
+            shutil.copy(path, copy)
+            item = Item.from_path(str(copy))
+            item.add(self.lib)
+            self.items.append(item)
+        self.out = tmp_path / "jaxtag_out"
+
+    def _configure(self, **extra):
+        self.config["jaxtag"].set({"workdir": self.trained_workdir, "output_dir": str(self.out), "workers": 1, **extra})
+        self.load_plugins("jaxtag")
+
+    def _rows(self):
+        rows = json.loads((self.out / "library.json").read_text())["files"]
+        return {r["path"]: r for r in rows}
+
+    def test_tags_items_sets_typed_fields_and_writes_through_beets(self):
+        self.config["import"]["write"] = True
+        self._configure()
+        self.run_command("jaxtag")
+        rows = self._rows()
+        from beetsplug.jaxtag import field_name
+        tags = json.loads((self.out / "library.json").read_text())["tags"]
+        for item in self.lib.items():
+            row = rows[os.fsdecode(item.path)]
+            assert item["mood"] == "; ".join(row["moods"])
+            assert item["jaxtag_tags"] == "; ".join(t.replace("Emotion-", "").replace("_", " ") for t in row["track_tags"])
+            for tag in tags:
+                assert item[field_name(tag)] == pytest.approx(row["strength"][tag], abs=1e-4)
+            # Written into the file through beets' own writer, in the fields jaxtag reads back.
+            fields = metadata.read_tags(os.fsdecode(item.path))
+            jaxtag_field = next(v for k, v in fields.items() if "JAXTAG" in k.upper())
+            assert metadata.parse_jaxtag(jaxtag_field)[1] == item["jaxtag_tags"].split("; ") if item["jaxtag_tags"] \
+                else metadata.parse_jaxtag(jaxtag_field)[1] == []
+        # Typed: a numeric range query through beets.
+        field = field_name("Emotion-Sad")
+        strengths = {os.fsdecode(i.path): i[field] for i in self.lib.items()}
+        cut = float(np.median(list(strengths.values())))
+        found = {os.fsdecode(i.path) for i in self.lib.items(f"{field}:{cut}..")}
+        assert found == {p for p, s in strengths.items() if s >= cut} and 0 < len(found) < len(strengths)
+
+    def test_a_second_run_reads_the_store_and_nowrite_leaves_files_alone(self):
+        self._configure()
+        before = {os.fsdecode(i.path): open(i.path, "rb").read() for i in self.items}
+        self.run_command("jaxtag", "--nowrite")
+        assert all(open(p, "rb").read() == data for p, data in before.items())  # files untouched
+        records = self.out / ".jaxtag" / "records"
+        stamps = {p: p.stat().st_mtime_ns for p in records.rglob("*.json")}
+        self.run_command("jaxtag", "--nowrite")
+        assert {p: p.stat().st_mtime_ns for p in records.rglob("*.json")} == stamps   # nothing redone
+        assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items)
+
+    def test_the_import_stage_tags_imported_items(self, audio, tmp_path):
+        self._configure(auto=True)
+        from beets import plugins
+        stage = plugins.find_plugins()[0].import_stages[0]
+
+        class Task:
+            def imported_items(task):
+                return self.items[:2]
+        stage(None, Task())
+        assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items[:2])
+        assert "jaxtag_tags" not in self.lib.get_item(self.items[3].id)
+
+    def test_similar_items(self, capsys):
+        self._configure()
+        self.run_command("jaxtag", "--nowrite")
+        capsys.readouterr()
+        self.run_command("jaxtag-similar", "-n", "2", f"path:{os.fsdecode(self.items[1].path)}")
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("1.000  ")
+        copy = next(i for i in self.lib.items() if "copy of track1" in os.fsdecode(i.path))
+        assert lines[0] == f"1.000  {copy}"

@@ -1,0 +1,188 @@
+"""Similar tracks and moments: the vectors, the index against exact search, its updates and kills,
+the query CLI, and the lists on the library's pages."""
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxtag.tagging import similarity
+from jaxtag.tagging.library import LibraryOptions, tag_library
+from jaxtag.tagging.tagger import Tagger
+from test_library import _music
+
+
+def test_whitening_makes_the_reference_covariance_the_identity_up_to_shrinkage():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((6, 6))
+    covariance, mean = a @ a.T + 0.1 * np.eye(6), rng.standard_normal(6)
+    w = similarity.whitening_from(mean, covariance)
+    values = np.linalg.eigvalsh(covariance)
+    expected = np.sort(values / (values + similarity.WHITENING_SHRINK * values.mean()))
+    np.testing.assert_allclose(np.sort(np.diag(w.projection.T @ covariance @ w.projection)), expected, rtol=1e-9)
+    np.testing.assert_allclose(w.projection.T @ covariance @ w.projection, np.diag(np.diag(
+        w.projection.T @ covariance @ w.projection)), atol=1e-9)
+    x = rng.standard_normal((3, 6))
+    np.testing.assert_allclose(w(x), (x - mean) @ w.projection, rtol=1e-5)
+    np.testing.assert_array_equal(similarity.Whitening()(x), x.astype(np.float32))   # no reference: as they are
+
+
+@pytest.mark.parametrize("model", ["musicnn-msd", "musicnn-mtt"])
+def test_shipped_embedding_statistics_are_a_covariance(model):
+    with np.load(similarity.embedding_reference_path(model)) as npz:
+        mean, covariance, windows = npz["mean"], npz["covariance"], int(npz["windows"])
+    assert mean.shape == (200,) and covariance.shape == (200, 200) and windows > 20000
+    np.testing.assert_allclose(covariance, covariance.T, atol=1e-6)
+    assert np.linalg.eigvalsh(covariance.astype(np.float64)).min() > -1e-4
+    assert similarity.model_whitening(model).projection.shape == (200, 200)
+
+
+def test_exact_neighbours_in_blocks_equal_a_full_sort():
+    rng = np.random.default_rng(1)
+    vectors = similarity.unit(rng.standard_normal((1000, 8)))
+    queries = similarity.unit(rng.standard_normal((7, 8)))
+    expected = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(similarity.exact_neighbours(queries, vectors, 10, block=128), expected)
+
+
+def _clustered(n_tracks, windows, dim=16, seed=0):
+    """Tracks of windows: cluster centres (always the same), a track offset, window noise."""
+    centres = np.random.default_rng(1234).standard_normal((20, dim))
+    rng = np.random.default_rng(seed)
+    tracks = centres[rng.integers(0, 20, n_tracks)] + 0.5 * rng.standard_normal((n_tracks, dim))
+    return [t + 0.4 * rng.standard_normal((windows, dim)) for t in tracks]
+
+
+def _fake_library(folder, tracks):
+    """An output folder whose store holds these tracks' embeddings (as a tagging run leaves it)."""
+    from jaxtag.tagging import library
+    for i, embeddings in enumerate(tracks):
+        name = f"album{i % 3}/track{i:03d}"
+        n = len(embeddings)
+        source = {"path": f"/music/{name}.ogg", "size": 1, "mtime_ns": 1, "content": f"file:{i}"}
+
+        def save(f, embeddings=embeddings, n=n, source=source):
+            np.savez(f, scores=np.zeros((n, 2), np.float32), start=np.arange(n) * 3.0, end=np.arange(n) * 3.0 + 3,
+                     duration=np.float64(3 * n), embeddings=embeddings.astype(np.float32),
+                     envelope=np.zeros((0, 2), np.float32), tags=np.array(["a", "b"]), model=np.array("m1"),
+                     source_json=np.array(json.dumps(source)), warnings_json=np.array("[]"))
+        library.write_atomic(library.store_path(str(folder), name), save)
+        library.write_atomic(library.record_path(str(folder), name), json.dumps(
+            {"settings": {"version": 2, "model": "m1", "policy": "p"}, "source": source, "outputs": [],
+             "warnings": [], "summary": {}}))
+
+
+def test_the_ivf_index_finds_what_exact_search_finds(tmp_path):
+    """Above the exact limit, the inverted-file index with its tuned nprobe finds at least the
+    target share of the exact 10 nearest moments, also for queries it was not tuned on."""
+    tracks = _clustered(120, 40)
+    _fake_library(tmp_path, tracks)
+    exact = similarity.update_index(str(tmp_path))
+    assert exact.kind == "exact" and exact.size == 4800 and len(exact.names) == 120
+    shutil.rmtree(tmp_path / ".jaxtag" / "index")
+    ivf = similarity.update_index(str(tmp_path), exact_limit=1000)
+    assert ivf.kind == "ivf" and ivf.recall >= similarity.RECALL_TARGET and ivf.nprobe < ivf.moments.nlist
+    queries = similarity.unit(np.concatenate(_clustered(5, 10, seed=9)))   # new tracks, not in the index
+    _, truth = exact.search_moments(queries, 10)
+    _, found = ivf.search_moments(queries, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.95, recall
+    # Tracks are searched exactly in both.
+    np.testing.assert_allclose(ivf.tracks, exact.tracks, atol=1e-6)
+
+
+def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
+    tracks = _clustered(10, 6)
+    _fake_library(tmp_path, tracks[:8])
+    first = similarity.update_index(str(tmp_path))
+    assert len(first.names) == 8 and first.size == 48
+    _fake_library(tmp_path, tracks)                       # two added; the others rewritten (redone)
+    second = similarity.update_index(str(tmp_path))
+    assert len(second.names) == 10 and second.size == 60
+    again = similarity.load_index(str(tmp_path))
+    assert again.names == second.names and again.size == 60 and again.file == second.file
+    # Each track's vector is the mean of its moments, and a moment finds itself first.
+    whitened = similarity.moment_vectors(tracks[3], similarity.Whitening())
+    np.testing.assert_allclose(again.tracks[again.position("album0/track003")], similarity.track_vector(whitened),
+                               atol=1e-6)
+    scores, ids = again.search_moments(whitened[2:3], 1)
+    number = int(again.numbers[again.position("album0/track003")])
+    assert int(ids[0, 0]) == (number << similarity.WINDOW_BITS) + 2 and scores[0, 0] == pytest.approx(1, abs=1e-5)
+    # A write killed half-way leaves an orphan: the state still names the complete index; the next
+    # update removes the orphan.
+    folder = tmp_path / ".jaxtag" / "index"
+    (folder / "moments-deadbeef.faiss").write_bytes(b"half")
+    assert similarity.load_index(str(tmp_path)).size == 60
+    os.utime(tmp_path / ".jaxtag" / "scores" / "album1" / "track001.npz", ns=(1, 1))   # "redone"
+    third = similarity.update_index(str(tmp_path))
+    assert third.size == 60 and not (folder / "moments-deadbeef.faiss").exists()
+    assert sorted(os.listdir(folder)) == sorted([third.file, "state.npz"])
+
+
+@pytest.fixture(scope="module")
+def tagged_library(trained, tmp_path_factory):
+    """A library of five files, one of them a copy of another, tagged by the tiny trained run."""
+    music = tmp_path_factory.mktemp("similar_music")
+    files = [_music(music / f"song{i}.wav", 9.0 + i, sr=8000, seed=i) for i in range(4)]
+    files.append(str(shutil.copy(files[1], music / "copy_of_song1.wav")))
+    out = tmp_path_factory.mktemp("similar_out")
+    tagger = Tagger.from_workdir(trained[1])
+    result = tag_library(tagger, files, LibraryOptions(output_dir=str(out), workers=1, top_n=0))
+    assert sorted(result.tagged) == sorted(files)
+    return tagger, files, out
+
+
+def test_similar_tracks_and_moments_of_a_file_a_moment_and_an_outside_file(tagged_library, tmp_path):
+    from jaxtag.tagging.similarity import find_similar
+    tagger, files, out = tagged_library
+    found = find_similar(str(out), files[1], n=3)
+    assert found["tracks"][0]["path"] == files[4] and found["tracks"][0]["score"] == pytest.approx(1, abs=1e-4)
+    assert files[1] not in [t["path"] for t in found["tracks"]]            # not itself
+    assert all(m["path"] != files[1] for m in found["moments"])             # moments of other tracks
+    # A moment: the copy's window at the same time is the closest moment.
+    at = find_similar(str(out), f"{files[1]}@4.5", n=3)
+    best = at["moments"][0]
+    assert best["path"] == files[4] and best["start"] <= 4.5 <= best["end"] + 1e-6
+    assert best["score"] == pytest.approx(1, abs=1e-4)
+    # An outside file (the same audio as song2, elsewhere) is tagged on the fly.
+    outside = shutil.copy(files[2], tmp_path / "outside.wav")
+    found = find_similar(str(out), str(outside), n=2)
+    assert found["tracks"][0]["path"] == files[2] and found["tracks"][0]["score"] == pytest.approx(1, abs=1e-4)
+    # The results agree with exact search over the stored vectors.
+    index = similarity.load_index(str(out))
+    vectors = index.tracks @ index.tracks[index.position("song3")]
+    expected = [index.names[i] for i in np.argsort(-vectors, kind="stable") if index.names[i] != "song3"][:3]
+    assert [t["name"] for t in find_similar(str(out), files[3], n=3)["tracks"]] == expected
+
+
+def test_pages_list_similar_tracks_and_moments(tagged_library):
+    tagger, files, out = tagged_library
+    text = (out / "song1.similar.js").read_text()
+    data = json.loads(re.match(r"window\.JAXTAG_SIMILAR = (.*);\n$", text, re.S).group(1))
+    assert data["tracks"][0]["name"] == "copy_of_song1" and data["tracks"][0]["href"] == "copy_of_song1.html"
+    windows = json.loads((out / "song1.json").read_text())["windows"]
+    assert len(data["moments"]) == len(windows)
+    for k, row in enumerate(data["moments"]):
+        assert row[0]["name"] == "copy_of_song1" and row[0]["start"] == pytest.approx(windows[k]["start"], abs=0.01)
+        assert row[0]["href"] == f"copy_of_song1.html#t={windows[k]['start']:.2f}"
+    assert '<script src="song1.similar.js"></script>' in (out / "song1.html").read_text()
+    rows = {r["name"]: r for r in json.loads((out / "library.json").read_text())["files"]}
+    assert rows["song1"]["similar"][0][0] == "copy_of_song1" and rows["copy_of_song1"]["similar"][0][0] == "song1"
+    assert '"similar": [["copy_of_song1"' in (out / "index.html").read_text()
+
+
+@pytest.mark.slow
+def test_the_similar_command(tagged_library):
+    from helpers import processes
+    tagger, files, out = tagged_library
+    result = processes.run_cli("jaxtag.similar", str(out), f"{files[1]}@4.5", "--n=2", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"tracks most like {files[1]}@4.5:" and re.fullmatch(r"  [01]\.\d{3}  /\S+\.wav", lines[1])
+    assert lines[3] == "moments most like it, in other tracks:"
+    moment = re.fullmatch(rf"  1\.000  {re.escape(files[4])}  (\d+\.\d)-(\d+\.\d) s", lines[4])
+    assert moment and float(moment.group(1)) <= 4.5 <= float(moment.group(2)), lines[4]
+    missing = processes.run_cli("jaxtag.similar", str(out), "/no/such.wav", timeout=300)
+    assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
