@@ -110,3 +110,20 @@ def test_the_checks_find_a_long_function_and_a_cycle(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("def lazy():\n    import pkg.d\n")
     (pkg / "d.py").write_text("import pkg.sub.b\n")
     assert import_cycles(str(pkg)) == [["pkg.d", "pkg.sub"]]
+
+
+def test_readme_starts_with_the_two_commands_ci_runs_and_its_links_resolve():
+    """README's first block: the install-train-evaluate command and the test command, which
+    .ci/run runs exactly; every relative link of README and docs/ points at a file that exists."""
+    import re
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    first = re.search(r"```bash\n(.*?)```", readme, re.S).group(1).splitlines()
+    assert first[0].startswith("pip install -e '.[test]' && python -m jaxtag.main --config=configs/cnn_lstm.py")
+    test_command = first[1].split("#")[0].strip()
+    assert test_command == "python -m pytest -q -n 2"
+    assert test_command in open(os.path.join(REPO, ".ci", "run"), encoding="utf-8").read()
+    pages = [os.path.join(REPO, "README.md")] + [os.path.join(REPO, "docs", p) for p in os.listdir(os.path.join(REPO, "docs"))
+                                                 if p.endswith(".md")]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", open(page, encoding="utf-8").read()):
+            assert os.path.exists(os.path.join(os.path.dirname(page), target)), (page, target)
