@@ -255,6 +255,8 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
     context = _RunContext(tagger, names, options, settings, rows, result, _LockedLog(log),
                           decode or decoding.decode_file, writer)
+    if todo:  # while the model compiles and the workers start, not on the first file's way out
+        writer.submit(_warm_up_writer, tagger)
     try:
         for path in derive:  # no model: the writer thread derives them while the model starts
             _queue_write(context, _derive_outputs, path)
@@ -431,6 +433,16 @@ def _finish(c: _RunContext, state: _FileState) -> None:
     source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
     _queue_write(c, _write_file_outputs, decoded.path, taggram, embeddings, source, decoded.warnings,
                  decoded.duration, decoded.frames_path)
+
+
+def _warm_up_writer(tagger) -> None:
+    """Load what the writer thread needs on first use (the tempo's scipy and librosa modules,
+    matplotlib): seconds that would otherwise hold up the first file's outputs."""
+    from jaxtag.tagging import plots
+    f = tagger.frontend
+    frames = np.ones((2 * f.window_frames, f.n_mels), np.float32)
+    tagger.tempo(frames)
+    plots._pyplot()
 
 
 def _queue_write(c: _RunContext, function, *args) -> None:
