@@ -176,6 +176,9 @@ class _BeetsLog:
     def tagged(self, path, taggram):
         self.log.debug("tagged {}", path)
 
+    def unchanged(self, path):
+        self.log.debug("unchanged {}", path)
+
     def failed(self, path, problem, done=True):
         self.log.warning("{}: {}", path, problem)
 

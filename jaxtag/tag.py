@@ -32,7 +32,8 @@ _THRESHOLD = flags.DEFINE_float("threshold", None, "One score threshold for ever
                                 "calibrated on real music; trained runs: their validation-tuned thresholds).")
 _TOP_N = flags.DEFINE_integer("top_n", 3, "Print this many top tags per file (0: none).")
 _FORMATS = flags.DEFINE_list("formats", list(FORMATS), "Which outputs to write per file.")
-_WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per CPU core).")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per CPU this process may use: its "
+                                "affinity and its container's CPU quota count).")
 _FORCE = flags.DEFINE_bool("force", False, "Redo files whose outputs exist for the same content and model.")
 _EMBEDDINGS = flags.DEFINE_bool("embeddings", False, "Also write NAME.embeddings.npz: the model's penultimate "
                                 "layer per window, with the windows' start and end times.")

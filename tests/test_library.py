@@ -786,3 +786,80 @@ def test_hidden_files_are_passed_over_and_m4a_and_unwritable_formats_work(tagger
                      capsys.readouterr().err)
     m4a_seconds = json.loads((tmp_path / "out" / "w.json").read_text())["duration"]
     assert m4a_seconds == pytest.approx(3.0, abs=0.1)
+
+
+def test_workers_default_to_the_cpus_this_process_may_use(monkeypatch, tmp_path):
+    """os.cpu_count() counts the machine's CPUs; a process pinned to some (affinity) or a
+    container with a CPU quota may use fewer: one decoding worker per CPU it may use."""
+    from jaxtag import files
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    monkeypatch.setattr(files, "CGROUP_CPU_MAX", str(tmp_path / "none"))
+    monkeypatch.setattr(files, "CGROUP_V1_QUOTA", (str(tmp_path / "none"), str(tmp_path / "none")))
+    assert files.available_cpus() == 6
+    (tmp_path / "cpu.max").write_text("250000 100000\n")               # 2.5 CPUs' worth: 3 workers
+    monkeypatch.setattr(files, "CGROUP_CPU_MAX", str(tmp_path / "cpu.max"))
+    assert files.available_cpus() == 3
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert files.available_cpus() == 6
+    (tmp_path / "quota").write_text("50000\n")                         # cgroup v1: half a CPU -> 1
+    (tmp_path / "period").write_text("100000\n")
+    monkeypatch.setattr(files, "CGROUP_CPU_MAX", str(tmp_path / "none"))
+    monkeypatch.setattr(files, "CGROUP_V1_QUOTA", (str(tmp_path / "quota"), str(tmp_path / "period")))
+    assert files.available_cpus() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    (tmp_path / "quota").write_text("-1\n")
+    assert files.available_cpus() == 1
+
+
+def test_files_only_touched_are_checked_in_the_workers_not_the_main_thread(tagger, library, tmp_path, monkeypatch):
+    """A copied or touched library (new mtimes, same audio): the content check runs in the
+    decoding workers, inside the run (progress, Ctrl-C), not file by file before it; the files
+    are found unchanged, their records take the new stamps, and nothing is decoded or tagged."""
+    from jaxtag.tagging import decoding
+    from jaxtag.tagging import library as library_module
+    files = [shutil.copy(p, tmp_path) for p in library]
+    out = tmp_path / "out"
+    assert len(tag_library(tagger, files, _options(out, workers=2)).tagged) == 4
+    for path in files:
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    def no_hashing_here(path):
+        raise AssertionError(f"the main process hashed {path}")
+    monkeypatch.setattr(decoding, "content_fingerprint", no_hashing_here)   # workers are other processes
+    decoded = []
+    monkeypatch.setattr(library_module, "_take_decoded", lambda c, state, d, b: decoded.append(state.path) or [])
+    again = tag_library(tagger, files, _options(out, workers=2))
+    assert sorted(again.skipped) == sorted(files) and not again.tagged and not again.failed and not decoded
+    for path in files:
+        name = os.path.splitext(os.path.basename(path))[0]
+        assert json.loads((out / ".jaxtag" / "records" / f"{name}.json").read_text())["source"]["mtime_ns"] == \
+            1_000_000_000
+    # The new stamps are recorded: the next run needs no check at all.
+    monkeypatch.setattr(decoding, "check_then_decode", no_hashing_here)
+    assert sorted(tag_library(tagger, files, _options(out, workers=2)).skipped) == sorted(files)
+
+
+def test_a_worker_dying_while_the_main_thread_submits_does_not_abort_the_run(tagger, library, tmp_path, monkeypatch):
+    """A decoding worker killed (a decoder crash, the OOM killer) while the main thread handles
+    another file: the next submit finds the pool broken. The files in flight are retried, every
+    file is tagged and the library summary is written."""
+    import concurrent.futures
+    import signal as signals
+    files = [shutil.copy(p, tmp_path) for p in library] + [str(shutil.copy(library[0], tmp_path / "five.wav"))]
+    submit, calls = concurrent.futures.ProcessPoolExecutor.submit, []
+
+    def kill_a_worker_then_submit(pool, fn, *args, **kwargs):
+        calls.append(fn)
+        # The pool's probe and three files go at once; a fifth submit comes once a file is done
+        # (the workers have started): the worker is killed just before it.
+        if len(calls) == 5 and pool._processes:
+            os.kill(next(iter(pool._processes)), signals.SIGKILL)
+            deadline = time.time() + 30
+            while not pool._broken and time.time() < deadline:
+                time.sleep(0.05)
+            assert pool._broken, "the pool did not notice its dead worker"
+        return submit(pool, fn, *args, **kwargs)
+    monkeypatch.setattr(concurrent.futures.ProcessPoolExecutor, "submit", kill_a_worker_then_submit)
+    out = tmp_path / "out"
+    result = tag_library(tagger, files, _options(out, workers=2))
+    assert sorted(result.tagged) == sorted(files) and not result.failed
+    assert len(json.loads((out / "library.json").read_text())["files"]) == 5

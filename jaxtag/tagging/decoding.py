@@ -46,6 +46,26 @@ class DecodeFailure:
     problem: str
 
 
+@dataclasses.dataclass
+class Unchanged:
+    """A file whose size or mtime changed holds the same audio as when it was tagged."""
+    path: str
+    stamp: dict
+
+
+def check_then_decode(decode, expected_content: str, path: str, frontend: dict, frames_path: str,
+                      mel_basis: np.ndarray | None = None):
+    """Worker: Unchanged when the file's audio fingerprint is still `expected_content` (it was
+    only retagged, touched or copied: nothing to decode), else decode(path, ...)."""
+    try:
+        stamp = file_stamp(path)
+    except Exception:  # noqa: BLE001 - gone or unreadable: decoding says so
+        stamp = None
+    if stamp is not None and stamp["content"] == expected_content:
+        return Unchanged(path, stamp)
+    return decode(path, frontend, frames_path, mel_basis)
+
+
 def init_worker() -> None:
     """Worker initializer: Ctrl-C goes to the main process, which shuts the workers down; on
     Linux a worker ends with the main process, even when that is killed (no orphan decoders); and

@@ -36,12 +36,13 @@ import numpy as np
 
 from jaxtag.data import features
 from jaxtag.errors import DataError, WorkerStartError, problem_of
+from jaxtag.files import available_cpus
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
 from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, shown_path,
                                     write_atomic, write_outputs)
 from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
-                                  same_audio, scan_records, store_path, stored_header, write_store)
+                                  scan_records, store_path, stored_header, untouched, write_store)
 from jaxtag.tagging.taggram import Taggram
 
 RECORD_VERSION = 2
@@ -53,7 +54,7 @@ MAX_QUEUED_WRITES = 4  # files tagged and waiting for the writer thread
 class LibraryOptions:
     output_dir: str
     formats: tuple = FORMATS
-    workers: int = 0             # decoding processes; 0: one per CPU core
+    workers: int = 0             # decoding processes; 0: one per CPU this process may use
     force: bool = False          # redo files whose outputs exist
     embeddings: bool = False     # NAME.embeddings.npz: the penultimate layer per window
     write_tags: bool = False     # the track's tags into the file's own metadata
@@ -104,31 +105,32 @@ def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
 MODEL, DERIVE, DONE = "model", "derive", "done"
 
 
-def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None) -> str:
-    """What a file needs (see the module docstring): DONE (its record shows this model, policy and
-    audio, and every output wanted now), DERIVE (its stored scores are this model's for this
-    audio: the outputs are derived again) or MODEL."""
+def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None
+              ) -> tuple[str, str | None]:
+    """What a file needs (see the module docstring), from cheap checks only: (DONE, None) (its
+    record shows this model, policy and audio, and every output wanted now), (DERIVE, None) (its
+    stored scores are this model's for this audio: the outputs are derived again), (MODEL, None);
+    or (DONE or DERIVE, content fingerprint) where only the file's size or mtime changed: a
+    decoding worker then checks whether its audio is still that (retagged, touched or copied)."""
     try:
         if options.force:
-            return MODEL
-        if record is not None and record.get("settings") == settings and \
-                record["source"]["path"] == os.path.abspath(path):
+            return MODEL, None
+        source = os.path.abspath(path)
+        if record is not None and record.get("settings") == settings and record["source"]["path"] == source:
             wanted = wanted_outputs(name, options)
             if set(wanted) <= set(record["outputs"]) and all(
                     os.path.exists(os.path.join(options.output_dir, f)) for f in wanted) \
-                    and os.path.exists(store_path(options.output_dir, name)) and same_audio(path, record["source"]):
-                return DONE
+                    and os.path.exists(store_path(options.output_dir, name)):
+                return DONE, None if untouched(path, record["source"]) else record["source"]["content"]
         stored = stored_header(options.output_dir, name)
-        if stored is not None and stored["model"] == settings["model"] and \
-                stored["source"]["path"] == os.path.abspath(path):
+        if stored is not None and stored["model"] == settings["model"] and stored["source"]["path"] == source:
             # The record's stamp is newer where --write_tags retagged the file since.
             later = [record["source"]] if record is not None and record.get("settings", {}).get("model") == \
                 settings["model"] and record["source"]["content"] == stored["source"]["content"] else []
-            if same_audio(path, stored["source"], *later):
-                return DERIVE
-        return MODEL
+            return DERIVE, None if untouched(path, stored["source"], *later) else stored["source"]["content"]
+        return MODEL, None
     except (OSError, KeyError, TypeError):  # gone, unreadable, or a record of another version
-        return MODEL
+        return MODEL, None
 
 
 @dataclasses.dataclass(eq=False)
@@ -238,11 +240,14 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     found = scan_records(options.output_dir)
     names = output_names(files, options.roots, recorded_names(options.output_dir, found))
     settings = settings_of(tagger)
-    rows, todo, derive = {}, [], []
+    rows, todo, derive, expected = {}, [], [], {}
     for path in files:
         record = found.get(names[path])
-        plan = plan_file(path, names[path], options, settings, record)
-        if plan == DONE:
+        plan, content = plan_file(path, names[path], options, settings, record)
+        if content is not None:  # only its stamp changed: a worker checks its audio (then)
+            expected[path] = (plan, content, record)
+            todo.append(path)
+        elif plan == DONE:
             rows[path] = summary.row_from_json(record["summary"])
             result.skipped.append(path)
         else:
@@ -254,7 +259,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     # (the picture is most of it; the model would wait for it otherwise).
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
     context = _RunContext(tagger, names, options, settings, rows, result, _LockedLog(log),
-                          decode or decoding.decode_file, writer)
+                          decode or decoding.decode_file, writer, expected)
     if todo:  # while the model compiles and the workers start, not on the first file's way out
         writer.submit(_warm_up_writer, tagger)
     try:
@@ -310,6 +315,7 @@ class _RunContext:
     log: object
     decode: object
     writer: concurrent.futures.ThreadPoolExecutor
+    expected: dict       # path -> (DONE or DERIVE, content fingerprint, record): files to check first
     writes: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
@@ -317,7 +323,7 @@ def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
     """Decode `todo` in worker processes (a few files ahead) and tag them as they come. If a
     worker process dies (a decoder crash, the OOM killer), the files it may have held are retried
     one at a time, so the one that kills its worker is named and the others are tagged."""
-    workers = c.options.workers or os.cpu_count() or 1
+    workers = c.options.workers or available_cpus()
     batcher = WindowBatcher(c.tagger, c.result)
     queue = list(todo)
     while queue:
@@ -341,8 +347,19 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
     try:
         while queue or pending:
             while queue and len(pending) < workers + 1:  # bounded read-ahead
-                state = _FileState(queue.pop(0), os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32"))
-                pending[pool.submit(c.decode, state.path, frontend, state.frames_path, basis)] = state
+                state = _FileState(queue[0], os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32"))
+                args = (state.path, frontend, state.frames_path, basis)
+                try:
+                    if state.path in c.expected:
+                        future = pool.submit(decoding.check_then_decode, c.decode, c.expected[state.path][1], *args)
+                    else:
+                        future = pool.submit(c.decode, *args)
+                except concurrent.futures.process.BrokenProcessPool:
+                    # A worker died while this thread handled another file: the files it may have
+                    # held are in flight; this one never started.
+                    return _pool_broke(started, list(pending.values())), queue
+                queue.pop(0)
+                pending[future] = state
             batcher.compile()
             finished, _ = concurrent.futures.wait(pending, timeout=POLL_SECONDS,
                                                   return_when=concurrent.futures.FIRST_COMPLETED)
@@ -351,11 +368,10 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
                 try:
                     decoded = future.result()
                 except concurrent.futures.process.BrokenProcessPool:
-                    _check_workers_started(started)
-                    in_flight = [state, *pending.values()]
-                    for s in in_flight:  # their windows in the batcher are passed over
-                        s.dropped = True
-                    return [s.path for s in in_flight], queue
+                    return _pool_broke(started, [state, *pending.values()]), queue
+                if isinstance(decoded, decoding.Unchanged):
+                    _take_unchanged(c, decoded)
+                    continue
                 for done in _take_decoded(c, state, decoded, batcher):
                     _finish(c, done)
             for state in list(pending.values()):  # the model need not wait for a long file's end
@@ -373,6 +389,31 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
         # interpreter exit races concurrent.futures' exit hook (CPython 3.11: "OSError: Bad file
         # descriptor" after Ctrl-C). The workers are terminated above, so this is quick.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool_broke(started: concurrent.futures.Future, in_flight: list) -> list[str]:
+    """A worker died: the files in flight (their windows in the batcher are passed over), to be
+    retried one at a time. WorkerStartError if no worker ever started."""
+    _check_workers_started(started)
+    for state in in_flight:
+        state.dropped = True
+    return [state.path for state in in_flight]
+
+
+def _take_unchanged(c: _RunContext, unchanged) -> None:
+    """A file whose size or mtime changed holds the same audio (a worker checked): done, with its
+    record's stamp brought up to date, or its outputs derived again from its stored scores."""
+    plan, _, record = c.expected[unchanged.path]
+    source = {"path": os.path.abspath(unchanged.path), **unchanged.stamp}
+    if plan == DERIVE:
+        _queue_write(c, _derive_outputs, unchanged.path)
+        return
+    name = c.names[unchanged.path]
+    record = dict(record, source=source)
+    write_atomic(record_path(c.options.output_dir, name), json.dumps(record))
+    c.rows[unchanged.path] = summary.row_from_json(record["summary"])
+    c.result.skipped.append(unchanged.path)
+    c.log.unchanged(unchanged.path)
 
 
 def _check_workers_started(started: concurrent.futures.Future) -> None:
@@ -630,6 +671,10 @@ class _Log:
         if self.options.top_n > 0:
             top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(self.options.top_n))
             self._print(f"{shown_path(path)}: {top}", sys.stdout)
+        self._step()
+
+    def unchanged(self, path: str) -> None:
+        """A file checked in a worker: the same audio as when it was tagged (done)."""
         self._step()
 
     def failed(self, path: str, problem: str, done: bool = True) -> None:

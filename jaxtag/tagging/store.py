@@ -17,7 +17,6 @@ import os
 
 import numpy as np
 
-from jaxtag.tagging import decoding
 from jaxtag.tagging.outputs import TMP_MARK, write_atomic
 from jaxtag.tagging.tempo import Tempo
 
@@ -76,14 +75,12 @@ def recorded_names(output_dir: str, records: dict[str, dict]) -> dict[str, str]:
     return names
 
 
-def same_audio(path: str, *sources: dict) -> bool:
-    """Whether `path` holds the audio the stamps `sources` (size, mtime_ns, content) were made
-    from: untouched since one of them, or touched, copied or retagged since (the same audio stream
-    is what counts)."""
+def untouched(path: str, *sources: dict) -> bool:
+    """Whether `path` still has the size and mtime of one of the stamps `sources` (the cheap check;
+    a file touched, copied or retagged since may hold the same audio: its content fingerprint,
+    computed in a decoding worker, says: jaxtag.tagging.decoding.check_then_decode)."""
     st = os.stat(path)
-    if any((st.st_size, st.st_mtime_ns) == (s["size"], s["mtime_ns"]) for s in sources):
-        return True
-    return decoding.content_fingerprint(path) == sources[0]["content"]
+    return any((st.st_size, st.st_mtime_ns) == (s["size"], s["mtime_ns"]) for s in sources)
 
 
 def read_store(output_dir: str, name: str) -> dict | None:
