@@ -1,7 +1,79 @@
-"""Small file helpers shared across jaxtag."""
+"""File helpers shared across jaxtag: one way to write a file atomically (and durably), the
+temporary names that a later run can clean up, a file's sha256, the CPUs this process may use."""
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
+
+# Every temporary file jaxtag writes carries this mark and its process id (at the end), so that
+# a later run can tell the leftovers of a killed process from the files of a live one.
+TMP_MARK = ".jaxtag-tmp-"
+
+
+def temporary_name(path: str) -> str:
+    """A hidden, unique name beside `path` for writing it before the atomic rename."""
+    folder, base = os.path.split(path)
+    return os.path.join(folder, f".{base}.{secrets.token_hex(4)}{TMP_MARK}{os.getpid()}")
+
+
+def left_by_dead_process(name: str) -> bool:
+    """Whether a temporary name (TMP_MARK + a process id) was left by a process that is gone, so
+    its file can be removed. Our own id on a leftover means a killed run in an earlier container
+    that had it (a live writer in this process removes its own temporary files)."""
+    pid = name.rsplit(TMP_MARK, 1)[1] if TMP_MARK in name else None
+    if pid is None:
+        return False
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:   # alive, another user's
+        return False
+    return False
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in `folder` durable (where the OS lets a folder be fsynced)."""
+    try:
+        fd = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data, durable: bool = True) -> None:
+    """Write `path` so that it is either absent, its old content or complete: into a new
+    temporary file beside it (created exclusively: never through a planted link), then renamed.
+    durable: the data and the rename are fsynced, so that after a power cut a file written after
+    another is never there without it (a library's record is written after its outputs).
+    data: str, bytes, or a function writing to a binary file. Its folder is made if missing."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder or ".", exist_ok=True)
+    tmp = temporary_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            fsync_dir(folder)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def sha256_file(path: str) -> str:

@@ -15,6 +15,7 @@ import os
 import numpy as np
 from absl import logging
 
+from jaxtag.files import write_atomic
 from jaxtag.data.tags import CAL500EXP_TAGS
 
 TIMBRES = ("piano", "organ", "synth", "guitar")
@@ -187,27 +188,12 @@ def generate_corpus(root: str, num_tracks: int, seed: int, min_seconds: float, m
         annotated[rng.integers(len(segments))] = True  # every real track has an annotated segment
         rows = [seg for seg, keep in zip(segments, annotated) if keep]
         y = np.concatenate(pieces)
-        _write_atomic(audio_path, lambda p: sf.write(p, y, sample_rate, format=audio_format.upper()))
+        write_atomic(audio_path, lambda f: sf.write(f, y, sample_rate, format=audio_format.upper()), durable=False)
         order = rng.permutation(len(rows))  # the release's rows are not in time order
         lines = [",".join(("Start_Time", "End_Time") + CAL500EXP_TAGS)]
         for k in order:
             s, e, tags = rows[k]
             lines.append(",".join(f"{v:.6f}" for v in [s, e] + [tags.get(t, 0.0) for t in CAL500EXP_TAGS]))
-        _write_atomic(label_path, lambda p: _write_text(p, "\n".join(lines) + "\n"))
+        write_atomic(label_path, "\n".join(lines) + "\n", durable=False)
     logging.info("Synthetic corpus: %d tracks in %s", num_tracks, root)
     return names
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def _write_atomic(path: str, write) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

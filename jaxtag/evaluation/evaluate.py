@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxtag.files import write_atomic
 from jaxtag.data import pipeline
 from jaxtag.data.features import FrontendSettings
 from jaxtag.errors import ConfigError
@@ -47,17 +48,13 @@ def write_results(workdir: str, split: str, metrics: dict, predictions: dict) ->
     folder = os.path.join(workdir, "eval")
     os.makedirs(folder, exist_ok=True)
     metrics_path = os.path.join(folder, f"{split}_metrics.json")
-    tmp = metrics_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(checkpoints.json_safe(metrics), f, indent=1, allow_nan=False)  # standard JSON: NaN -> null
-    os.replace(tmp, metrics_path)
+    # standard JSON: NaN -> null
+    write_atomic(metrics_path, json.dumps(checkpoints.json_safe(metrics), indent=1, allow_nan=False))
     arrays = {}
     for name, (scores, labels, mask) in predictions.items():
         arrays[f"{name}/scores"], arrays[f"{name}/labels"], arrays[f"{name}/mask"] = scores, labels, mask
     pred_path = os.path.join(folder, f"{split}_predictions.npz")
-    tmp = pred_path + ".tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, pred_path)
+    write_atomic(pred_path, lambda f: np.savez_compressed(f, **arrays))
     return metrics_path, pred_path
 
 

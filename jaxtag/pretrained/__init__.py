@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtag.errors import JaxtagError
-from jaxtag.files import sha256_file
+from jaxtag.files import sha256_file, write_atomic
 from jaxtag.models import pretrained_trunk
 from jaxtag.models.musicnn import MUSICNN_FRONTEND
 
@@ -131,24 +130,6 @@ def _content_digest(arrays: dict) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: str, write) -> None:
-    """write(file object) into a temporary file next to `path`, then rename it onto `path`."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _write_npz(path: str, arrays: dict) -> None:
     """An npz (readable by np.load) with fixed zip timestamps, so equal arrays give equal bytes."""
     def write(f):
@@ -157,7 +138,7 @@ def _write_npz(path: str, arrays: dict) -> None:
                 info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
                 with z.open(info, "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(arrays[key]), allow_pickle=False)
-    _atomic_write(path, write)
+    write_atomic(path, write)
 
 
 def _to_variables(arrays: dict) -> tuple[dict, list[str], str]:
@@ -368,11 +349,11 @@ def fetch(cache_dir=None, force: bool = False) -> str:
         files[os.path.basename(path)] = {"sha256": sha256_file(path),
                                          "bytes": os.path.getsize(path),
                                          "content_sha256": PRETRAINED[name].content_sha256}
-    _atomic_write(os.path.join(root, LICENSE_FILE), lambda f: f.write(license_text.encode("utf-8")))
+    write_atomic(os.path.join(root, LICENSE_FILE), lambda f: f.write(license_text.encode("utf-8")))
     files[LICENSE_FILE] = {"sha256": sha256_file(os.path.join(root, LICENSE_FILE))}
     manifest = {"source": SOURCE, "wheel": WHEEL_FILENAME, "wheel_sha256": WHEEL_SHA256,
                 "num_parameters": NUM_PARAMETERS, "files": files}
-    _atomic_write(os.path.join(root, MANIFEST),
+    write_atomic(os.path.join(root, MANIFEST),
                   lambda f: f.write((json.dumps(manifest, indent=1) + "\n").encode("utf-8")))
     return root
 

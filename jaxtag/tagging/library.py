@@ -39,8 +39,8 @@ from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.files import available_cpus
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
-from jaxtag.tagging.outputs import (FORMATS, TMP_MARK, check_formats, left_by_dead_process, output_names, shown_path,
-                                    write_atomic, write_outputs)
+from jaxtag.files import TMP_MARK, left_by_dead_process, write_atomic
+from jaxtag.tagging.outputs import FORMATS, check_formats, output_names, shown_path, write_outputs
 from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
                                   scan_records, store_path, stored_header, untouched, write_store)
 from jaxtag.tagging.taggram import Taggram

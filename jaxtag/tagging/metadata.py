@@ -60,7 +60,7 @@ import zlib
 from typing import BinaryIO, Iterable, Sequence
 
 from jaxtag.errors import DataError
-from jaxtag.tagging.outputs import TMP_MARK, left_by_dead_process
+from jaxtag.files import TMP_MARK, fsync_dir, left_by_dead_process
 
 # .aac (raw ADTS) is not here: it has no metadata container, and mutagen's AAC class is read-only.
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
@@ -672,19 +672,6 @@ def _same_file_state(a: os.stat_result, b: os.stat_result) -> bool:
     return key(a) == key(b)
 
 
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _writable_file(path) -> tuple[str, os.stat_result]:
     """(the real path, its stat) of a regular, writable file; DataError otherwise."""
     real = os.path.realpath(os.fspath(path))
@@ -800,5 +787,5 @@ def write_tags(path: str | os.PathLike, mood_tags: Sequence[str], all_tags: Sequ
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return plan

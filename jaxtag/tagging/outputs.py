@@ -14,6 +14,7 @@ import re
 
 from jaxtag.data.audio import AUDIO_EXTENSIONS
 from jaxtag.errors import DataError
+from jaxtag.files import write_atomic
 
 FORMATS = ("json", "csv", "png", "html")
 
@@ -108,52 +109,6 @@ def output_names(paths: list[str], roots=(), recorded: dict[str, str] | None = N
     for path, name in fresh.items():
         names[path] = name if uses[name.lower()] == 1 and name.lower() not in taken else output_name(path, roots)
     return names
-
-
-TMP_MARK = ".jaxtag-tmp-"
-
-
-def left_by_dead_process(name: str) -> bool:
-    """Whether a temporary name (TMP_MARK + a process id) was left by a process that is gone, so
-    its file can be removed. Our own id on a leftover means a killed run in an earlier container
-    that had it (a live writer in this process removes its own temporary files)."""
-    pid = name.rsplit(TMP_MARK, 1)[1] if TMP_MARK in name else None
-    if pid is None:
-        return False
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:   # alive, another user's
-        return False
-    return False
-
-
-def temporary_name(path: str) -> str:
-    """A hidden name beside `path` for writing it before the atomic rename; it carries this
-    process's id, so a later run can remove what a killed run left (library._fresh_tmp_dir)."""
-    folder, base = os.path.split(path)
-    return os.path.join(folder, f".{base}{TMP_MARK}{os.getpid()}")
-
-
-def write_atomic(path: str, data) -> None:
-    """Write `path` so that it is either absent, its old content or complete: into a temporary
-    file beside it, then renamed. data: str, bytes, or a function writing to a binary file. Its
-    folder is made if missing (outputs mirror the library's folders)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None,

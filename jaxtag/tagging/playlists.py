@@ -20,7 +20,8 @@ import os
 import numpy as np
 
 from jaxtag.data.tags import short_tag
-from jaxtag.tagging.outputs import _safe_part, write_atomic
+from jaxtag.files import write_atomic
+from jaxtag.tagging.outputs import _safe_part
 
 MANIFEST = ".jaxtag-playlists.json"
 NSP_LIMIT = 500

@@ -32,7 +32,7 @@ import uuid
 import numpy as np
 
 from jaxtag.tagging import store
-from jaxtag.tagging.outputs import write_atomic
+from jaxtag.files import write_atomic
 
 INDEX = os.path.join(".jaxtag", "index")
 STATE = "state.npz"
@@ -279,8 +279,9 @@ def _write(index: SimilarityIndex) -> None:
     folder = index_dir(index.output_dir)
     os.makedirs(folder, exist_ok=True)
     new_file = f"moments-{uuid.uuid4().hex[:12]}.faiss"
-    _faiss().write_index(index.moments, os.path.join(folder, new_file + ".part"))
-    os.replace(os.path.join(folder, new_file + ".part"), os.path.join(folder, new_file))
+    faiss = _faiss()
+    write_atomic(os.path.join(folder, new_file),
+                 lambda f: faiss.write_index(index.moments, faiss.PyCallbackIOWriter(f.write)))
     index.file = new_file
     meta = {"version": STATE_VERSION, "file": new_file, "kind": index.kind, "nprobe": index.nprobe,
             "recall": index.recall, "trained_size": index.trained_size, "model": index.model,

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from jaxtag.tagging.outputs import TMP_MARK, write_atomic
+from jaxtag.files import TMP_MARK, write_atomic
 from jaxtag.tagging.tempo import Tempo
 
 RECORDS = os.path.join(".jaxtag", "records")

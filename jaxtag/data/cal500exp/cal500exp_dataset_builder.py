@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import threading
 import zipfile
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from jaxtag.files import write_atomic
 from jaxtag.data import corpus, labels, synthetic
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
@@ -228,9 +228,8 @@ class TrackCache:
     def store(self, track: corpus.Track, example: dict) -> None:
         os.makedirs(self.folder, exist_ok=True)
         path = self._path(track)
-        tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}.npz"
-        np.savez(tmp, stamp=self._stamp(track), **{k: np.asarray(v) for k, v in example.items()})
-        os.replace(tmp, path)
+        write_atomic(path, lambda f: np.savez(f, stamp=self._stamp(track),
+                                              **{k: np.asarray(v) for k, v in example.items()}))
 
     def clear(self) -> None:
         import shutil
