@@ -23,7 +23,7 @@ from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
 from jaxtag.errors import DataError
-from jaxtag.tagging import metadata
+from jaxtag.tagging import fingerprint, metadata
 
 TITLE, ARTIST, ALBUM = "My Title", "Some Artist", "Albüm ✓ 日本"
 COVER = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # stands in for cover art: only its bytes matter
@@ -295,12 +295,12 @@ def test_a_wav_whose_id3_chunk_is_upper_case_is_tagged(tmp_path):
     at = data.index(b"id3 ")
     data[at:at + 4] = b"ID3 "
     open(path, "wb").write(bytes(data))
-    samples, before = decode(path)[0], metadata.audio_fingerprint(path)
+    samples, before = decode(path)[0], fingerprint.audio_fingerprint(path)
     metadata.write_tags(path, MOODS, TAGS, MODEL)
     assert metadata.read_tags(path) == metadata.planned_tags(path, MOODS, TAGS, MODEL)
     assert other_tags(path) == expected_other_tags("wav")
     np.testing.assert_array_equal(decode(path)[0], samples)
-    assert metadata.audio_fingerprint(path) == before
+    assert fingerprint.audio_fingerprint(path) == before
     written = read_bytes(path)
     assert written.lower().count(b"id3 ") == 1   # one tag chunk, not a second one beside the old
 
@@ -316,6 +316,24 @@ def test_ogg_big_comment_header_gains_a_page_and_the_audio_survives(tmp_path):
     after, _ = decode(path)
     assert np.array_equal(after, before)
     assert other_tags(path)["lyrics"] == BIG_LYRICS
+
+
+def test_an_ogg_audio_page_with_a_wrong_crc_is_not_silently_repaired(tmp_path):
+    """A damaged audio page (its CRC wrong) counts in the fingerprint: a write that renumbers the
+    pages (a longer comment) would give it a fresh CRC, so it is refused and the file kept."""
+    path = make_track("ogg_vorbis_big_comment", tmp_path)
+    data = bytearray(read_bytes(path))
+    starts = [i for i in range(len(data)) if data[i:i + 4] == b"OggS"]
+    last = starts[-1]                        # an audio page: its CRC bytes are 22..25 of its header
+    data[last + 22] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    before = fingerprint.audio_fingerprint(path)
+    (tmp_path / "x").mkdir()
+    intact = fingerprint.audio_fingerprint(str(make_track("ogg_vorbis_big_comment", tmp_path / "x")))
+    assert before is not None and before != intact          # the damage counts
+    with pytest.raises(DataError, match="audio data would change"):
+        metadata.write_tags(path, MOODS, TAGS + ["x" * 5000], MODEL)
+    assert read_bytes(path) == bytes(data)
 
 
 def test_m4a_freeform_atoms_are_utf8(tmp_path):
@@ -334,13 +352,13 @@ def test_a_steady_tempo_is_written_and_an_unsteady_one_leaves_the_files_own(trac
     tool's) is left exactly as it is; the audio and every other tag survive both."""
     name, track = track
     samples = decode(track)[0]
-    kind = metadata._kind_of(track)
+    kind = fingerprint.kind_of(track)
     field = {"mp3": "TBPM", "wav": "TBPM", "flac": "BPM", "ogg": "BPM", "mp4": "tmpo"}[kind]
     plan = metadata.write_tags(track, MOODS, TAGS, MODEL, bpm=120.4)
     assert plan[field] == "120" and metadata.read_tags(track) == plan
     assert other_tags(track) == expected_other_tags(name)
     # Another tool's tempo, then a write without one (the tempo was not steady): kept.
-    audio = metadata._open(track, kind)
+    audio = fingerprint.open_audio(track, kind)
     metadata._apply(audio, kind, {**metadata.planned_tags(track, MOODS, TAGS, MODEL), field: "97"})
     metadata._save(audio, kind)
     plan = metadata.write_tags(track, MOODS[:1], TAGS, MODEL)
@@ -475,7 +493,7 @@ def test_an_id3v23_frame_mutagen_would_drop_is_refused(tmp_path):
     path = make_track("mp3", tmp_path)
     frame = b"XQZW" + (4).to_bytes(4, "big") + b"\0\0" + b"abcd"
     with open(path, "rb") as f:
-        audio_start = metadata._id3v2_end(f)
+        audio_start = fingerprint.id3v2_end(f)
     data = read_bytes(path)
     tag = bytearray(data[:audio_start])
     body = bytes(tag[10:]).rstrip(b"\0") + frame  # the frames, then the new one, no padding
@@ -501,15 +519,15 @@ def test_flipped_audio_is_caught_as_an_audio_change(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["mp3", "flac", "opus", "m4a_faststart"])
 def test_fingerprint_sees_a_flipped_audio_byte_but_not_a_retag(tmp_path, name):
     path = make_track(name, tmp_path)
-    kind = metadata._kind_of(path)
-    before = metadata._fingerprint(path, kind, metadata._open(path, kind))
+    kind = fingerprint.kind_of(path)
+    before = fingerprint.fingerprint(path, kind, fingerprint.open_audio(path, kind))
     metadata.write_tags(path, MOODS, TAGS * 40, MODEL)  # a big field: the audio moves
-    assert metadata._fingerprint(path, kind, metadata._open(path, kind)) == before
+    assert fingerprint.fingerprint(path, kind, fingerprint.open_audio(path, kind)) == before
     data = bytearray(read_bytes(path))
     data[len(data) * 3 // 4] ^= 0x10
     with open(path, "wb") as f:
         f.write(data)
-    assert metadata._fingerprint(path, kind, metadata._open(path, kind)) != before
+    assert fingerprint.fingerprint(path, kind, fingerprint.open_audio(path, kind)) != before
 
 
 # Bad inputs

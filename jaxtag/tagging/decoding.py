@@ -94,7 +94,7 @@ def content_fingerprint(path: str) -> str:
     """What says a file holds the same audio on a rerun: the sha256 of its audio stream without
     its tags where jaxtag can walk its format (so tags written by --write_tags, a tag editor or a
     player do not count as a change), else of the whole file."""
-    from jaxtag.tagging.metadata import audio_fingerprint
+    from jaxtag.tagging.fingerprint import audio_fingerprint
     audio = audio_fingerprint(path)
     if audio is not None:
         return f"audio:{audio}"
