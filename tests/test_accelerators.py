@@ -58,8 +58,8 @@ def test_the_tagger_model_lowers_for_accelerators(trained, platform):
     present = jax.ShapeDtypeStruct((1, 4), jnp.bool_)
     encode = jax.jit(lambda v, m, p: model.apply(v, m, p, method=model.encode))
     features = export.export(encode, platforms=[platform])(_spec(tagger.variables), mel, present)
-    decode = jax.jit(lambda v, h, p, k: model.apply(v, h, p, method=model.decode, rngs={"lstm_state": k}))
-    scores = export.export(decode, platforms=[platform])(_spec(tagger.variables), features.out_avals[0], present, KEY)
+    across = jax.jit(lambda v, h, p, k: model.apply(v, h, p, method=model.across_windows, rngs={"lstm_state": k}))
+    scores = export.export(across, platforms=[platform])(_spec(tagger.variables), features.out_avals[0], present, KEY)
     assert scores.out_avals[0].shape == (1, 4, len(tagger.tags))
 
 

@@ -190,4 +190,4 @@ def test_the_shipped_summaries_are_what_the_audio_gives(tmp_path):
     # These MP3s have no Xing header: libsndfile's length is an estimate from their size, a few
     # tenths of a second off, and no truncation warning may come of it.
     records = tmp_path / "tagged" / "one" / "musicnn-msd" / ".jaxtag" / "records"
-    assert [json.loads(r.read_text())["warnings"] for r in sorted(records.iterdir())] == [[], [], []]
+    assert [json.loads(r.read_text())["summary"]["warnings"] for r in sorted(records.rglob("*.json"))] == [[], [], []]

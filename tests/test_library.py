@@ -288,8 +288,10 @@ def test_truncated_and_short_files_are_tagged_with_a_warning(tagger, tmp_path, c
     assert re.search(rf"warning: {re.escape(short)}: shorter than one window \(0\.40 s < 1\.02 s\)", err)
     assert not any(f in err for f in fine)
     assert json.loads((out / "cut_wav.json").read_text())["duration"] == pytest.approx(3.0, abs=0.05)
-    record = json.loads((out / ".jaxtag" / "records" / "cut_wav.json").read_text())
-    assert record["warnings"][0].startswith("truncated: its header promises 10.0 s")
+    row = next(r for r in json.loads((out / "library.json").read_text())["files"] if r["name"] == "cut_wav")
+    assert row["warnings"][0].startswith("truncated: its header promises 10.0 s")   # in the library's summary
+    assert [r["warnings"] for r in json.loads((out / "library.json").read_text())["files"] if r["name"] == "fine_wav"] \
+        == [[]]
 
 
 def _samples(path):

@@ -71,7 +71,7 @@ def _fake_library(folder, tracks):
         library.write_atomic(library.store_path(str(folder), name), save)
         library.write_atomic(library.record_path(str(folder), name), json.dumps(
             {"settings": {"version": 2, "model": "m1", "policy": "p"}, "source": source, "outputs": [],
-             "warnings": [], "summary": {}}))
+             "summary": {}}))
 
 
 def test_the_ivf_index_finds_what_exact_search_finds(tmp_path):

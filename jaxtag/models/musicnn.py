@@ -249,7 +249,7 @@ def window_by_window(network, logmel):
 class MusicnnTagger(nn.Module):
     """musicnn's own tagger (its 50 tags) behind the two stages of jaxtag's Tagger: `encode`
     (power-mel windows [B, L, frames, 96] -> penultimate features [B, L, 200], windows
-    independent) and `decode` (features -> tag probabilities [B, L, num_tags]). Variables: those
+    independent) and `across_windows` (features -> tag probabilities [B, L, num_tags]). Variables: those
     of jaxtag.pretrained.load_pretrained under "musicnn". `cpu_fast` (jaxtag.models.
     uses_cpu_fast_path: on a CPU backend) runs the network window_by_window."""
     num_tags: int = 50
@@ -267,7 +267,7 @@ class MusicnnTagger(nn.Module):
             features = self.musicnn.features(logmel)
         return features.reshape(mel.shape[:2] + (-1,))
 
-    def decode(self, features, present=None, train: bool = False):
+    def across_windows(self, features, present=None, train: bool = False):
         del present, train
         return nn.sigmoid(self.musicnn.logits_from_features(features))
 
@@ -277,7 +277,7 @@ class MusicnnTagger(nn.Module):
         return features
 
     def __call__(self, mel, present=None, train: bool = False):
-        return self.decode(self.encode(mel, present))
+        return self.across_windows(self.encode(mel, present))
 
 
 class MusicnnTrunk(nn.Module):

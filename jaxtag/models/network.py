@@ -5,7 +5,7 @@ Inputs are whole tracks, padded to a bucket length: mel [B, L, frames, n_mels] a
 (the paper) or logits when output_activation is "none" (losses on logits apply the sigmoid).
 
 Two stages: `encode` (per window, independent: the tagger runs it in chunks of windows in bounded
-memory) and `decode` (across a track's windows: cheap). `__call__` chains them.
+memory) and `across_windows` (across a track's windows: cheap). `__call__` chains them.
 """
 from __future__ import annotations
 
@@ -108,10 +108,10 @@ class TaggingNetwork(nn.Module):
             h = nn.relu(layer(h))
         return h
 
-    def decode(self, features, present, train: bool = False):
+    def across_windows(self, features, present, train: bool = False):
         """Per-window outputs [B, L, num_tags] from the window features."""
         h = self.penultimate(features, present, train)
         return activate(self.out(h).astype(jnp.float32), self.output_activation)
 
     def __call__(self, mel, present, train: bool = False):
-        return self.decode(self.encode(mel, present, train), present, train)
+        return self.across_windows(self.encode(mel, present, train), present, train)

@@ -28,13 +28,10 @@ import sys
 import tempfile
 import zipfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxtag.errors import JaxtagError
 from jaxtag.files import sha256_file, write_atomic
-from jaxtag.models import pretrained_trunk
 from jaxtag.models.musicnn import MUSICNN_FRONTEND
 
 WHEEL = "musicnn==0.1.0"
@@ -389,22 +386,3 @@ def load_pretrained(name: str, cache_dir=None) -> tuple[dict, dict]:
             "frontend": MUSICNN_FRONTEND.to_dict(), "source": SOURCE, "license": license_text,
             "num_parameters": NUM_PARAMETERS}
     return variables, info
-
-
-def with_pretrained_trunk(model_config, variables: dict, cache_dir=None) -> dict:
-    """variables with the trunk's published weights in place of their random initialisation
-    (fetched on first use); unchanged for models without a pretrained trunk."""
-    name = pretrained_trunk(model_config)
-    if name is None:
-        return variables
-    pretrained, _ = load_pretrained(name, cache_dir)
-    out = {collection: dict(tree) for collection, tree in variables.items()}
-    for collection, tree in out.items():
-        mine = tree["trunk"]["musicnn"]
-        # The trunk uses musicnn up to its penultimate layer: every one of its variables is there.
-        theirs = {k: pretrained[collection][k] for k in mine}
-        shapes = jax.tree.map(np.shape, (mine, theirs))
-        if shapes[0] != shapes[1]:
-            raise ValueError(f"the {name} weights do not fit the musicnn trunk: {shapes}")
-        tree["trunk"] = {**tree["trunk"], "musicnn": jax.tree.map(jnp.asarray, theirs)}
-    return out

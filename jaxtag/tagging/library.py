@@ -462,7 +462,7 @@ def _finish(c: _RunContext, state: _FileState) -> None:
     decoded = state.decoded
     try:
         start = time.perf_counter()
-        scores, embeddings = c.tagger.decode_features(
+        scores, embeddings = c.tagger.across_windows(
             np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=True)
         taggram = c.tagger.taggram(shown_path(decoded.path), decoded.duration, decoded.n_frames, scores,
                                    decoded.envelope)
@@ -538,12 +538,12 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
         _remove(record_path(options.output_dir, name))
         if audio_seconds is not None:
             write_store(options.output_dir, name, taggram, embeddings, c.settings["model"], source, warnings)
-        row = summary.track_summary(taggram, taggram.source, name)
+        row = summary.track_summary(taggram, taggram.source, name, warnings)
         if options.embeddings:
             _write_embeddings(options.output_dir, name, taggram, embeddings)
         write_outputs(taggram, path, options.output_dir, options.formats, name, embed_audio=options.embed_audio)
         record = {"settings": c.settings, "source": source, "outputs": wanted_outputs(name, options),
-                  "warnings": warnings, "summary": summary.row_to_json(row)}
+                  "summary": summary.row_to_json(row)}
         write_atomic(record_path(options.output_dir, name), json.dumps(record))
         c.result.stage_seconds["writing"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others

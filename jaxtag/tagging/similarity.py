@@ -459,7 +459,7 @@ def query_vectors(index, output_dir: str, path: str, workdir: str | None = None)
     y, _ = tagger.load(path)
     from jaxtag.data.features import mel_spectrogram
     mel = mel_spectrogram(y, tagger.frontend)
-    scores, embeddings = tagger.decode_features(tagger.encode_windows(tagger.windows(mel)), embeddings=True)
+    scores, embeddings = tagger.across_windows(tagger.encode_windows(tagger.windows(mel)), embeddings=True)
     taggram = tagger.taggram(path, len(y) / tagger.frontend.sample_rate, mel.shape[0], scores)
     return None, moment_vectors(embeddings, index.whitening), taggram.start, taggram.end
 

@@ -23,9 +23,10 @@ from jaxtag.tagging.taggram import Taggram
 PER_TAG = ("mean", "strength", "share", "strongest_start", "strongest_end", "strongest_score")
 
 
-def track_summary(taggram: Taggram, path: str, name: str) -> dict:
+def track_summary(taggram: Taggram, path: str, name: str, warnings=()) -> dict:
     """The library row of one tagged file (its decisions are its taggram's policy's). `path`: the
-    file as shown; `name`: its outputs' base name. Moods are shown as short names (as written)."""
+    file as shown; `name`: its outputs' base name; `warnings`: what its decoding warned of (a
+    truncated or a very short file). Moods are shown as short names (as written)."""
     d = taggram.decisions()
     strongest = taggram.scores.argmax(axis=0)
     f32 = lambda v: np.asarray(v, np.float32)
@@ -33,7 +34,7 @@ def track_summary(taggram: Taggram, path: str, name: str) -> dict:
     bpm = round(float(tempo.bpm), 1) if tempo is not None and np.isfinite(tempo.bpm) else None
     return {"path": path, "name": name, "duration": round(float(taggram.duration), 3), "model": taggram.model,
             "top_tags": [[t, round(s, 4)] for t, s in d.top_tags], "track_tags": d.track_tags,
-            "moods": [short_tag(t) for t in d.moods], "bpm": bpm, "bpm_stable": bool(tempo is not None and tempo.stable),
+            "moods": [short_tag(t) for t in d.moods], "warnings": list(warnings), "bpm": bpm, "bpm_stable": bool(tempo is not None and tempo.stable),
             "mean": f32(taggram.scores.mean(axis=0)), "strength": f32(d.strength), "share": f32(d.share),
             "strongest_start": f32(taggram.start[strongest]), "strongest_end": f32(taggram.end[strongest]),
             "strongest_score": f32(taggram.scores[strongest, np.arange(len(taggram.tags))])}
@@ -52,6 +53,7 @@ def _file_entry(row: dict, tags: list[str]) -> dict:
     per = lambda key: {t: round(float(x), 4) for t, x in zip(tags, row[key])}
     entry = {k: row.get(k) for k in ("path", "name", "duration", "model", "top_tags", "track_tags", "moods", "bpm",
                                      "bpm_stable")}
+    entry["warnings"] = row.get("warnings", [])
     entry.update(mean=per("mean"), strength=per("strength"), share=per("share"), strongest={
         t: {"start": round(float(s), 3), "end": round(float(e), 3), "score": round(float(v), 4)}
         for t, s, e, v in zip(tags, row["strongest_start"], row["strongest_end"], row["strongest_score"])})
@@ -78,7 +80,7 @@ def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
     import io
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     writer = csv.writer(text, lineterminator="\n")
-    header = ["path", "duration", "model", "bpm", "bpm_stable", "top_tags", "track_tags", "moods", "similar"]
+    header = ["path", "duration", "model", "bpm", "bpm_stable", "top_tags", "track_tags", "moods", "similar", "warnings"]
     for t in tags:
         header += [f"{t} strength", f"{t} share", f"{t} strongest start", f"{t} strongest end", f"{t} strongest score"]
     writer.writerow(header)
@@ -86,7 +88,8 @@ def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
         line = [r["path"], f"{r['duration']:.3f}", r["model"], "" if r.get("bpm") is None else f"{r['bpm']:.1f}",
                 str(bool(r.get("bpm_stable"))).lower(),
                 "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"]),
-                "; ".join(r["moods"]), "; ".join(f"{n} {s:.3f}" for n, s in r.get("similar", []))]
+                "; ".join(r["moods"]), "; ".join(f"{n} {s:.3f}" for n, s in r.get("similar", [])),
+                " | ".join(r.get("warnings", []))]
         for j in range(len(tags)):
             line += [f"{r['strength'][j]:.4f}", f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
                      f"{r['strongest_score'][j]:.4f}"]

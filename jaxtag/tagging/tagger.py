@@ -43,7 +43,7 @@ class Tagger:
     """Tags audio with a trained run (`from_workdir`) or a published model (`pretrained`).
 
     Two jitted stages: `encode` turns windows into features, each window alone, in fixed chunks
-    of `chunk_windows` (bounded memory, one compilation); `decode` runs across a file's windows
+    of `chunk_windows` (bounded memory, one compilation); `across_windows` runs across a file's windows
     (the LSTM of cnn_lstm), padded to a length bucket.
     """
 
@@ -70,8 +70,8 @@ class Tagger:
         self._key = run_keys(seed).inference
         model = self.model
         self._encode = jax.jit(lambda v, mel, present: model.apply(v, mel, present, method=model.encode))
-        self._decode = jax.jit(lambda v, h, present, key: model.apply(
-            v, h, present, method=model.decode, rngs={"lstm_state": key}))
+        self._across = jax.jit(lambda v, h, present, key: model.apply(
+            v, h, present, method=model.across_windows, rngs={"lstm_state": key}))
         self._penultimate = jax.jit(lambda v, h, present, key: model.apply(
             v, h, present, method=model.penultimate, rngs={"lstm_state": key}))
 
@@ -126,7 +126,7 @@ class Tagger:
         """Taggram of a file path or a waveform ([n] or [n, channels]; give its sr)."""
         y, source = self.load(audio, sr)
         mel = mel_spectrogram(y, self.frontend)
-        scores, _ = self.decode_features(self.encode_windows(self.windows(mel)))
+        scores, _ = self.across_windows(self.encode_windows(self.windows(mel)))
         taggram = self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y))
         return dataclasses.replace(taggram, tempo=self.tempo(mel))
 
@@ -166,7 +166,7 @@ class Tagger:
         return np.concatenate([self.encode_chunk(windows[c:c + self.chunk_windows])
                                for c in range(0, len(windows), self.chunk_windows)])
 
-    def decode_features(self, features: np.ndarray, embeddings: bool = False):
+    def across_windows(self, features: np.ndarray, embeddings: bool = False):
         """(probabilities [W, C], embeddings [W, E] or None) of one file's window features: the
         across-window stage (the LSTM of cnn_lstm), padded to a length bucket. The embeddings are
         the input of the output layer (the penultimate layer)."""
@@ -175,7 +175,7 @@ class Tagger:
         padded = np.zeros((1, length, features.shape[1]), features.dtype)
         padded[0, :n] = features
         present = jnp.asarray((np.arange(length) < n)[None])
-        out = np.asarray(self._decode(self.variables, jnp.asarray(padded), present, self._key))
+        out = np.asarray(self._across(self.variables, jnp.asarray(padded), present, self._key))
         scores = to_probabilities(out[0, :n], self.output_activation).astype(np.float32)
         if not embeddings:
             return scores, None

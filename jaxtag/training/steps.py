@@ -15,7 +15,7 @@ import optax
 from flax.training import train_state
 
 from jaxtag.models import pretrained_trunk
-from jaxtag.pretrained import with_pretrained_trunk
+from jaxtag.pretrained import load_pretrained
 from jaxtag.training import losses, parallel
 
 BATCH_KEYS = ("mel", "labels", "mask", "present")
@@ -112,3 +112,23 @@ def make_predict_step(model) -> Callable:
     def predict_step(variables, batch, key):
         return model.apply(variables, batch["mel"], batch["present"], rngs={"lstm_state": key})
     return predict_step
+
+
+def with_pretrained_trunk(model_config, variables: dict, cache_dir=None) -> dict:
+    """variables with the trunk's published weights in place of their random initialisation
+    (fetched on first use); unchanged for models without a pretrained trunk (musicnn_lstm's
+    trunk: jaxtag.models.musicnn)."""
+    name = pretrained_trunk(model_config)
+    if name is None:
+        return variables
+    pretrained, _ = load_pretrained(name, cache_dir)
+    out = {collection: dict(tree) for collection, tree in variables.items()}
+    for collection, tree in out.items():
+        mine = tree["trunk"]["musicnn"]
+        # The trunk uses musicnn up to its penultimate layer: every one of its variables is there.
+        theirs = {k: pretrained[collection][k] for k in mine}
+        shapes = jax.tree.map(np.shape, (mine, theirs))
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"the {name} weights do not fit the musicnn trunk: {shapes}")
+        tree["trunk"] = {**tree["trunk"], "musicnn": jax.tree.map(jnp.asarray, theirs)}
+    return out
