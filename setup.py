@@ -37,9 +37,10 @@ setup(
         "faiss-cpu>=1.8",     # similar tracks and moments: exact and inverted-file indexes
     ],
     extras_require={
-        # dill: imported by tfds.testing; beets: the beets plugin's tests (beets' own test helpers).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "beets>=2.12"],
+        # dill: imported by tfds.testing; beets and Beam: the plugin's and the Beam paths' tests.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "beets>=2.12", "apache-beam>=2.60"],
         "beets": ["beets>=2.12"],   # the beets plugin (beetsplug/jaxtag.py)
+        "beam": ["apache-beam>=2.60"],  # preparing and tagging on Apache Beam (jaxtag.beam)
     },
     entry_points={
         "console_scripts": [

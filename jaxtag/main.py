@@ -18,6 +18,9 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evalua
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's id (multi-host).")
+_BEAM = flags.DEFINE_string("beam_pipeline_options", None, "Prepare the data on Apache Beam with these pipeline options (comma-separated key=value, as "
+    "tfds build takes them: runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2; "
+    "docs/scale-out.md). Needs the beam extra: pip install -e '.[beam]'.")
 _AUTO_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                       "Join a multi-host run detected by JAX (Cloud TPU pod slice, SLURM).")
 
@@ -42,14 +45,23 @@ def main(argv):
     workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
     logging.info("workdir: %s", workdir)
     try:
+        if _BEAM.value and jax_process_index() == 0:
+            # Prepared here on Beam (once: later calls in this process find it prepared).
+            from jaxtag.data import pipeline
+            pipeline.prepare(config, _BEAM.value)
         if _MODE.value == "train":
             train_and_evaluate(config, workdir)
         else:
             evaluate_checkpoint(config, workdir, "test")
-    except JaxtagError as e:
+    except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def jax_process_index() -> int:
+    import jax
+    return jax.process_index()
 
 
 def run():

@@ -1,6 +1,7 @@
-"""python -m jaxtag.prepare --config=configs/cnn_lstm.py [--config.data.root=DIR]
+"""python -m jaxtag.prepare --config=configs/cnn_lstm.py [--config.data.root=DIR] [--beam_pipeline_options=...]
 
-Builds the prepared dataset (mel frames and window labels) once, and prints its summary.
+Builds the prepared dataset (mel frames and window labels) once, and prints its summary. With
+--beam_pipeline_options the tracks are prepared on Apache Beam (jaxtag.beam), else in a local pool.
 """
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 _JSON = flags.DEFINE_bool("json", False, "Print the summary as JSON.")
+_BEAM = flags.DEFINE_string("beam_pipeline_options", None, "Prepare the data on Apache Beam with these pipeline options (comma-separated key=value, as "
+    "tfds build takes them: runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2; "
+    "docs/scale-out.md). Needs the beam extra: pip install -e '.[beam]'.")
 
 
 def format_summary(summary: dict) -> str:
@@ -37,8 +41,8 @@ def main(argv):
     start = time.time()
     try:
         validate_config(_CONFIG.value)  # impossible settings fail before any audio is read
-        builder = pipeline.prepare(_CONFIG.value)
-    except JaxtagError as e:
+        builder = pipeline.prepare(_CONFIG.value, _BEAM.value)
+    except (JaxtagError, ValueError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         return 1

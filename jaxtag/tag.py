@@ -40,6 +40,10 @@ _EMBEDDINGS = flags.DEFINE_bool("embeddings", False, "Also write NAME.embeddings
 _WRITE_TAGS = flags.DEFINE_bool("write_tags", False, "Write each track's tags into the file's own metadata "
                                 "(MP3/WAV: ID3 TMOO and TXXX:JAXTAG; FLAC/Ogg: MOOD and JAXTAG).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "With --write_tags: print what would be written, change nothing.")
+_BEAM = flags.DEFINE_string("beam_pipeline_options", None, "Tag on Apache Beam with these pipeline options "
+                            "(comma-separated key=value, as tfds build takes them: runner=DirectRunner,"
+                            "direct_running_mode=multi_processing,direct_num_workers=2; docs/scale-out.md). An "
+                            "input may then be a text file of paths (an archive). Needs pip install -e '.[beam]'.")
 _PLAYLISTS = flags.DEFINE_bool("playlists", False, "Also write OUT/playlists: an .m3u8 per tag the tracks carry and "
                                "a Navidrome smart playlist per mood (python -m jaxtag.playlists does it alone).")
 
@@ -60,6 +64,15 @@ def _check_flags(inputs) -> None:
         raise app.UsageError("--dry_run goes with --write_tags")
     if _WORKERS.value < 0:
         raise app.UsageError(f"--workers must be >= 0, got {_WORKERS.value}")
+    if _BEAM.value is not None:
+        from jaxtag.beam import option_flags
+        try:
+            option_flags(_BEAM.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        if _WRITE_TAGS.value:
+            raise app.UsageError("--write_tags runs on the machine that holds the files: tag on Beam, then run "
+                                 "the same command without --beam_pipeline_options to write the tags")
 
 
 def _tagger():
@@ -85,13 +98,27 @@ def main(argv):
     except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    files = list(dict.fromkeys(find_audio([os.path.expanduser(i) for i in inputs])))  # each file once
+    paths = [os.path.expanduser(i) for i in inputs]
+    if _BEAM.value:
+        from jaxtag.tagging.beam_library import list_files
+        files = list_files(paths)      # directories, or text files listing the archive's paths
+    else:
+        files = list(dict.fromkeys(find_audio(paths)))  # each file once
     options = LibraryOptions(output_dir=os.path.expanduser(_OUTPUT_DIR.value), formats=tuple(_FORMATS.value),
                              workers=_WORKERS.value, force=_FORCE.value,
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
                              top_n=_TOP_N.value, embed_audio=len(files) == 1,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
-    result = tag_library(tagger, files, options)
+    if _BEAM.value:
+        from jaxtag.beam import BeamMissingError
+        from jaxtag.tagging.beam_library import tag_on_beam
+        try:
+            result = tag_on_beam(tagger, files, options, _BEAM.value)
+        except BeamMissingError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        result = tag_library(tagger, files, options)
     print(f"{result.summary_line(len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
     if result.interrupted:

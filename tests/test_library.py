@@ -650,14 +650,14 @@ def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(t
     import threading
     from helpers.crashing_decoder import decode_slowly
     from jaxtag.tagging import library as library_module
-    write_library, running_then = library_module._write_library, []
+    write_library, running_then = library_module.write_library, []
 
     def note_what_runs_then_write_library(*args):  # right after the pool is gone
         running_then.extend(t for t in threading.enumerate()
                             if isinstance(t, concurrent.futures.process._ExecutorManagerThread))
         running_then.extend(multiprocessing.active_children())
         write_library(*args)
-    monkeypatch.setattr(library_module, "_write_library", note_what_runs_then_write_library)
+    monkeypatch.setattr(library_module, "write_library", note_what_runs_then_write_library)
     wait = concurrent.futures.wait
 
     def ctrl_c_while_waiting(*args, **kwargs):  # where a real Ctrl-C lands: waiting for the decoders

@@ -168,6 +168,13 @@ def window_starts(n_frames: int, window: int, hop: int) -> np.ndarray:
     return np.asarray(starts, np.int32)
 
 
+def cut_windows(frames: np.ndarray, starts, window: int) -> np.ndarray:
+    """The windows [W, window, ...] of frames [n_frames, ...] starting at `starts` (padded with
+    silence where the frames are shorter than one window)."""
+    frames = pad_frames(frames, window)
+    return frames[np.asarray(starts)[:, None] + np.arange(window)[None, :]]
+
+
 def pad_frames(frames: np.ndarray, window: int) -> np.ndarray:
     """Zero-pad [n_frames, ...] at the end to at least `window` frames (silence in a power mel)."""
     missing = window - frames.shape[0]

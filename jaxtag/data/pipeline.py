@@ -63,12 +63,19 @@ def get_builder(config) -> Cal500exp:
 _PREPARED: dict[tuple[str, str], Cal500exp] = {}
 
 
-def prepare(config) -> Cal500exp:
-    """Build the prepared dataset if it is not there yet (idempotent), and return its builder."""
+def prepare(config, beam_pipeline_options: str | None = None) -> Cal500exp:
+    """Build the prepared dataset if it is not there yet (idempotent), and return its builder.
+    beam_pipeline_options ("runner=...,..."; jaxtag.beam): prepare on Apache Beam instead of a
+    local thread pool (the same dataset: same splits, keys and arrays)."""
     cache_key = (prepared_settings(config).config_name, data_dir(config))
     if cache_key in _PREPARED:  # already prepared in this process
         return _PREPARED[cache_key]
+    beam_options = None
+    if beam_pipeline_options:
+        from jaxtag.beam import pipeline_options
+        beam_options = pipeline_options(beam_pipeline_options)
     builder = get_builder(config)
+    builder.use_beam = beam_options is not None
     manual_dir = None
     if config.data.root:
         manual_dir = os.path.abspath(os.path.expanduser(config.data.root))
@@ -78,7 +85,8 @@ def prepare(config) -> Cal500exp:
     else:
         logging.warning("No --config.data.root given: using the built-in SYNTHETIC corpus.")
     if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir,
+                                                                                  beam_options=beam_options))
         # The finished dataset holds every track: the per-track cache of interrupted runs can go.
         from jaxtag.data.cal500exp.cal500exp_dataset_builder import TrackCache
         TrackCache(os.path.join(data_dir(config), "cal500exp", "track_cache", builder.builder_config.name)).clear()

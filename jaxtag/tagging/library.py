@@ -232,7 +232,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     decode: the worker function (default decoding.decode_file)."""
     check_formats(options.formats)
     files = [os.fspath(f) for f in files]
-    log = log or _Log(options)
+    log = log or Log(options)
     result = LibraryResult()
     started = time.perf_counter()
     for folder in (RECORDS, STORE):
@@ -277,30 +277,31 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
         # files queued behind it have no record and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    similar = {} if result.interrupted else _update_similarity(context, files)
-    _write_library(options.output_dir, files, rows, result, tagger, similar)
+    similar = {} if result.interrupted else update_similarity(tagger, options, names, files, rows, result, context.log)
+    write_library(options.output_dir, files, rows, result, tagger, similar)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _update_similarity(c: "_RunContext", files: list[str]) -> dict:
-    """The similarity index brought up to date with this run's files, the listening pages' lists
-    of similar tracks and moments, and each file's most similar tracks (for index.html). A failure
+def update_similarity(tagger, options: LibraryOptions, names: dict, files: list[str], rows: dict,
+                      result: LibraryResult, log) -> dict:
+    """The similarity index brought up to date with the library's stored outputs, the listening
+    pages' lists of similar tracks and moments (for the files tagged or derived now, or all), and
+    each file's most similar tracks (for index.html): {path: [(name, cosine), ...]}. A failure
     here is a warning: the tags are what the run is for."""
     from jaxtag.tagging import similarity
-    if not c.rows:
+    if not rows:
         return {}
     try:
         start = time.perf_counter()
-        index = similarity.update_index(c.options.output_dir, c.tagger.spec)
-        done = [c.names[p] for p in c.result.tagged + c.result.derived]
-        if "html" in c.options.formats:
-            similarity.write_similar_lists(index, done)
+        index = similarity.update_index(options.output_dir, tagger.spec)
+        if "html" in options.formats:
+            similarity.write_similar_lists(index, [names[p] for p in result.tagged + result.derived])
         similar = similarity.similar_tracks_of_all(index)
-        c.result.stage_seconds["similarity"] = time.perf_counter() - start
-        return {path: similar.get(c.names[path], []) for path in files}
+        result.stage_seconds["similarity"] = time.perf_counter() - start
+        return {path: similar.get(names[path], []) for path in files}
     except Exception as e:  # noqa: BLE001 - reported; the outputs of every file are written
-        c.log.say(f"warning: similar tracks and moments not updated: {problem_of(e)}")
+        log.say(f"warning: similar tracks and moments not updated: {problem_of(e)}")
         return {}
 
 
@@ -501,22 +502,28 @@ def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
 def _derive_outputs(c: _RunContext, path: str) -> None:
     """A file whose stored scores are this model's for its audio: its outputs derived again with
     this run's policy (no decoding, no model)."""
-    name = c.names[path]
     try:
-        stored = read_store(c.options.output_dir, name)
-        if stored is None:
-            raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
-        source = dict(stored["source"])
-        st = os.stat(path)
-        source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
-        taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(c.tagger.tags),
-                          start=stored["start"], end=stored["end"], scores=stored["scores"], policy=c.tagger.policy,
-                          model=c.tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
-                          tempo=stored["tempo"])
+        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.names[path], path)
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
     _write_file_outputs(c, path, taggram, stored["embeddings"], source, stored["warnings"], None)
+
+
+def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None):
+    """(the stored model output, the file's stamp now, its taggram with the tagger's policy) of
+    a file tagged before (read: store.read_store or another reader of the same)."""
+    stored = (read or read_store)(output_dir, name)
+    if stored is None:
+        raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
+    source = dict(stored["source"])
+    st = os.stat(path)
+    source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
+    taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(tagger.tags),
+                      start=stored["start"], end=stored["end"], scores=stored["scores"], policy=tagger.policy,
+                      model=tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
+                      tempo=stored["tempo"])
+    return stored, source, taggram
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
@@ -535,16 +542,8 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
                     n_frames=os.path.getsize(frames_path) // (4 * n_mels)))
             finally:
                 _remove(frames_path)
-        _remove(record_path(options.output_dir, name))
-        if audio_seconds is not None:
-            write_store(options.output_dir, name, taggram, embeddings, c.settings["model"], source, warnings)
-        row = summary.track_summary(taggram, taggram.source, name, warnings)
-        if options.embeddings:
-            _write_embeddings(options.output_dir, name, taggram, embeddings)
-        write_outputs(taggram, path, options.output_dir, options.formats, name, embed_audio=options.embed_audio)
-        record = {"settings": c.settings, "source": source, "outputs": wanted_outputs(name, options),
-                  "summary": summary.row_to_json(row)}
-        write_atomic(record_path(options.output_dir, name), json.dumps(record))
+        row = write_file(options, options.output_dir, name, path, taggram, embeddings, source, warnings,
+                         c.settings, new_scores=audio_seconds is not None)
         c.result.stage_seconds["writing"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
@@ -558,6 +557,24 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
     c.log.tagged(path, taggram)
     if options.write_tags:
         _write_file_tags(c, path)
+
+
+def write_file(options: LibraryOptions, output_dir: str, name: str, path: str, taggram, embeddings, source: dict,
+               warnings: list[str], settings: dict, new_scores: bool, link_from: str | None = None) -> dict:
+    """Every output of one file into output_dir, its record removed first and written last, its
+    scores stored first when new; returns its library row. link_from: the folder its listening
+    page will be in, if not output_dir's (its audio is linked relative to that)."""
+    _remove(record_path(output_dir, name))
+    if new_scores:
+        write_store(output_dir, name, taggram, embeddings, settings["model"], source, warnings)
+    row = summary.track_summary(taggram, taggram.source, name, warnings)
+    if options.embeddings:
+        _write_embeddings(output_dir, name, taggram, embeddings)
+    write_outputs(taggram, path, output_dir, options.formats, name, embed_audio=options.embed_audio, link_from=link_from)
+    record = {"settings": settings, "source": source, "outputs": wanted_outputs(name, options),
+              "summary": summary.row_to_json(row)}
+    write_atomic(record_path(output_dir, name), json.dumps(record))
+    return row
 
 
 def _remove(path: str) -> None:
@@ -599,7 +616,7 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
         c.log.failed(path, f"tags not written: {problem_of(e)}", done=False)
 
 
-def _write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger,
+def write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger,
                    similar: dict | None = None) -> None:
     """library.csv, library.json and index.html over every file tagged now or before, a row at a
     time; `similar` {path: [(name, cosine), ...]}: each file's most similar tracks."""
@@ -647,7 +664,7 @@ class _LockedLog:
         return locked
 
 
-class _Log:
+class Log:
     """What the tag command says: top tags per file on stdout; warnings, failures and progress on
     stderr."""
 

@@ -112,10 +112,11 @@ def output_names(paths: list[str], roots=(), recorded: dict[str, str] | None = N
 
 
 def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None,
-                  embed_audio: bool = True) -> dict[str, str]:
+                  embed_audio: bool = True, link_from: str | None = None) -> dict[str, str]:
     """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically.
     embed_audio: the audio goes into the HTML page (up to html_page.MAX_EMBED_BYTES), else the
-    page links it by its path (a library's pages)."""
+    page links it by its path (a library's pages), relative to the folder the page is in or, when
+    it is written elsewhere first, link_from (where it will be)."""
     from jaxtag.tagging import plots
     from jaxtag.tagging.html_page import render_html
     base = os.path.join(output_dir, name or output_name(audio_path))
@@ -132,7 +133,7 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
         elif fmt == "csv":
             write_atomic(path, taggram.to_csv())
         elif fmt == "html":
-            write_atomic(path, render_html(taggram, audio_path, page_dir=os.path.dirname(base),
+            write_atomic(path, render_html(taggram, audio_path, page_dir=link_from or os.path.dirname(base),
                                            embed_audio=embed_audio,
                                            similar_script=os.path.basename(base) + ".similar.js"))
         else:  # png: matplotlib names the format from the extension

@@ -147,10 +147,8 @@ class Tagger:
     def windows(self, mel: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
         """The windows [W, window_frames, n_mels] of a mel spectrogram [frames, n_mels] (padded
         when shorter than a window); `starts` (default: all of them) relative to mel's first frame."""
-        f = self.frontend
         starts = self.window_starts(mel.shape[0]) if starts is None else starts
-        frames = labels_lib.pad_frames(mel, f.window_frames)
-        return frames[np.asarray(starts)[:, None] + np.arange(f.window_frames)[None, :]]
+        return labels_lib.cut_windows(mel, starts, self.frontend.window_frames)
 
     def encode_chunk(self, windows: np.ndarray) -> np.ndarray:
         """Window features [n, D] of at most chunk_windows windows [n, frames, n_mels], run as one

@@ -145,10 +145,21 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
         by_name = {t.name: t for t in tracks}
         return {name: self._generate_examples([by_name[n] for n in split[name]]) for name in corpus.SPLITS}
 
+    # Set by jaxtag.data.pipeline.prepare: examples come from a Beam PTransform, not a thread pool.
+    use_beam = False
+
+    def _cache_folder(self) -> str:
+        return os.path.join(os.path.dirname(os.path.dirname(str(self.data_dir))), "track_cache",
+                            self.builder_config.name)
+
     def _generate_examples(self, tracks):
+        if self.use_beam:
+            return _beam_examples(tracks, self.builder_config.settings, self._cache_folder())
+        return self._local_examples(tracks)
+
+    def _local_examples(self, tracks):
         s: PreparedSettings = self.builder_config.settings
-        cache = TrackCache(os.path.join(os.path.dirname(os.path.dirname(str(self.data_dir))),
-                                        "track_cache", self.builder_config.name))
+        cache = TrackCache(self._cache_folder())
         # Decoding, resampling and the FFTs release the GIL, so threads use both cores.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             for track, result in zip(tracks, pool.map(lambda t: _try_example(t, s, cache), tracks)):
@@ -160,6 +171,27 @@ class Cal500exp(tfds.core.GeneratorBasedBuilder):
                 yield track.name, result
         if cache.hits:
             logging.info("Reused %d track(s) finished by an interrupted preparation", cache.hits)
+
+
+def _beam_examples(tracks, s: PreparedSettings, cache_folder: str):
+    """The examples of `tracks` as a Beam PTransform: track list -> reshuffle (spread over the
+    workers) -> one example per track, the same function as the local path. A bad track stops the
+    pipeline naming it, or (skip_bad_tracks) is skipped, logged and counted."""
+    from jaxtag.beam import require_beam
+    beam = require_beam()
+    skipped = beam.metrics.Metrics.counter("jaxtag", "skipped_bad_tracks")
+
+    def example(track):
+        result = _try_example(track, s, TrackCache(cache_folder))
+        if isinstance(result, DataError):
+            if not s.skip_bad_tracks:
+                raise result
+            logging.warning("Skipping bad track %s: %s", track.name, result)
+            skipped.inc()
+            return
+        yield track.name, result
+
+    return beam.Create(list(tracks)) | beam.Reshuffle() | beam.FlatMap(example)
 
 
 def _readable(track: corpus.Track, s: PreparedSettings) -> bool:

@@ -1,0 +1,52 @@
+"""Apache Beam, an optional extra (pip install -e '.[beam]'): imported only when asked for.
+
+Both heavy jobs run on it when given Beam pipeline options: preparing a corpus
+(python -m jaxtag.prepare / jaxtag.main --beam_pipeline_options=...) and tagging a library or an
+archive (python -m jaxtag.tag ... --beam_pipeline_options=...). The options are the comma-separated
+`key=value` list that `tfds build --beam_pipeline_options` takes (Beam's PipelineOptions flags
+without their dashes): "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2".
+docs/scale-out.md has the commands for Dataflow, Flink and Spark.
+"""
+from __future__ import annotations
+
+from jaxtag.errors import JaxtagError
+
+INSTALL = "pip install -e '.[beam]' (or pip install 'apache-beam>=2.60')"
+
+
+class BeamMissingError(JaxtagError, ImportError):
+    """Beam was asked for and is not installed."""
+
+
+def require_beam():
+    """The apache_beam module, or BeamMissingError saying what to install."""
+    try:
+        import apache_beam
+    except ImportError:
+        raise BeamMissingError(f"--beam_pipeline_options needs Apache Beam, which is not installed: {INSTALL}") from None
+    return apache_beam
+
+
+def option_flags(spec: str) -> list[str]:
+    """["--runner=DirectRunner", ...] of "runner=DirectRunner,..." (a bare key is a true flag)."""
+    flags = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        if item.startswith("-"):
+            raise ValueError(f"beam pipeline option {item!r}: give key=value without dashes")
+        flags.append(f"--{item}")
+    if not flags:
+        raise ValueError("--beam_pipeline_options is empty")
+    return flags
+
+
+def pipeline_options(spec: str):
+    """Beam's PipelineOptions of a spec (see option_flags). The workers log warnings and errors
+    only, unless the spec says otherwise (default_sdk_harness_log_level)."""
+    require_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions
+    flags = option_flags(spec)
+    if not any(f.startswith("--default_sdk_harness_log_level") for f in flags):
+        flags.append("--default_sdk_harness_log_level=WARNING")
+    return PipelineOptions(flags)

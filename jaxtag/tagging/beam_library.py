@@ -1,0 +1,366 @@
+"""Tagging a library or an archive on Apache Beam:
+`python -m jaxtag.tag DIR_OR_LIST --output_dir=OUT --beam_pipeline_options="runner=...,..."`.
+
+The same job as jaxtag.tagging.library, on Beam's workers instead of one machine's processes:
+
+1. The driver lists the files (a directory, or a text file of paths: an archive), names their
+   outputs and plans each from its record and stored scores (DONE, DERIVE or MODEL, with a content
+   check for files whose size or mtime changed) exactly as the local run does.
+2. `DecodeFile` (a DoFn, on the workers) checks or decodes a file into mel frames, finds its tempo
+   and emits its windows, keyed by (file, window), and its facts (length, envelope, stamp).
+3. `RunInference` with `WindowFeatures` (a jaxtag ModelHandler: the model is built in
+   `load_model` from a pretrained name or a run's checkpoint, so nothing heavy is pickled; one
+   model per worker process) encodes windows of many files together, in batches of the model's
+   chunk size.
+4. The windows' features are grouped back by file with its facts; `WriteFile` runs the
+   across-window stage and writes the file's outputs, stored scores and, last, its record, each
+   staged locally and published through Beam's FileSystems (a temporary name, then a rename), so
+   OUT can be a bucket on a cloud runner. Files planned DERIVE are written the same way from
+   their stored scores.
+5. A file that fails is listed with its problem in OUT/.jaxtag/failed/ (the dead-letter output);
+   the others go on. Then the driver writes library.csv, library.json and index.html from the
+   records (and, for a local OUT, updates the similarity index).
+
+A run killed part way and rerun skips the files whose records are written. Scores equal the local
+run's (the same windows through the same network); tested with the DirectRunner in
+multi-processing mode (tests/test_beam.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+from jaxtag.beam import require_beam
+from jaxtag.data import labels as labels_lib
+from jaxtag.errors import problem_of
+from jaxtag.tagging import decoding, summary, tempo as tempo_lib
+from jaxtag.tagging.library import (DERIVE, DONE, LibraryOptions, LibraryResult, plan_file, settings_of,
+                                    stored_taggram, write_file)
+from jaxtag.tagging.outputs import output_names
+from jaxtag.tagging.store import RECORDS, STORE, record_path, recorded_names, scan_records
+
+FAILED = os.path.join(".jaxtag", "failed")
+_TAGGERS: dict[str, object] = {}   # one model per worker process, whichever stage asks first
+
+
+def tagger_of(spec: dict):
+    """The Tagger a spec names (Tagger.spec, with the run's "threshold" and "smooth"), built once
+    per process."""
+    key = json.dumps(spec, sort_keys=True)
+    if key not in _TAGGERS:
+        from jaxtag.tagging.tagger import Tagger
+        tagger = Tagger.of_spec(spec)
+        if spec.get("threshold") is not None:
+            tagger.policy = tagger.policy.with_threshold(spec["threshold"])
+        tagger.policy = tagger.policy.replace(smooth=int(spec.get("smooth", 1)))
+        _TAGGERS[key] = tagger
+    return _TAGGERS[key]
+
+
+def list_files(inputs: list[str]) -> list[str]:
+    """The audio files of the inputs: directories walked as the local run does, a text file (not
+    audio) read as a list of paths, one per line (blank lines and # comments passed over)."""
+    from jaxtag.data.audio import AUDIO_EXTENSIONS
+    from jaxtag.tagging.outputs import find_audio
+    files = []
+    for item in inputs:
+        if os.path.isfile(item) and os.path.splitext(item)[1].lower() not in AUDIO_EXTENSIONS:
+            with open(item, encoding="utf-8", errors="surrogateescape") as f:
+                files += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        else:
+            files += find_audio([item])
+    return list(dict.fromkeys(files))
+
+
+# -- the workers' stages -----------------------------------------------------------------------------
+
+def _decode_file_fn():
+    beam = require_beam()
+
+    class DecodeFile(beam.DoFn):
+        """A file -> its windows ((name, k), window) and, on the "facts" output, (name, facts);
+        "unchanged" / "derive": a file whose audio is what it was tagged from (done, or its outputs
+        to derive again); "failed": (path, problem)."""
+
+        def __init__(self, frontend: dict):
+            self.frontend = frontend
+
+        def setup(self):
+            from jaxtag.data import features
+            from jaxtag.data.features import FrontendSettings
+            self.settings = FrontendSettings(**self.frontend)
+            self.basis = features.mel_basis(self.settings)
+
+        def process(self, item):
+            path, name, expected = item["path"], item["name"], item.get("expected")
+            if expected is not None:
+                try:
+                    stamp = decoding.file_stamp(path)
+                except OSError:
+                    stamp = None
+                if stamp is not None and stamp["content"] == expected:
+                    # Only retagged, touched or copied: its outputs derived again, or its record's stamp
+                    # brought up to date (by the driver).
+                    output = "derive" if item.get("then") == DERIVE else "unchanged"
+                    yield beam.pvalue.TaggedOutput(output, {"path": path, "name": name, "stamp": stamp})
+                    return
+            folder = tempfile.mkdtemp(prefix="jaxtag-beam-")
+            try:
+                decoded = decoding.decode_file(path, self.frontend, os.path.join(folder, "frames.f32"), self.basis)
+                if isinstance(decoded, decoding.DecodeFailure):
+                    yield beam.pvalue.TaggedOutput("failed", (path, decoded.problem))
+                    return
+                f = self.settings
+                mel = decoding.read_frames(decoded.frames_path, f.n_mels, 0, decoded.n_frames)
+                starts = labels_lib.window_starts(decoded.n_frames, f.window_frames, f.window_hop)
+                found = tempo_lib.estimate(lambda a, n: mel[a:a + n], decoded.n_frames, f.sample_rate,
+                                           f.hop_length, starts, f.window_frames)
+                for k, window in enumerate(labels_lib.cut_windows(mel, starts, f.window_frames)):
+                    yield (name, k), window
+                facts = {"path": path, "duration": decoded.duration, "n_frames": decoded.n_frames,
+                         "n_windows": len(starts), "envelope": decoded.envelope, "stamp": decoded.stamp,
+                         "warnings": decoded.warnings, "tempo": (found.bpm, found.windows, found.agreement)}
+                yield beam.pvalue.TaggedOutput("facts", (name, facts))
+            except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+                yield beam.pvalue.TaggedOutput("failed", (path, problem_of(e)))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    return DecodeFile
+
+
+def window_features_handler(spec: dict, batch_size: int):
+    """A jaxtag ModelHandler: windows -> the model's per-window features, batches of windows of
+    any files, the model loaded once per worker process."""
+    require_beam()
+    from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+    class WindowFeatures(ModelHandler):
+        def __init__(self):
+            super().__init__(min_batch_size=1, max_batch_size=batch_size)
+            self.spec = spec
+
+        def load_model(self):
+            return tagger_of(self.spec)
+
+        def run_inference(self, batch, model, inference_args=None):
+            features = model.encode_chunk(np.stack(batch))
+            return [PredictionResult(None, feature) for feature in features]
+
+        def get_num_bytes(self, batch):
+            return sum(w.nbytes for w in batch)
+
+    return WindowFeatures()
+
+
+def _write_file_fn():
+    beam = require_beam()
+
+    class WriteFile(beam.DoFn):
+        """A file's windows' features and facts (or, to derive, its name) -> its outputs, stored
+        scores and record, published to OUT; emits the path, or "failed": (path, problem)."""
+
+        def __init__(self, spec: dict, output_dir: str, options: LibraryOptions, settings: dict, derive: bool = False):
+            self.spec, self.output_dir, self.options, self.settings, self.derive = \
+                spec, output_dir, options, settings, derive
+
+        def process(self, element):
+            tagger = tagger_of(self.spec)
+            staging = tempfile.mkdtemp(prefix="jaxtag-beam-out-")
+            try:
+                if self.derive:
+                    path, name = element["path"], element["name"]
+                    stored, source, taggram = stored_taggram(tagger, self.output_dir, name, path, read=_read_store)
+                    embeddings, warnings, new = stored["embeddings"], stored["warnings"], False
+                else:
+                    name, grouped = element
+                    facts = grouped["facts"][0]
+                    path = facts["path"]
+                    features = dict(grouped["features"])
+                    if len(features) != facts["n_windows"]:
+                        raise RuntimeError(f"{len(features)} of its {facts['n_windows']} windows came back")
+                    scores, embeddings = tagger.across_windows(np.stack([features[k] for k in range(facts["n_windows"])]),
+                                                               embeddings=True)
+                    from jaxtag.tagging.outputs import shown_path
+                    taggram = tagger.taggram(shown_path(path), facts["duration"], facts["n_frames"], scores,
+                                             facts["envelope"])
+                    taggram = dataclasses.replace(taggram, tempo=tempo_lib.Tempo(*facts["tempo"]))
+                    source = {"path": os.path.abspath(path), **facts["stamp"]}
+                    warnings, new = facts["warnings"], True
+                final = os.path.join(self.output_dir, name)
+                write_file(self.options, staging, name, path, taggram, embeddings, source, warnings, self.settings,
+                           new_scores=new, link_from=os.path.dirname(final))
+                publish(staging, self.output_dir, name)
+                yield path
+            except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+                yield beam.pvalue.TaggedOutput("failed", (element["path"] if self.derive else
+                                                          _path_of(element), problem_of(e)))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    return WriteFile
+
+
+def _path_of(element) -> str:
+    name, grouped = element
+    facts = grouped.get("facts") or []
+    return facts[0]["path"] if facts else name
+
+
+# -- OUT through Beam's FileSystems ------------------------------------------------------------------
+
+def publish(staging: str, output_dir: str, name: str) -> None:
+    """Copy a file's outputs from the local staging folder to OUT through Beam's FileSystems
+    (local disk, gs://, s3://, hdfs://...): each under a temporary name, then renamed; its record
+    last, so a record is never there without its outputs."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    from jaxtag.files import temporary_name
+    record = record_path(staging, name)
+    files = [os.path.join(root, f) for root, _, names in os.walk(staging) for f in names]
+    for local in sorted(files, key=lambda p: p == record):          # the record last
+        final = FileSystems.join(output_dir, *os.path.relpath(local, staging).split(os.sep))
+        temporary = temporary_name(final)     # a killed worker's leftover is cleaned up by the next run
+        with open(local, "rb") as src, FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        FileSystems.rename([temporary], [final])
+
+
+def _read_store(output_dir: str, name: str):
+    """store.read_store through Beam's FileSystems."""
+    from apache_beam.io.filesystems import FileSystems
+    from jaxtag.tagging import store
+    path = FileSystems.join(output_dir, STORE, *f"{name}.npz".split("/"))
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+    except Exception:  # noqa: BLE001 - gone or unreadable: the caller says so
+        return None
+    folder = tempfile.mkdtemp(prefix="jaxtag-beam-store-")
+    try:
+        local = store.store_path(folder, name)
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with open(local, "wb") as f:
+            f.write(data)
+        return store.read_store(folder, name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+
+def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> LibraryResult:
+    """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
+    happened, as tag_library does."""
+    beam = require_beam()
+    from apache_beam.io.filesystems import FileSystems
+    from jaxtag.beam import pipeline_options as make_options
+    from jaxtag.tagging.library import Log, update_similarity, write_library
+    started = time.perf_counter()
+    log = log or Log(options)
+    result = LibraryResult()
+    out = options.output_dir
+    for folder in (RECORDS, STORE):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    records = scan_records(out)
+    names = output_names(files, options.roots, recorded_names(out, records))
+    settings = settings_of(tagger)
+    spec = {**tagger.spec, "threshold": _threshold_override(tagger), "smooth": tagger.policy.smooth}
+    todo, derive, checked = [], [], {}
+    for path in files:
+        plan, expected = plan_file(path, names[path], options, settings, records.get(names[path]))
+        if plan == DONE and expected is None:
+            result.skipped.append(path)
+        elif plan == DERIVE and expected is None:
+            derive.append({"path": path, "name": names[path]})
+        else:
+            if expected is not None:
+                checked[path] = records.get(names[path])
+            todo.append({"path": path, "name": names[path], "expected": expected,
+                         "then": plan if expected is not None else None})
+    log.say(f"{len(files)} file(s): {len(todo)} for the model, {len(derive)} to derive from stored scores, "
+            f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
+    run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    failed_prefix = os.path.join(out, FAILED, run)            # the dead-letter output, kept
+    run_dir = os.path.join(out, ".jaxtag", f"beam-{run}")     # what the driver reads back, then removes
+    import logging
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)   # the runner's and workers' chatter
+    with beam.Pipeline(options=make_options(pipeline_options)) as p:
+        decoded = (p | "Files" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
+                   | "Decode" >> beam.ParDo(_decode_file_fn()(dataclasses.asdict(tagger.frontend)))
+                   .with_outputs("facts", "unchanged", "derive", "failed", main="windows"))
+        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+        features = (decoded.windows | "Model" >> RunInference(KeyedModelHandler(
+            window_features_handler(spec, tagger.chunk_windows)))
+            | "ByFile" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1].inference))))
+        grouped = {"features": features, "facts": decoded.facts} | "Regroup" >> beam.CoGroupByKey()
+        write = _write_file_fn()
+        written = grouped | "Write" >> beam.ParDo(write(spec, out, options, settings)).with_outputs("failed",
+                                                                                                       main="done")
+        derived = (((p | "ToDerive" >> beam.Create(derive)), decoded.derive) | "AllToDerive" >> beam.Flatten()
+                   | "Derive" >> beam.ParDo(write(spec, out, options, settings, derive=True))
+                   .with_outputs("failed", main="done"))
+        ((decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
+         | "AsJson" >> beam.Map(lambda f: json.dumps({"path": f[0], "problem": f[1]}))
+         | "DeadLetter" >> beam.io.WriteToText(failed_prefix, file_name_suffix=".jsonl"))
+        _ = (decoded.unchanged | "Unchanged" >> beam.Map(json.dumps)
+             | "Stamps" >> beam.io.WriteToText(os.path.join(run_dir, "unchanged"), file_name_suffix=".jsonl"))
+        _ = (decoded.derive | "Rederived" >> beam.Map(lambda d: d["path"])
+             | "RederivedList" >> beam.io.WriteToText(os.path.join(run_dir, "derived"), file_name_suffix=".txt"))
+    # What the pipeline left: failures, unchanged files (their records take the new stamps), records.
+    for line in _read_lines(FileSystems, failed_prefix, keep_empty=False):
+        failure = json.loads(line)
+        result.failed[failure["path"]] = failure["problem"]
+        log.failed(failure["path"], failure["problem"])
+    from jaxtag.files import write_atomic
+    for line in _read_lines(FileSystems, os.path.join(run_dir, "unchanged")):
+        item = json.loads(line)
+        write_atomic(record_path(out, item["name"]), json.dumps(dict(checked[item["path"]], source={
+            "path": os.path.abspath(item["path"]), **item["stamp"]})))
+        result.skipped.append(item["path"])
+    derived_paths = {d["path"] for d in derive} | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    records = scan_records(out)
+    rows = {}
+    for path in files:
+        record = records.get(names[path])
+        if record is not None and record.get("settings") == settings and path not in result.failed:
+            rows[path] = summary.row_from_json(record["summary"])
+            if path not in result.skipped:
+                (result.derived if path in derived_paths else result.tagged).append(path)
+    similar = update_similarity(tagger, options, names, files, rows, result, log)
+    write_library(out, files, rows, result, tagger, similar)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _threshold_override(tagger):
+    """The one threshold of --threshold, if the tagger's policy is that (else None: its own)."""
+    from jaxtag.tagging.tagger import default_policy
+    own = default_policy(tagger.meta).replace(smooth=tagger.policy.smooth)
+    if own.key() == tagger.policy.key():
+        return None
+    values = set(np.round(tagger.policy.thresholds, 6).tolist())
+    if len(values) != 1:
+        raise ValueError("on Beam, a tagger's decisions are its own or one --threshold for every tag")
+    return float(values.pop())
+
+
+def _read_lines(FileSystems, prefix: str, keep_empty: bool = True) -> list[str]:
+    """The lines of the shards a WriteToText left at `prefix` (an empty dead-letter shard is
+    removed: no file failed)."""
+    lines = []
+    for match in FileSystems.match([prefix + "*"])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            found = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
+        if not found and not keep_empty:
+            FileSystems.delete([match.path])
+        lines += found
+    return lines

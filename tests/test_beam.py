@@ -1,0 +1,188 @@
+"""Apache Beam (the beam extra): preparing a corpus and tagging a library on Beam give what the
+local paths give; the transforms with Beam's TestPipeline; asking for Beam without it installed."""
+import csv
+import json
+import os
+import dataclasses
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_corpus, tiny_config
+from helpers import processes
+from test_library import _music
+
+MULTI = "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2"
+
+
+def test_pipeline_options_are_tfds_style_and_beam_missing_says_what_to_install(monkeypatch):
+    from jaxtag import beam
+    assert beam.option_flags("runner=DirectRunner, direct_num_workers=2,,save_main_session") == \
+        ["--runner=DirectRunner", "--direct_num_workers=2", "--save_main_session"]
+    with pytest.raises(ValueError, match="without dashes"):
+        beam.option_flags("--runner=DirectRunner")
+    with pytest.raises(ValueError, match="empty"):
+        beam.option_flags(" , ")
+    monkeypatch.setitem(sys.modules, "apache_beam", None)          # as if the extra were not installed
+    with pytest.raises(beam.BeamMissingError) as missing:
+        beam.require_beam()
+    assert str(missing.value).count("\n") == 0 and "pip install -e '.[beam]'" in str(missing.value)
+
+
+@pytest.fixture(scope="module")
+def beam():
+    return pytest.importorskip("apache_beam", reason="the beam extra is not installed")
+
+
+def test_bad_tracks_on_beam_stop_naming_them_or_are_skipped_and_counted(beam, tmp_path):
+    """The builder's PTransform on Beam's TestPipeline: examples equal the local function's; a
+    track that cannot be decoded stops the pipeline naming it, or, skipped, is counted."""
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from jaxtag.data import corpus, pipeline
+    from jaxtag.data.cal500exp.cal500exp_dataset_builder import _beam_examples, track_example
+    rows = [(0.0, 3.0, {"Emotion-Happy": 1.0})]
+    root = make_corpus(tmp_path / "corpus", {f"t{i}": (4.0, rows) for i in range(3)})
+    settings = pipeline.prepared_settings(tiny_config(str(tmp_path / "prepared"), **{"data.root": root}))
+    tracks = corpus.find_tracks(root, settings.audio_dir, settings.label_set, settings.label_dir, False)
+    expected = {t.name: track_example(t, settings) for t in tracks}
+    with TestPipeline() as p:
+        examples = p | _beam_examples(tracks, settings, str(tmp_path / "cache"))
+        assert_that(examples | beam.Map(lambda kv: (kv[0], int(kv[1]["n_frames"]),
+                                                    float(np.asarray(kv[1]["mel"]).sum()))),
+                    equal_to([(n, int(e["n_frames"]), float(np.asarray(e["mel"]).sum())) for n, e in expected.items()]))
+    with open(os.path.join(root, "CAL500_32kps", "t1.wav"), "r+b") as f:     # its audio data: noise
+        f.seek(44)
+        f.write(b"\xff" * 4 + os.urandom(16))
+        f.truncate(50)
+    with pytest.raises(Exception, match="t1"):
+        with TestPipeline() as p:
+            _ = p | _beam_examples(tracks, settings, str(tmp_path / "cache2"))
+    skipping = pipeline.prepared_settings(tiny_config(str(tmp_path / "prepared"), **{
+        "data.root": root, "data.skip_bad_tracks": True}))
+    p = TestPipeline()
+    kept = p | _beam_examples(tracks, skipping, str(tmp_path / "cache3"))
+    assert_that(kept | beam.Map(lambda kv: kv[0]), equal_to(["t0", "t2"]))
+    result = p.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("skipped_bad_tracks"))["counters"]
+    assert [c.committed for c in counters] == [1]
+
+
+@pytest.mark.slow
+def test_a_corpus_prepared_on_beam_equals_the_local_one(beam, tmp_path):
+    """The DirectRunner in multi-processing mode, two workers: the same splits, keys and arrays."""
+    import tensorflow_datasets as tfds
+    from jaxtag.data import pipeline
+    local = pipeline.prepare(tiny_config(str(tmp_path / "local")))
+    on_beam = pipeline.prepare(tiny_config(str(tmp_path / "beam")), MULTI)
+    assert str(on_beam.data_dir) != str(local.data_dir)
+    for split in ("train", "validation", "test"):
+        a = {ex["track"]: ex for ex in tfds.as_numpy(local.as_dataset(split=split))}
+        b = {ex["track"]: ex for ex in tfds.as_numpy(on_beam.as_dataset(split=split))}
+        assert sorted(a) == sorted(b)
+        for name, example in a.items():
+            for key, value in example.items():
+                np.testing.assert_array_equal(np.asarray(value), np.asarray(b[name][key]), err_msg=f"{name} {key}")
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    """A small library in every common format, in two folders."""
+    root = tmp_path_factory.mktemp("beam_library")
+    for album in ("A", "B"):
+        (root / album).mkdir()
+    return root, [_music(root / ("A" if i < 2 else "B") / f"song{i}.{ext}", 5.0 + 2 * i, seed=30 + i, fmt=ext.upper())
+                  for i, ext in enumerate(("mp3", "ogg", "flac", "wav"))]
+
+
+def test_the_beam_stages_give_the_local_runs_windows_and_features(beam, trained, formats, tmp_path):
+    """DecodeFile emits a file's windows (as the tagger cuts them) and facts; the ModelHandler's
+    features are the tagger's; on TestPipeline."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from jaxtag.tagging import beam_library
+    from jaxtag.tagging.tagger import Tagger
+    tagger = Tagger.from_workdir(trained[1])
+    root, files = formats
+    path = files[2]
+    y, _ = tagger.load(path)
+    from jaxtag.data.features import mel_spectrogram
+    windows = tagger.windows(mel_spectrogram(y, tagger.frontend))
+    decode = beam_library._decode_file_fn()(dataclasses.asdict(tagger.frontend))
+    with TestPipeline() as p:
+        out = (p | beam.Create([{"path": path, "name": "x", "expected": None}])
+               | beam.ParDo(decode).with_outputs("facts", "unchanged", "derive", "failed", main="windows"))
+        assert_that(out.windows | beam.Map(lambda kv: (kv[0][1], float(np.round(kv[1].sum(), 3)))),
+                    equal_to([(k, float(np.round(w.sum(), 3))) for k, w in enumerate(windows)]), label="windows")
+        assert_that(out.facts | beam.Map(lambda kv: (kv[0], kv[1]["n_windows"], kv[1]["path"])),
+                    equal_to([("x", len(windows), path)]), label="facts")
+    handler = beam_library.window_features_handler(tagger.spec | {"smooth": 1, "threshold": None}, 4)
+    model = handler.load_model()
+    results = list(handler.run_inference(list(windows[:3]), model))
+    np.testing.assert_allclose(np.stack([r.inference for r in results]), tagger.encode_windows(windows[:3]), atol=1e-6)
+    assert handler.batch_elements_kwargs()["max_batch_size"] == 4
+
+
+def _scores(out):
+    found = {}
+    for path in out.rglob("*.json"):
+        if ".jaxtag" in path.parts or path.name == "library.json":
+            continue
+        data = json.loads(path.read_text())
+        found[data["file"]] = data
+    return found
+
+
+@pytest.mark.slow
+def test_tagging_on_beam_equals_the_local_run_and_resumes(beam, trained, formats, tmp_path):
+    """The tag CLI on the DirectRunner (multi-processing, two workers) and the local path, on a
+    library of mp3, ogg, flac and wav: the same windows, scores within 1e-5, the same tags and
+    library rows. A broken file is listed in the dead-letter output and the exit status is 1; a
+    rerun finishes only what is left, and finds touched files unchanged."""
+    root, files = formats
+    library = tmp_path / "library"
+    shutil.copytree(root, library)
+    broken = library / "B" / "broken.mp3"
+    broken.write_text("not audio\n" * 30)
+    local, on_beam = tmp_path / "local", tmp_path / "beam"
+    args = [f"--workdir={trained[1]}", "--top_n=0"]
+    ran = processes.run_cli("jaxtag.tag", str(library), f"--output_dir={local}", *args, timeout=600)
+    assert ran.returncode == 1, ran.stderr[-2000:]
+    # A run killed part way: two files done (here by a local run of two of them).
+    listing = tmp_path / "archive.txt"
+    listing.write_text("\n".join(str(library / os.path.relpath(f, root)) for f in files) + "\n" + str(broken) + "\n")
+    first = processes.run_cli("jaxtag.tag", str(library / "A"), f"--output_dir={on_beam}", *args, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ran = processes.run_cli("jaxtag.tag", str(listing), f"--output_dir={on_beam}", *args,
+                            f"--beam_pipeline_options={MULTI}", timeout=900)
+    assert ran.returncode == 1, ran.stderr[-3000:]
+    assert "tagged 2, already done 2, failed 1 of 5 file(s)" in ran.stderr, ran.stderr[-3000:]
+    dead = [json.loads(line) for f in (on_beam / ".jaxtag" / "failed").iterdir() for line in f.read_text().splitlines()]
+    assert [d["path"] for d in dead] == [str(broken)] and "cannot decode" in dead[0]["problem"]
+    a, b = _scores(local), _scores(on_beam)     # by file (the partial run named A's files at the top)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for name in a:
+        wa, wb = a[name]["windows"], b[name]["windows"]
+        assert [(w["start"], w["end"]) for w in wa] == [(w["start"], w["end"]) for w in wb]
+        np.testing.assert_allclose([w["scores"] for w in wa], [w["scores"] for w in wb], atol=1e-5)
+        assert [w["tags"] for w in wa] == [w["tags"] for w in wb] and a[name]["track_tags"] == b[name]["track_tags"]
+        assert a[name]["tempo"] == b[name]["tempo"]
+    def rows(out):   # library.csv without the similar column (it names the outputs)
+        with open(out / "library.csv", newline="") as f:
+            table = list(csv.reader(f))
+        drop = table[0].index("similar")
+        return sorted(tuple(v for i, v in enumerate(r) if i != drop) for r in table)
+    assert rows(local) == rows(on_beam)
+    # Touched files: checked on the workers, found unchanged, their records take the new stamps.
+    for f in files:
+        os.utime(library / os.path.relpath(f, root), ns=(2_000_000_000, 2_000_000_000))
+    again = processes.run_cli("jaxtag.tag", str(listing), f"--output_dir={on_beam}", *args,
+                              f"--beam_pipeline_options={MULTI}", timeout=900)
+    assert "tagged 0, already done 4, failed 1 of 5 file(s)" in again.stderr, again.stderr[-3000:]
+    records = [json.loads(r.read_text()) for r in (on_beam / ".jaxtag" / "records").rglob("*.json")]
+    assert sorted(r["source"]["mtime_ns"] for r in records) == [2_000_000_000] * 4
+    assert not [p for p in on_beam.rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]
