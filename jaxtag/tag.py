@@ -114,7 +114,7 @@ def main(argv):
         from jaxtag.tagging.beam_library import tag_on_beam
         try:
             result = tag_on_beam(tagger, files, options, _BEAM.value)
-        except BeamMissingError as e:
+        except (BeamMissingError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:

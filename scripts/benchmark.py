@@ -41,6 +41,10 @@ _LIBRARY_RUN = flags.DEFINE_list("library_run", None, "Internal: tag these files
 _SIMILAR = flags.DEFINE_bool("similar", False, "Only the similarity benchmark: build time, query latency and "
                              "recall@10 against exact search of the moment index, on --moments moment vectors.")
 _MOMENTS = flags.DEFINE_integer("moments", 1_000_000, "Moment vectors in the --similar benchmark.")
+_BEAM = flags.DEFINE_bool("beam", False, "Only the Beam benchmark: one library tagged by the local path and by "
+                          "Beam's DirectRunner (multi-processing, 2 workers), in turn: files/s and real-time factor.")
+_BEAM_RUN = flags.DEFINE_string("beam_run", None, "Internal: tag --library_run's files on Beam with these pipeline "
+                                "options in this process, print one JSON line.")
 
 
 def _time(fn, repeats):
@@ -355,18 +359,25 @@ def generate_music(path: str, seconds: float, seed: int, sr: int = 44100) -> str
     return path
 
 
-def library_run(files: list[str]) -> dict:
+def library_run(files: list[str], beam_options: str | None = None) -> dict:
     """Tag `files` from scratch in this process (a fresh one: its peak memory is its own) with
-    musicnn-msd at its default hop, into a temporary folder; seconds per stage and peak RSS."""
+    musicnn-msd at its default hop, into a temporary folder (on Beam with beam_options); seconds
+    per stage and peak RSS."""
     import resource
     import tempfile
+    import soundfile
     from jaxtag.tagging.library import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     start = time.perf_counter()
     tagger = Tagger.pretrained("musicnn-msd")
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
-        result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
+        if beam_options:
+            from jaxtag.tagging.beam_library import tag_on_beam
+            result = tag_on_beam(tagger, files, LibraryOptions(output_dir=out, top_n=0), beam_options)
+            result.audio_seconds = sum(soundfile.info(f).duration for f in result.tagged)
+        else:
+            result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
     return {"files": len(result.tagged), "failed": result.failed, "audio_seconds": result.audio_seconds,
             "tag_seconds": result.seconds, "load_seconds": loaded, "stages": result.stage_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -400,6 +411,31 @@ def library_benchmark() -> None:
               f"{r['audio_seconds'] / 60 / r['tag_seconds']:.2f} audio-min per wall-second "
               f"({r['audio_seconds'] / r['tag_seconds']:.0f}x real time); stages: {stages}; peak RSS main "
               f"{r['peak_rss_mb']:.0f} MB, workers {r['worker_peak_rss_mb']:.0f} MB")
+
+
+def beam_benchmark() -> None:
+    """One library (ten 4-minute MP3s; --quick: three 1-minute ones) tagged end to end by the local
+    path and by Beam's DirectRunner in multi-processing mode with 2 workers, each in a fresh process,
+    in turn: files/s and real-time factor, so the engine's overhead on one machine is known."""
+    import json
+    import subprocess
+    import tempfile
+    from jaxtag import pretrained
+    pretrained.fetch()
+    folder = _LIBRARY_DIR.value or tempfile.mkdtemp(prefix="jaxtag_beam_bench_")
+    os.makedirs(folder, exist_ok=True)
+    minutes, count = (1, 3) if _QUICK.value else (4, 10)
+    library = [generate_music(os.path.join(folder, f"lib{i:02d}_{minutes}min.mp3"), minutes * 60, seed=10 + i)
+               for i in range(count)]
+    options = "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2"
+    print(f"Beam benchmark: {count} {minutes}-minute MP3s, musicnn-msd, {os.cpu_count()} CPU cores")
+    for label, extra in (("local path (2 decoding workers)", []), (f"Beam DirectRunner ({options})",
+                                                                   [f"--beam_run={options}"])):
+        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(library)}", *extra],
+                             capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{label}: {r['files']} files in {r['tag_seconds']:.1f} s = {r['files'] / r['tag_seconds']:.3f} files/s, "
+              f"{r['audio_seconds'] / r['tag_seconds']:.0f}x real time; peak RSS driver {r['peak_rss_mb']:.0f} MB")
 
 
 def synthetic_moments(n: int, dim: int = 200, windows: int = 80, seed: int = 0):
@@ -468,7 +504,10 @@ def main(argv):
         return
     if _LIBRARY_RUN.value:
         import json
-        print(json.dumps(library_run(_LIBRARY_RUN.value)))
+        print(json.dumps(library_run(_LIBRARY_RUN.value, _BEAM_RUN.value)))
+        return
+    if _BEAM.value:
+        beam_benchmark()
         return
     if _LIBRARY.value:
         library_benchmark()

@@ -267,6 +267,10 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
     log = log or Log(options)
     result = LibraryResult()
     out = options.output_dir
+    if "://" in out:
+        raise ValueError(f"{out}: the driver plans from OUT's records and writes the library's summary, so OUT must "
+                         "be a path it can read (a local disk, NFS, or a bucket mounted with gcsfuse or s3fs); "
+                         "the workers write through Beam's FileSystems (docs/scale-out.md)")
     for folder in (RECORDS, STORE):
         os.makedirs(os.path.join(out, folder), exist_ok=True)
     records = scan_records(out)
