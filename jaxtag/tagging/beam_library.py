@@ -256,12 +256,19 @@ def _read_store(output_dir: str, name: str):
 
 # -- the driver ----------------------------------------------------------------------------------------
 
+@dataclasses.dataclass
+class _Plan:
+    """What the driver sends to the pipeline (see plan_file)."""
+    names: dict
+    settings: dict
+    todo: list = dataclasses.field(default_factory=list)      # {"path", "name", "expected", "then"}
+    derive: list = dataclasses.field(default_factory=list)    # {"path", "name"}
+    checked: dict = dataclasses.field(default_factory=dict)   # path -> its record (checked on a worker)
+
+
 def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> LibraryResult:
     """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
     happened, as tag_library does."""
-    beam = require_beam()
-    from apache_beam.io.filesystems import FileSystems
-    from jaxtag.beam import pipeline_options as make_options
     from jaxtag.tagging.library import Log, update_similarity, write_library
     started = time.perf_counter()
     log = log or Log(options)
@@ -271,44 +278,61 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
         raise ValueError(f"{out}: the driver plans from OUT's records and writes the library's summary, so OUT must "
                          "be a path it can read (a local disk, NFS, or a bucket mounted with gcsfuse or s3fs); "
                          "the workers write through Beam's FileSystems (docs/scale-out.md)")
-    for folder in (RECORDS, STORE):
-        os.makedirs(os.path.join(out, folder), exist_ok=True)
-    records = scan_records(out)
-    names = output_names(files, options.roots, recorded_names(out, records))
-    settings = settings_of(tagger)
-    spec = {**tagger.spec, "threshold": _threshold_override(tagger), "smooth": tagger.policy.smooth}
-    todo, derive, checked = [], [], {}
-    for path in files:
-        plan, expected = plan_file(path, names[path], options, settings, records.get(names[path]))
-        if plan == DONE and expected is None:
-            result.skipped.append(path)
-        elif plan == DERIVE and expected is None:
-            derive.append({"path": path, "name": names[path]})
-        else:
-            if expected is not None:
-                checked[path] = records.get(names[path])
-            todo.append({"path": path, "name": names[path], "expected": expected,
-                         "then": plan if expected is not None else None})
-    log.say(f"{len(files)} file(s): {len(todo)} for the model, {len(derive)} to derive from stored scores, "
+    plan = _plan(tagger, files, options, result)
+    log.say(f"{len(files)} file(s): {len(plan.todo)} for the model, {len(plan.derive)} to derive from stored scores, "
             f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     failed_prefix = os.path.join(out, FAILED, run)            # the dead-letter output, kept
     run_dir = os.path.join(out, ".jaxtag", f"beam-{run}")     # what the driver reads back, then removes
+    _run_pipeline(tagger, options, plan, pipeline_options, failed_prefix, run_dir)
+    rows = _collect(files, plan, result, out, failed_prefix, run_dir, log)
+    similar = update_similarity(tagger, options, plan.names, files, rows, result, log)
+    write_library(out, files, rows, result, tagger, similar)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _plan(tagger, files: list[str], options: LibraryOptions, result: LibraryResult) -> _Plan:
+    out = options.output_dir
+    for folder in (RECORDS, STORE):
+        os.makedirs(os.path.join(out, folder), exist_ok=True)
+    records = scan_records(out)
+    plan = _Plan(names=output_names(files, options.roots, recorded_names(out, records)), settings=settings_of(tagger))
+    for path in files:
+        name = plan.names[path]
+        what, expected = plan_file(path, name, options, plan.settings, records.get(name))
+        if what == DONE and expected is None:
+            result.skipped.append(path)
+        elif what == DERIVE and expected is None:
+            plan.derive.append({"path": path, "name": name})
+        else:
+            if expected is not None:
+                plan.checked[path] = records.get(name)
+            plan.todo.append({"path": path, "name": name, "expected": expected,
+                              "then": what if expected is not None else None})
+    return plan
+
+
+def _run_pipeline(tagger, options: LibraryOptions, plan: _Plan, pipeline_options: str, failed_prefix: str,
+                  run_dir: str) -> None:
     import logging
+    beam = require_beam()
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from jaxtag.beam import pipeline_options as make_options
     logging.getLogger("apache_beam").setLevel(logging.WARNING)   # the runner's and workers' chatter
+    spec = {**tagger.spec, "threshold": _threshold_override(tagger), "smooth": tagger.policy.smooth}
+    out, settings, write = options.output_dir, plan.settings, _write_file_fn()
     with beam.Pipeline(options=make_options(pipeline_options)) as p:
-        decoded = (p | "Files" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
+        decoded = (p | "Files" >> beam.Create(plan.todo) | "Spread" >> beam.Reshuffle()
                    | "Decode" >> beam.ParDo(_decode_file_fn()(dataclasses.asdict(tagger.frontend)))
                    .with_outputs("facts", "unchanged", "derive", "failed", main="windows"))
-        from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
         features = (decoded.windows | "Model" >> RunInference(KeyedModelHandler(
             window_features_handler(spec, tagger.chunk_windows)))
             | "ByFile" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1].inference))))
         grouped = {"features": features, "facts": decoded.facts} | "Regroup" >> beam.CoGroupByKey()
-        write = _write_file_fn()
         written = grouped | "Write" >> beam.ParDo(write(spec, out, options, settings)).with_outputs("failed",
                                                                                                        main="done")
-        derived = (((p | "ToDerive" >> beam.Create(derive)), decoded.derive) | "AllToDerive" >> beam.Flatten()
+        derived = (((p | "ToDerive" >> beam.Create(plan.derive)), decoded.derive) | "AllToDerive" >> beam.Flatten()
                    | "Derive" >> beam.ParDo(write(spec, out, options, settings, derive=True))
                    .with_outputs("failed", main="done"))
         ((decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
@@ -318,31 +342,34 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
              | "Stamps" >> beam.io.WriteToText(os.path.join(run_dir, "unchanged"), file_name_suffix=".jsonl"))
         _ = (decoded.derive | "Rederived" >> beam.Map(lambda d: d["path"])
              | "RederivedList" >> beam.io.WriteToText(os.path.join(run_dir, "derived"), file_name_suffix=".txt"))
-    # What the pipeline left: failures, unchanged files (their records take the new stamps), records.
+
+
+def _collect(files: list[str], plan: _Plan, result: LibraryResult, out: str, failed_prefix: str, run_dir: str,
+             log) -> dict:
+    """What the pipeline left: failures, unchanged files (their records take the new stamps), and
+    the rows of every file done now or before."""
+    from apache_beam.io.filesystems import FileSystems
+    from jaxtag.files import write_atomic
     for line in _read_lines(FileSystems, failed_prefix, keep_empty=False):
         failure = json.loads(line)
         result.failed[failure["path"]] = failure["problem"]
         log.failed(failure["path"], failure["problem"])
-    from jaxtag.files import write_atomic
     for line in _read_lines(FileSystems, os.path.join(run_dir, "unchanged")):
         item = json.loads(line)
-        write_atomic(record_path(out, item["name"]), json.dumps(dict(checked[item["path"]], source={
+        write_atomic(record_path(out, item["name"]), json.dumps(dict(plan.checked[item["path"]], source={
             "path": os.path.abspath(item["path"]), **item["stamp"]})))
         result.skipped.append(item["path"])
-    derived_paths = {d["path"] for d in derive} | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
+    derived = {d["path"] for d in plan.derive} | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
     shutil.rmtree(run_dir, ignore_errors=True)
     records = scan_records(out)
     rows = {}
     for path in files:
-        record = records.get(names[path])
-        if record is not None and record.get("settings") == settings and path not in result.failed:
+        record = records.get(plan.names[path])
+        if record is not None and record.get("settings") == plan.settings and path not in result.failed:
             rows[path] = summary.row_from_json(record["summary"])
             if path not in result.skipped:
-                (result.derived if path in derived_paths else result.tagged).append(path)
-    similar = update_similarity(tagger, options, names, files, rows, result, log)
-    write_library(out, files, rows, result, tagger, similar)
-    result.seconds = time.perf_counter() - started
-    return result
+                (result.derived if path in derived else result.tagged).append(path)
+    return rows
 
 
 def _threshold_override(tagger):
