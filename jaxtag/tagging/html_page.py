@@ -57,10 +57,8 @@ canvas.width = width; canvas.height = ROW * T.tags.length;
 cursor.style.height = canvas.height + "px";
 const ctx = canvas.getContext("2d");
 const x = t => t / T.duration * width;   // seconds -> pixels; the cursor's left uses the same map
-// Each window is drawn over the stretch nearest its centre (as Taggram.segments in Python).
-const bounds = [0];
-for (let k = 1; k < T.centres.length; k++) bounds.push((T.centres[k - 1] + T.centres[k]) / 2);
-bounds.push(T.duration);
+// Each window is drawn over the stretch nearest its centre: Taggram.bounds(), computed in Python.
+const bounds = T.bounds;
 for (let k = 0; k < T.scores.length; k++) {
   for (let j = 0; j < T.tags.length; j++) {
     const s = T.scores[k][j];
@@ -76,10 +74,10 @@ for (let t = 0; t <= T.duration; t += step) {
   tick.style.position = "absolute"; tick.style.left = x(t) + "px"; tick.textContent = t + "s";
   axis.appendChild(tick);
 }
-function nearestWindow(t) {
-  let best = 0;
-  for (let k = 1; k < T.centres.length; k++) if (Math.abs(T.centres[k] - t) < Math.abs(T.centres[best] - t)) best = k;
-  return best;
+function nearestWindow(t) {   // the window k with bounds[k] <= t < bounds[k + 1] (binary search)
+  let lo = 0, hi = bounds.length - 2;
+  while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (bounds[mid] <= t) lo = mid; else hi = mid - 1; }
+  return lo;
 }
 function showTime(t) {
   t = Math.min(Math.max(Number(t) || 0, 0), T.duration);
@@ -160,7 +158,7 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
     name = os.path.basename(taggram.source)
     decided = taggram.decisions()
     payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
-               "end": taggram.end.tolist(), "centres": taggram.centres.tolist(),
+               "end": taggram.end.tolist(), "bounds": [round(float(b), 4) for b in taggram.bounds()],
                "scores": [[round(float(x), 4) for x in row] for row in taggram.scores],
                "active": decided.active.astype(int).tolist(),
                "bpm": [None if not np.isfinite(b) else round(float(b), 1) for b in
