@@ -90,6 +90,14 @@ def _tagger():
 def main(argv):
     inputs = argv[1:]
     _check_flags(inputs)
+    try:
+        return _tag(inputs)
+    except KeyboardInterrupt:  # while listing, loading the model or planning: nothing half-written
+        print("interrupted: rerun the same command to tag the rest", file=sys.stderr)
+        return 130
+
+
+def _tag(inputs: list[str]) -> int:
     from jaxtag.errors import JaxtagError
     from jaxtag.tagging.library import LibraryOptions, tag_library
     from jaxtag.tagging.outputs import find_audio

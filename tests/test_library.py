@@ -505,6 +505,19 @@ def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trai
     _check_complete(out, twelve)
 
 
+@pytest.mark.slow
+def test_ctrl_c_while_the_run_checks_its_records_exits_130_without_a_traceback(trained, twelve, tmp_path):
+    """Before any file is tagged (the records are being read and each file planned, which takes a
+    while on a big library): a clean stop, nothing half-written."""
+    out = tmp_path / "out"
+    args = [f"--workdir={trained[1]}", os.path.dirname(twelve[0]), f"--output_dir={out}", "--workers=2"]
+    returncode, err = _run_with_fault("plan_sigint@3", args, tmp_path)
+    assert returncode == 130, err[-3000:]
+    assert "interrupted: rerun the same command" in err and "Traceback" not in err
+    assert _record_count(out) == 0 and not os.listdir(out / ".jaxtag" / "scores")
+    assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
+
+
 def _chromium_dom(url, profile):
     from test_html_page import _chromium
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -227,6 +227,9 @@ def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_Fi
     return done
 
 
+PLAN_MESSAGE_FROM = 1000  # files
+
+
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
     """Tag every file into options.output_dir (see the module docstring); returns what happened.
     decode: the worker function (default decoding.decode_file)."""
@@ -237,6 +240,8 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     started = time.perf_counter()
     for folder in (RECORDS, STORE):
         os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
+    if len(files) >= PLAN_MESSAGE_FROM:  # reading the records of a big library takes a while: say so
+        log.say(f"checking {len(files)} file(s) against the records in {options.output_dir}")
     found = scan_records(options.output_dir)
     names = output_names(files, options.roots, recorded_names(options.output_dir, found))
     settings = settings_of(tagger)

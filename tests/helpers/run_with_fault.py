@@ -5,7 +5,8 @@
 FAULT is sigkill@N or sigterm@N (this process is signalled right after train step N, before the
 loop's preemption check), prepare_kill@N (SIGKILL once N tracks of a preparation are cached), or
 tag_sigkill@N / tag_sigint@N (the tag command is sent SIGKILL, or SIGINT as a Ctrl-C would be, right
-after the Nth file's record is written: a point the test controls, whatever the machine's speed).
+after the Nth file's record is written: a point the test controls, whatever the machine's speed),
+or plan_sigint@N (SIGINT while the run checks the Nth file against the records, before any tagging).
 The faults are patched in here, so the package itself carries no test hooks.
 """
 import os
@@ -53,6 +54,17 @@ def inject(fault: str) -> None:
                         os.kill(os.getpid(), signal.SIGKILL if kind == "tag_sigkill" else signal.SIGINT)
 
         library.write_atomic = write_then_signal
+    elif kind == "plan_sigint":
+        from jaxtag.tagging import library
+        plan, planned = library.plan_file, []
+
+        def signal_then_plan(*args, **kwargs):
+            planned.append(args[0])
+            if len(planned) == at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return plan(*args, **kwargs)
+
+        library.plan_file = signal_then_plan
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 
