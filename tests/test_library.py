@@ -322,6 +322,20 @@ def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys
         assert model == "cnn_lstm" and len(tags) == 18 and set(mood.split("; ")) == emotions
         np.testing.assert_array_equal(_samples(path), before[path][0])   # the audio is untouched
     assert again.tagged == [] and len(again.skipped) == 3                # the new mtime was recorded
+    # Back to the run's own thresholds: the rows and the tags in the files are derived again from
+    # the stored scores (no model), as the policy decides them from those scores.
+    back = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
+    assert sorted(back.derived) == sorted(files) and not back.tagged and not back.failed
+    rows = {r["path"]: r for r in json.loads((tmp_path / "out" / "library.json").read_text())["files"]}
+    from jaxtag.tagging.library import stored_taggram
+    from jaxtag.tagging.outputs import output_names
+    for path, name in output_names(files).items():
+        decided = stored_taggram(tagger, str(tmp_path / "out"), name, path)[2].decisions()
+        assert rows[path]["track_tags"] == list(decided.track_tags)
+        assert rows[path]["moods"] == [short_tag(t) for t in decided.moods]
+        mood = next((v for k, v in metadata.read_tags(path).items() if "MOO" in k.upper()), None)
+        assert mood == ("; ".join(rows[path]["moods"]) or None)
+    assert any(len(r["moods"]) < 18 for r in rows.values())   # the decisions did change
 
 
 @contextlib.contextmanager
