@@ -174,7 +174,7 @@ def test_pages_list_similar_tracks_and_moments(tagged_library):
 
 
 @pytest.mark.slow
-def test_the_similar_command(tagged_library):
+def test_the_similar_command(trained, tagged_library, tmp_path):
     from helpers import processes
     tagger, files, out = tagged_library
     result = processes.run_cli("jaxtag.similar", str(out), f"{files[1]}@4.5", "--n=2", timeout=300)
@@ -184,5 +184,13 @@ def test_the_similar_command(tagged_library):
     assert lines[3] == "moments most like it, in other tracks:"
     moment = re.fullmatch(rf"  1\.000  {re.escape(files[4])}  (\d+\.\d)-(\d+\.\d) s", lines[4])
     assert moment and float(moment.group(1)) <= 4.5 <= float(moment.group(2)), lines[4]
+    # An outside file (song2's audio elsewhere), tagged on the fly with the library's training run.
+    outside = shutil.copy(files[2], tmp_path / "outside.wav")
+    result = processes.run_cli("jaxtag.similar", str(out), str(outside), f"--workdir={trained[1]}", "--n=2",
+                               "--json", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout)
+    assert found["tracks"][0]["path"] == files[2] and found["tracks"][0]["score"] == pytest.approx(1, abs=1e-4)
+    assert len(found["tracks"]) == len(found["moments"]) == 2
     missing = processes.run_cli("jaxtag.similar", str(out), "/no/such.wav", timeout=300)
     assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
