@@ -99,6 +99,19 @@ def test_segments_merge_identical_neighbours_and_use_nearest_centres():
     np.testing.assert_array_equal(t.smoothed(3).scores, t.scores)
 
 
+def test_the_window_at_an_instant_is_the_one_with_the_nearest_centre():
+    from jaxtag.tagging.taggram import window_at
+    rng = np.random.default_rng(0)
+    start = np.cumsum(rng.uniform(0.5, 3.0, 20))      # uneven hops, as a last window's can be
+    end = start + 4.0
+    centres = (start + end) / 2
+    for t in rng.uniform(0, end[-1], 500):
+        assert window_at(start, end, t) == np.abs(centres - t).argmin()
+    assert window_at(start, end, -1.0) == 0 and window_at(start, end, 1e9) == 19
+    # Halfway between two centres: the later window, as Taggram.bounds() and the listening page.
+    assert window_at(start, end, (centres[4] + centres[5]) / 2) == 5
+
+
 def test_output_names_are_safe_and_unique(tmp_path):
     a, b = output_name("/music/a/song.mp3"), output_name("/music/b/song.mp3")
     assert a != b and a.startswith("song-")

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxtag.tagging import store
 from jaxtag.files import write_atomic
+from jaxtag.tagging.taggram import window_at
 
 INDEX = os.path.join(".jaxtag", "index")
 STATE = "state.npz"
@@ -475,8 +476,7 @@ def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None =
         raise FileNotFoundError(f"{path}: no such file")
     name, vectors, starts, ends = query_vectors(index, output_dir, path, workdir)
     if seconds is not None:
-        centres = (starts + ends) / 2
-        k = int(abs(centres - seconds).argmin())
+        k = window_at(starts, ends, seconds)
         moment_query, track = vectors[k:k + 1], track_vector(vectors[k:k + 1])
     else:
         moment_query, track = vectors, track_vector(vectors)

@@ -51,8 +51,7 @@ class Taggram:
     def bounds(self) -> np.ndarray:
         """[W + 1] times (s): each instant belongs to the window whose centre is nearest, so window
         k covers bounds[k]..bounds[k + 1] (the segments, the picture and the listening page)."""
-        c = self.centres
-        return np.r_[0.0, (c[:-1] + c[1:]) / 2, self.duration]
+        return np.r_[0.0, _midpoints(self.start, self.end), self.duration]
 
     def segments(self, active: np.ndarray | None = None) -> list[tuple[float, float, np.ndarray]]:
         """Non-overlapping segments covering [0, duration]: each instant takes the tags of the window
@@ -110,6 +109,17 @@ class Taggram:
         """The n tags the track carries most strongly (the policy's strength: the mean score, or
         for calibrated decisions the share of reference tracks scoring lower)."""
         return self.policy.top_tags(self.scores, n)
+
+
+def _midpoints(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """[W - 1] times halfway between consecutive window centres: where one window hands over."""
+    c = (np.asarray(start, np.float64) + np.asarray(end, np.float64)) / 2
+    return (c[:-1] + c[1:]) / 2
+
+
+def window_at(start: np.ndarray, end: np.ndarray, seconds: float) -> int:
+    """The window an instant belongs to (Taggram.bounds: the nearest centre; a tie goes to the later)."""
+    return int(np.searchsorted(_midpoints(start, end), seconds, side="right"))
 
 
 def read_taggram(path: str) -> Taggram:
