@@ -5,7 +5,7 @@
         model: musicnn-msd        # or musicnn-mtt; or `workdir:` a jaxtag training run
         workdir: ''
         output_dir: ''            # jaxtag's outputs (default: jaxtag/ in beets' config folder)
-        auto: no                  # tag items as they are imported
+        auto: no                  # tag items as they are imported (once beets has copied/moved them)
         write: ''                 # write file tags (default: beets' import.write)
         workers: 0                # decoding processes (0: one per CPU core)
 
@@ -50,7 +50,11 @@ class JaxtagPlugin(BeetsPlugin):
             mediafile.MP3DescStorageStyle("JAXTAG"), mediafile.MP4StorageStyle("----:com.apple.iTunes:JAXTAG"),
             mediafile.StorageStyle("JAXTAG")))
         if self.config["auto"].get(bool):
-            self.import_stages = [self.imported]
+            # After beets has copied or moved the files (and written its own tags): jaxtag's store
+            # then knows the items at their library paths, so `beet jaxtag` later finds them done.
+            # (An import stage proper runs before that, on the paths being imported from.)
+            self.register_listener("import_task_files", self.imported)
+        self._loaded_tagger = None
 
     def _media_field(self, name: str, descriptor) -> None:
         """A field beets reads from and writes to the files. Defined once per process: a plugin
@@ -84,10 +88,13 @@ class JaxtagPlugin(BeetsPlugin):
         return {field_name(t): types.Float(4) for t in self._tags()}
 
     def _tagger(self):
-        from jaxtag.tagging.tagger import Tagger
-        workdir = self.config["workdir"].as_str()
-        return Tagger.from_workdir(os.path.expanduser(workdir)) if workdir else \
-            Tagger.pretrained(self.config["model"].as_str())
+        """The model, loaded once per beets run (an import calls it for every album)."""
+        if self._loaded_tagger is None:
+            from jaxtag.tagging.tagger import Tagger
+            workdir = self.config["workdir"].as_str()
+            self._loaded_tagger = Tagger.from_workdir(os.path.expanduser(workdir)) if workdir else \
+                Tagger.pretrained(self.config["model"].as_str())
+        return self._loaded_tagger
 
     def _should_write(self, option: bool | None = None) -> bool:
         configured = self.config["write"].get()
@@ -108,9 +115,9 @@ class JaxtagPlugin(BeetsPlugin):
         return [tag, similar]
 
     def imported(self, session, task) -> None:
-        """Import stage (auto: yes): tag the imported items (beets writes their tags afterwards
-        when import.write is on)."""
-        self.tag_items(task.imported_items(), write=False)
+        """auto: yes: tag each import task's items where beets has put them; their file tags are
+        written (through beets) when `write` (default: import.write) is on."""
+        self.tag_items(task.imported_items())
 
     def tag_items(self, items, write: bool | None = None, force: bool = False) -> None:
         from jaxtag.tagging import library

@@ -1,6 +1,6 @@
 """The beets plugin (beetsplug/jaxtag.py), with beets' own plugin test helpers on a temporary
 library of generated audio: fields set and typed (range queries through beets), tags written
-through beets, resumable, the import stage, similar items."""
+through beets, resumable, tagging on import (a real beets import), similar items."""
 import json
 import os
 import shutil
@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("beets", reason="the beets plugin needs beets (pip install -e '.[beets]')")
 from beets.library import Item  # noqa: E402
-from beets.test.helper import PluginTestHelper  # noqa: E402
+from beets.test.helper import ImporterMixin, PluginTestHelper  # noqa: E402
 
 from jaxtag.tagging import metadata  # noqa: E402
 from test_library import _music  # noqa: E402
@@ -87,18 +87,6 @@ class TestJaxtagPlugin(PluginTestHelper):
         assert {p: p.stat().st_mtime_ns for p in records.rglob("*.json")} == stamps   # nothing redone
         assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items)
 
-    def test_the_import_stage_tags_imported_items(self, audio, tmp_path):
-        self._configure(auto=True)
-        from beets import plugins
-        stage = plugins.find_plugins()[0].import_stages[0]
-
-        class Task:
-            def imported_items(task):
-                return self.items[:2]
-        stage(None, Task())
-        assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items[:2])
-        assert "jaxtag_tags" not in self.lib.get_item(self.items[3].id)
-
     def test_similar_items(self, capsys):
         self._configure()
         self.run_command("jaxtag", "--nowrite")
@@ -108,3 +96,42 @@ class TestJaxtagPlugin(PluginTestHelper):
         assert len(lines) == 2 and lines[0].startswith("1.000  ")
         copy = next(i for i in self.lib.items() if "copy of track1" in os.fsdecode(i.path))
         assert lines[0] == f"1.000  {copy}"
+
+
+class TestJaxtagOnImport(ImporterMixin, PluginTestHelper):
+    """A real beets import (copying the files into the library, import.write on)."""
+    plugin: ClassVar[str] = "jaxtag"
+    preload_plugin: ClassVar[bool] = False
+
+    @pytest.mark.parametrize("auto", [True, False])
+    def test_an_import_tags_the_items_where_beets_put_them_only_with_auto(self, setup, trained, audio, tmp_path, auto):
+        album = self.import_path / "album"
+        album.mkdir()
+        for path in audio[:3]:
+            shutil.copy(path, album)
+        out = tmp_path / "jaxtag_out"
+        self.config["jaxtag"].set({"workdir": trained[1], "output_dir": str(out), "workers": 1, "auto": auto})
+        self.load_plugins("jaxtag")
+        self.setup_importer(autotag=False, write=True).run()
+        items = list(self.lib.items())
+        assert len(items) == 3 and all(os.fsdecode(i.path).startswith(str(self.lib_path)) for i in items)
+        if not auto:
+            assert all("jaxtag_tags" not in i for i in items) and not out.exists()
+            return
+        rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
+        assert sorted(rows) == sorted(os.fsdecode(i.path) for i in items)   # the library's copies
+        for item in items:
+            row = rows[os.fsdecode(item.path)]
+            assert item["mood"] == "; ".join(row["moods"]) and item["jaxtag_tags"] is not None
+            fields = metadata.read_tags(os.fsdecode(item.path))                # written through beets
+            jaxtag_field = next(v for k, v in fields.items() if "JAXTAG" in k.upper())
+            assert metadata.parse_jaxtag(jaxtag_field)[1] == (item["jaxtag_tags"].split("; ") if item["jaxtag_tags"]
+                                                              else [])
+        # The store knows them where they are: `beet jaxtag` afterwards runs no model (the stored
+        # scores stay as they are; the files' new stamps, from the tags beets wrote, are checked
+        # against their audio and recorded) and the decisions stay.
+        scores = {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "scores").rglob("*.npz")}
+        self.run_command("jaxtag", "--nowrite")
+        assert {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "scores").rglob("*.npz")} == scores
+        assert len(scores) == 3
+        assert {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]} == rows
