@@ -9,6 +9,9 @@ docs/scale-out.md has the commands for Dataflow, Flink and Spark.
 """
 from __future__ import annotations
 
+import contextlib
+import re
+
 from jaxtag.errors import JaxtagError
 
 INSTALL = "pip install -e '.[beam]' (or pip install 'apache-beam>=2.60')"
@@ -16,6 +19,29 @@ INSTALL = "pip install -e '.[beam]' (or pip install 'apache-beam>=2.60')"
 
 class BeamMissingError(JaxtagError, ImportError):
     """Beam was asked for and is not installed."""
+
+
+class BeamPipelineError(JaxtagError, RuntimeError):
+    """A Beam pipeline failed (Beam re-raises a worker's error as a RuntimeError of its own)."""
+
+
+# How Beam reports a worker's exception: "jaxtag.errors.DataError: FILE: problem [while running 'STEP']".
+_WORKER_ERROR = re.compile(r"(?:^|\s)jaxtag\.errors\.\w+: (.*?)(?: \[while running [^\]]*\])?\s*$")
+
+
+@contextlib.contextmanager
+def failures_named(job: str):
+    """Inside: a pipeline's failure becomes one BeamPipelineError whose message is jaxtag's own
+    error as a worker raised it (naming the file and the problem), not Beam's traceback."""
+    try:
+        yield
+    except JaxtagError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Beam wraps the workers' errors in its own types
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        found = next((m.group(1) for m in map(_WORKER_ERROR.search, reversed(lines)) if m), None)
+        problem = found or f"{type(e).__name__}: {lines[-1] if lines else ''}"
+        raise BeamPipelineError(f"{job} on Apache Beam failed: {problem}") from e
 
 
 def require_beam():

@@ -5,6 +5,7 @@ Builds the prepared dataset (mel frames and window labels) once, and prints its 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -41,7 +42,9 @@ def main(argv):
     start = time.time()
     try:
         validate_config(_CONFIG.value)  # impossible settings fail before any audio is read
-        builder = pipeline.prepare(_CONFIG.value, _BEAM.value)
+        # TFDS prints its progress on stdout: stderr keeps it, so stdout holds the summary alone.
+        with contextlib.redirect_stdout(sys.stderr):
+            builder = pipeline.prepare(_CONFIG.value, _BEAM.value)
     except (JaxtagError, ValueError) as e:
         logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)

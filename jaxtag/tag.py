@@ -118,11 +118,10 @@ def _tag(inputs: list[str]) -> int:
                              top_n=_TOP_N.value, embed_audio=len(files) == 1,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
     if _BEAM.value:
-        from jaxtag.beam import BeamMissingError
         from jaxtag.tagging.beam_library import tag_on_beam
         try:
             result = tag_on_beam(tagger, files, options, _BEAM.value)
-        except (BeamMissingError, ValueError) as e:
+        except (JaxtagError, ValueError) as e:   # Beam missing, OUT a URL, the pipeline failed
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:

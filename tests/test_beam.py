@@ -31,6 +31,41 @@ def test_pipeline_options_are_tfds_style_and_beam_missing_says_what_to_install(m
     assert str(missing.value).count("\n") == 0 and "pip install -e '.[beam]'" in str(missing.value)
 
 
+def test_a_failed_pipeline_is_named_by_the_workers_error_and_a_url_out_is_refused():
+    from jaxtag.beam import BeamPipelineError, failures_named
+    from jaxtag.errors import DataError
+    from jaxtag.tagging.beam_library import tag_on_beam
+    from jaxtag.tagging.library import LibraryOptions
+    as_beam_reports_it = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nRuntimeError: "
+                          "jaxtag.errors.DataError: /m/b.wav: cannot decode audio [while running 'Decode/ParDo']")
+    with pytest.raises(BeamPipelineError) as failed:
+        with failures_named("tagging"):
+            raise RuntimeError(as_beam_reports_it)
+    assert str(failed.value) == "tagging on Apache Beam failed: /m/b.wav: cannot decode audio"
+    with pytest.raises(BeamPipelineError, match=r"^preparing on Apache Beam failed: OSError: disk full$"):
+        with failures_named("preparing"):
+            raise OSError("disk full")
+    with pytest.raises(DataError, match="^/m/c.wav: bad$"):            # jaxtag's own errors pass as they are
+        with failures_named("tagging"):
+            raise DataError("/m/c.wav", "bad")
+    # The driver reads OUT's records and writes the summary itself: a URL is refused, saying why.
+    with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path it can read.*gcsfuse"):
+        tag_on_beam(None, [], LibraryOptions(output_dir="gs://bucket/out"), "runner=DirectRunner")
+
+
+@pytest.mark.slow
+def test_beam_is_imported_only_when_asked_for():
+    """jaxtag installs and runs without the extra: no command imports Beam unless given its options."""
+    code = ("import sys\n"
+            "import jaxtag.tag\n"                       # (the CLIs' flags clash in one process)
+            "from jaxtag.data import pipeline\n"
+            "from jaxtag.data.cal500exp import cal500exp_dataset_builder\n"
+            "from jaxtag.tagging import library, beam_library\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'apache_beam'], 'apache_beam imported'\n")
+    ran = processes.run(["-c", code], timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def beam():
     return pytest.importorskip("apache_beam", reason="the beam extra is not installed")
@@ -87,6 +122,36 @@ def test_a_corpus_prepared_on_beam_equals_the_local_one(beam, tmp_path):
         for name, example in a.items():
             for key, value in example.items():
                 np.testing.assert_array_equal(np.asarray(value), np.asarray(b[name][key]), err_msg=f"{name} {key}")
+
+
+@pytest.mark.slow
+def test_prepare_and_main_prepare_on_beam_from_the_command_line(beam, tmp_path):
+    """Both commands take --beam_pipeline_options. A bad track stops the pipeline with one error
+    naming its file (Beam re-raises a worker's error as its own RuntimeError); skipped, the rest
+    is prepared and the summary (alone on stdout with --json) counts it out."""
+    rows = [(0.0, 3.0, {"Emotion-Happy": 1.0})]
+    root = make_corpus(tmp_path / "corpus", {f"t{i}": (4.0, rows) for i in range(6)})
+    with open(os.path.join(root, "CAL500_32kps", "t1.wav"), "r+b") as f:     # its audio data: noise
+        f.seek(44)
+        f.write(b"\xff" * 4 + os.urandom(16))
+        f.truncate(50)
+    base = ["--config=configs/tiny.py", f"--config.data.root={root}"]
+    expected = "preparing the corpus on Apache Beam failed: " + os.path.join(root, "SegLabelHard", "SegLabelHard",
+                                                                             "t1.csv") + ": track 't1'"
+    bad = processes.run_cli("jaxtag.prepare", *base, f"--config.data.data_dir={tmp_path / 'd1'}",
+                            f"--beam_pipeline_options={MULTI}", timeout=600)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(f"error: {expected}"), \
+        bad.stderr[-3000:]
+    bad = processes.run_cli("jaxtag.main", *base, f"--config.data.data_dir={tmp_path / 'd2'}",
+                            f"--workdir={tmp_path / 'run'}", "--beam_pipeline_options=runner=DirectRunner", timeout=600)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith(f"error: {expected}"), \
+        bad.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")                 # stopped before training
+    ok = processes.run_cli("jaxtag.prepare", *base, f"--config.data.data_dir={tmp_path / 'd3'}", "--json",
+                           "--config.data.skip_bad_tracks=True", "--beam_pipeline_options=runner=DirectRunner",
+                           timeout=600)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert sum(split["tracks"] for split in json.loads(ok.stdout)["splits"].values()) == 5
 
 
 @pytest.fixture(scope="module")

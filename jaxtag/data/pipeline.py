@@ -85,8 +85,13 @@ def prepare(config, beam_pipeline_options: str | None = None) -> Cal500exp:
     else:
         logging.warning("No --config.data.root given: using the built-in SYNTHETIC corpus.")
     if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir,
-                                                                                  beam_options=beam_options))
+        download_config = tfds.download.DownloadConfig(manual_dir=manual_dir, beam_options=beam_options)
+        if beam_options is None:
+            builder.download_and_prepare(download_config=download_config)
+        else:
+            from jaxtag.beam import failures_named
+            with failures_named("preparing the corpus"):
+                builder.download_and_prepare(download_config=download_config)
         # The finished dataset holds every track: the per-track cache of interrupted runs can go.
         from jaxtag.data.cal500exp.cal500exp_dataset_builder import TrackCache
         TrackCache(os.path.join(data_dir(config), "cal500exp", "track_cache", builder.builder_config.name)).clear()

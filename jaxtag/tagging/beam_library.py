@@ -37,7 +37,7 @@ import uuid
 
 import numpy as np
 
-from jaxtag.beam import require_beam
+from jaxtag.beam import failures_named, require_beam
 from jaxtag.data import labels as labels_lib
 from jaxtag.errors import problem_of
 from jaxtag.tagging import decoding, summary, tempo as tempo_lib
@@ -284,7 +284,8 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     failed_prefix = os.path.join(out, FAILED, run)            # the dead-letter output, kept
     run_dir = os.path.join(out, ".jaxtag", f"beam-{run}")     # what the driver reads back, then removes
-    _run_pipeline(tagger, options, plan, pipeline_options, failed_prefix, run_dir)
+    with failures_named("tagging"):
+        _run_pipeline(tagger, options, plan, pipeline_options, failed_prefix, run_dir)
     rows = _collect(files, plan, result, out, failed_prefix, run_dir, log)
     similar = update_similarity(tagger, options, plan.names, files, rows, result, log)
     write_library(out, files, rows, result, tagger, similar)
