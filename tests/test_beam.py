@@ -251,3 +251,32 @@ def test_tagging_on_beam_equals_the_local_run_and_resumes(beam, trained, formats
     records = [json.loads(r.read_text()) for r in (on_beam / ".jaxtag" / "records").rglob("*.json")]
     assert sorted(r["source"]["mtime_ns"] for r in records) == [2_000_000_000] * 4
     assert not [p for p in on_beam.rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]
+
+
+@pytest.mark.slow
+def test_a_beam_run_killed_part_way_is_finished_by_a_rerun_without_redoing_finished_files(beam, trained, formats,
+                                                                                          tmp_path):
+    """SIGKILL to the driver and its workers once the first file's record is published: the rerun
+    tags only the files without a record, leaves the finished ones as they are, and cleans up."""
+    import signal
+    import subprocess
+    root, files = formats
+    out = tmp_path / "out"
+    args = [str(root), f"--output_dir={out}", f"--workdir={trained[1]}", "--top_n=0",
+            "--beam_pipeline_options=runner=DirectRunner"]
+    command = [sys.executable, os.path.join(processes.TESTS, "helpers", "run_with_fault.py"), "beam_kill@1",
+               "jaxtag.tag", *args]
+    with open(tmp_path / "stderr", "w+") as err:   # a session of its own: the fault kills its process group
+        killed = subprocess.Popen(command, cwd=processes.REPO, env=processes.environment(), stdout=subprocess.DEVNULL,
+                                  stderr=err, start_new_session=True).wait(timeout=900)
+        err.seek(0)
+        assert killed == -signal.SIGKILL, err.read()[-3000:]
+    records = {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "records").rglob("*.json")}
+    assert 1 <= len(records) < len(files) and not (out / "library.json").exists()
+    rerun = processes.run_cli("jaxtag.tag", *args, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (f"tagged {len(files) - len(records)}, already done {len(records)}, failed 0 of {len(files)} file(s)"
+            in rerun.stderr), rerun.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in records} == records              # the finished ones untouched
+    assert sorted(_scores(out)) == sorted(files)
+    assert not [p for p in out.rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]

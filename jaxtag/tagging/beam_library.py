@@ -40,6 +40,7 @@ import numpy as np
 from jaxtag.beam import failures_named, require_beam
 from jaxtag.data import labels as labels_lib
 from jaxtag.errors import problem_of
+from jaxtag.files import TMP_MARK, left_by_dead_process
 from jaxtag.tagging import decoding, summary, tempo as tempo_lib
 from jaxtag.tagging.library import (DERIVE, DONE, LibraryOptions, LibraryResult, plan_file, settings_of,
                                     stored_taggram, write_file)
@@ -281,9 +282,12 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
     plan = _plan(tagger, files, options, result)
     log.say(f"{len(files)} file(s): {len(plan.todo)} for the model, {len(plan.derive)} to derive from stored scores, "
             f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
+    _remove_killed_runs(out)
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     failed_prefix = os.path.join(out, FAILED, run)            # the dead-letter output, kept
-    run_dir = os.path.join(out, ".jaxtag", f"beam-{run}")     # what the driver reads back, then removes
+    # What the driver reads back, then removes; named by the driver's process, so that a run
+    # killed part way is told from one still running when its folder is found later.
+    run_dir = os.path.join(out, ".jaxtag", f"beam-{run}{TMP_MARK}{os.getpid()}")
     with failures_named("tagging"):
         _run_pipeline(tagger, options, plan, pipeline_options, failed_prefix, run_dir)
     rows = _collect(files, plan, result, out, failed_prefix, run_dir, log)
@@ -291,6 +295,22 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
     write_library(out, files, rows, result, tagger, similar)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _remove_killed_runs(out: str) -> None:
+    """What runs killed part way left in OUT/.jaxtag: their run folders, and the temporary
+    folders of their dead-letter output (these name no process: removed when no run is alive)."""
+    folder = os.path.join(out, ".jaxtag")
+    runs = [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.startswith("beam-")]
+    alive = [n for n in runs if TMP_MARK in n and not left_by_dead_process(n)]   # (unmarked: an older version's)
+    for name in runs:
+        if name not in alive:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    failed = os.path.join(out, FAILED)
+    if not alive and os.path.isdir(failed):
+        for name in os.listdir(failed):
+            if name.startswith("beam-temp-"):
+                shutil.rmtree(os.path.join(failed, name), ignore_errors=True)
 
 
 def _plan(tagger, files: list[str], options: LibraryOptions, result: LibraryResult) -> _Plan:

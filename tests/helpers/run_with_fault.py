@@ -6,7 +6,9 @@ FAULT is sigkill@N or sigterm@N (this process is signalled right after train ste
 loop's preemption check), prepare_kill@N (SIGKILL once N tracks of a preparation are cached), or
 tag_sigkill@N / tag_sigint@N (the tag command is sent SIGKILL, or SIGINT as a Ctrl-C would be, right
 after the Nth file's record is written: a point the test controls, whatever the machine's speed),
-or plan_sigint@N (SIGINT while the run checks the Nth file against the records, before any tagging).
+or plan_sigint@N (SIGINT while the run checks the Nth file against the records, before any tagging),
+or beam_kill@N (on Beam: SIGKILL to the whole process group, driver and workers, once N files'
+records are published; run it in a session of its own).
 The faults are patched in here, so the package itself carries no test hooks.
 """
 import os
@@ -65,6 +67,19 @@ def inject(fault: str) -> None:
             return plan(*args, **kwargs)
 
         library.plan_file = signal_then_plan
+    elif kind == "beam_kill":
+        from jaxtag.tagging import beam_library
+        publish = beam_library.publish
+
+        def publish_then_kill(staging, output_dir, name):
+            publish(staging, output_dir, name)
+            records = os.path.join(output_dir, ".jaxtag", "records")
+            # Counted on disk: the runner pickles this function into its workers, each with its own copy.
+            done = [f for _, _, names in os.walk(records) for f in names if f.endswith(".json") and "tmp" not in f]
+            if len(done) >= at:
+                os.killpg(os.getpgrp(), signal.SIGKILL)
+
+        beam_library.publish = publish_then_kill
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 
