@@ -1,7 +1,9 @@
 """Tempo: librosa's estimate per window and for the track, stable only for a steady beat; the
 onset envelope block by block equals the whole file's; the library writes it where it is steady."""
+import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -93,4 +95,11 @@ def test_the_library_keeps_the_tempo_and_writes_it_only_where_steady(trained, tm
     assert row["bpm"] == pytest.approx(stored.bpm, abs=0.05) and row["bpm_stable"] is True
     assert "BPM" not in metadata.read_tags(drone)
     assert not json.loads((out / "drone.json").read_text())["tempo"]["stable"]
-    assert os.path.exists(out / "steady.html") and "BPM (steady)" in (out / "steady.html").read_text()
+    page = (out / "steady.html").read_text()
+    assert "BPM (steady)" in page
+    payload = json.loads(re.search(r'id="taggram-data">(.*?)</script>', page, re.S).group(1))
+    assert payload["bpm"] == [w["bpm"] for w in written["windows"]]        # the page's "BPM now"
+    with open(out / "library.csv", newline="") as f:
+        table = {r["path"]: r for r in csv.DictReader(f)}
+    assert float(table[steady]["bpm"]) == pytest.approx(stored.bpm, abs=0.05) and table[steady]["bpm_stable"] == "true"
+    assert table[drone]["bpm_stable"] == "false"
