@@ -342,20 +342,23 @@ def generate_music(path: str, seconds: float, seed: int, sr: int = 44100) -> str
     encoded block by block (a 60-minute file never sits in memory)."""
     import numpy as np
     import soundfile as sf
+    from jaxtag.files import write_atomic
     if os.path.exists(path):
         return path
     rng = np.random.default_rng(seed)
     block = 10 * sr
-    tmp = path + ".part.mp3"
-    with sf.SoundFile(tmp, "w", sr, 2, format="MP3") as f:
-        for start in range(0, int(seconds * sr), block):
-            t = (start + np.arange(min(block, int(seconds * sr) - start))) / sr
-            root = 110 * 2 ** (rng.integers(0, 12) / 12)
-            y = sum(np.sin(2 * np.pi * root * r * t + rng.uniform(0, 6)) for r in (1, 1.26, 1.5, 2))
-            beat = np.exp(-30 * ((t * 2) % 1)) * rng.standard_normal(len(t))
-            y = 0.12 * y + 0.25 * beat + 0.02 * rng.standard_normal(len(t))
-            f.write(np.stack([y, np.roll(y, 50)], 1).astype(np.float32))
-    os.replace(tmp, path)
+
+    def encode(out):
+        with sf.SoundFile(out, "w", sr, 2, format="MP3") as f:
+            for start in range(0, int(seconds * sr), block):
+                t = (start + np.arange(min(block, int(seconds * sr) - start))) / sr
+                root = 110 * 2 ** (rng.integers(0, 12) / 12)
+                y = sum(np.sin(2 * np.pi * root * r * t + rng.uniform(0, 6)) for r in (1, 1.26, 1.5, 2))
+                beat = np.exp(-30 * ((t * 2) % 1)) * rng.standard_normal(len(t))
+                y = 0.12 * y + 0.25 * beat + 0.02 * rng.standard_normal(len(t))
+                f.write(np.stack([y, np.roll(y, 50)], 1).astype(np.float32))
+
+    write_atomic(path, encode, durable=False)
     return path
 
 

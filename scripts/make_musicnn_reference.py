@@ -162,10 +162,8 @@ def outer(args) -> None:
     out["clip"] = clip
     out["sr"] = np.int32(SR)
     out["wheel_sha256"] = np.array(WHEEL_SHA256)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp.npz"
-    np.savez_compressed(tmp, **out)
-    os.replace(tmp, args.out)
+    from jaxtag.files import write_atomic
+    write_atomic(os.path.abspath(args.out), lambda f: np.savez_compressed(f, **out))
     summary = {k: [list(v.shape), str(v.dtype)] for k, v in sorted(out.items())}
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes)", file=sys.stderr)

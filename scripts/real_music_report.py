@@ -41,7 +41,7 @@ import zipfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from jaxtag.files import sha256_file  # noqa: E402
+from jaxtag.files import sha256_file, write_atomic  # noqa: E402
 
 MIN_SECONDS = 30.0
 MODELS = ("musicnn-msd", "musicnn-mtt")
@@ -185,9 +185,7 @@ def collect(collection: Collection, cache_dir: str) -> list[dict]:
                 if any(fnmatch.fnmatch(member, g) for g in collection.music) and member.lower().endswith(AUDIO):
                     path = os.path.join(out_dir, member.replace("/", "__"))
                     if not os.path.exists(path):
-                        with open(path + ".part", "wb") as f:
-                            f.write(z.read(member))
-                        os.replace(path + ".part", path)
+                        write_atomic(path, z.read(member), durable=False)
                     found.append((member, path, sha256_file(path)))
     elif collection.stems:
         for folder in sorted({d for g in collection.music for d in glob.glob(os.path.join(root, g))}):
@@ -223,8 +221,7 @@ def _mix(stems: list[str], path: str) -> None:
     for y, _ in parts:
         mix[:len(y)] += y[:, :2] if y.shape[1] > 1 else y
     mix /= max(1.0, float(np.abs(mix).max()))
-    sf.write(path + ".part.flac", mix, sr)
-    os.replace(path + ".part.flac", path)
+    write_atomic(path, lambda f: sf.write(f, mix, sr, format="FLAC"), durable=False)
 
 
 # -- tagging ------------------------------------------------------------------------------------
@@ -301,10 +298,9 @@ def write_embedding_statistics(model: str, statistics: dict) -> str:
     import numpy as np
     from jaxtag.tagging.similarity import embedding_reference_path
     path = embedding_reference_path(model)
-    with open(path + ".part", "wb") as f:
-        np.savez_compressed(f, mean=statistics["mean"].astype(np.float32),
-                            covariance=statistics["covariance"].astype(np.float32), windows=statistics["windows"])
-    os.replace(path + ".part", path)
+    write_atomic(path, lambda f: np.savez_compressed(f, mean=statistics["mean"].astype(np.float32),
+                                                     covariance=statistics["covariance"].astype(np.float32),
+                                                     windows=statistics["windows"]))
     return path
 
 
@@ -312,13 +308,10 @@ def write_reference(reference: dict) -> str:
     """One line per track, so that a change shows as the tracks that changed."""
     from jaxtag.tagging import decisions
     path = decisions.reference_path(reference["model"])
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     head = {k: v for k, v in reference.items() if k not in ("tracks", "statistics")}
     lines = [json.dumps(head)[:-1] + ', "statistics": ' + json.dumps(reference["statistics"]) + ', "tracks": [']
     lines += [json.dumps(t) + ("," if i < len(reference["tracks"]) - 1 else "") for i, t in enumerate(reference["tracks"])]
-    with open(path + ".part", "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n]}\n")
-    os.replace(path + ".part", path)
+    write_atomic(path, "\n".join(lines) + "\n]}\n")
     return path
 
 
