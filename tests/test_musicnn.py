@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from jaxtag import pretrained
+from jaxtag.pretrained import musicnn_weights
 from jaxtag.data.audio import load_audio
 from jaxtag.data.features import mel_spectrogram
 from jaxtag.errors import JaxtagError
@@ -61,7 +62,7 @@ def fetched(tmp_path_factory):
     a copy of the downloaded wheel is kept for the tests that refetch."""
     root = str(tmp_path_factory.mktemp("pretrained"))
     keep = str(tmp_path_factory.mktemp("wheel"))
-    real_download = pretrained._download_wheel
+    real_download = musicnn_weights._download_wheel
 
     def spy(dest_dir):
         path = real_download(dest_dir)
@@ -69,7 +70,7 @@ def fetched(tmp_path_factory):
         return path
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pretrained, "_download_wheel", spy)
+        mp.setattr(musicnn_weights, "_download_wheel", spy)
         start = time.perf_counter()
         pretrained.load_pretrained("musicnn-msd", cache_dir=root)
         seconds = time.perf_counter() - start
@@ -91,7 +92,7 @@ def loaded(fetched):
     def no_download(dest_dir):
         raise AssertionError("a verified cache must not be refetched")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pretrained, "_download_wheel", no_download)
+        mp.setattr(musicnn_weights, "_download_wheel", no_download)
         return {name: pretrained.load_pretrained(name, cache_dir=fetched.root) for name in MODELS}
 
 
@@ -377,7 +378,7 @@ def test_damaged_cache_is_refetched_not_used(damage, fetched, loaded, tmp_path, 
     damaged_bytes = pathlib.Path(path).read_bytes()
     assert not pretrained.is_cached("musicnn-mtt", root)
     calls = []
-    monkeypatch.setattr(pretrained, "_download_wheel", fake_download(fetched.wheel, calls))
+    monkeypatch.setattr(musicnn_weights, "_download_wheel", fake_download(fetched.wheel, calls))
 
     variables, info = pretrained.load_pretrained("musicnn-mtt", cache_dir=root)
 
@@ -399,7 +400,7 @@ def test_wheel_with_wrong_hash_is_rejected(fetched, tmp_path, monkeypatch):
     data = bytearray(pathlib.Path(fetched.wheel).read_bytes())
     data[len(data) // 2] ^= 1
     bad_wheel.write_bytes(bytes(data))
-    monkeypatch.setattr(pretrained, "_download_wheel", fake_download(str(bad_wheel), []))
+    monkeypatch.setattr(musicnn_weights, "_download_wheel", fake_download(str(bad_wheel), []))
     root = tmp_path / "cache"
     with pytest.raises(pretrained.PretrainedWeightsError, match="sha256") as e:
         pretrained.load_pretrained("musicnn-msd", cache_dir=str(root))

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from jaxtag import pretrained
+from jaxtag.pretrained import musicnn_weights
 from jaxtag.errors import JaxtagError
 
 
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
             for name in pretrained.PRETRAINED:
                 print(f"{name}: {pretrained.weights_path(name, root)}")
         else:
-            root = pretrained._root(args.cache_dir)
+            root = musicnn_weights._root(args.cache_dir)
             print(f"cache: {root}")
             for name, spec in pretrained.PRETRAINED.items():
                 state = "cached" if pretrained.is_cached(name, root) else "not cached"
