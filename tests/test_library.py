@@ -627,6 +627,27 @@ def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library,
     assert len(tag_library(other, files, _options(out)).tagged) == 3
 
 
+def test_a_store_of_an_earlier_version_runs_the_model_again_instead_of_failing(tagger, library, tmp_path):
+    """A store written before the tempo was kept (no bpm arrays): other decisions cannot be derived
+    from it, so the file goes through the model again; it does not fail."""
+    from jaxtag.tagging.store import read_store, store_path
+    files = [shutil.copy(library[0], tmp_path)]
+    out = tmp_path / "out"
+    assert len(tag_library(tagger, files, _options(out, formats=("json",))).tagged) == 1
+    (name,) = [p.stem for p in (out / ".jaxtag" / "scores").iterdir()]
+    with np.load(store_path(str(out), name)) as npz:
+        earlier = {k: npz[k] for k in npz.files if k not in ("bpm", "window_bpm", "bpm_agreement")}
+    np.savez(store_path(str(out), name), **earlier)
+    policy = tagger.policy
+    tagger.policy = policy.with_threshold(0.3)
+    try:
+        again = tag_library(tagger, files, _options(out, formats=("json",)))
+    finally:
+        tagger.policy = policy
+    assert again.tagged == files and not again.failed and not again.derived
+    assert read_store(str(out), name)["tempo"] is not None                 # stored again, of this version
+
+
 @pytest.mark.slow
 def test_a_worker_that_dies_is_named_and_the_others_are_tagged(tagger, library, tmp_path):
     from helpers.crashing_decoder import decode_or_crash

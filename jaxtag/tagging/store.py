@@ -112,10 +112,20 @@ def write_store(output_dir: str, name: str, taggram, embeddings: np.ndarray, mod
     write_atomic(store_path(output_dir, name), save)
 
 
+# What write_store writes and read_store needs. A store of another version (without some of them)
+# is no stored output: its file runs through the model again instead of failing to be derived.
+# (Records are of the store's version: library.RECORD_VERSION goes up with a change of these.)
+STORE_KEYS = frozenset({"scores", "start", "end", "bpm", "window_bpm", "bpm_agreement", "duration", "embeddings",
+                        "envelope", "tags", "model", "source_json", "warnings_json"})
+
+
 def stored_header(output_dir: str, name: str) -> dict | None:
-    """A stored file's model fingerprint and source, read without its arrays."""
+    """A stored file's model fingerprint and source, read without its arrays; None if there is no
+    store of this version."""
     try:
         with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
+            if not STORE_KEYS <= set(npz.files):
+                return None
             return {"model": str(npz["model"]), "source": json.loads(str(npz["source_json"]))}
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
