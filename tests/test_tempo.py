@@ -2,7 +2,6 @@
 onset envelope block by block equals the whole file's; the library writes it where it is steady."""
 import csv
 import json
-import os
 import re
 
 import numpy as np
