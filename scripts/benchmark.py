@@ -368,7 +368,6 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
     per stage and peak RSS."""
     import resource
     import tempfile
-    import soundfile
     from jaxtag.tagging.library import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     start = time.perf_counter()
@@ -378,7 +377,6 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
         if beam_options:
             from jaxtag.tagging.beam_library import tag_on_beam
             result = tag_on_beam(tagger, files, LibraryOptions(output_dir=out, top_n=0), beam_options)
-            result.audio_seconds = sum(soundfile.info(f).duration for f in result.tagged)
         else:
             result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
     return {"files": len(result.tagged), "failed": result.failed, "audio_seconds": result.audio_seconds,

@@ -42,10 +42,9 @@ from jaxtag.data import labels as labels_lib
 from jaxtag.errors import problem_of
 from jaxtag.files import TMP_MARK, left_by_dead_process
 from jaxtag.tagging import decoding, summary, tempo as tempo_lib
-from jaxtag.tagging.library import (DERIVE, DONE, LibraryOptions, LibraryResult, plan_file, settings_of,
-                                    stored_taggram, write_file)
-from jaxtag.tagging.outputs import output_names
-from jaxtag.tagging.store import RECORDS, STORE, record_path, recorded_names, scan_records
+from jaxtag.tagging.library import (DERIVE, LibraryOptions, LibraryPlan, LibraryResult, plan_library, stored_taggram,
+                                    write_file)
+from jaxtag.tagging.store import STORE, read_record, record_path, refresh_record
 
 FAILED = os.path.join(".jaxtag", "failed")
 _TAGGERS: dict[str, object] = {}   # one model per worker process, whichever stage asks first
@@ -101,20 +100,17 @@ def _decode_file_fn():
 
         def process(self, item):
             path, name, expected = item["path"], item["name"], item.get("expected")
-            if expected is not None:
-                try:
-                    stamp = decoding.file_stamp(path)
-                except OSError:
-                    stamp = None
-                if stamp is not None and stamp["content"] == expected:
+            folder = tempfile.mkdtemp(prefix="jaxtag-beam-")
+            try:
+                args = (path, self.frontend, os.path.join(folder, "frames.f32"), self.basis)
+                decoded = decoding.decode_file(*args) if expected is None else \
+                    decoding.check_then_decode(decoding.decode_file, expected, *args)
+                if isinstance(decoded, decoding.Unchanged):
                     # Only retagged, touched or copied: its outputs derived again, or its record's stamp
                     # brought up to date (by the driver).
                     output = "derive" if item.get("then") == DERIVE else "unchanged"
-                    yield beam.pvalue.TaggedOutput(output, {"path": path, "name": name, "stamp": stamp})
+                    yield beam.pvalue.TaggedOutput(output, {"path": path, "name": name, "stamp": decoded.stamp})
                     return
-            folder = tempfile.mkdtemp(prefix="jaxtag-beam-")
-            try:
-                decoded = decoding.decode_file(path, self.frontend, os.path.join(folder, "frames.f32"), self.basis)
                 if isinstance(decoded, decoding.DecodeFailure):
                     yield beam.pvalue.TaggedOutput("failed", (path, decoded.problem))
                     return
@@ -257,16 +253,6 @@ def _read_store(output_dir: str, name: str):
 
 # -- the driver ----------------------------------------------------------------------------------------
 
-@dataclasses.dataclass
-class _Plan:
-    """What the driver sends to the pipeline (see plan_file)."""
-    names: dict
-    settings: dict
-    todo: list = dataclasses.field(default_factory=list)      # {"path", "name", "expected", "then"}
-    derive: list = dataclasses.field(default_factory=list)    # {"path", "name"}
-    checked: dict = dataclasses.field(default_factory=dict)   # path -> its record (checked on a worker)
-
-
 def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> LibraryResult:
     """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
     happened, as tag_library does."""
@@ -279,7 +265,8 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
         raise ValueError(f"{out}: the driver plans from OUT's records and writes the library's summary, so OUT must "
                          "be a path it can read (a local disk, NFS, or a bucket mounted with gcsfuse or s3fs); "
                          "the workers write through Beam's FileSystems (docs/scale-out.md)")
-    plan = _plan(tagger, files, options, result)
+    plan = plan_library(tagger, files, options, log)
+    result.skipped.extend(plan.done)
     log.say(f"{len(files)} file(s): {len(plan.todo)} for the model, {len(plan.derive)} to derive from stored scores, "
             f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
     _remove_killed_runs(out)
@@ -313,28 +300,7 @@ def _remove_killed_runs(out: str) -> None:
                 shutil.rmtree(os.path.join(failed, name), ignore_errors=True)
 
 
-def _plan(tagger, files: list[str], options: LibraryOptions, result: LibraryResult) -> _Plan:
-    out = options.output_dir
-    for folder in (RECORDS, STORE):
-        os.makedirs(os.path.join(out, folder), exist_ok=True)
-    records = scan_records(out)
-    plan = _Plan(names=output_names(files, options.roots, recorded_names(out, records)), settings=settings_of(tagger))
-    for path in files:
-        name = plan.names[path]
-        what, expected = plan_file(path, name, options, plan.settings, records.get(name))
-        if what == DONE and expected is None:
-            result.skipped.append(path)
-        elif what == DERIVE and expected is None:
-            plan.derive.append({"path": path, "name": name})
-        else:
-            if expected is not None:
-                plan.checked[path] = records.get(name)
-            plan.todo.append({"path": path, "name": name, "expected": expected,
-                              "then": what if expected is not None else None})
-    return plan
-
-
-def _run_pipeline(tagger, options: LibraryOptions, plan: _Plan, pipeline_options: str, failed_prefix: str,
+def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_options: str, failed_prefix: str,
                   run_dir: str) -> None:
     import logging
     beam = require_beam()
@@ -344,7 +310,9 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: _Plan, pipeline_options
     spec = {**tagger.spec, "threshold": _threshold_override(tagger), "smooth": tagger.policy.smooth}
     out, settings, write = options.output_dir, plan.settings, _write_file_fn()
     with beam.Pipeline(options=make_options(pipeline_options)) as p:
-        decoded = (p | "Files" >> beam.Create(plan.todo) | "Spread" >> beam.Reshuffle()
+        todo = [{"path": path, "name": plan.names[path], "expected": plan.check[path][1] if path in plan.check else None,
+                 "then": plan.check[path][0] if path in plan.check else None} for path in plan.todo]
+        decoded = (p | "Files" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
                    | "Decode" >> beam.ParDo(_decode_file_fn()(dataclasses.asdict(tagger.frontend)))
                    .with_outputs("facts", "unchanged", "derive", "failed", main="windows"))
         features = (decoded.windows | "Model" >> RunInference(KeyedModelHandler(
@@ -353,7 +321,8 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: _Plan, pipeline_options
         grouped = {"features": features, "facts": decoded.facts} | "Regroup" >> beam.CoGroupByKey()
         written = grouped | "Write" >> beam.ParDo(write(spec, out, options, settings)).with_outputs("failed",
                                                                                                        main="done")
-        derived = (((p | "ToDerive" >> beam.Create(plan.derive)), decoded.derive) | "AllToDerive" >> beam.Flatten()
+        derived = (((p | "ToDerive" >> beam.Create([{"path": path, "name": plan.names[path]} for path in plan.derive])),
+                    decoded.derive) | "AllToDerive" >> beam.Flatten()
                    | "Derive" >> beam.ParDo(write(spec, out, options, settings, derive=True))
                    .with_outputs("failed", main="done"))
         ((decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
@@ -365,31 +334,32 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: _Plan, pipeline_options
              | "RederivedList" >> beam.io.WriteToText(os.path.join(run_dir, "derived"), file_name_suffix=".txt"))
 
 
-def _collect(files: list[str], plan: _Plan, result: LibraryResult, out: str, failed_prefix: str, run_dir: str,
+def _collect(files: list[str], plan: LibraryPlan, result: LibraryResult, out: str, failed_prefix: str, run_dir: str,
              log) -> dict:
     """What the pipeline left: failures, unchanged files (their records take the new stamps), and
     the rows of every file done now or before."""
     from apache_beam.io.filesystems import FileSystems
-    from jaxtag.files import write_atomic
     for line in _read_lines(FileSystems, failed_prefix, keep_empty=False):
         failure = json.loads(line)
         result.failed[failure["path"]] = failure["problem"]
         log.failed(failure["path"], failure["problem"])
     for line in _read_lines(FileSystems, os.path.join(run_dir, "unchanged")):
         item = json.loads(line)
-        write_atomic(record_path(out, item["name"]), json.dumps(dict(plan.checked[item["path"]], source={
-            "path": os.path.abspath(item["path"]), **item["stamp"]})))
+        refresh_record(out, item["name"], plan.check[item["path"]][2], item["path"], item["stamp"])
         result.skipped.append(item["path"])
-    derived = {d["path"] for d in plan.derive} | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
+    derived = set(plan.derive) | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
     shutil.rmtree(run_dir, ignore_errors=True)
-    records = scan_records(out)
-    rows = {}
+    rows = dict(plan.done)
     for path in files:
-        record = records.get(plan.names[path])
-        if record is not None and record.get("settings") == plan.settings and path not in result.failed:
+        if path in plan.done or path in result.failed:
+            continue
+        record = read_record(out, plan.names[path])
+        if record is not None and record.get("settings") == plan.settings:
             rows[path] = summary.row_from_json(record["summary"])
             if path not in result.skipped:
                 (result.derived if path in derived else result.tagged).append(path)
+                if path not in derived:
+                    result.audio_seconds += rows[path]["duration"]
     return rows
 
 

@@ -36,12 +36,12 @@ import numpy as np
 
 from jaxtag.data import features
 from jaxtag.errors import DataError, WorkerStartError, problem_of
-from jaxtag.files import available_cpus
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
-from jaxtag.files import TMP_MARK, left_by_dead_process, write_atomic
+from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process, write_atomic
 from jaxtag.tagging.outputs import FORMATS, check_formats, output_names, shown_path, write_outputs
 from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
+                                  refresh_record,
                                   scan_records, store_path, stored_header, untouched, write_store)
 from jaxtag.tagging.taggram import Taggram
 
@@ -230,6 +230,39 @@ def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_Fi
 PLAN_MESSAGE_FROM = 1000  # files
 
 
+@dataclasses.dataclass
+class LibraryPlan:
+    """What each file of a run needs (plan_file), from OUT's records, before anything is decoded."""
+    names: dict      # path -> its output name
+    settings: dict   # this run's (settings_of)
+    done: dict       # path -> its library row: nothing to do
+    derive: list     # paths whose outputs are derived again from their stored scores
+    todo: list       # paths for the decoding workers, in order: for the model, or to check first
+    check: dict      # path -> (DONE or DERIVE, content fingerprint, record): only its stamp changed
+
+
+def plan_library(tagger, files: list[str], options: LibraryOptions, log) -> LibraryPlan:
+    """The plan of a run over `files` (the local run's and the Beam driver's)."""
+    for folder in (RECORDS, STORE):
+        os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
+    if len(files) >= PLAN_MESSAGE_FROM:  # reading the records of a big library takes a while: say so
+        log.say(f"checking {len(files)} file(s) against the records in {options.output_dir}")
+    found = scan_records(options.output_dir)
+    plan = LibraryPlan(output_names(files, options.roots, recorded_names(options.output_dir, found)),
+                       settings_of(tagger), {}, [], [], {})
+    for path in files:
+        record = found.get(plan.names[path])
+        what, content = plan_file(path, plan.names[path], options, plan.settings, record)
+        if content is not None:  # only its stamp changed: a worker checks its audio (then)
+            plan.check[path] = (what, content, record)
+            plan.todo.append(path)
+        elif what == DONE:
+            plan.done[path] = summary.row_from_json(record["summary"])
+        else:
+            (plan.derive if what == DERIVE else plan.todo).append(path)
+    return plan
+
+
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
     """Tag every file into options.output_dir (see the module docstring); returns what happened.
     decode: the worker function (default decoding.decode_file)."""
@@ -238,39 +271,22 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     log = log or Log(options)
     result = LibraryResult()
     started = time.perf_counter()
-    for folder in (RECORDS, STORE):
-        os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
-    if len(files) >= PLAN_MESSAGE_FROM:  # reading the records of a big library takes a while: say so
-        log.say(f"checking {len(files)} file(s) against the records in {options.output_dir}")
-    found = scan_records(options.output_dir)
-    names = output_names(files, options.roots, recorded_names(options.output_dir, found))
-    settings = settings_of(tagger)
-    rows, todo, derive, expected = {}, [], [], {}
-    for path in files:
-        record = found.get(names[path])
-        plan, content = plan_file(path, names[path], options, settings, record)
-        if content is not None:  # only its stamp changed: a worker checks its audio (then)
-            expected[path] = (plan, content, record)
-            todo.append(path)
-        elif plan == DONE:
-            rows[path] = summary.row_from_json(record["summary"])
-            result.skipped.append(path)
-        else:
-            (derive if plan == DERIVE else todo).append(path)
-    found.clear()
-    log.plan(len(files), len(todo), len(derive))
+    plan = plan_library(tagger, files, options, log)
+    rows = dict(plan.done)
+    result.skipped.extend(plan.done)
+    log.plan(len(files), len(plan.todo), len(plan.derive))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
     # A file's outputs are written on this thread while the model goes on with the next files
     # (the picture is most of it; the model would wait for it otherwise).
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
-    context = _RunContext(tagger, names, options, settings, rows, result, _LockedLog(log),
-                          decode or decoding.decode_file, writer, expected)
-    if todo:  # while the model compiles and the workers start, not on the first file's way out
+    context = _RunContext(tagger, plan.names, options, plan.settings, rows, result, _LockedLog(log),
+                          decode or decoding.decode_file, writer, plan.check)
+    if plan.todo:  # while the model compiles and the workers start, not on the first file's way out
         writer.submit(_warm_up_writer, tagger)
     try:
-        for path in derive:  # no model: the writer thread derives them while the model starts
+        for path in plan.derive:  # no model: the writer thread derives them while the model starts
             _queue_write(context, _derive_outputs, path)
-        _run(context, todo, tmp_dir)
+        _run(context, plan.todo, tmp_dir)
         _wait_for_writes(context)
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
             for path in result.skipped:
@@ -282,7 +298,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
         # files queued behind it have no record and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    similar = {} if result.interrupted else update_similarity(tagger, options, names, files, rows, result, context.log)
+    similar = {} if result.interrupted else update_similarity(tagger, options, plan.names, files, rows, result, context.log)
     write_library(options.output_dir, files, rows, result, tagger, similar)
     result.seconds = time.perf_counter() - started
     return result
@@ -321,7 +337,7 @@ class _RunContext:
     log: object
     decode: object
     writer: concurrent.futures.ThreadPoolExecutor
-    expected: dict       # path -> (DONE or DERIVE, content fingerprint, record): files to check first
+    check: dict          # path -> (DONE or DERIVE, content fingerprint, record): files to check first
     writes: collections.deque = dataclasses.field(default_factory=collections.deque)
 
 
@@ -356,8 +372,8 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
                 state = _FileState(queue[0], os.path.join(tmp_dir, f"{uuid.uuid4().hex}.f32"))
                 args = (state.path, frontend, state.frames_path, basis)
                 try:
-                    if state.path in c.expected:
-                        future = pool.submit(decoding.check_then_decode, c.decode, c.expected[state.path][1], *args)
+                    if state.path in c.check:
+                        future = pool.submit(decoding.check_then_decode, c.decode, c.check[state.path][1], *args)
                     else:
                         future = pool.submit(c.decode, *args)
                 except concurrent.futures.process.BrokenProcessPool:
@@ -409,14 +425,11 @@ def _pool_broke(started: concurrent.futures.Future, in_flight: list) -> list[str
 def _take_unchanged(c: _RunContext, unchanged) -> None:
     """A file whose size or mtime changed holds the same audio (a worker checked): done, with its
     record's stamp brought up to date, or its outputs derived again from its stored scores."""
-    plan, _, record = c.expected[unchanged.path]
-    source = {"path": os.path.abspath(unchanged.path), **unchanged.stamp}
+    plan, _, record = c.check[unchanged.path]
     if plan == DERIVE:
         _queue_write(c, _derive_outputs, unchanged.path)
         return
-    name = c.names[unchanged.path]
-    record = dict(record, source=source)
-    write_atomic(record_path(c.options.output_dir, name), json.dumps(record))
+    record = refresh_record(c.options.output_dir, c.names[unchanged.path], record, unchanged.path, unchanged.stamp)
     c.rows[unchanged.path] = summary.row_from_json(record["summary"])
     c.result.skipped.append(unchanged.path)
     c.log.unchanged(unchanged.path)

@@ -59,6 +59,14 @@ def scan_records(output_dir: str) -> dict[str, dict]:
     return {name: r for name, r in records.items() if r is not None}
 
 
+def refresh_record(output_dir: str, name: str, record: dict, path: str, stamp: dict) -> dict:
+    """The record of a file found to hold the same audio under a new stamp (retagged, touched or
+    copied), with that stamp, written; returned."""
+    record = dict(record, source={"path": os.path.abspath(path), **stamp})
+    write_atomic(record_path(output_dir, name), json.dumps(record))
+    return record
+
+
 def recorded_names(output_dir: str, records: dict[str, dict]) -> dict[str, str]:
     """{absolute path: name} of the files earlier runs named: those with a record, and those whose
     scores were stored by a run killed before their record was written."""
