@@ -93,6 +93,22 @@ def test_the_ivf_index_finds_what_exact_search_finds(tmp_path):
     np.testing.assert_allclose(ivf.tracks, exact.tracks, atol=1e-6)
 
 
+def test_a_library_of_two_models_indexes_the_commoner_once(tmp_path):
+    """Vectors of two models are not comparable: the index holds the model most files were tagged
+    with, and is not rebuilt while nothing changes."""
+    from jaxtag.tagging import library
+    _fake_library(tmp_path, _clustered(8, 6))
+    for i in range(3):   # three files tagged by another model since
+        path = library.record_path(str(tmp_path), f"album{i % 3}/track{i:03d}")
+        record = json.loads(open(path).read())
+        record["settings"]["model"] = "m2"
+        library.write_atomic(path, json.dumps(record))
+    first = similarity.update_index(str(tmp_path))
+    assert first.model == "m1" and sorted(first.names) == sorted(f"album{i % 3}/track{i:03d}" for i in range(3, 8))
+    again = similarity.update_index(str(tmp_path))
+    assert again.file == first.file and again.names == first.names
+
+
 def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
     tracks = _clustered(10, 6)
     _fake_library(tmp_path, tracks[:8])

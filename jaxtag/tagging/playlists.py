@@ -106,17 +106,16 @@ def _write_radio(output_dir: str, folder: str, tracks: list[dict], seeds: list[s
     index = similarity.load_index(output_dir) or similarity.update_index(output_dir)
     by_path = {t["path"]: t for t in tracks}
     radio_folder = os.path.join(folder, "similar")
+    rows = {t["name"]: t["row"] for t in tracks}
     written = []
     for seed in seeds:
         seed_path = os.path.abspath(seed)
-        if seed_path not in by_path or by_path[seed_path]["name"] not in index.names:
+        if seed_path not in by_path or by_path[seed_path]["name"] not in index.path_of:
             raise ValueError(f"{seed}: not a tagged file of {output_dir}")
         name = by_path[seed_path]["name"]
         others = index.similar_tracks(index.tracks[index.position(name)], length - 1, exclude=name)
-        path_of = dict(zip(index.names, index.paths))
-        rows = {t["name"]: t["row"] for t in tracks}
         entries = [_entry(seed_path, by_path[seed_path]["row"], radio_folder)]
-        entries += [_entry(path_of[other], rows.get(other, {}), radio_folder) for other, _ in others]
+        entries += [_entry(index.path_of[other], rows.get(other, {}), radio_folder) for other, _ in others]
         path = os.path.join(radio_folder, f"{_safe_part(os.path.basename(name))}.m3u8")
         os.makedirs(radio_folder, exist_ok=True)
         _write_text(path, m3u8(f"jaxtag radio: {os.path.basename(name)}", entries))

@@ -24,7 +24,9 @@ removes the orphan.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import json
 import os
 import uuid
@@ -128,13 +130,29 @@ class SimilarityIndex:
     def size(self) -> int:
         return int(self.offsets[-1]) if len(self.offsets) else 0
 
+    @functools.cached_property
+    def _positions(self) -> dict[str, int]:   # (an index is never changed in place: _apply makes a new one)
+        return {name: i for i, name in enumerate(self.names)}
+
+    @functools.cached_property
+    def _by_number(self) -> dict[int, int]:
+        return {int(number): i for i, number in enumerate(self.numbers)}
+
+    @functools.cached_property
+    def path_of(self) -> dict[str, str]:
+        """{output name: audio path}."""
+        return dict(zip(self.names, self.paths))
+
     def position(self, name: str) -> int:
-        return self.names.index(name)
+        try:
+            return self._positions[name]
+        except KeyError:
+            raise ValueError(f"{name!r} is not in the index") from None
 
     def similar_tracks(self, vector: np.ndarray, n: int = 10, exclude: str | None = None) -> list[tuple[str, float]]:
         """The n tracks most similar to a track vector: (name, cosine), best first."""
         scores = self.tracks @ np.asarray(vector, np.float32)
-        if exclude is not None and exclude in self.names:
+        if exclude is not None and exclude in self._positions:
             scores[self.position(exclude)] = -np.inf
         order = np.argsort(-scores, kind="stable")[:n]
         return [(self.names[i], float(scores[i])) for i in order if np.isfinite(scores[i])]
@@ -153,10 +171,10 @@ class SimilarityIndex:
         best first; the moments of the file `exclude` (the query's own track) passed over."""
         vectors = np.atleast_2d(vectors)
         skip, own = None, 0
-        if exclude in self.names:
+        if exclude in self._positions:
             i = self.position(exclude)
             skip, own = int(self.numbers[i]), int(self.offsets[i + 1] - self.offsets[i])
-        where = {int(number): i for i, number in enumerate(self.numbers)}
+        where = self._by_number
         k = n + min(own, 4 * n)   # its own moments are mostly among the nearest: look further
         while True:
             scores, ids = self.search_moments(vectors, k)
@@ -321,12 +339,14 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
                              record["settings"]["model"])
         except (OSError, KeyError, TypeError):
             continue  # its scores are not stored: not in the index
-    models = {model for _, _, model in current.values()}
+    # One model's outputs in an index (its vectors): the model most of the library was tagged with.
+    counts = collections.Counter(model for _, _, model in current.values())
+    model = counts.most_common(1)[0][0] if counts else ""
+    current = {n: v for n, v in current.items() if v[2] == model}
     index = load_index(output_dir)
     spec = spec if spec is not None else (index.spec if index is not None else {})
     whitening = whitening_of(spec)
-    fresh = index is None or index.model not in models or index.whitening.source != whitening.source \
-        or len(models) > 1
+    fresh = index is None or index.model != model or index.whitening.source != whitening.source
     if not fresh:
         unchanged = {n for n, s in zip(index.names, index.signatures) if current.get(n, (None,))[0] == s}
         gone = [n for n in index.names if n not in unchanged]
@@ -338,9 +358,7 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         kind = "exact" if total <= exact_limit else "ivf"
         fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
     if fresh:
-        model = max(models, key=lambda m: sum(v[2] == m for v in current.values())) if models else ""
-        names = [n for n, v in current.items() if v[2] == model]
-        index = _build(output_dir, names, current, whitening, model, exact_limit)
+        index = _build(output_dir, list(current), current, whitening, model, exact_limit)
     else:
         index = _apply(index, gone, added, current)
     index.spec = spec
@@ -404,7 +422,8 @@ def _build(output_dir: str, names: list[str], current: dict, whitening: Whitenin
 def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: dict) -> SimilarityIndex:
     """The index with the moments of `gone` files removed and those of `added` files added."""
     faiss = _faiss()
-    keep = [i for i, n in enumerate(index.names) if n not in set(gone)]
+    gone_names = set(gone)
+    keep = [i for i, n in enumerate(index.names) if n not in gone_names]
     for name in gone:
         number = int(index.numbers[index.position(name)])
         index.moments.remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
@@ -468,9 +487,7 @@ def query_vectors(index, output_dir: str, path: str, workdir: str | None = None)
 def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None = None) -> dict:
     """{"query", "tracks": [{"path", "name", "score"}], "moments": [{"path", "name", "start", "end",
     "score"}]}: the library's tracks and moments most like the query (see the module docstring)."""
-    index = load_index(output_dir)
-    if index is None or _stale(index, output_dir):
-        index = update_index(output_dir)
+    index = update_index(output_dir)   # the one written, if the library has not changed since
     path, seconds = parse_query(query)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
@@ -486,26 +503,12 @@ def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None =
         moments = sorted({(m[0], m[1]): m for row in per_window for m in row}.values(), key=lambda m: -m[3])[:n]
     else:
         moments = index.similar_moments(moment_query, n, exclude=name)[0]
-    path_of = dict(zip(index.names, index.paths))
+    path_of = index.path_of
     from jaxtag.tagging.outputs import shown_path
     return {"query": shown_path(query),
             "tracks": [{"path": shown_path(path_of[t]), "name": t, "score": round(s, 4)} for t, s in tracks],
             "moments": [{"path": shown_path(path_of[t]), "name": t, "start": round(a, 2), "end": round(b, 2),
                          "score": round(s, 4)} for t, a, b, s in moments]}
-
-
-def _stale(index, output_dir: str) -> bool:
-    """Whether the library's stored outputs changed since the index was written."""
-    if set(store.scan_records(output_dir)) != set(index.names):
-        return True
-    for name, signature in zip(index.names, index.signatures):
-        try:
-            if _store_signature(output_dir, name) != signature:
-                return True
-        except OSError:
-            return True
-    return False
-
 
 
 # -- the lists on the library's pages --------------------------------------------------------------
@@ -531,7 +534,7 @@ def similar_lists(index: SimilarityIndex, name: str, n_tracks: int = SIMILAR_TRA
     vectors, _, _ = _file_vectors(index.output_dir, name, index.whitening)
     tracks = index.similar_tracks(index.tracks[position], n_tracks, exclude=name)
     moments = index.similar_moments(vectors, n_moments, exclude=name)
-    path_of = dict(zip(index.names, index.paths))
+    path_of = index.path_of
     from jaxtag.tagging.outputs import shown_path
     return {"tracks": [{"name": other, "path": shown_path(path_of[other]), "score": round(score, 4),
                         "href": page_href(name, other)} for other, score in tracks],
