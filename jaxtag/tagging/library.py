@@ -318,7 +318,7 @@ def update_similarity(tagger, options: LibraryOptions, names: dict, files: list[
         index = similarity.update_index(options.output_dir, tagger.spec)
         if "html" in options.formats:
             similarity.write_similar_lists(index, [names[p] for p in result.tagged + result.derived])
-        similar = similarity.similar_tracks_of_all(index)
+        similar = similarity.similar_tracks_of_all(index, names=[names[p] for p in files])
         result.stage_seconds["similarity"] = time.perf_counter() - start
         return {path: similar.get(names[path], []) for path in files}
     except Exception as e:  # noqa: BLE001 - reported; the outputs of every file are written

@@ -565,12 +565,17 @@ def write_similar_lists(index: SimilarityIndex, names: list[str] | None = None) 
     return len(chosen)
 
 
-def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096) -> dict[str, list[tuple[str, float]]]:
-    """Each file's n most similar tracks (index.html's rows), a block of tracks at a time."""
+def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096,
+                          names: list[str] | None = None) -> dict[str, list[tuple[str, float]]]:
+    """Each file's n most similar tracks (index.html's rows), for `names` (default: every file of
+    the index), a block of tracks at a time."""
+    positions = [index._positions[m] for m in names if m in index._positions] if names is not None \
+        else list(range(len(index.names)))
     out = {}
-    for start in range(0, len(index.names), block):
-        scores = index.tracks[start:start + block] @ index.tracks.T
-        for row, i in enumerate(range(start, min(start + block, len(index.names)))):
+    for start in range(0, len(positions), block):
+        rows = positions[start:start + block]
+        scores = index.tracks[rows] @ index.tracks.T
+        for row, i in enumerate(rows):
             scores[row, i] = -np.inf
             order = np.argsort(-scores[row], kind="stable")[:n]
             out[index.names[i]] = [(index.names[j], float(scores[row, j])) for j in order if np.isfinite(scores[row, j])]
