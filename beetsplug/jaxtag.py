@@ -133,11 +133,9 @@ class JaxtagPlugin(BeetsPlugin):
         result = library.tag_library(tagger, list(paths), options, log=_BeetsLog(self._log))
         for path, problem in result.failed.items():
             self._log.warning("{}: {}", path, problem)
-        rows = {record["source"]["path"]: record["summary"] for record in library.scan_records(self.output_dir).values()
-                if "summary" in record}
         write = self._should_write(write)
         for path, item in paths.items():
-            row = rows.get(os.path.abspath(path))
+            row = result.rows.get(path)   # none for a file that failed now (its old row is of other audio)
             if row is None:
                 continue
             self.apply_row(item, row, tagger)

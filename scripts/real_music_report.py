@@ -248,8 +248,8 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
         raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
     names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
     for t in tracks:
-        t["taggram"] = stored_taggram(out, names[t["path"]], tagger)
-        t["embeddings"] = library.read_store(out, names[t["path"]])["embeddings"]
+        stored, _, t["taggram"] = library.stored_taggram(tagger, out, names[t["path"]], t["path"])
+        t["embeddings"] = stored["embeddings"]
         t["seconds"] = round(float(t["taggram"].duration), 3)
     seconds = collections.Counter()
     for t in tracks:
@@ -257,16 +257,6 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
     for info in infos:
         info["hours"] = round(seconds[info["package"]] / 3600, 3)
     return infos, tracks
-
-
-def stored_taggram(output_dir: str, name: str, tagger):
-    from jaxtag.tagging import library
-    from jaxtag.tagging.taggram import Taggram
-    stored = library.read_store(output_dir, name)
-    if stored is None:
-        raise SystemExit(f"no stored scores for {name} in {output_dir}")
-    return Taggram(source=name, duration=float(stored["duration"]), tags=list(tagger.tags), start=stored["start"],
-                   end=stored["end"], scores=stored["scores"], policy=tagger.policy, model=tagger.model_name)
 
 
 # -- calibrate, check, report -------------------------------------------------------------------

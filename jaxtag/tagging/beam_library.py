@@ -280,7 +280,7 @@ def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_opti
     rows = _collect(files, plan, result, out, failed_prefix, run_dir, log)
     similar = update_similarity(tagger, options, plan.names, files, rows, result, log)
     write_library(out, files, rows, result, tagger, similar)
-    result.seconds = time.perf_counter() - started
+    result.rows, result.seconds = rows, time.perf_counter() - started
     return result
 
 

@@ -77,6 +77,7 @@ class LibraryResult:
     seconds: float = 0.0
     audio_seconds: float = 0.0   # of the files tagged in this run
     worker_peak_rss_mb: float = 0.0  # the largest decoding worker's peak memory
+    rows: dict = dataclasses.field(default_factory=dict)  # path -> library row, of every file done (now or before)
 
     def summary_line(self, total: int) -> str:
         """What happened to each file, each file counted once (tags not written are counted
@@ -300,7 +301,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
         shutil.rmtree(tmp_dir, ignore_errors=True)
     similar = {} if result.interrupted else update_similarity(tagger, options, plan.names, files, rows, result, context.log)
     write_library(options.output_dir, files, rows, result, tagger, similar)
-    result.seconds = time.perf_counter() - started
+    result.rows, result.seconds = rows, time.perf_counter() - started
     return result
 
 
