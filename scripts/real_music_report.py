@@ -94,7 +94,12 @@ REPORT = (
     Collection("supertux-data", ("usr/share/games/supertux2/music/*/*",), "GPL-2+ and CC-BY-SA (per file)"),
     Collection("xmoto-data", ("usr/share/games/xmoto/Textures/Musics/*",), "GPL-2+"),
 )
-SETS = {"calibration": CALIBRATION, "report": REPORT}
+# The weak-label set (scripts/weak_labels.py): the report set and two packages in no other list.
+WEAK = REPORT + (
+    Collection("widelands-data", ("usr/share/games/widelands/data/music/*",), "GPL-2+"),
+    Collection("warmux-data", ("usr/share/games/warmux/music/*/*",), "GPL-2+ (music: per file, free)"),
+)
+SETS = {"calibration": CALIBRATION, "report": REPORT, "weak": WEAK}
 
 
 # -- fetching and unpacking ---------------------------------------------------------------------
