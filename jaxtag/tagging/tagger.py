@@ -28,7 +28,7 @@ from jaxtag.data.buckets import bucket_length
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
-from jaxtag.tagging import decisions
+from jaxtag.tagging import decisions, vocabulary
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
@@ -86,11 +86,14 @@ class Tagger:
     @classmethod
     def pretrained(cls, name: str = "musicnn-msd", hop_seconds: float | None = None, cache_dir=None,
                    **kwargs) -> "Tagger":
-        """A published model: "musicnn-msd" (50 Last.fm tags, moods among them) or "musicnn-mtt"
-        (50 MagnaTagATune tags); weights fetched and converted on first use (jaxtag.pretrained).
-        Windows are musicnn's 3-s patches (187 frames); hop_seconds=None puts them end to end,
-        starting at frames 0, 187, 374, ... as musicnn's own patches do."""
+        """A published model: "musicnn-msd" (50 Last.fm tags, moods among them), "musicnn-mtt"
+        (50 MagnaTagATune tags) or "musicnn" (both in one vocabulary: CombinedTagger); weights
+        fetched and converted on first use (jaxtag.pretrained). Windows are musicnn's 3-s patches
+        (187 frames); hop_seconds=None puts them end to end, starting at frames 0, 187, 374, ...
+        as musicnn's own patches do."""
         from jaxtag.pretrained import load_pretrained
+        if name in COMBINED:
+            return CombinedTagger.pretrained(name, hop_seconds=hop_seconds, cache_dir=cache_dir, **kwargs)
         variables, info = load_pretrained(name, cache_dir)
         frontend = MUSICNN_FRONTEND
         if hop_seconds is not None:
@@ -198,6 +201,28 @@ class Tagger:
             return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"))
         raise ValueError("no model named")
 
+    # -- a model's analyses of a file (one per network; a combined model has several) ----------
+
+    @property
+    def part_fingerprints(self) -> list[str]:
+        """The fingerprints of the networks whose analyses make this model's output: its own."""
+        return [self.fingerprint]
+
+    def part_tagger(self, fingerprint: str) -> "Tagger":
+        """The tagger that runs the network of that fingerprint (part_fingerprints)."""
+        if fingerprint != self.fingerprint:
+            raise KeyError(fingerprint)
+        return self
+
+    def parts_of(self, features: np.ndarray) -> dict:
+        """{network fingerprint: (scores [W, its tags], embeddings [W, E])} of one file's window
+        features (encode_windows)."""
+        return {self.fingerprint: self.across_windows(features, embeddings=True)}
+
+    def assemble(self, parts: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [W, C], embeddings) of this model from its networks' analyses (parts_of)."""
+        return parts[self.fingerprint]
+
     @property
     def fingerprint(self) -> str:
         """Identifies what makes the scores: the weights themselves, the model, its tags and frontend
@@ -213,6 +238,100 @@ class Tagger:
                 digest.update(np.ascontiguousarray(array).tobytes())
             self._fingerprint = digest.hexdigest()[:16]
         return self._fingerprint
+
+
+COMBINED = {"musicnn": vocabulary.MUSICNN_MEMBERS}
+
+
+class CombinedTagger(Tagger):
+    """Several pretrained models in one taggram (Tagger.pretrained("musicnn"): musicnn-msd and
+    musicnn-mtt). The members share their input (the same decoding, mel frames and windows; the mel
+    frames are computed once); each window runs through every member's network. Scores [W, C] are
+    the vocabulary's (jaxtag.tagging.vocabulary: merged tags take the max of their members'),
+    embeddings [W, sum of the members'] the members' penultimate layers side by side. Its
+    fingerprint is a hash of its members' fingerprints and the merge map, and each member's own
+    analysis of a file (parts_of) is kept in the library's store, so a file one member analysed
+    before needs only the others (jaxtag.tagging.library)."""
+
+    def __init__(self, name: str, members: list[Tagger], vocab: vocabulary.Vocabulary,
+                 chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
+        if len({json.dumps(m.meta["frontend"], sort_keys=True) for m in members}) != 1:
+            raise ValueError("the models of a combined model must take the same input (frontend and windows)")
+        if [m.model_name for m in members] != list(vocab.models) or \
+                [list(m.tags) for m in members] != [list(t) for t in vocab.model_tags]:
+            raise ValueError("the vocabulary is not of these models' tags")
+        self.members, self.vocabulary = list(members), vocab
+        self.meta = {"pretrained": name, "model": name, "tags": list(vocab.tags), "frontend": members[0].meta["frontend"],
+                     "members": [m.model_name for m in members], "vocabulary": vocab.to_dict(),
+                     "source": members[0].meta.get("source"), "license": members[0].meta.get("license")}
+        self.tags = list(vocab.tags)
+        self.frontend = members[0].frontend
+        self.policy = default_policy(self.meta)
+        self.config, self.variables, self.spec = None, None, {}
+        self.model_name, self.output_activation = name, "sigmoid"
+        self.chunk_windows = int(chunk_windows)
+        for m in self.members:
+            m.chunk_windows = self.chunk_windows
+        self._fingerprint = None
+
+    @classmethod
+    def pretrained(cls, name: str = "musicnn", hop_seconds: float | None = None, cache_dir=None,
+                   **kwargs) -> "CombinedTagger":
+        members = [Tagger.pretrained(m, hop_seconds=hop_seconds, cache_dir=cache_dir, **kwargs) for m in COMBINED[name]]
+        tagger = cls(name, members, vocabulary.musicnn_vocabulary({m.model_name: m.tags for m in members}),
+                     **kwargs)
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        return tagger
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the members' fingerprints (their weights, tags and frontend) and the merge map."""
+        if self._fingerprint is None:
+            identity = {"combined": self.model_name, "members": [m.fingerprint for m in self.members],
+                        "vocabulary": self.vocabulary.to_dict()}
+            self._fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return self._fingerprint
+
+    @property
+    def feature_dims(self) -> list[int]:
+        """Each member's window features (musicnn's penultimate layer: 200)."""
+        from jaxtag.models.musicnn import BACKEND_UNITS
+        return [BACKEND_UNITS for _ in self.members]
+
+    def encode_chunk(self, windows: np.ndarray) -> np.ndarray:
+        """Every member's window features [n, sum of D], side by side (the same windows in turn)."""
+        return np.concatenate([m.encode_chunk(windows) for m in self.members], axis=1)
+
+    @property
+    def part_fingerprints(self) -> list[str]:
+        return [m.fingerprint for m in self.members]
+
+    def part_tagger(self, fingerprint: str) -> Tagger:
+        for m in self.members:
+            if m.fingerprint == fingerprint:
+                return m
+        raise KeyError(fingerprint)
+
+    def parts_of(self, features: np.ndarray) -> dict:
+        features = np.asarray(features)
+        if features.shape[1] != sum(self.feature_dims):
+            raise ValueError(f"window features of {features.shape[1]} values for members of {self.feature_dims}")
+        splits = np.cumsum(self.feature_dims)[:-1]
+        return {m.fingerprint: m.across_windows(f, embeddings=True)
+                for m, f in zip(self.members, np.split(features, splits, axis=1))}
+
+    def assemble(self, parts: dict) -> tuple[np.ndarray, np.ndarray]:
+        """The vocabulary's scores (merged) and the members' embeddings side by side."""
+        ordered = [parts[fp] for fp in self.part_fingerprints]
+        lengths = {len(s) for s, _ in ordered} | {len(e) for _, e in ordered}
+        if len(lengths) != 1:
+            raise ValueError(f"the members' analyses have different numbers of windows: {sorted(lengths)}")
+        return (self.vocabulary.merge([s for s, _ in ordered]),
+                np.concatenate([np.asarray(e, np.float32) for _, e in ordered], axis=1))
+
+    def across_windows(self, features: np.ndarray, embeddings: bool = False):
+        scores, vectors = self.assemble(self.parts_of(features))
+        return scores, (vectors if embeddings else None)
 
 
 def default_policy(meta: dict) -> decisions.DecisionPolicy:
