@@ -2,7 +2,7 @@
 
     plugins: jaxtag
     jaxtag:
-        model: musicnn-msd        # or musicnn-mtt; or `workdir:` a jaxtag training run
+        model: musicnn-msd        # or musicnn-mtt, or musicnn (both in one vocabulary); or `workdir:` a training run
         workdir: ''
         output_dir: ''            # jaxtag's outputs (default: jaxtag/ in beets' config folder)
         auto: no                  # tag items as they are imported (once beets has copied/moved them)
@@ -175,8 +175,9 @@ class _BeetsLog:
     def __init__(self, log):
         self.log = log
 
-    def plan(self, total, todo, derive=0):
-        self.log.info("{} item(s): {} for the model, {} from stored scores", total, todo, derive)
+    def plan(self, total, todo, derive=0, partial=0):
+        self.log.info("{} item(s): {} for the model ({} of them for some of its networks only), {} from stored "
+                      "scores", total, todo, partial, derive)
 
     def tagged(self, path, taggram):
         self.log.debug("tagged {}", path)

@@ -1,4 +1,4 @@
-"""python -m jaxtag.tag FILE_OR_DIR [...] --output_dir=OUT [--workdir=RUN | --model=musicnn-mtt]
+"""python -m jaxtag.tag FILE_OR_DIR [...] --output_dir=OUT [--workdir=RUN | --model=musicnn-mtt | --model=musicnn]
 
 Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a pretrained model
 (musicnn-msd by default, fetched on first use) or a trained run, and writes, for each input,
@@ -19,9 +19,11 @@ from jaxtag.tagging.outputs import FORMATS, check_formats
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run directory (with checkpoints/); without it, "
                                "the pretrained --model tags.")
-_MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt"],
+_MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt", "musicnn"],
                            "Pretrained model used when no --workdir is given: musicnn-msd (50 Last.fm tags, "
-                           "moods among them) or musicnn-mtt (50 MagnaTagATune tags).")
+                           "moods among them), musicnn-mtt (50 MagnaTagATune tags) or musicnn (both in one "
+                           "vocabulary of 73 tags, synonyms merged: docs/tagging.md; a file tagged with one of "
+                           "the two before needs only the other's run).")
 _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: seconds between window starts "
                                   "(default: their 3-s windows end to end).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")

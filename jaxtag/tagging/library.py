@@ -13,6 +13,10 @@
 - A rerun skips a file whose record matches the model, the policy and the file's audio; where only
   the policy (--threshold, --smooth, ...) or the outputs asked for changed, it derives them again
   from the store without the model; a new model or new audio runs the model (--force always does).
+  A model made of several networks (the combined "musicnn") reuses the analyses its networks made
+  of the same audio before: a file tagged with musicnn-msd gains only musicnn-mtt's run, and a file
+  whose store holds every network's analysis needs no model at all (store.analyses); switching back
+  to one of the networks alone is assembled from the combined store the same way.
   A run killed at any moment and rerun ends with a complete, valid set and redoes only what was
   unfinished. Ctrl-C stops cleanly (exit 130).
 - One bad file never stops the others: it is reported on stderr with its problem.
@@ -42,7 +46,7 @@ from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process, write_a
 from jaxtag.tagging.outputs import FORMATS, check_formats, output_names, shown_path, write_outputs
 from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
                                   refresh_record,
-                                  scan_records, store_path, stored_header, untouched, write_store)
+                                  scan_records, store_path, stored_header, untouched, write_store, analyses)
 from jaxtag.tagging.taggram import Taggram
 
 RECORD_VERSION = 2
@@ -240,10 +244,14 @@ class LibraryPlan:
     derive: list     # paths whose outputs are derived again from their stored scores
     todo: list       # paths for the decoding workers, in order: for the model, or to check first
     check: dict      # path -> (DONE or DERIVE, content fingerprint, record): only its stamp changed
+    assemble: list = dataclasses.field(default_factory=list)   # paths whose networks' analyses are all stored
+    partial: dict = dataclasses.field(default_factory=dict)    # path -> the one network to run; the others' are stored
 
 
-def plan_library(tagger, files: list[str], options: LibraryOptions, log) -> LibraryPlan:
-    """The plan of a run over `files` (the local run's and the Beam driver's)."""
+def plan_library(tagger, files: list[str], options: LibraryOptions, log, reuse: bool = False) -> LibraryPlan:
+    """The plan of a run over `files` (the local run's and the Beam driver's). reuse: files whose
+    stored analyses include some of the tagger's networks' go to plan.assemble and plan.partial
+    (reusable_parts; the local run's) instead of the model."""
     for folder in (RECORDS, STORE):
         os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
     if len(files) >= PLAN_MESSAGE_FROM:  # reading the records of a big library takes a while: say so
@@ -259,9 +267,39 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log) -> Libr
             plan.todo.append(path)
         elif what == DONE:
             plan.done[path] = summary.row_from_json(record["summary"])
+        elif what == MODEL and reuse and (missing := reusable_parts(tagger, path, plan.names[path], options, record)
+                                          ) is not None:
+            if missing:
+                plan.partial[path] = missing[0]
+            else:
+                plan.assemble.append(path)
         else:
             (plan.derive if what == DERIVE else plan.todo).append(path)
     return plan
+
+
+def reusable_parts(tagger, path: str, name: str, options: LibraryOptions, record: dict | None) -> list[str] | None:
+    """For a file the tagger's model must run on: the fingerprints of its networks whose analyses
+    of this audio are not in the file's store, where the store holds the others' ([]: all there);
+    None where it holds none of them, or more than one is missing (the model runs whole then), or
+    the file may have changed (its size or mtime differ from the stored analysis's and the record's
+    of the same audio)."""
+    if options.force:
+        return None
+    try:
+        stored = stored_header(options.output_dir, name)
+        if stored is None or stored["source"]["path"] != os.path.abspath(path):
+            return None
+        later = [record["source"]] if record is not None and \
+            (record.get("source") or {}).get("content") == stored["source"]["content"] else []
+        if not untouched(path, stored["source"], *later):
+            return None
+    except (OSError, KeyError, TypeError):
+        return None
+    have = {stored["model"], *stored["parts"]}
+    needed = tagger.part_fingerprints
+    missing = [fp for fp in needed if fp not in have]
+    return missing if len(missing) < len(needed) and len(missing) <= 1 else None
 
 
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
@@ -272,22 +310,27 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     log = log or Log(options)
     result = LibraryResult()
     started = time.perf_counter()
-    plan = plan_library(tagger, files, options, log)
+    plan = plan_library(tagger, files, options, log, reuse=True)
     rows = dict(plan.done)
     result.skipped.extend(plan.done)
-    log.plan(len(files), len(plan.todo), len(plan.derive))
+    log.plan(len(files), len(plan.todo) + len(plan.partial), len(plan.derive) + len(plan.assemble), len(plan.partial))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
     # A file's outputs are written on this thread while the model goes on with the next files
     # (the picture is most of it; the model would wait for it otherwise).
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
     context = _RunContext(tagger, plan.names, options, plan.settings, rows, result, _LockedLog(log),
-                          decode or decoding.decode_file, writer, plan.check)
-    if plan.todo:  # while the model compiles and the workers start, not on the first file's way out
+                          decode or decoding.decode_file, writer, plan.check, tagger)
+    if plan.todo or plan.partial:  # while the model compiles and the workers start, not on the first file's way out
         writer.submit(_warm_up_writer, tagger)
     try:
         for path in plan.derive:  # no model: the writer thread derives them while the model starts
             _queue_write(context, _derive_outputs, path)
+        for path in plan.assemble:  # no model either: assembled from the networks' stored analyses
+            _queue_write(context, _assemble_outputs, path)
         _run(context, plan.todo, tmp_dir)
+        for fingerprint in dict.fromkeys(plan.partial.values()):  # one network only, the others' stored
+            _run(dataclasses.replace(context, runner=tagger.part_tagger(fingerprint)),
+                 [p for p, fp in plan.partial.items() if fp == fingerprint], tmp_dir)
         _wait_for_writes(context)
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
             for path in result.skipped:
@@ -339,7 +382,11 @@ class _RunContext:
     decode: object
     writer: concurrent.futures.ThreadPoolExecutor
     check: dict          # path -> (DONE or DERIVE, content fingerprint, record): files to check first
+    runner: object = None  # the tagger whose networks run (the tagger, or one network of it: plan.partial)
     writes: collections.deque = dataclasses.field(default_factory=collections.deque)
+
+    def __post_init__(self):
+        self.runner = self.tagger if self.runner is None else self.runner
 
 
 def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
@@ -347,7 +394,7 @@ def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
     worker process dies (a decoder crash, the OOM killer), the files it may have held are retried
     one at a time, so the one that kills its worker is named and the others are tagged."""
     workers = c.options.workers or available_cpus()
-    batcher = WindowBatcher(c.tagger, c.result)
+    batcher = WindowBatcher(c.runner, c.result)
     queue = list(todo)
     while queue:
         suspects, queue = _pool_pass(c, queue, batcher, tmp_dir, workers)
@@ -361,8 +408,8 @@ def _run(c: _RunContext, todo: list[str], tmp_dir: str) -> None:
 def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers: int):
     """Decode files in a pool of `workers` processes, a few ahead, tagging each as it comes.
     Returns (the files in flight when a worker died, the files not started then)."""
-    frontend = dataclasses.asdict(c.tagger.frontend)
-    basis = features.mel_basis(c.tagger.frontend)
+    frontend = dataclasses.asdict(c.runner.frontend)
+    basis = features.mel_basis(c.runner.frontend)
     context = multiprocessing.get_context("spawn")  # a forked JAX process is not safe
     pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=decoding.init_worker)
     started = pool.submit(decoding.worker_started)
@@ -398,7 +445,7 @@ def _pool_pass(c: _RunContext, files: list[str], batcher, tmp_dir: str, workers:
                 for done in _take_decoded(c, state, decoded, batcher):
                     _finish(c, done)
             for state in list(pending.values()):  # the model need not wait for a long file's end
-                for done in _feed_arrived(c.tagger, state, batcher):
+                for done in _feed_arrived(c.runner, state, batcher):
                     _finish(c, done)
         pool.shutdown()
         return [], []
@@ -466,10 +513,10 @@ def _take_decoded(c: _RunContext, state: _FileState, decoded, batcher: WindowBat
     c.result.worker_peak_rss_mb = max(c.result.worker_peak_rss_mb, decoded.worker_peak_rss_mb)
     for warning in decoded.warnings:
         c.log.warn(decoded.path, warning)
-    starts = c.tagger.window_starts(decoded.n_frames)
+    starts = c.runner.window_starts(decoded.n_frames)
     state.decoded, state.n_windows = decoded, len(starts)
     done = []
-    _feed(c.tagger, state, batcher, starts, len(starts), done)
+    _feed(c.runner, state, batcher, starts, len(starts), done)
     if state.done and all(s is not state for s in done):
         done.append(state)
     return done
@@ -482,8 +529,10 @@ def _finish(c: _RunContext, state: _FileState) -> None:
     decoded = state.decoded
     try:
         start = time.perf_counter()
-        scores, embeddings = c.tagger.across_windows(
-            np.stack([state.features[i] for i in range(state.n_windows)]), embeddings=True)
+        parts = c.runner.parts_of(np.stack([state.features[i] for i in range(state.n_windows)]))
+        if c.runner is not c.tagger:   # one network of the tagger's: the others' analyses are stored
+            parts = {**_stored_parts(c, decoded.path, c.tagger.part_fingerprints), **parts}
+        scores, embeddings = c.tagger.assemble(parts)
         taggram = c.tagger.taggram(shown_path(decoded.path), decoded.duration, decoded.n_frames, scores,
                                    decoded.envelope)
         c.result.stage_seconds["model"] += time.perf_counter() - start
@@ -493,7 +542,7 @@ def _finish(c: _RunContext, state: _FileState) -> None:
         return
     source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
     _queue_write(c, _write_file_outputs, decoded.path, taggram, embeddings, source, decoded.warnings,
-                 decoded.duration, decoded.frames_path)
+                 decoded.duration, decoded.frames_path, parts=_kept_parts(c.tagger, parts))
 
 
 def _warm_up_writer(tagger) -> None:
@@ -506,9 +555,9 @@ def _warm_up_writer(tagger) -> None:
     plots._pyplot()
 
 
-def _queue_write(c: _RunContext, function, *args) -> None:
+def _queue_write(c: _RunContext, function, *args, **kwargs) -> None:
     _wait_for_writes(c, at_most=MAX_QUEUED_WRITES - 1)
-    c.writes.append(c.writer.submit(function, c, *args))
+    c.writes.append(c.writer.submit(function, c, *args, **kwargs))
 
 
 def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
@@ -529,15 +578,58 @@ def _derive_outputs(c: _RunContext, path: str) -> None:
     _write_file_outputs(c, path, taggram, stored["embeddings"], source, stored["warnings"], None)
 
 
-def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None):
+def _stored_parts(c: _RunContext, path: str, fingerprints) -> dict:
+    """The analyses of a file's store by these networks (those there)."""
+    stored = read_store(c.options.output_dir, c.names[path])
+    if stored is None:
+        raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
+    found = analyses(stored)
+    return {fp: (found[fp]["scores"], found[fp]["embeddings"]) for fp in fingerprints if fp in found}
+
+
+def _kept_parts(tagger, parts: dict, carried: dict | None = None) -> dict | None:
+    """What a file's store keeps of its networks' analyses beside the tagger's output: every
+    network's of a combined model, and those carried over from the store before (None: nothing)."""
+    kept = dict(carried or {})
+    if len(tagger.part_fingerprints) > 1:
+        for fp in tagger.part_fingerprints:
+            kept[fp] = {"name": tagger.part_tagger(fp).model_name, "scores": parts[fp][0], "embeddings": parts[fp][1]}
+    return kept or None
+
+
+def _assemble_outputs(c: _RunContext, path: str) -> None:
+    """A file whose store holds the analyses of all the tagger's networks (another model made of
+    them tagged it): its output assembled from them, stored, and its outputs derived (no decoding,
+    no model); the analyses kept for the next switch."""
+    try:
+        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.names[path], path, scores=False)
+        found = analyses(stored)
+        parts = {fp: (found[fp]["scores"], found[fp]["embeddings"]) for fp in c.tagger.part_fingerprints}
+        scores, embeddings = c.tagger.assemble(parts)
+        if len(scores) != len(taggram.start):
+            raise DataError(path, "its stored analyses do not fit its windows (rerun with --force)")
+        taggram = dataclasses.replace(taggram, scores=scores)
+        carried = {fp: p for fp, p in found.items() if p["name"]}
+    except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
+        _fail(c, path, problem_of(e))
+        return
+    _write_file_outputs(c, path, taggram, embeddings, source, stored["warnings"], None,
+                        parts=_kept_parts(c.tagger, parts, carried), store=True)
+
+
+def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None, scores: bool = True):
     """(the stored model output, the file's stamp now, its taggram with the tagger's policy) of
-    a file tagged before (read: store.read_store or another reader of the same)."""
+    a file tagged before (read: store.read_store or another reader of the same); scores=False: its
+    taggram has the stored scores whatever model made them (to be replaced)."""
     stored = (read or read_store)(output_dir, name)
     if stored is None:
         raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
     source = dict(stored["source"])
     st = os.stat(path)
     source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
+    if scores and stored["scores"].shape[1:] != (len(tagger.tags),):
+        raise DataError(path, f"its stored scores are of {stored['scores'].shape[1:]} tags, the model has "
+                              f"{len(tagger.tags)} (rerun with --force)")
     taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(tagger.tags),
                       start=stored["start"], end=stored["end"], scores=stored["scores"], policy=tagger.policy,
                       model=tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
@@ -546,10 +638,12 @@ def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None):
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
-                        audio_seconds: float | None, frames_path: str | None = None) -> None:
+                        audio_seconds: float | None, frames_path: str | None = None, parts: dict | None = None,
+                        store: bool = False) -> None:
     """Every output of a file, its record removed first and written last; its scores and tempo
     stored first when they are new (audio_seconds: how much audio the model took, frames_path its
-    mel frames, removed here; None: derived again)."""
+    mel frames, removed here; None: derived again; store: stored even so: assembled from stored
+    analyses), with its networks' analyses `parts` (store.write_store)."""
     name, options = c.names[path], c.options
     try:
         start = time.perf_counter()
@@ -562,7 +656,7 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
             finally:
                 _remove(frames_path)
         row = write_file(options, options.output_dir, name, path, taggram, embeddings, source, warnings,
-                         c.settings, new_scores=audio_seconds is not None)
+                         c.settings, new_scores=audio_seconds is not None or store, parts=parts)
         c.result.stage_seconds["writing"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
@@ -579,13 +673,14 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
 
 
 def write_file(options: LibraryOptions, output_dir: str, name: str, path: str, taggram, embeddings, source: dict,
-               warnings: list[str], settings: dict, new_scores: bool, link_from: str | None = None) -> dict:
+               warnings: list[str], settings: dict, new_scores: bool, link_from: str | None = None,
+               parts: dict | None = None) -> dict:
     """Every output of one file into output_dir, its record removed first and written last, its
     scores stored first when new; returns its library row. link_from: the folder its listening
     page will be in, if not output_dir's (its audio is linked relative to that)."""
     _remove(record_path(output_dir, name))
     if new_scores:
-        write_store(output_dir, name, taggram, embeddings, settings["model"], source, warnings)
+        write_store(output_dir, name, taggram, embeddings, settings["model"], source, warnings, parts)
     row = summary.track_summary(taggram, taggram.source, name, warnings)
     if options.embeddings:
         _write_embeddings(output_dir, name, taggram, embeddings)
@@ -691,14 +786,16 @@ class Log:
         self.options = options
         self.bar = None
 
-    def plan(self, total: int, todo: int, derive: int = 0) -> None:
+    def plan(self, total: int, todo: int, derive: int = 0, partial: int = 0) -> None:
         done = total - todo - derive
         if done:
             self.say(f"{done} of {total} file(s) already tagged with this model and these decisions "
                      "(--force redoes them)")
         if derive:
-            self.say(f"{derive} file(s) tagged with this model before: their tags are derived again from the "
-                     "stored scores with this run's decisions (no decoding, no model)")
+            self.say(f"{derive} file(s) tagged with this model (or its networks) before: their tags are derived "
+                     "again from the stored scores with this run's decisions (no decoding, no model)")
+        if partial:
+            self.say(f"{partial} file(s) analysed before by some of this model's networks: only the others run")
         if todo + derive >= 2:
             from tqdm import tqdm
             self.bar = tqdm(total=todo + derive, desc="tagging", unit="file", file=sys.stderr)

@@ -6,7 +6,10 @@ model output.
   fingerprint), the outputs written, warnings, and its library row ("summary").
 - scores/NAME.npz: the model's output for the file, written before its other outputs: window
   times, scores, embeddings (the penultimate layer), tempo, the waveform's envelope, and the
-  model's fingerprint and the file's stamp; everything else is derived from it.
+  model's fingerprint and the file's stamp; everything else is derived from it. A combined model's
+  store (jaxtag.tagging.tagger.CombinedTagger) also keeps each of its networks' own analysis
+  ("parts": scores and embeddings by network fingerprint), so another model made of the same
+  networks, or one of them alone, is assembled from them without running them again.
 
 NAME mirrors the file's folders below the library's root ("Artist/Album/track").
 """
@@ -100,14 +103,27 @@ def read_store(output_dir: str, name: str) -> dict | None:
         stored["source"] = json.loads(str(stored.pop("source_json")))
         stored["model"], stored["warnings"] = str(stored["model"]), json.loads(str(stored.pop("warnings_json")))
         stored["tempo"] = Tempo(float(stored.pop("bpm")), stored.pop("window_bpm"), float(stored.pop("bpm_agreement")))
+        described = json.loads(str(stored.pop("parts_json"))) if "parts_json" in stored else []
+        stored["parts"] = {p["model"]: {"name": p["name"], "scores": stored.pop(f"part{i}_scores"),
+                                        "embeddings": stored.pop(f"part{i}_embeddings")} for i, p in enumerate(described)}
         return stored
     except (OSError, ValueError, KeyError, TypeError, EOFError):  # absent, partial, or another version's
         return None
 
 
 def write_store(output_dir: str, name: str, taggram, embeddings: np.ndarray, model: str, source: dict,
-                warnings: list[str]) -> None:
+                warnings: list[str], parts: dict | None = None) -> None:
+    """parts: {network fingerprint: {"name", "scores", "embeddings"}}, the networks' own analyses
+    (a combined model's; see the module docstring)."""
     tempo = taggram.tempo or Tempo(float("nan"), np.full(len(taggram.start), np.nan, np.float32), 0.0)
+    parts = parts or {}
+    described = [{"model": fp, "name": str(p["name"])} for fp, p in parts.items()]
+    arrays = {}
+    for i, p in enumerate(parts.values()):
+        arrays[f"part{i}_scores"] = np.asarray(p["scores"], np.float32)
+        arrays[f"part{i}_embeddings"] = np.asarray(p["embeddings"], np.float32)
+    if parts:
+        arrays["parts_json"] = np.array(json.dumps(described))
 
     def save(f):
         np.savez(f, scores=np.asarray(taggram.scores, np.float32), start=taggram.start, end=taggram.end,
@@ -116,7 +132,7 @@ def write_store(output_dir: str, name: str, taggram, embeddings: np.ndarray, mod
                  duration=np.float64(taggram.duration), embeddings=np.asarray(embeddings, np.float32),
                  envelope=np.zeros((0, 2), np.float32) if taggram.envelope is None else taggram.envelope,
                  tags=np.array(taggram.tags), model=np.array(model), source_json=np.array(json.dumps(source)),
-                 warnings_json=np.array(json.dumps(warnings)))
+                 warnings_json=np.array(json.dumps(warnings)), **arrays)
     write_atomic(store_path(output_dir, name), save)
 
 
@@ -128,12 +144,21 @@ STORE_KEYS = frozenset({"scores", "start", "end", "bpm", "window_bpm", "bpm_agre
 
 
 def stored_header(output_dir: str, name: str) -> dict | None:
-    """A stored file's model fingerprint and source, read without its arrays; None if there is no
-    store of this version."""
+    """A stored file's model fingerprint, source and the fingerprints of the networks whose own
+    analyses it keeps ("parts"), read without its arrays; None if there is no store of this version."""
     try:
         with np.load(store_path(output_dir, name), allow_pickle=False) as npz:
             if not STORE_KEYS <= set(npz.files):
                 return None
-            return {"model": str(npz["model"]), "source": json.loads(str(npz["source_json"]))}
+            parts = [p["model"] for p in json.loads(str(npz["parts_json"]))] if "parts_json" in npz.files else []
+            return {"model": str(npz["model"]), "source": json.loads(str(npz["source_json"])), "parts": parts}
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
+
+
+def analyses(stored: dict) -> dict:
+    """{network fingerprint: {"name", "scores", "embeddings"}} of a stored file (read_store): its
+    model's own output, and the networks' analyses it keeps."""
+    out = {stored["model"]: {"name": "", "scores": stored["scores"], "embeddings": stored["embeddings"]}}
+    out.update(stored.get("parts") or {})
+    return out
