@@ -34,10 +34,15 @@ _ABLATION = flags.DEFINE_bool("ablation", False, "Also time the paper trunk with
 _MUSICNN = flags.DEFINE_bool("musicnn", False, "Also time training on the musicnn trunk: frozen, fine-tuned, and "
                              "fine-tuned with XLA's own kernel gradients for its front-end convs.")
 _LIBRARY = flags.DEFINE_bool("library", False, "Only the library-tagging benchmark: generated MP3s (4 and 60 "
-                             "minutes, and a library of 10 four-minute files) tagged end to end with musicnn-msd.")
+                             "minutes, and a library of 10 four-minute files) tagged end to end with --model (musicnn-msd).")
 _LIBRARY_DIR = flags.DEFINE_string("library_dir", "", "Where the generated audio is kept (default: a temporary "
                                    "folder); files already there are reused.")
 _LIBRARY_RUN = flags.DEFINE_list("library_run", None, "Internal: tag these files in this process, print one JSON line.")
+_MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt", "musicnn"],
+                           "The pretrained model of the library benchmark (musicnn: both networks, one vocabulary).")
+_LIBRARY_CASES = flags.DEFINE_list("library_cases", ["file", "long", "library"], "Which cases of the library "
+                                   "benchmark: file (one 4-minute file), long (one 60-minute file), library (ten "
+                                   "4-minute files).")
 _SIMILAR = flags.DEFINE_bool("similar", False, "Only the similarity benchmark: build time, query latency and "
                              "recall@10 against exact search of the moment index, on --moments moment vectors.")
 _MOMENTS = flags.DEFINE_integer("moments", 1_000_000, "Moment vectors in the --similar benchmark.")
@@ -364,14 +369,14 @@ def generate_music(path: str, seconds: float, seed: int, sr: int = 44100) -> str
 
 def library_run(files: list[str], beam_options: str | None = None) -> dict:
     """Tag `files` from scratch in this process (a fresh one: its peak memory is its own) with
-    musicnn-msd at its default hop, into a temporary folder (on Beam with beam_options); seconds
+    --model (musicnn-msd) at its default hop, into a temporary folder (on Beam with beam_options); seconds
     per stage and peak RSS."""
     import resource
     import tempfile
     from jaxtag.tagging.library import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     start = time.perf_counter()
-    tagger = Tagger.pretrained("musicnn-msd")
+    tagger = Tagger.pretrained(_MODEL.value)
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
         if beam_options:
@@ -397,15 +402,19 @@ def library_benchmark() -> None:
     folder = _LIBRARY_DIR.value or tempfile.mkdtemp(prefix="jaxtag_library_bench_")
     os.makedirs(folder, exist_ok=True)
     minutes = 1 if _QUICK.value else 4
-    four = generate_music(os.path.join(folder, f"{minutes}min.mp3"), minutes * 60, seed=0)
-    long = generate_music(os.path.join(folder, f"{minutes * 15}min.mp3"), minutes * 15 * 60, seed=1)
+    cases = set(_LIBRARY_CASES.value)
+    four = generate_music(os.path.join(folder, f"{minutes}min.mp3"), minutes * 60, seed=0) if "file" in cases else ""
+    long = generate_music(os.path.join(folder, f"{minutes * 15}min.mp3"), minutes * 15 * 60, seed=1) \
+        if "long" in cases else ""
     library = [generate_music(os.path.join(folder, f"lib{i:02d}_{minutes}min.mp3"), minutes * 60, seed=10 + i)
-               for i in range(3 if _QUICK.value else 10)]
-    print(f"library benchmark: musicnn-msd, default hop, {os.cpu_count()} CPU cores, audio in {folder}")
-    for label, files in [(f"{minutes}-minute file", [four]), (f"{minutes * 15}-minute file", [long]),
-                         (f"library of {len(library)} {minutes}-minute files", library)]:
-        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(files)}"], capture_output=True,
-                             text=True, check=True)
+               for i in range(3 if _QUICK.value else 10)] if "library" in cases else []
+    print(f"library benchmark: {_MODEL.value}, default hop, {os.cpu_count()} CPU cores, audio in {folder}")
+    for case, label, files in [("file", f"{minutes}-minute file", [four]), ("long", f"{minutes * 15}-minute file", [long]),
+                               ("library", f"library of {len(library)} {minutes}-minute files", library)]:
+        if case not in cases:
+            continue
+        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(files)}", f"--model={_MODEL.value}"],
+                             capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
         print(f"{label}: {r['audio_seconds'] / 60:.1f} audio-min in {r['tag_seconds']:.1f} s = "

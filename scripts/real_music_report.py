@@ -13,6 +13,13 @@ decisions cover music they were not calibrated on.
     python scripts/real_music_report.py levels      # how the calibrated rule's levels were chosen:
                                                     # coverage on each calibration collection with
                                                     # statistics from the others
+    python scripts/real_music_report.py precision   # how often the decisions cannot be right, by
+                                                    # the weak labels (scripts/weak_labels.py)
+
+--models=musicnn (the combined model: jaxtag.tagging.vocabulary) runs no model of its own: its
+outputs on a set are its members' stored outputs (musicnn-msd's and musicnn-mtt's, tagged once by
+this script), merged, so `calibrate --models=musicnn` makes jaxtag/tagging/calibration/musicnn.json
+and musicnn.embeddings.npz from the members' analyses of the calibration set.
 
 Two sets of freely licensed game soundtracks and songs, packaged in Debian's main archive (so
 DFSG-free; each package's licence is in its /usr/share/doc/<package>/copyright, and the
@@ -236,7 +243,9 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
     (collections with their package version and deb hash, tracks with collection, file,
     source_sha256, seconds and the stored taggram)."""
     from jaxtag.tagging import library
-    from jaxtag.tagging.tagger import Tagger
+    from jaxtag.tagging.tagger import COMBINED, Tagger
+    if model in COMBINED:
+        return combined_set(name, model, cache_dir, workers)
     infos, tracks = [], []
     for c in SETS[name]:
         found = collect(c, cache_dir)
@@ -264,6 +273,28 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
     return infos, tracks
 
 
+def combined_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[list, list[dict]]:
+    """A combined model's outputs on a set, as tag_set gives them, from its members' (each member's
+    tag_set: their stored outputs, so no model runs where the members tagged the set before): per
+    track the merged scores and the members' embeddings side by side (CombinedTagger.assemble)."""
+    import dataclasses
+    from jaxtag.tagging.tagger import Tagger
+    tagger = Tagger.pretrained(model)
+    runs = [tag_set(name, m.model_name, cache_dir, workers) for m in tagger.members]
+    infos, tracks = runs[0]
+    out = []
+    for k, t in enumerate(tracks):
+        same = [member_tracks[k] for _, member_tracks in runs]
+        if any(s["path"] != t["path"] for s in same):
+            raise SystemExit(f"the members' outputs on the {name} set are of other tracks")
+        scores, embeddings = tagger.assemble({m.fingerprint: (s["taggram"].scores, s["embeddings"])
+                                              for m, s in zip(tagger.members, same)})
+        taggram = dataclasses.replace(t["taggram"], tags=list(tagger.tags), scores=scores, policy=tagger.policy,
+                                      model=tagger.model_name)
+        out.append(dict(t, taggram=taggram, embeddings=embeddings))
+    return infos, out
+
+
 # -- calibrate, check, report -------------------------------------------------------------------
 
 def reference_of(model: str, infos: list, tracks: list[dict], tags: list[str]) -> dict:
@@ -271,13 +302,17 @@ def reference_of(model: str, infos: list, tracks: list[dict], tags: list[str]) -
     from jaxtag.tagging import decisions
     summaries = [{"collection": t["collection"], "file": t["file"], "source_sha256": t["source_sha256"],
                   "seconds": t["seconds"], **decisions.summarise_track(t["taggram"].scores)} for t in tracks]
+    from jaxtag.tagging.tagger import COMBINED
     hours = sum(t["seconds"] for t in tracks) / 3600
+    combined = {"made_from": f"the stored outputs of {' and '.join(COMBINED[model])} on the same tracks, merged "
+                             "(jaxtag.tagging.vocabulary: a merged tag's probability is the max of its members')",
+                "made_by": f"python scripts/real_music_report.py calibrate --models={model}"} if model in COMBINED else {}
     return {"model": model, "tags": list(tags),
             "description": f"{len(tracks)} tracks ({hours:.1f} h) of {len(infos)} freely licensed soundtracks and "
                            "song collections from Debian's archive",
             "made_by": "python scripts/real_music_report.py calibrate",
             "windows": "the model's own 3-s windows, end to end", "collections": infos, "tracks": summaries,
-            "statistics": decisions.reference_statistics(summaries)}
+            "statistics": decisions.reference_statistics(summaries), **combined}
 
 
 def embedding_statistics(tracks: list[dict]) -> dict:

@@ -105,6 +105,22 @@ CALIBRATION_LABELS = (
 )
 
 
+def _combined_lists() -> None:
+    """The combined model's lists ("musicnn": jaxtag.tagging.vocabulary), from its members' lists
+    above, mechanically: a tag of the vocabulary is in a list where one of its members is (for
+    every merged tag its members agree: each is in the same lists as the others)."""
+    from jaxtag.tagging.vocabulary import MUSICNN_GROUPS, MUSICNN_MEMBERS
+    tag_of = {member: tag for tag, members in MUSICNN_GROUPS.items() for member in members}
+    name = lambda model, tag: tag_of.get((model, tag), tag)
+    VOICE["musicnn"] = tuple(dict.fromkeys(name(m, t) for m in MUSICNN_MEMBERS for t in VOICE[m]))
+    IMPLAUSIBLE["musicnn"] = {style: tuple(dict.fromkeys(name(m, t) for m in MUSICNN_MEMBERS
+                                                         for t in IMPLAUSIBLE[m].get(style, ())))
+                              for style in {s for m in MUSICNN_MEMBERS for s in IMPLAUSIBLE[m]}}
+
+
+_combined_lists()
+
+
 def labels_by_package(labels=WEAK_LABELS + CALIBRATION_LABELS) -> dict[str, WeakLabel]:
     return {label.package: label for label in labels}
 
