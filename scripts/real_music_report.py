@@ -47,7 +47,9 @@ import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 
+import weak_labels  # noqa: E402
 from jaxtag.files import sha256_file, write_atomic  # noqa: E402
 
 MIN_SECONDS = 30.0
@@ -477,7 +479,6 @@ def precision(model: str, tracks: list[dict], policy) -> dict:
     its window tags on), tracks with a mood, calm vs battle themes with a calm mood, and how much of
     its time a track tag is on (track/window consistency)."""
     import numpy as np
-    import weak_labels
     labels = weak_labels.labels_by_package()
     voice = set(weak_labels.VOICE[model])
     per = collections.defaultdict(lambda: collections.Counter())

@@ -248,3 +248,25 @@ def test_the_shipped_summaries_are_what_the_audio_gives(tmp_path):
     # tenths of a second off, and no truncation warning may come of it.
     records = tmp_path / "tagged" / "one" / "musicnn-msd" / ".jaxtag" / "records"
     assert [json.loads(r.read_text())["summary"]["warnings"] for r in sorted(records.rglob("*.json"))] == [[], [], []]
+
+
+def test_weak_labels_cover_the_sets_in_each_models_words_and_never_the_set_aside_packages():
+    """scripts/weak_labels.py: every collection of the weak and calibration sets is labelled, each
+    label's tags are the model's own (a misspelt tag would never count as wrong), the weak set
+    shares nothing with the calibration set, and the packages set aside are in no set."""
+    script = _script()
+    import weak_labels   # scripts/ is on the path once the script is loaded
+    labels = weak_labels.labels_by_package()
+    every = {c.package for s in script.SETS.values() for c in s}
+    assert every <= set(labels) and set(labels) <= every
+    assert not every & set(weak_labels.SET_ASIDE)
+    assert {c.package for c in script.WEAK}.isdisjoint(c.package for c in script.CALIBRATION)
+    for model in ("musicnn-msd", "musicnn-mtt"):
+        vocabulary = set(decisions.load_reference(model)["tags"])
+        named = set(weak_labels.VOICE[model]).union(*weak_labels.IMPLAUSIBLE[model].values())
+        assert named <= vocabulary, named - vocabulary
+        assert not {"no vocals", "no vocal", "no voice", "instrumental"} & set(weak_labels.VOICE[model])
+    assert weak_labels.implausible("musicnn-mtt", labels["flare-game"]) >= {"female voice", "techno"}
+    assert "female voice" not in weak_labels.implausible("musicnn-mtt", labels["fretsonfire-songs-sectoid"])
+    assert [weak_labels.theme(f) for f in ("a/battle_theme.ogg", "town_theme.ogg", "calmrace.ogg", "x.ogg")] == \
+        ["battle", "calm", None, None]
