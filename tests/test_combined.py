@@ -158,3 +158,22 @@ def test_tag_cli_accepts_the_combined_model(clip, pretrained_cache, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((out / "clip.json").read_text())
     assert record["model"] == "musicnn" and len(record["tags"]) == 73 and len(record["windows"]) == 3
+
+
+def test_the_shipped_combined_reference_is_of_its_members_calibration_tracks(model_tags):
+    """musicnn.json (scripts/real_music_report.py calibrate --models=musicnn, from the members'
+    stored outputs): the vocabulary's tags, the same tracks and windows as each member's reference,
+    statistics that follow from its per-track summaries, base rates for the evidence rule; and the
+    whitening of the 400-d combined embeddings."""
+    reference = decisions.load_reference("musicnn")
+    assert reference["tags"] == list(musicnn_vocabulary(model_tags).tags)
+    assert decisions.reference_statistics(reference["tracks"]) == reference["statistics"]
+    key = lambda t: (t["collection"], t["file"], t["source_sha256"], t["windows"])
+    for member in MUSICNN_MEMBERS:
+        assert [key(t) for t in reference["tracks"]] == [key(t) for t in decisions.load_reference(member)["tracks"]]
+    policy = decisions.evidence_policy(reference["tags"], reference)
+    from jaxtag.data.tags import MUSICNN_MSD_MOODS
+    assert policy.rule == decisions.EVIDENCE and set(policy.moods) == MUSICNN_MSD_MOODS   # msd's moods stay moods
+    from jaxtag.tagging.similarity import embedding_reference_path
+    with np.load(embedding_reference_path("musicnn")) as npz:
+        assert npz["mean"].shape == (400,) and npz["covariance"].shape == (400, 400)
