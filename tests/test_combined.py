@@ -177,3 +177,18 @@ def test_the_shipped_combined_reference_is_of_its_members_calibration_tracks(mod
     from jaxtag.tagging.similarity import embedding_reference_path
     with np.load(embedding_reference_path("musicnn")) as npz:
         assert npz["mean"].shape == (400,) and npz["covariance"].shape == (400, 400)
+
+
+def test_weak_labels_judge_the_combined_model_by_its_members_lists_in_its_words(model_tags):
+    """scripts/weak_labels.py's lists for "musicnn" are its members' mapped through the merge map,
+    in the vocabulary's own words."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    import weak_labels
+    vocab = musicnn_vocabulary(model_tags)
+    assert set(weak_labels.VOICE["musicnn"]).union(*weak_labels.IMPLAUSIBLE["musicnn"].values()) <= set(vocab.tags)
+    assert set(weak_labels.VOICE["musicnn"]) == {vocab.tag_of(m, t) for m in MUSICNN_MEMBERS for t in weak_labels.VOICE[m]}
+    for m in MUSICNN_MEMBERS:
+        for style, tags in weak_labels.IMPLAUSIBLE[m].items():
+            assert {vocab.tag_of(m, t) for t in tags} <= set(weak_labels.IMPLAUSIBLE["musicnn"][style])
+    assert "instrumental" not in weak_labels.VOICE["musicnn"]
