@@ -114,13 +114,13 @@ def test_a_library_tagged_with_msd_gains_only_mtts_run(combined, clip, tmp_path)
         out = tmp_path / "out"
         options = LibraryOptions(output_dir=str(out), workers=1, top_n=0, formats=("json",))
         first = tag_library(msd, files, options)
-        assert sorted(first.tagged) == sorted(files) and calls == {"musicnn-msd": 2, "musicnn-mtt": 0}
+        assert sorted(first.tagged) == sorted(files) and calls["musicnn-msd"] > 0 and calls["musicnn-mtt"] == 0
         before = {n: store.read_store(str(out), n) for n in ("a", "b")}
 
         calls.update({"musicnn-msd": 0, "musicnn-mtt": 0})
         second = tag_library(combined, files, options)
         assert sorted(second.tagged) == sorted(files) and not second.failed
-        assert calls == {"musicnn-msd": 0, "musicnn-mtt": 2}   # only mtt's network ran
+        assert calls["musicnn-msd"] == 0 and calls["musicnn-mtt"] > 0   # only mtt's network ran
         for n, path in zip(("a", "b"), files):
             stored = store.read_store(str(out), n)
             assert stored["model"] == combined.fingerprint and set(stored["parts"]) == {msd.fingerprint, mtt.fingerprint}
