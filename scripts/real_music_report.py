@@ -240,10 +240,13 @@ def _mix(stems: list[str], path: str) -> None:
 
 # -- tagging ------------------------------------------------------------------------------------
 
-def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[list, list[dict]]:
+def tag_set(name: str, model: str, cache_dir: str, workers: int = 0, read_only: bool = False
+            ) -> tuple[list, list[dict]]:
     """Every track of a set tagged with a model (resumable: the library's own store), as
     (collections with their package version and deb hash, tracks with collection, file,
-    source_sha256, seconds and the stored taggram)."""
+    source_sha256, seconds and the stored taggram). read_only: where the model's output for every
+    track is stored, it is read as it is (no run over the set's outputs, which another process may
+    be deriving)."""
     from jaxtag.tagging import library
     from jaxtag.tagging.tagger import COMBINED, Tagger
     if model in COMBINED:
@@ -258,11 +261,15 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tuple[li
     tagger = Tagger.pretrained(model)
     out = os.path.join(cache_dir, "tagged", name, model)
     files = [t["path"] for t in tracks]
-    result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
-                                                                         workers=workers))
-    if result.failed:
-        raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
     names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
+    stored = {p: library.stored_header(out, n) if os.path.isdir(out) else None for p, n in names.items()}
+    if not read_only or any(h is None or h["model"] != tagger.fingerprint or h["source"]["path"] != os.path.abspath(p)
+                            for p, h in stored.items()):
+        result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
+                                                                             workers=workers))
+        if result.failed:
+            raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
+        names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
     for t in tracks:
         stored, _, t["taggram"] = library.stored_taggram(tagger, out, names[t["path"]], t["path"])
         t["embeddings"] = stored["embeddings"]
@@ -282,7 +289,7 @@ def combined_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tup
     import dataclasses
     from jaxtag.tagging.tagger import Tagger
     tagger = Tagger.pretrained(model)
-    runs = [tag_set(name, m.model_name, cache_dir, workers) for m in tagger.members]
+    runs = [tag_set(name, m.model_name, cache_dir, workers, read_only=True) for m in tagger.members]
     infos, tracks = runs[0]
     out = []
     for k, t in enumerate(tracks):
