@@ -208,9 +208,10 @@ class DecisionPolicy:
         return [(self.tags[i], float(strength[i])) for i in self._order(scores, strength)[:n]]
 
     def _order(self, scores: np.ndarray, strength: np.ndarray) -> np.ndarray:
-        """The tags from the strongest; the evidence rule breaks ties of time on by the mean score."""
+        """The tags from the strongest; the evidence rule breaks ties of time on (equal to 1e-9: sums
+        of window stretches differ in their last bits) by the mean score."""
         if self.rule == EVIDENCE:
-            return np.lexsort((-np.asarray(scores, np.float64).mean(axis=0), -strength))
+            return np.lexsort((-np.asarray(scores, np.float64).mean(axis=0), -np.round(strength, 9)))
         return np.argsort(-strength, kind="stable")
 
     def track_z_scores(self, scores: np.ndarray) -> np.ndarray:
