@@ -404,7 +404,7 @@ def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path
 def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
     """The evidence rule (the pretrained models' default): a window's tag is on where its score
     passes both its base-rate and its reference-spread thresholds; a track carries the tags on for
-    at least a quarter of its time (from the CSV segments' durations, computed here), its moods
+    at least EVIDENCE_TRACK_SHARE of its time (from the CSV segments' durations, computed here), its moods
     those on for at least MOOD_SHARE; the rows, the files' own tags and the JSON all follow."""
     from jaxtag.data.tags import short_tag
     from jaxtag.tagging import decisions
@@ -420,7 +420,9 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
         tag_library(tagger, files, _options(out, write_tags=True))
     finally:
         tagger.policy = default
-    base = np.array(stats["base_rate"])
+    from jaxtag.data.tags import is_mood
+    base = np.maximum(stats["base_rate"], [decisions.MIN_MOOD_BASE_RATE if is_mood(t) else decisions.MIN_BASE_RATE
+                                           for t in tagger.tags])
     real = np.log(base / (1 - base)) + np.log(1.05)
     spread = np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"])
     thresholds = 1 / (1 + np.exp(-np.maximum(real, spread)))
@@ -438,7 +440,7 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
         share = (lengths[:, None] * segments.labels).sum(0) / lengths.sum()
         mean = scores.mean(0)
         order = sorted(range(len(tagger.tags)), key=lambda i: (-round(share[i], 6), -mean[i]))
-        tags = [tagger.tags[i] for i in order if share[i] >= 0.25 - 1e-6][:5]
+        tags = [tagger.tags[i] for i in order if share[i] >= decisions.EVIDENCE_TRACK_SHARE - 1e-6][:5]
         moods = [tagger.tags[i] for i in order if share[i] >= decisions.MOOD_SHARE - 1e-6][:2]
         row = rows[path]
         assert row["moods"] == [short_tag(t) for t in moods]
