@@ -49,7 +49,7 @@ def test_a_failed_pipeline_is_named_by_the_workers_error_and_a_url_out_is_refuse
         with failures_named("tagging"):
             raise DataError("/m/c.wav", "bad")
     # The driver reads OUT's records and writes the summary itself: a URL is refused, saying why.
-    with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path it can read.*gcsfuse"):
+    with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path the driver and the workers can read.*gcsfuse"):
         tag_on_beam(None, [], LibraryOptions(output_dir="gs://bucket/out"), "runner=DirectRunner")
 
 
@@ -185,7 +185,7 @@ def test_the_beam_stages_give_the_local_runs_windows_and_features(beam, trained,
                     equal_to([(k, float(np.round(w.sum(), 3))) for k, w in enumerate(windows)]), label="windows")
         assert_that(out.facts | beam.Map(lambda kv: (kv[0], kv[1]["n_windows"], kv[1]["path"])),
                     equal_to([("x", len(windows), path)]), label="facts")
-    handler = beam_library.window_features_handler(tagger.spec | {"smooth": 1, "threshold": None}, 4)
+    handler = beam_library.window_features_handler(tagger.spec, 4)
     model = handler.load_model()
     results = list(handler.run_inference(list(windows[:3]), model))
     np.testing.assert_allclose(np.stack([r.inference for r in results]), tagger.encode_windows(windows[:3]), atol=1e-6)
