@@ -4,15 +4,16 @@ own options: `dask_client_address=tcp://HOST:8786` or `dask_scheduler_file=FILE`
 Dask starts a LocalCluster on this machine).
 
 Beam 2.78's DaskRunner turns the pipeline into Dask bags, and on jaxtag's pipelines it falls short
-in four ways (each checked on a real scheduler with two workers; tests/test_dask.py):
+in four ways (1-3 seen with a scheduler and two workers on this machine, 4 read in its code):
 
 1. It computes only the last transform's bag: every other sink (TFDS's other splits and their
    split info; a second output of a tagging run) never runs.
 2. A ParDo's tagged outputs (`with_outputs`) are not told apart: every consumer gets all of them
-   mixed (tagging failed with a TypeError).
+   mixed (how tagging came to fail with a TypeError).
 3. `Reshuffle` is a no-op and `Create` makes partitions of 128 elements, so a list of files is one
    task on one worker.
-4. Side inputs are computed inside the consuming tasks, once per bundle, each time from the start.
+4. Side inputs are computed inside the consuming tasks, once per bundle (a nested computation of
+   everything upstream of them, unless its results happen to be still on the cluster).
 
 Here: every PCollection that nothing reads is computed (all sinks, in one graph); each tagged
 output is a bag of its own (the DoFn runs once per partition: the outputs share it); `Reshuffle`
