@@ -102,7 +102,7 @@ class _Visitor(PipelineVisitor):
     def __init__(self, client, bag_kwargs: dict, consumers: dict):
         self.client, self.bag_kwargs, self.consumers = client, bag_kwargs, consumers
         self.bags: dict = {}           # PCollection -> bag
-        self.known: dict = {}          # PCollection -> its number of elements, where known (a Create's)
+        self.created: dict = {}        # PCollection -> its elements, where known (a Create's)
         self.parents: dict = {}        # PCollection -> the PCollections its transform read
         self.kept: list = []           # persisted bags (their results stay on the cluster while held)
         self.persisted: set = set()
@@ -120,9 +120,9 @@ class _Visitor(PipelineVisitor):
                 {**self.bag_kwargs, "partition_size": 128}
             bag = te.Create(node, bag_kwargs=given).apply(None)
             self._set(node, bag)
-            self.known[node.outputs[None]] = len(transform.values)
+            self.created[node.outputs[None]] = transform.values
         elif kind is overrides._Reshuffle:
-            self._set(node, self._reshuffle(bags[0], self.known.get(inputs[0])))
+            self._set(node, self._reshuffle(bags[0], self.created.get(inputs[0])))
         elif kind is overrides._Flatten:
             self._set(node, te.Flatten(node).apply(bags))
         elif kind is overrides._GroupByKeyOnly:
@@ -138,12 +138,17 @@ class _Visitor(PipelineVisitor):
         for output in node.outputs.values():
             self.bags[output] = bag
 
-    def _reshuffle(self, bag, count: int | None):
-        """One partition per element (or per few, past MAX_RESHUFFLE_PARTITIONS) where the count is
-        known, else at least one per worker thread: the scheduler spreads the partitions."""
-        if count is None:
-            count = max(bag.npartitions, 2 * sum(self.client.nthreads().values()))
-        target = min(count, MAX_RESHUFFLE_PARTITIONS)
+    def _reshuffle(self, bag, created):
+        """One partition per element (or per few, past MAX_RESHUFFLE_PARTITIONS) of a Create's
+        elements, each partition a task of its own (split from one task, they would all start on
+        the worker that ran it); else at least two partitions per worker thread. The scheduler
+        spreads the partitions over the workers."""
+        if created is not None:
+            if not created:
+                return bag
+            import dask.bag as db
+            return db.from_sequence(created, npartitions=min(len(created), MAX_RESHUFFLE_PARTITIONS))
+        target = 2 * sum(self.client.nthreads().values())
         return bag if target <= bag.npartitions else bag.repartition(npartitions=target)
 
     def _pardo(self, node, bag) -> None:

@@ -463,16 +463,17 @@ class DaskCluster:
 
     def __exit__(self, *exc) -> None:
         import subprocess
-        for proc, _ in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, log in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-            log.close()
+        for group in (self.procs[1:], self.procs[:1]):      # the workers, then the scheduler
+            for proc, _ in group:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc, log in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                log.close()
         self.procs = []
 
 

@@ -19,17 +19,19 @@ START_TIMEOUT = 120   # seconds for the scheduler and the workers to come up
 
 
 def _stop(started) -> None:
-    """SIGTERM to every process at once, SIGKILL to any still there 30 s later."""
-    for proc, _ in started:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc, log in started:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        log.close()
+    """The workers first (SIGTERM to both at once), then the scheduler (a worker whose scheduler
+    is gone waits for it); SIGKILL to any process still there 30 s later."""
+    for group in (started[1:], started[:1]):
+        for proc, _ in group:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, log in group:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+            log.close()
 
 
 @pytest.fixture(scope="module")
