@@ -13,17 +13,20 @@ The same job as jaxtag.tagging.library, on Beam's workers instead of one machine
    model per worker process) encodes windows of many files together, in batches of the model's
    chunk size.
 4. The windows' features are grouped back by file with its facts; `WriteFile` runs the
-   across-window stage and writes the file's outputs, stored scores and, last, its record, each
-   staged locally and published through Beam's FileSystems (a temporary name, then a rename), so
-   OUT can be a bucket on a cloud runner. Files planned DERIVE are written the same way from
+   across-window stage, decided by the driver's DecisionPolicy itself (sent with the DoFn), and
+   writes the file's outputs, stored scores and, last, its record, each staged locally and
+   published through Beam's FileSystems (a temporary name, then a rename), so the workers can
+   write to a bucket mounted on the driver. Files planned DERIVE are written the same way from
    their stored scores.
-5. A file that fails is listed with its problem in OUT/.jaxtag/failed/ (the dead-letter output);
-   the others go on. Then the driver writes library.csv, library.json and index.html from the
-   records (and, for a local OUT, updates the similarity index).
+5. The workers report what happened (a file failed and why, a file found unchanged, which worker
+   process wrote a file) through one plain ParDo writing a JSON-lines file per bundle in the run's
+   folder; the driver reads them, lists the failures in OUT/.jaxtag/failed/RUN.jsonl (the
+   dead-letter output; the others go on), then writes library.csv, library.json and index.html
+   from the records and updates the similarity index.
 
 A run killed part way and rerun skips the files whose records are written. Scores equal the local
 run's (the same windows through the same network); tested with the DirectRunner in
-multi-processing mode (tests/test_beam.py).
+multi-processing mode (tests/test_beam.py) and on a Dask cluster (runner=dask, tests/test_dask.py).
 """
 from __future__ import annotations
 
