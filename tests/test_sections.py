@@ -249,3 +249,39 @@ def test_similar_takes_a_section(tagged, tmp_path):
     # An outside file (the same audio elsewhere, tagged on the fly) has the same sections.
     outside = shutil.copy(files[0], tmp_path / "outside.wav")
     assert find_similar(str(out), f"{outside}#2", n=2)["tracks"][0]["path"] == files[2]
+
+
+def test_the_measurements_joins_are_where_it_says_and_its_counts_are_right(tmp_path):
+    """scripts/real_music_report.py sections: each pair joined at the second it reports, from the
+    tracks' middles; a join found only with a boundary within the tolerance; boundaries a minute."""
+    from test_decisions import _script
+    script = _script()
+    rng = np.random.default_rng(5)
+    tracks = []
+    for k, seconds in enumerate((60.0, 75.0, 61.5)):
+        y = (0.1 * rng.standard_normal(int(seconds * 8000))).astype(np.float32)
+        sf.write(tmp_path / f"t{k}.wav", y, 8000)
+        tracks.append({"file": f"t{k}.wav", "path": str(tmp_path / f"t{k}.wav")})
+    pairs = script.joined_pairs(tracks, str(tmp_path / "joined"), 8000)
+    assert len(pairs) == 3 and len({p["join"] for p in pairs}) == 3
+    for p in pairs:
+        y, sr = sf.read(p["path"], dtype="float32")
+        a, b = (sf.read(tmp_path / p[key], dtype="float32")[0] for key in ("first", "second"))
+        n = int(round(p["join"] * sr))
+        assert script.PIECE_SECONDS[0] <= p["join"] <= script.PIECE_SECONDS[1]
+        begin = (len(a) - n) // 2
+        np.testing.assert_allclose(y[:n], a[begin:begin + n], atol=1e-4)      # FLAC: 16-bit
+        begin = (len(b) - (len(y) - n)) // 2
+        np.testing.assert_allclose(y[n:], b[begin:begin + len(y) - n], atol=1e-4)
+    # Counting: two joined files with a change after window 14 (a boundary at 42 s) and joins at
+    # 46 s (found: 4 s off) and 48 s (6 s off: not found, its boundary counted as another); an
+    # ordinary 2-minute track with one change and a steady 1-minute track.
+    vectors, _ = _segments([14, 16])
+    joined = [(_taggram(vectors, np.zeros((30, 3))), vectors)] * 2
+    changing, _ = _segments([20, 20], seed=6)
+    steady, _ = _segments([20], seed=4)
+    ordinary = [(_taggram(changing, np.zeros((40, 3))), changing), (_taggram(steady, np.zeros((20, 3))), steady)]
+    figures = script.section_figures(ordinary, joined, [46.0, 48.0], sections.DEFAULT)
+    assert (figures["found"], figures["joins"]) == (1, 2) and figures["median_gap"] == pytest.approx(5.0)   # of 4 and 6 s
+    assert figures["per_minute"] == pytest.approx(1 / 3) and figures["most_per_minute"] == pytest.approx(0.5)
+    assert figures["extra_per_minute_joined"] == pytest.approx(1 / 3) and figures["ordinary_sections"] == 3
