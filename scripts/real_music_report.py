@@ -44,7 +44,9 @@ import zipfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "scripts"))
 
+import weak_labels  # noqa: E402
 from jaxtag.files import sha256_file, write_atomic  # noqa: E402
 
 MIN_SECONDS = 30.0
@@ -98,7 +100,12 @@ REPORT = (
     Collection("supertux-data", ("usr/share/games/supertux2/music/*/*",), "GPL-2+ and CC-BY-SA (per file)"),
     Collection("xmoto-data", ("usr/share/games/xmoto/Textures/Musics/*",), "GPL-2+"),
 )
-SETS = {"calibration": CALIBRATION, "report": REPORT}
+# The weak-label set (scripts/weak_labels.py): the report set and two packages in no other list.
+WEAK = REPORT + (
+    Collection("widelands-data", ("usr/share/games/widelands/data/music/*",), "GPL-2+"),
+    Collection("warmux-data", ("usr/share/games/warmux/music/*/*",), "GPL-2+ (music: per file, free)"),
+)
+SETS = {"calibration": CALIBRATION, "report": REPORT, "weak": WEAK}
 
 
 # -- fetching and unpacking ---------------------------------------------------------------------
@@ -434,6 +441,124 @@ def leave_one_collection_out(tracks: list[dict], policy, **levels) -> dict:
     return {"with_a_tag": with_a_tag / n, "with_two_tags": with_two / n, "with_a_mood": with_a_mood / n}
 
 
+def precision(model: str, tracks: list[dict], policy) -> dict:
+    """How often a policy's tags (None: each taggram's own) cannot be right, by the weak labels (scripts/weak_labels.py): per
+    collection and pooled, voice tags on instrumental music (share of windows with one on, share of
+    tracks carrying one), tags implausible for a collection's style (share of its track tags and of
+    its window tags on), tracks with a mood, calm vs battle themes with a calm mood, and how much of
+    its time a track tag is on (track/window consistency)."""
+    import numpy as np
+    labels = weak_labels.labels_by_package()
+    voice = set(weak_labels.VOICE[model])
+    per = collections.defaultdict(lambda: collections.Counter())
+    share_on, themes = [], collections.defaultdict(lambda: [0, 0])
+    for t in tracks:
+        label = labels[t["collection"]]
+        taggram = t["taggram"] if policy is None else t["taggram"].with_policy(policy)
+        d = taggram.decisions()
+        tags = taggram.tags
+        bad = weak_labels.implausible(model, label)
+        c = per[t["collection"]]
+        c["tracks"] += 1
+        c["windows"] += len(d.active)
+        c["with_a_mood"] += bool(d.moods)
+        c["with_a_tag"] += bool(d.track_tags)
+        c["track_tags"] += len(d.track_tags)
+        c["implausible_track_tags"] += sum(x in bad for x in d.track_tags)
+        on = d.active.astype(bool)
+        c["window_tags"] += int(on.sum())
+        c["implausible_window_tags"] += int(sum(on[:, i].sum() for i, x in enumerate(tags) if x in bad))
+        if label.vocals == weak_labels.INSTRUMENTAL:
+            voice_ids = [i for i, x in enumerate(tags) if x in voice]
+            c["voice_windows"] += int(on[:, voice_ids].any(axis=1).sum())
+            c["voice_tracks"] += any(x in voice for x in d.track_tags)
+        share_on += [float(d.share[tags.index(x)]) for x in d.track_tags]
+        kind = weak_labels.theme(t["file"])
+        if kind:
+            themes[kind][0] += 1
+            themes[kind][1] += any(m in weak_labels.CALM_MOODS for m in d.moods)
+    total = sum(per.values(), collections.Counter())
+    instrumental = sum((c for k, c in per.items() if labels[k].vocals == weak_labels.INSTRUMENTAL),
+                       collections.Counter())
+    styled = {k: c for k, c in per.items() if labels[k].styles}
+    ratio = lambda a, b: a / b if b else float("nan")
+    return {
+        "tracks": total["tracks"],
+        "voice_windows": ratio(instrumental["voice_windows"], instrumental["windows"]),
+        "voice_tracks": ratio(instrumental["voice_tracks"], instrumental["tracks"]),
+        "implausible_track_tags": {k: ratio(c["implausible_track_tags"], c["track_tags"]) for k, c in styled.items()},
+        "implausible_window_tags": {k: ratio(c["implausible_window_tags"], c["window_tags"]) for k, c in styled.items()},
+        "with_a_mood": ratio(total["with_a_mood"], total["tracks"]),
+        "with_a_tag": ratio(total["with_a_tag"], total["tracks"]),
+        "tags_per_track": ratio(total["track_tags"], total["tracks"]),
+        "tags_per_window": ratio(total["window_tags"], total["windows"]),
+        "track_tag_time_on": float(np.mean(share_on)) if share_on else float("nan"),
+        "track_tags_on_under_10pct": ratio(sum(x < 0.1 for x in share_on), len(share_on)),
+        "calm_themes_calm_mood": ratio(themes["calm"][1], themes["calm"][0]), "calm_themes": themes["calm"][0],
+        "battle_themes_calm_mood": ratio(themes["battle"][1], themes["battle"][0]), "battle_themes": themes["battle"][0],
+    }
+
+
+def print_precision(model: str, results: dict) -> None:
+    """One table row per policy, and each styled collection's implausible share."""
+    print(f"\n| {model}: decisions | voice tags: windows of instrumental music | tracks | track tags implausible "
+          "for the style (worst collection) | window tags implausible (worst) | tracks with a mood | "
+          "calm themes with a calm mood | battle themes | track tags per track | track tag's time on "
+          "(mean; under 10 %) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, r in results.items():
+        worst = max(r["implausible_track_tags"].values(), default=float("nan"))
+        worst_w = max(r["implausible_window_tags"].values(), default=float("nan"))
+        print(f"| {label} | {r['voice_windows']:.1%} | {r['voice_tracks']:.1%} | {worst:.1%} | {worst_w:.1%} | "
+              f"{r['with_a_mood']:.1%} | {r['calm_themes_calm_mood']:.0%} of {r['calm_themes']} | "
+              f"{r['battle_themes_calm_mood']:.0%} of {r['battle_themes']} | {r['tags_per_track']:.1f} | "
+              f"{r['track_tag_time_on']:.0%}; {r['track_tags_on_under_10pct']:.0%} |")
+    for label, r in results.items():
+        print(f"- {label}: implausible track tags " + ", ".join(
+            f"{k} {v:.0%}" for k, v in sorted(r["implausible_track_tags"].items())))
+
+
+def held_out_references(tracks: list[dict]) -> dict:
+    """For each collection, reference statistics from the other collections only (how a user's
+    music, which the statistics never saw, is judged)."""
+    from jaxtag.tagging import decisions
+    summaries = [decisions.summarise_track(t["taggram"].scores) for t in tracks]
+    return {c: decisions.reference_statistics([s for s, t in zip(summaries, tracks) if t["collection"] != c])
+            for c in sorted({t["collection"] for t in tracks})}
+
+
+def held_out_precision(model: str, tracks: list[dict], tags: list[str], make_policy, held_out: dict) -> dict:
+    """precision() with each collection judged by a policy made from the others' statistics."""
+    parts = {}
+    for c, stats in held_out.items():
+        reference = {"model": model, "tags": tags, "description": "held out", "statistics": stats}
+        parts[c] = [dict(t, taggram=t["taggram"].with_policy(make_policy(reference)))
+                    for t in tracks if t["collection"] == c]
+    judged = [t for part in parts.values() for t in part]
+    return precision(model, judged, None)
+
+
+def levels_report(model: str, cache_dir: str, workers: int) -> None:
+    """How the evidence rule's levels were chosen: precision and coverage on the calibration set by
+    its weak labels, each collection judged by statistics made from the others."""
+    from jaxtag.tagging import decisions
+    from jaxtag.tagging.tagger import Tagger
+    _, tracks = tag_set("calibration", model, cache_dir, workers)
+    tags = Tagger.pretrained(model).tags
+    held_out = held_out_references(tracks)
+    results = {"before: calibrated z-scores": held_out_precision(model, tracks, tags,
+                                                                 lambda r: decisions.calibrated_policy(tags, r), held_out)}
+    for ratio in (2.0, 4.0, 8.0):
+        for track_share in (0.25, 0.4):
+            for mood_share in (0.1, 0.15, 0.25):
+                make = lambda r: decisions.evidence_policy(tags, r, ratio=ratio, track_share=track_share,
+                                                           mood_share=mood_share)
+                results[f"evidence x{ratio:g}, track {track_share:.0%}, mood {mood_share:.0%}"] = \
+                    held_out_precision(model, tracks, tags, make, held_out)
+    print(f"\n## {model}, calibration set, each collection judged by the others' statistics")
+    print_precision(model, results)
+
+
 # -- sections -------------------------------------------------------------------------------------
 
 JOIN_TOLERANCE = 4.5        # seconds: a join is found when a section boundary lies this near it
@@ -559,7 +684,8 @@ def main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "sections"))
+    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "precision",
+                                            "sections"))
     parser.add_argument("--cache_dir", default=os.path.join(os.environ.get("JAXTAG_CACHE", os.path.expanduser(
         os.path.join("~", "jaxtag_data"))), "real_music"), help="where packages, music and tagged outputs are kept")
     parser.add_argument("--models", default=",".join(MODELS))
@@ -609,16 +735,18 @@ def main(argv: list[str]) -> int:
         elif args.command == "similarity":
             similarity_report(args.set or "report", model, args.cache_dir, args.workers)
         elif args.command == "levels":
-            _, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
-            policy = Tagger.pretrained(model).policy
-            print(f"\n{model}, calibration set, each collection judged by the others' statistics:")
-            print("| track_z | lean_z (moods; second tag) | min tags | >= 1 tag | >= 2 tags | >= 1 mood |")
-            print("|---|---|---|---|---|---|")
-            for track_z, lean_z, min_tags in ((1.0, 0.5, 0), (1.0, 0.5, 2), (1.0, 0.25, 2), (1.0, 0.0, 2),
-                                               (0.75, 0.5, 2), (1.5, 0.5, 2)):
-                r = leave_one_collection_out(tracks, policy, track_z=track_z, lean_z=lean_z, min_track_tags=min_tags)
-                print(f"| {track_z} | {lean_z} | {min_tags} | {r['with_a_tag']:.1%} | {r['with_two_tags']:.1%} | "
-                      f"{r['with_a_mood']:.1%} |")
+            levels_report(model, args.cache_dir, args.workers)
+        elif args.command == "precision":
+            name = args.set or "weak"
+            _, tracks = tag_set(name, model, args.cache_dir, args.workers)
+            tagger = Tagger.pretrained(model)
+            reference = decisions.load_reference(model)
+            print(f"\n## {model} on the {name} set: {len(tracks)} tracks, "
+                  f"{sum(t['seconds'] for t in tracks) / 3600:.1f} h (weak labels: scripts/weak_labels.py)")
+            print_precision(model, {
+                "before: calibrated z-scores (stop 24)": precision(model, tracks, decisions.calibrated_policy(
+                    tagger.tags, reference)),
+                "after: evidence (the default)": precision(model, tracks, tagger.policy)})
         else:
             name = args.set or "report"
             infos, tracks = tag_set(name, model, args.cache_dir, args.workers)

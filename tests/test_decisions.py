@@ -11,7 +11,7 @@ import pytest
 import scipy.ndimage
 
 from jaxtag.tagging import decisions
-from jaxtag.tagging.decisions import calibrated_policy, threshold_policy
+from jaxtag.tagging.decisions import calibrated_policy, evidence_policy, threshold_policy
 from jaxtag.tagging.taggram import Taggram
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,6 +98,62 @@ def test_calibrated_rule_thresholds_track_tags_and_moods():
     np.testing.assert_array_equal(policy.active(scores), [[True] * c, [False] * c])
 
 
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+
+
+def test_evidence_rule_needs_real_and_distinctive_evidence_and_forces_nothing():
+    """A window's tag is on where its odds reach EVIDENCE_RATIO times the base odds AND its
+    log-odds lie WINDOW_Z deviations above the reference windows' mean (whichever is higher); a
+    track carries the tags on for >= track_share of its time (at most five), moods on for >=
+    mood_share (at most two); zero tags and zero moods are valid answers."""
+    tags = ["rock", "jazz", "sad", "happy", "chill", "pop"]
+    base = np.array([0.2, 0.01, 0.02, 0.05, 0.03, 0.1])
+    window_mean, window_std = _logit(np.array([0.1, 0.001, 0.03, 0.02, 0.02, 0.05])), np.full(6, 1.0)
+    reference = _reference(tags, window_mean, window_std, window_mean, window_std)
+    reference["statistics"]["base_rate"] = list(base)
+    policy = evidence_policy(tags, reference, track_share=0.5, mood_share=0.25)
+    real = _logit(base) + np.log(decisions.EVIDENCE_RATIO)
+    distinct = window_mean + decisions.WINDOW_Z * window_std
+    np.testing.assert_allclose(policy.thresholds, _sigmoid(np.maximum(real, distinct)), rtol=1e-6)
+    # jazz's reference mean is so low that the base rate decides; sad's spread decides.
+    assert real[1] > distinct[1] and distinct[2] > real[2]
+    # A tag typical of the reference at a low probability (0.02 for jazz, twice its base rate)
+    # is not on, however unusual it is among the reference windows.
+    assert _sigmoid(distinct[1]) < 0.02 < policy.thresholds[1]
+    # 8 windows: rock on in 5, sad in 2 (a quarter), happy in 1, nothing else.
+    on = np.zeros((8, 6), bool)
+    on[:5, 0] = on[5:7, 2] = on[7, 3] = True
+    scores = np.where(on, policy.thresholds * 1.001, policy.thresholds * 0.999)
+    np.testing.assert_array_equal(policy.active(scores), on)
+    d = policy.decide(scores)
+    assert d.track_tags == ["rock", "sad"] and d.moods == ["sad"]     # sad: a mood at 25 %, not a tag at 50 %
+    np.testing.assert_allclose(d.share, on.mean(0))
+    assert [t for t, _ in d.top_tags[:3]] == ["rock", "sad", "happy"]
+    # Nothing above the thresholds: no tag, no mood, no window tag.
+    quiet = np.tile(policy.thresholds * 0.9, (8, 1))
+    d = policy.decide(quiet)
+    assert d.track_tags == [] and d.moods == [] and not d.active.any()
+    # At most five track tags and two moods, by time on, ties by the mean score.
+    every = np.tile(policy.thresholds * 1.001, (4, 1))
+    every[0, [0, 1]] *= 0.99   # rock and jazz on in 3 of 4 windows
+    d = policy.decide(every)
+    by_score = lambda names: sorted(names, key=lambda t: -every[:, tags.index(t)].mean())
+    assert d.track_tags == by_score(["sad", "happy", "chill", "pop"]) + ["rock"]   # rock's scores above jazz's
+    assert d.moods == by_score(["sad", "happy", "chill"])[:2]
+    assert policy.describe()["rule"] == "evidence" and policy.replace(mood_share=0.3).key() != policy.key()
+
+
+def test_evidence_rule_refuses_statistics_without_base_rates():
+    tags = ["a", "b"]
+    reference = _reference(tags, [0, 0], [1, 1], [0, 0], [1, 1])
+    with pytest.raises(ValueError, match="no base rates"):
+        evidence_policy(tags, reference)
+    reference["statistics"]["base_rate"] = [0.1, 0.0]
+    with pytest.raises(ValueError, match="base rate outside"):
+        evidence_policy(tags, reference)
+
+
 def test_a_reference_for_other_tags_or_with_no_spread_is_refused():
     tags = ["a", "b"]
     with pytest.raises(ValueError, match="other tags"):
@@ -129,6 +185,7 @@ def test_reference_statistics_from_per_track_summaries_equal_the_pooled_windows(
     np.testing.assert_allclose(stats["window_std"], pooled.std(0), atol=1e-4)
     np.testing.assert_allclose(stats["track_mean"], means.mean(0), atol=1e-5)
     np.testing.assert_allclose(stats["track_std"], means.std(0), atol=1e-5)
+    np.testing.assert_allclose(stats["base_rate"], np.concatenate(tracks).mean(0), atol=1e-5)
     assert stats["windows"] == 39 and stats["tracks"] == 4
 
 
@@ -191,3 +248,25 @@ def test_the_shipped_summaries_are_what_the_audio_gives(tmp_path):
     # tenths of a second off, and no truncation warning may come of it.
     records = tmp_path / "tagged" / "one" / "musicnn-msd" / ".jaxtag" / "records"
     assert [json.loads(r.read_text())["summary"]["warnings"] for r in sorted(records.rglob("*.json"))] == [[], [], []]
+
+
+def test_weak_labels_cover_the_sets_in_each_models_words_and_never_the_set_aside_packages():
+    """scripts/weak_labels.py: every collection of the weak and calibration sets is labelled, each
+    label's tags are the model's own (a misspelt tag would never count as wrong), the weak set
+    shares nothing with the calibration set, and the packages set aside are in no set."""
+    script = _script()
+    import weak_labels   # scripts/ is on the path once the script is loaded
+    labels = weak_labels.labels_by_package()
+    every = {c.package for s in script.SETS.values() for c in s}
+    assert every <= set(labels) and set(labels) <= every
+    assert not every & set(weak_labels.SET_ASIDE)
+    assert {c.package for c in script.WEAK}.isdisjoint(c.package for c in script.CALIBRATION)
+    for model in ("musicnn-msd", "musicnn-mtt"):
+        vocabulary = set(decisions.load_reference(model)["tags"])
+        named = set(weak_labels.VOICE[model]).union(*weak_labels.IMPLAUSIBLE[model].values())
+        assert named <= vocabulary, named - vocabulary
+        assert not {"no vocals", "no vocal", "no voice", "instrumental"} & set(weak_labels.VOICE[model])
+    assert weak_labels.implausible("musicnn-mtt", labels["flare-game"]) >= {"female voice", "techno"}
+    assert "female voice" not in weak_labels.implausible("musicnn-mtt", labels["fretsonfire-songs-sectoid"])
+    assert [weak_labels.theme(f) for f in ("a/battle_theme.ogg", "town_theme.ogg", "calmrace.ogg", "x.ogg")] == \
+        ["battle", "calm", None, None]

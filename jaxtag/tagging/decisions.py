@@ -3,27 +3,31 @@ track carries. Every output (the JSON's window tags, the CSV segments, the taggr
 listening page, the library's rows and page, the tags written into files) asks a DecisionPolicy,
 and a policy works on stored scores, so changing it never needs the model again.
 
-Two rules:
+Three rules:
 
 - "threshold" (trained runs, and any model with --threshold): a tag is on in a window where its
   score reaches the tag's threshold (a trained run's validation-tuned thresholds, or
   eval.threshold); a track carries the tags on for at least `track_share` of its time.
-- "calibrated" (the pretrained models): thresholds come from reference statistics of the model's
-  scores over real recordings (jaxtag/tagging/calibration/, made by scripts/real_music_report.py).
-  Scores are compared in log-odds, where musicnn's sparse Last.fm tags are not squeezed near 0:
-  a window's tag is on where its log-odds lie at least `window_z` reference standard deviations
-  above the tag's mean over reference windows (so each tag is on in about the top tenth of real
-  music's windows, whatever its probabilities' scale). A track is judged by its mean log-odds
-  per tag, in standard deviations above the tag's mean over reference *tracks* (z): it carries
-  the tags where z >= `track_z` (distinctly high; at most `max_track_tags`), and, when fewer
-  than `min_track_tags` are, its strongest tags where it leans that way (z >= `lean_z`) up to
-  that many; its moods are its mood tags with z >= `lean_z` (at most `max_moods`), which it
-  carries as tags too.
+- "evidence" (the pretrained models, by default): a tag is on in a window only where the model's
+  evidence for it is real and distinctive. Real: the window's odds for the tag are at least
+  `EVIDENCE_RATIO` times the tag's base odds, the model's mean probability for it over real
+  recordings (jaxtag/tagging/calibration/, made by scripts/real_music_report.py). Distinctive: its
+  log-odds also lie at least `WINDOW_Z` standard deviations above the tag's mean over the reference
+  windows. Both are per-tag thresholds on the score; the higher one holds. A track carries the tags
+  that are on for at least `track_share` of its time (at most `max_track_tags`), its moods the mood
+  tags on for at least `mood_share` (at most `max_moods`; a mood is a track tag too). Nothing is
+  forced on: a window or a track may have no tag and no mood.
+- "calibrated" (the rule before "evidence", kept for comparison: scripts/real_music_report.py
+  precision): the same window level without the base rate, and a track judged by its mean log-odds
+  per tag in reference standard deviations (z): it carries the tags where z >= `track_z` (at most
+  `max_track_tags`), its strongest tags with z >= `lean_z` up to `min_track_tags`, and moods with
+  z >= `lean_z`.
 
-Both rules then median-filter each tag's on/off over `smooth` windows (the same as thresholding
-median-filtered scores, since the threshold is monotone), and rank a track's tags by strength: the
-mean score (threshold rule) or the share of reference tracks that score lower on that tag, under
-a normal fit (calibrated rule).
+Every rule then median-filters each tag's on/off over `smooth` windows (the same as thresholding
+median-filtered scores, since the threshold is monotone), and ranks a track's tags by strength: the
+mean score (threshold rule), the share of the track's time the tag is on, ties broken by the mean
+score (evidence rule), or the share of reference tracks that score lower on that tag, under a
+normal fit (calibrated rule).
 """
 from __future__ import annotations
 
@@ -38,15 +42,22 @@ import numpy as np
 
 from jaxtag.data.tags import is_mood
 
-THRESHOLD, CALIBRATED = "threshold", "calibrated"
+THRESHOLD, EVIDENCE, CALIBRATED = "threshold", "evidence", "calibrated"
 # A tag belongs to the whole track when it is on for at least this share of the track's time
 # (threshold rule).
 TRACK_TAG_SHARE = 0.5
 TOP_TAGS = 5
 LOGIT_CLIP = 1e-6   # scores are clipped to [1e-6, 1 - 1e-6] before log-odds
 
+# The evidence rule's levels (chosen on the calibration collections only, by their weak labels:
+# scripts/real_music_report.py levels; docs/decisions.md):
+EVIDENCE_RATIO = 4.0   # a window's odds for a tag at least this many times the tag's base odds
+EVIDENCE_TRACK_SHARE = 0.25   # a track's tag: on for at least this share of its time
+MOOD_SHARE = 0.15      # a track's mood: on for at least this share of its time
+
 # The calibrated rule's levels, in reference standard deviations of log-odds (chosen on the
-# reference collections by leaving each collection out in turn; README, "Calibrated decisions"):
+# reference collections by leaving each collection out in turn); the window level serves the
+# evidence rule too:
 WINDOW_Z = 1.28     # a window's tag: about the top tenth of reference windows (normal fit)
 TRACK_Z = 1.0       # a track's tag: distinctly high, about the top sixth of reference tracks
 LEAN_Z = 0.5        # a track leans that way: about the top third (moods; the second tag)
@@ -93,7 +104,9 @@ class DecisionPolicy:
     rule: str = THRESHOLD
     smooth: int = 1
     moods: tuple[str, ...] = ()            # which of the tags are moods
-    track_share: float = TRACK_TAG_SHARE   # threshold rule
+    track_share: float = TRACK_TAG_SHARE   # threshold and evidence rules
+    mood_share: float = MOOD_SHARE         # evidence rule
+    base_rate: np.ndarray | None = None    # evidence rule: the tags' base rates [C] (where thresholds come from)
     track_mean: np.ndarray | None = None   # calibrated rule: reference track means of log-odds [C]
     track_std: np.ndarray | None = None    # ... and their standard deviations [C]
     track_z: float = TRACK_Z
@@ -110,7 +123,7 @@ class DecisionPolicy:
             raise ValueError(f"{len(self.thresholds)} thresholds for {n} tags")
         if self.smooth < 1 or self.smooth % 2 == 0:
             raise ValueError(f"the smoothing width must be an odd number of windows >= 1, got {self.smooth}")
-        if self.rule not in (THRESHOLD, CALIBRATED):
+        if self.rule not in (THRESHOLD, EVIDENCE, CALIBRATED):
             raise ValueError(f"unknown decision rule {self.rule!r}")
         if self.rule == CALIBRATED:
             for name in ("track_mean", "track_std"):
@@ -118,6 +131,10 @@ class DecisionPolicy:
                 if len(value) != n:
                     raise ValueError(f"{name} has {len(value)} values for {n} tags")
                 object.__setattr__(self, name, value)
+        if self.base_rate is not None:
+            object.__setattr__(self, "base_rate", np.asarray(self.base_rate, np.float64).reshape(-1))
+            if len(self.base_rate) != n:
+                raise ValueError(f"{len(self.base_rate)} base rates for {n} tags")
         unknown = [m for m in self.moods if m not in self.tags]
         if unknown:
             raise ValueError(f"moods {unknown} are not among the tags")
@@ -131,6 +148,8 @@ class DecisionPolicy:
                "moods": list(self.moods), "max_track_tags": self.max_track_tags, "max_moods": self.max_moods}
         if self.rule == THRESHOLD:
             out["track_share"] = self.track_share
+        elif self.rule == EVIDENCE:
+            out.update(track_share=self.track_share, mood_share=self.mood_share)
         else:
             out.update(track_mean=r(self.track_mean), track_std=r(self.track_std), track_z=self.track_z,
                        lean_z=self.lean_z, min_track_tags=self.min_track_tags)
@@ -145,6 +164,10 @@ class DecisionPolicy:
         out = {"rule": self.rule, "origin": self.origin, "smooth": self.smooth, "key": self.key()}
         if self.rule == THRESHOLD:
             out["track_share"] = self.track_share
+        elif self.rule == EVIDENCE:
+            out.update(evidence_ratio=EVIDENCE_RATIO, window_z=WINDOW_Z, track_share=self.track_share,
+                       mood_share=self.mood_share, max_track_tags=self.max_track_tags, max_moods=self.max_moods,
+                       base_rate=None if self.base_rate is None else [round(float(b), 6) for b in self.base_rate])
         else:
             out.update(window_z=WINDOW_Z, track_z=self.track_z, lean_z=self.lean_z,
                        min_track_tags=self.min_track_tags, max_track_tags=self.max_track_tags,
@@ -157,7 +180,8 @@ class DecisionPolicy:
     def with_threshold(self, threshold: float) -> "DecisionPolicy":
         """One threshold for every tag (--threshold): the threshold rule, whatever the policy was."""
         return self.replace(rule=THRESHOLD, thresholds=np.full(len(self.tags), threshold, np.float32),
-                            track_mean=None, track_std=None, min_track_tags=0, max_track_tags=None, max_moods=None,
+                            track_mean=None, track_std=None, base_rate=None, min_track_tags=0, max_track_tags=None,
+                            max_moods=None, track_share=TRACK_TAG_SHARE,
                             origin=f"--threshold={threshold:g} for every tag")
 
     # -- decisions ---------------------------------------------------------------------------
@@ -168,17 +192,27 @@ class DecisionPolicy:
         return median_filter_on(scores >= self.thresholds[None, :], self.smooth)
 
     def strength(self, scores: np.ndarray) -> np.ndarray:
-        """Per tag, how strongly the track carries it [C]: the mean score (threshold rule), or the
-        share of reference tracks scoring lower (calibrated rule)."""
+        """Per tag, how strongly the track carries it [C]: the mean score (threshold rule), the share
+        of its windows on (evidence rule), or the share of reference tracks scoring lower
+        (calibrated rule)."""
         scores = np.asarray(scores, np.float64)
         if self.rule == THRESHOLD:
             return scores.mean(axis=0)
+        if self.rule == EVIDENCE:
+            return self.active(scores).mean(axis=0) if len(scores) else np.zeros(len(self.tags))
         return _normal_cdf(self.track_z_scores(scores))
 
     def top_tags(self, scores: np.ndarray, n: int = TOP_TAGS) -> list[tuple[str, float]]:
         """The n tags the track carries most strongly, with their strength."""
         strength = self.strength(scores)
-        return [(self.tags[i], float(strength[i])) for i in np.argsort(-strength, kind="stable")[:n]]
+        return [(self.tags[i], float(strength[i])) for i in self._order(scores, strength)[:n]]
+
+    def _order(self, scores: np.ndarray, strength: np.ndarray) -> np.ndarray:
+        """The tags from the strongest; the evidence rule breaks ties of time on (equal to 1e-9: sums
+        of window stretches differ in their last bits) by the mean score."""
+        if self.rule == EVIDENCE:
+            return np.lexsort((-np.asarray(scores, np.float64).mean(axis=0), -np.round(strength, 9)))
+        return np.argsort(-strength, kind="stable")
 
     def track_z_scores(self, scores: np.ndarray) -> np.ndarray:
         """Calibrated rule: the track's mean log-odds per tag, in reference standard deviations
@@ -191,12 +225,17 @@ class DecisionPolicy:
         time each tag is on (Taggram.time_on), default the share of its windows."""
         active = self.active(scores) if active is None else active
         share = active.mean(axis=0) if share is None else np.asarray(share, np.float64)
-        strength = self.strength(scores)
-        order = np.argsort(-strength, kind="stable")
+        strength = share if self.rule == EVIDENCE else self.strength(scores)
+        order = self._order(scores, strength)
         mood_set = set(self.moods)
         if self.rule == THRESHOLD:
             track_tags = [self.tags[i] for i in order if share[i] >= self.track_share]
             moods = [t for t in track_tags if t in mood_set]
+        elif self.rule == EVIDENCE:
+            tag_ids = [i for i in order if share[i] >= self.track_share][:self.max_track_tags]
+            mood_ids = [i for i in order if share[i] >= self.mood_share and self.tags[i] in mood_set][:self.max_moods]
+            track_tags = [self.tags[i] for i in order if i in tag_ids or i in mood_ids]
+            moods = [self.tags[i] for i in mood_ids]
         else:
             z = self.track_z_scores(scores)
             distinct = [i for i in order if z[i] >= self.track_z][:self.max_track_tags]
@@ -230,24 +269,31 @@ STAT_DECIMALS = 6   # per-track summaries are stored rounded; the statistics are
 
 def summarise_track(scores: np.ndarray) -> dict:
     """What the reference statistics keep of one reference track: its window count and, per tag,
-    the mean and the mean square of its windows' log-odds (rounded to STAT_DECIMALS)."""
+    the mean of its windows' probabilities and the mean and the mean square of their log-odds
+    (rounded to STAT_DECIMALS)."""
     z = logit(scores)
     r = lambda v: [round(float(x), STAT_DECIMALS) for x in v]
-    return {"windows": int(len(z)), "logit_mean": r(z.mean(axis=0)), "logit_sq_mean": r((z ** 2).mean(axis=0))}
+    return {"windows": int(len(z)), "prob_mean": r(np.asarray(scores, np.float64).mean(axis=0)),
+            "logit_mean": r(z.mean(axis=0)), "logit_sq_mean": r((z ** 2).mean(axis=0))}
 
 
 def reference_statistics(tracks: Sequence[dict]) -> dict:
     """Per tag, from per-track summaries (summarise_track): the mean and standard deviation of
-    log-odds over all windows pooled ("window") and of the tracks' mean log-odds ("track")."""
+    log-odds over all windows pooled ("window") and of the tracks' mean log-odds ("track"), and the
+    base rate: the mean probability over all windows pooled."""
     n = np.array([t["windows"] for t in tracks], np.float64)
     mean = np.array([t["logit_mean"] for t in tracks], np.float64)
     square = np.array([t["logit_sq_mean"] for t in tracks], np.float64)
     window_mean = (n[:, None] * mean).sum(0) / n.sum()
     window_var = (n[:, None] * square).sum(0) / n.sum() - window_mean ** 2
     r = lambda v: [round(float(x), STAT_DECIMALS) for x in v]
-    return {"tracks": len(tracks), "windows": int(n.sum()),
-            "window_mean": r(window_mean), "window_std": r(np.sqrt(np.maximum(window_var, 0))),
-            "track_mean": r(mean.mean(0)), "track_std": r(mean.std(0))}
+    out = {"tracks": len(tracks), "windows": int(n.sum()),
+           "window_mean": r(window_mean), "window_std": r(np.sqrt(np.maximum(window_var, 0))),
+           "track_mean": r(mean.mean(0)), "track_std": r(mean.std(0))}
+    if all("prob_mean" in t for t in tracks):
+        prob = np.array([t["prob_mean"] for t in tracks], np.float64)
+        out["base_rate"] = r((n[:, None] * prob).sum(0) / n.sum())
+    return out
 
 
 def reference_path(model: str) -> str:
@@ -277,3 +323,33 @@ def calibrated_policy(tags: Sequence[str], reference: dict, smooth: int = 1) -> 
                           track_std=stats["track_std"], min_track_tags=MIN_TRACK_TAGS,
                           max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
                           origin=f"calibrated on {reference['description']}")
+
+
+def evidence_thresholds(base_rate, window_mean, window_std, ratio: float = EVIDENCE_RATIO,
+                        window_z: float = WINDOW_Z) -> np.ndarray:
+    """Per tag, the lowest score that is both real evidence (odds >= ratio x the base odds) and
+    distinctive (log-odds >= window_z reference deviations above the reference windows' mean)."""
+    real = logit(base_rate) + math.log(ratio)
+    distinct = np.asarray(window_mean, np.float64) + window_z * np.asarray(window_std, np.float64)
+    return 1 / (1 + np.exp(-np.maximum(real, distinct)))
+
+
+def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, ratio: float = EVIDENCE_RATIO,
+                    track_share: float = EVIDENCE_TRACK_SHARE, mood_share: float = MOOD_SHARE) -> DecisionPolicy:
+    """The evidence rule (the module docstring) from reference statistics (load_reference) with base
+    rates, of the model with these tags."""
+    tags = tuple(tags)
+    if list(reference["tags"]) != list(tags):
+        raise ValueError(f"the reference statistics of {reference.get('model')!r} are for other tags")
+    stats = reference["statistics"]
+    if "base_rate" not in stats:
+        raise ValueError(f"the reference statistics of {reference.get('model')!r} have no base rates "
+                         "(made by an earlier scripts/real_music_report.py calibrate)")
+    if min(stats["window_std"]) <= 0 or not 0 < min(stats["base_rate"]) <= max(stats["base_rate"]) < 1:
+        raise ValueError(f"the reference statistics of {reference.get('model')!r} have a tag with no spread "
+                         "or a base rate outside (0, 1)")
+    thresholds = evidence_thresholds(stats["base_rate"], stats["window_mean"], stats["window_std"], ratio)
+    return DecisionPolicy(tags=tags, thresholds=thresholds, rule=EVIDENCE, smooth=smooth,
+                          moods=tuple(t for t in tags if is_mood(t)), track_share=track_share, mood_share=mood_share,
+                          base_rate=stats["base_rate"], max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
+                          origin=f"evidence over base rates from {reference['description']}")

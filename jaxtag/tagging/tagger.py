@@ -220,11 +220,13 @@ class Tagger:
 
 
 def default_policy(meta: dict) -> decisions.DecisionPolicy:
-    """A model's own decisions: a pretrained model's calibrated rule (from its shipped reference
-    statistics), a trained run's thresholds (validation-tuned where it tuned them)."""
+    """A model's own decisions: a pretrained model's evidence rule (from its shipped reference
+    statistics and base rates), a trained run's thresholds (validation-tuned where it tuned them)."""
     tags = list(meta["tags"])
     if meta.get("pretrained"):
         reference = decisions.load_reference(meta["pretrained"])
+        if reference is not None and "base_rate" in reference["statistics"]:
+            return decisions.evidence_policy(tags, reference)
         if reference is not None:
             return decisions.calibrated_policy(tags, reference)
         return decisions.threshold_policy(tags, PRETRAINED_THRESHOLD, origin=f"fixed at {PRETRAINED_THRESHOLD}")
