@@ -212,8 +212,16 @@ def test_every_output_carries_the_sections_and_a_new_rule_rederives_them_from_th
         stored, _, taggram = stored_taggram(musicnn, str(out), "changing", files[0])
         redone = json.loads((out / "changing.json").read_text())["sections"]
         assert [(s["start"], s["end"]) for s in redone] == [(s["start"], s["end"]) for s in written["sections"]]
+        # Each section decided on its windows, by the share of its time each tag is on (the
+        # windows' stretches: from the nearest centre, clipped to the file).
+        centres = (stored["start"] + stored["end"]) / 2
+        edges = np.r_[0.0, (centres[:-1] + centres[1:]) / 2, stored["duration"]]
+        active = musicnn.policy.active(stored["scores"])
         for s, section in zip(redone, taggram.sections()):
-            d = musicnn.policy.decide(stored["scores"][section.first_window:section.last_window + 1])
+            a, b = section.first_window, section.last_window + 1
+            seconds = np.diff(np.clip(edges, 0, stored["duration"]))[a:b]
+            d = musicnn.policy.decide(stored["scores"][a:b], share=(seconds[:, None] * active[a:b]).sum(0) / seconds.sum(),
+                                      active=active[a:b])
             assert (s["tags"], s["moods"]) == (d.track_tags, d.moods)
     finally:
         musicnn.policy = policy

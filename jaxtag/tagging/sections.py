@@ -10,7 +10,8 @@ windows (a section must explain that much more of the track than it costs), so t
 suit any window hop.
 
 Each section carries tags and moods: the decision policy's track decisions on the section's windows
-alone (jaxtag.tagging.decisions: DecisionPolicy.decide), as if it were a track of its own.
+alone (jaxtag.tagging.decisions: DecisionPolicy.decide), as if it were a track of its own: its
+windows' tags as the track shows them, each tag's share of the section's time.
 
 Sections, like decisions, come from what is stored (window times and embeddings, scores): other
 settings or another decision rule re-derive them without the model. `SectionSettings.key()`
@@ -130,12 +131,16 @@ def sections_of(taggram, embeddings: np.ndarray, settings: SectionSettings = DEF
     if cuts is None:
         cuts = change_points(moment_vectors(embeddings, taggram.model), taggram.start, taggram.duration, settings)
     bounds = taggram.bounds()
+    stretch = np.maximum(np.diff(np.clip(bounds, 0.0, taggram.duration)), 0.0)   # each window's seconds
     active = taggram.active
     edges = [0, *cuts, len(taggram.start)]
     out = []
     for first, stop in zip(edges[:-1], edges[1:]):
-        # The section's window tags are the track's (smoothed over the whole track).
-        d = taggram.policy.decide(taggram.scores[first:stop], active=active[first:stop])
+        # The section's window tags are the track's (smoothed over the whole track), and each tag's
+        # share is of the section's time, as a track's is of the track's (Taggram.time_on).
+        seconds = stretch[first:stop]
+        share = (seconds[:, None] * active[first:stop]).sum(axis=0) / max(float(seconds.sum()), 1e-9)
+        d = taggram.policy.decide(taggram.scores[first:stop], share=share, active=active[first:stop])
         out.append(Section(float(bounds[first]), float(bounds[stop]), first, stop - 1, list(d.track_tags),
                            list(d.moods)))
     return out
