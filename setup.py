@@ -35,6 +35,7 @@ setup(
         "mutagen>=1.45",      # --write_tags: tags into MP3, WAV, FLAC, Ogg and M4A files
         "av>=14",             # FFmpeg's decoders for M4A/AAC (iTunes, Apple Music), which libsndfile lacks
         "faiss-cpu>=1.8",     # similar tracks and moments: exact and inverted-file indexes
+        "ruptures>=1.1.9",    # sections: kernel change-point detection (KernelCPD, PELT) on the window embeddings
     ],
     extras_require={
         # dill: imported by tfds.testing; beets, Beam and Dask: the plugin's, the Beam paths' and the

@@ -13,6 +13,10 @@ decisions cover music they were not calibrated on.
     python scripts/real_music_report.py levels      # how the calibrated rule's levels were chosen:
                                                     # coverage on each calibration collection with
                                                     # statistics from the others
+    python scripts/real_music_report.py sections --package=flare-game \
+        --cache_dir ~/jaxtag_data/real_music_sections  # sections on one soundtrack's tracks joined
+                                                    # in pairs at known seconds: joins found,
+                                                    # boundaries a minute on the tracks as they are
 
 Two sets of freely licensed game soundtracks and songs, packaged in Debian's main archive (so
 DFSG-free; each package's licence is in its /usr/share/doc/<package>/copyright, and the
@@ -572,16 +576,141 @@ def levels_report(model: str, cache_dir: str, workers: int) -> None:
     print_precision(model, results)
 
 
+# -- sections -------------------------------------------------------------------------------------
+
+JOIN_TOLERANCE = 4.5        # seconds: a join is found when a section boundary lies this near it
+PIECE_SECONDS = (40.0, 50.0)  # each side of a join: this long (uniformly drawn), from the track's middle
+
+
+def joined_pairs(tracks: list[dict], folder: str, sample_rate: int, seed: int = 0) -> list[dict]:
+    """Every unordered pair of the tracks joined (in a seeded random order) into one file under
+    `folder`: a piece of the first track, then a piece of the second, each PIECE_SECONDS long
+    (drawn) and taken from the track's middle, cut without a fade at a time that falls anywhere
+    in a window. [{"path", "join" (seconds), "first", "second" (the tracks' files)}]."""
+    import numpy as np
+    import soundfile as sf
+    from jaxtag.data.audio import load_audio
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    audio = {}
+    pieces = []
+    for i in range(len(tracks)):
+        for j in range(i + 1, len(tracks)):
+            a, b = (i, j) if rng.random() < 0.5 else (j, i)
+            la, lb = rng.uniform(*PIECE_SECONDS, size=2)
+            pieces.append((a, b, float(la), float(lb)))
+    out = []
+    for a, b, la, lb in pieces:
+        path = os.path.join(folder, f"join_{a:02d}_{b:02d}.flac")
+        na, nb = int(round(la * sample_rate)), int(round(lb * sample_rate))
+        if not os.path.exists(path):
+            for k in (a, b):
+                if k not in audio:
+                    audio[k] = load_audio(tracks[k]["path"], sample_rate)
+
+            def middle(y, n):
+                begin = max(0, (len(y) - n) // 2)
+                return y[begin:begin + n]
+            y = np.concatenate([middle(audio[a], na), middle(audio[b], nb)])
+            write_atomic(path, lambda f, y=y: sf.write(f, y, sample_rate, format="FLAC"), durable=False)
+        out.append({"path": path, "join": na / sample_rate, "first": tracks[a]["file"], "second": tracks[b]["file"]})
+    return out
+
+
+def _tag_files(files: list[str], model: str, out: str, workers: int) -> list[tuple]:
+    """(taggram, embeddings) of each file, tagged into `out` (resumable: the library's store)."""
+    from jaxtag.tagging import library
+    from jaxtag.tagging.tagger import Tagger
+    tagger = Tagger.pretrained(model)
+    result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
+                                                                         workers=workers))
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
+    names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
+    tagged = []
+    for path in files:
+        stored, _, taggram = library.stored_taggram(tagger, out, names[path], path)
+        tagged.append((taggram, stored["embeddings"]))
+    return tagged
+
+
+def section_figures(ordinary: list[tuple], joined: list[tuple], joins: list[float], settings) -> dict:
+    """Joins with a boundary within JOIN_TOLERANCE; boundaries a minute on ordinary tracks (all
+    of them together, and the most of any one track); other boundaries a minute in the joined files."""
+    import numpy as np
+    from jaxtag.tagging import sections
+
+    def boundaries(taggram, embeddings):
+        cuts = sections.change_points(sections.moment_vectors(embeddings, taggram.model), taggram.start,
+                                      taggram.duration, settings)
+        return taggram.bounds()[cuts]
+    found, gaps, extra, joined_minutes = 0, [], 0, 0.0
+    for (taggram, embeddings), join in zip(joined, joins):
+        times = boundaries(taggram, embeddings)
+        gap = float(np.min(np.abs(times - join))) if len(times) else float("inf")
+        gaps.append(gap)
+        found += gap <= JOIN_TOLERANCE
+        extra += len(times) - (gap <= JOIN_TOLERANCE)
+        joined_minutes += taggram.duration / 60
+    counts = [len(boundaries(t, e)) for t, e in ordinary]
+    minutes = [t.duration / 60 for t, _ in ordinary]
+    return {"joins": len(joins), "found": found, "share_found": found / max(1, len(joins)),
+            "median_gap": float(np.median(gaps)) if gaps else float("nan"),
+            "per_minute": sum(counts) / max(1e-9, sum(minutes)),
+            "most_per_minute": max((c / m for c, m in zip(counts, minutes)), default=0.0),
+            "ordinary_sections": sum(counts) + len(counts), "ordinary_tracks": len(counts),
+            "extra_per_minute_joined": extra / max(1e-9, joined_minutes)}
+
+
+def sections_report(package: str, model: str, cache_dir: str, workers: int, penalties: list[float]) -> dict:
+    """Sections on one soundtrack: its tracks as they are, and every pair of them joined at a known
+    second (joined_pairs); the default settings' figures, and those of other penalties."""
+    import dataclasses as dc
+    from jaxtag.models.musicnn import MUSICNN_FRONTEND
+    from jaxtag.tagging import sections
+    collection = next((c for c in REPORT + CALIBRATION if c.package == package), None)
+    if collection is None:
+        raise SystemExit(f"{package}: not one of the script's collections")
+    tracks = collect(collection, cache_dir)
+    pairs = joined_pairs(tracks, os.path.join(cache_dir, "joined", package), MUSICNN_FRONTEND.sample_rate)
+    ordinary = _tag_files([t["path"] for t in tracks], model, os.path.join(cache_dir, "tagged", "sections", model,
+                                                                              package), workers)
+    joined = _tag_files([p["path"] for p in pairs], model, os.path.join(cache_dir, "tagged", "sections", model,
+                                                                           package + "-joined"), workers)
+    joins = [p["join"] for p in pairs]
+    hours = sum(t.duration for t, _ in ordinary) / 3600
+    print(f"\n{model}, {package}: {len(tracks)} tracks ({hours:.2f} h) as they are; {len(pairs)} pairs of them "
+          f"joined at a known second ({PIECE_SECONDS[0]:.0f}-{PIECE_SECONDS[1]:.0f} s from each track's middle); "
+          f"a join is found with a boundary within {JOIN_TOLERANCE} s")
+    print("| settings | joins found | median distance to the nearest boundary | boundaries a minute "
+          "(ordinary tracks) | most in one track | other boundaries a minute (joined files) |")
+    print("|---|---|---|---|---|---|")
+    rows = {}
+    for penalty in [sections.DEFAULT.penalty_seconds] + [p for p in penalties if p != sections.DEFAULT.penalty_seconds]:
+        settings = dc.replace(sections.DEFAULT, penalty_seconds=penalty)
+        r = section_figures(ordinary, joined, joins, settings)
+        label = f"penalty {penalty:g} s, shortest section {settings.min_seconds:g} s" + \
+            (" (the default)" if settings == sections.DEFAULT else "")
+        rows[penalty] = r
+        print(f"| {label} | {r['found']}/{r['joins']} ({r['share_found']:.1%}) | {r['median_gap']:.1f} s | "
+              f"{r['per_minute']:.2f} | {r['most_per_minute']:.2f} | {r['extra_per_minute_joined']:.2f} |")
+    return rows
+
+
 def main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "precision"))
+    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "precision",
+                                            "sections"))
     parser.add_argument("--cache_dir", default=os.path.join(os.environ.get("JAXTAG_CACHE", os.path.expanduser(
         os.path.join("~", "jaxtag_data"))), "real_music"), help="where packages, music and tagged outputs are kept")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--set", default=None, choices=tuple(SETS), help="report: which set (default: report)")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--package", default="flare-game", help="sections: the soundtrack whose tracks are joined")
+    parser.add_argument("--penalties", default="", help="sections: other penalties (seconds) to report beside "
+                        "the default, comma-separated")
     args = parser.parse_args(argv)
     from jaxtag.tagging import decisions
     from jaxtag.tagging.tagger import Tagger
@@ -617,6 +746,9 @@ def main(argv: list[str]) -> int:
                               float(np.abs(npz["covariance"] - again["covariance"]).max()))
                 print(f"{model}: embedding statistics from the cached audio differ by at most {gap:.2e}")
                 status |= gap > 1e-3
+        elif args.command == "sections":
+            sections_report(args.package, model, args.cache_dir, args.workers,
+                            [float(p) for p in args.penalties.split(",") if p])
         elif args.command == "similarity":
             similarity_report(args.set or "report", model, args.cache_dir, args.workers)
         elif args.command == "levels":
