@@ -35,12 +35,16 @@ setup(
         "mutagen>=1.45",      # --write_tags: tags into MP3, WAV, FLAC, Ogg and M4A files
         "av>=14",             # FFmpeg's decoders for M4A/AAC (iTunes, Apple Music), which libsndfile lacks
         "faiss-cpu>=1.8",     # similar tracks and moments: exact and inverted-file indexes
+        "ruptures>=1.1.9",    # sections: kernel change-point detection (KernelCPD, PELT) on the window embeddings
     ],
     extras_require={
-        # dill: imported by tfds.testing; beets and Beam: the plugin's and the Beam paths' tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "beets>=2.12", "apache-beam>=2.60"],
+        # dill: imported by tfds.testing; beets, Beam and Dask: the plugin's, the Beam paths' and the
+        # Dask cluster's tests.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "dill", "beets>=2.12", "apache-beam[dask]>=2.78"],
         "beets": ["beets>=2.12"],   # the beets plugin (beetsplug/jaxtag.py)
         "beam": ["apache-beam>=2.60"],  # preparing and tagging on Apache Beam (jaxtag.beam)
+        # ... on a Dask cluster (runner=dask: jaxtag.beam_dask, built on Beam 2.78's DaskRunner)
+        "dask": ["apache-beam[dask]>=2.78"],
     },
     entry_points={
         "console_scripts": [

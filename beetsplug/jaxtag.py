@@ -15,9 +15,9 @@
 
 Each item gets `mood` (its moods, "; "-joined: written to TMOO / MOOD / ----:com.apple.iTunes:MOOD,
 where Navidrome and others read moods), `jaxtag_tags` (every tag it carries), `jaxtag` (the
-JAXTAG field jaxtag writes: model and tags), a float `jaxtag_<tag>` per tag (its strength: the
-share of reference tracks that score lower, for the pretrained models; so `beet ls
-jaxtag_sad:0.5..` lists the items sadder than half of all music), and `bpm` where the tempo is
+JAXTAG field jaxtag writes: model and tags), a float `jaxtag_<tag>` per tag (its strength: for the
+pretrained models the share of the track's time the tag is on; so `beet ls jaxtag_sad:0.5..`
+lists the items that are sad for at least half their time), and `bpm` where the tempo is
 steady. Decisions are jaxtag's own (docs/decisions.md); tagging runs jaxtag's library engine.
 """
 from __future__ import annotations

@@ -66,6 +66,12 @@ def _check_flags(inputs) -> None:
         raise app.UsageError("--dry_run goes with --write_tags")
     if _WORKERS.value < 0:
         raise app.UsageError(f"--workers must be >= 0, got {_WORKERS.value}")
+    if "://" in _OUTPUT_DIR.value:
+        # (Not a folder named "gs:" here.) On Beam too: the driver plans from OUT's records and
+        # writes the library's summary itself.
+        raise app.UsageError(f"--output_dir {_OUTPUT_DIR.value}: give a folder, not a URL; for a bucket, mount it "
+                             "(gcsfuse, s3fs) on this machine and on Beam's workers and give its path "
+                             "(docs/scale-out.md)")
     if _BEAM.value is not None:
         from jaxtag.beam import option_flags
         try:

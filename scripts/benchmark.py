@@ -46,8 +46,11 @@ _LIBRARY_CASES = flags.DEFINE_list("library_cases", ["file", "long", "library"],
 _SIMILAR = flags.DEFINE_bool("similar", False, "Only the similarity benchmark: build time, query latency and "
                              "recall@10 against exact search of the moment index, on --moments moment vectors.")
 _MOMENTS = flags.DEFINE_integer("moments", 1_000_000, "Moment vectors in the --similar benchmark.")
-_BEAM = flags.DEFINE_bool("beam", False, "Only the Beam benchmark: one library tagged by the local path and by "
-                          "Beam's DirectRunner (multi-processing, 2 workers), in turn: files/s and real-time factor.")
+_BEAM = flags.DEFINE_bool("beam", False, "Only the Beam benchmark: one library tagged by the local path, by "
+                          "Beam's DirectRunner (multi-processing, 2 workers) and on a Dask cluster of this machine "
+                          "(a scheduler and 2 one-thread workers, runner=dask), in turn: files/s and real-time "
+                          "factor.")
+_DASK = flags.DEFINE_bool("dask", True, "With --beam: also the Dask case (needs the dask extra).")
 _BEAM_RUN = flags.DEFINE_string("beam_run", None, "Internal: tag --library_run's files on Beam with these pipeline "
                                 "options in this process, print one JSON line.")
 
@@ -384,7 +387,11 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
             result = tag_on_beam(tagger, files, LibraryOptions(output_dir=out, top_n=0), beam_options)
         else:
             result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
+    per_worker = {}
+    for worker in getattr(result, "workers", {}).values():     # on Beam: which worker process wrote each file
+        per_worker[worker] = per_worker.get(worker, 0) + 1
     return {"files": len(result.tagged), "failed": result.failed, "audio_seconds": result.audio_seconds,
+            "per_worker": per_worker,
             "tag_seconds": result.seconds, "load_seconds": loaded, "stages": result.stage_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "worker_peak_rss_mb": result.worker_peak_rss_mb}
@@ -423,10 +430,68 @@ def library_benchmark() -> None:
               f"{r['peak_rss_mb']:.0f} MB, workers {r['worker_peak_rss_mb']:.0f} MB")
 
 
+class DaskCluster:
+    """A Dask scheduler and `workers` one-thread worker processes on this machine, on the loopback
+    interface, importing this checkout; stopped on exit (`with DaskCluster(folder) as options:`
+    gives the --beam_pipeline_options that name it)."""
+
+    def __init__(self, folder: str, workers: int = 2, timeout: float = 120):
+        self.folder, self.workers, self.timeout, self.procs = folder, workers, timeout, []
+
+    def _start(self, name: str, *args: str):
+        import subprocess
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        log = open(os.path.join(self.folder, f"{name}.log"), "w")
+        self.procs.append((subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, env=env, stdout=log,
+                                            stderr=subprocess.STDOUT), log))
+
+    def __enter__(self) -> str:
+        scheduler_file = os.path.join(self.folder, "scheduler.json")
+        if os.path.exists(scheduler_file):
+            os.remove(scheduler_file)
+        loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+        try:
+            self._start("scheduler", "distributed.cli.dask_scheduler", *loopback, "--port", "0", "--scheduler-file",
+                        scheduler_file)
+            deadline = time.monotonic() + self.timeout
+            while not os.path.exists(scheduler_file):
+                if time.monotonic() > deadline or self.procs[0][0].poll() is not None:
+                    raise RuntimeError(f"the Dask scheduler did not start: see {self.folder}/scheduler.log")
+                time.sleep(0.2)
+            for i in range(self.workers):
+                self._start(f"worker{i}", "distributed.cli.dask_worker", *loopback, "--scheduler-file", scheduler_file,
+                            "--nthreads", "1", "--nworkers", "1", "--no-nanny", "--name", f"w{i}",
+                            "--death-timeout", "60")
+            from distributed import Client
+            with Client(scheduler_file=scheduler_file, timeout=self.timeout) as client:
+                client.wait_for_workers(self.workers, timeout=self.timeout)
+        except BaseException:
+            self.__exit__()
+            raise
+        return f"runner=dask,dask_scheduler_file={scheduler_file}"
+
+    def __exit__(self, *exc) -> None:
+        import subprocess
+        for group in (self.procs[1:], self.procs[:1]):      # the workers, then the scheduler
+            for proc, _ in group:
+                if proc.poll() is None:
+                    proc.terminate()
+            for proc, log in group:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                log.close()
+        self.procs = []
+
+
 def beam_benchmark() -> None:
     """One library (ten 4-minute MP3s; --quick: three 1-minute ones) tagged end to end by the local
-    path and by Beam's DirectRunner in multi-processing mode with 2 workers, each in a fresh process,
-    in turn: files/s and real-time factor, so the engine's overhead on one machine is known."""
+    path, by Beam's DirectRunner in multi-processing mode with 2 workers and on a Dask cluster of
+    this machine (a scheduler and 2 one-thread workers, started before the timing and left empty:
+    the workers import jaxtag and build the model inside it), each driver in a fresh process, in
+    turn: files/s and real-time factor, so the engines' overhead on one machine is known."""
     import json
     import subprocess
     import tempfile
@@ -439,13 +504,22 @@ def beam_benchmark() -> None:
                for i in range(count)]
     options = "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2"
     print(f"Beam benchmark: {count} {minutes}-minute MP3s, musicnn-msd, {os.cpu_count()} CPU cores")
-    for label, extra in (("local path (2 decoding workers)", []), (f"Beam DirectRunner ({options})",
-                                                                   [f"--beam_run={options}"])):
+
+    def run(label, extra):
         out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(library)}", *extra],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
+        spread = f"; files per worker process {sorted(r['per_worker'].values())}" if r.get("per_worker") else ""
         print(f"{label}: {r['files']} files in {r['tag_seconds']:.1f} s = {r['files'] / r['tag_seconds']:.3f} files/s, "
-              f"{r['audio_seconds'] / r['tag_seconds']:.0f}x real time; peak RSS driver {r['peak_rss_mb']:.0f} MB")
+              f"{r['audio_seconds'] / r['tag_seconds']:.0f}x real time; peak RSS driver {r['peak_rss_mb']:.0f} MB"
+              f"{spread}")
+
+    run("local path (2 decoding workers)", [])
+    run(f"Beam DirectRunner ({options})", [f"--beam_run={options}"])
+    if _DASK.value:
+        with DaskCluster(tempfile.mkdtemp(prefix="jaxtag_dask_bench_")) as dask_options:
+            run("Beam on Dask (runner=dask: a scheduler and 2 one-thread workers, loopback)",
+                [f"--beam_run={dask_options}"])
 
 
 def synthetic_moments(n: int, dim: int = 200, windows: int = 80, seed: int = 0):

@@ -15,6 +15,10 @@ decisions cover music they were not calibrated on.
                                                     # statistics from the others
     python scripts/real_music_report.py precision   # how often the decisions cannot be right, by
                                                     # the weak labels (scripts/weak_labels.py)
+    python scripts/real_music_report.py sections --package=flare-game \
+        --cache_dir ~/jaxtag_data/real_music_sections  # sections on one soundtrack's tracks joined
+                                                    # in pairs at known seconds: joins found,
+                                                    # boundaries a minute on the tracks as they are
 
 --models=musicnn (the combined model: jaxtag.tagging.vocabulary) runs no model of its own: its
 outputs on a set are its members' stored outputs (musicnn-msd's and musicnn-mtt's, tagged once by
@@ -320,8 +324,23 @@ def reference_of(model: str, infos: list, tracks: list[dict], tags: list[str]) -
             "description": f"{len(tracks)} tracks ({hours:.1f} h) of {len(infos)} freely licensed soundtracks and "
                            "song collections from Debian's archive",
             "made_by": "python scripts/real_music_report.py calibrate",
+            "make_up": make_up(tracks),
             "windows": "the model's own 3-s windows, end to end", "collections": infos, "tracks": summaries,
             "statistics": decisions.reference_statistics(summaries), **combined}
+
+
+def make_up(tracks: list[dict]) -> dict:
+    """Hours of music per kind, by the weak labels (scripts/weak_labels.py): per style (a
+    collection of no named style counts as "soundtrack, style unnamed") and sung or instrumental."""
+    labels = weak_labels.labels_by_package()
+    hours = collections.Counter(), collections.Counter()
+    for t in tracks:
+        label = labels[t["collection"]]
+        for style in label.styles or ("soundtrack, style unnamed",):
+            hours[0][style] += t["seconds"] / 3600
+        hours[1][label.vocals] += t["seconds"] / 3600
+    r = lambda c: {k: round(v, 2) for k, v in sorted(c.items())}
+    return {"styles": r(hours[0]), "vocals": r(hours[1])}
 
 
 def embedding_statistics(tracks: list[dict]) -> dict:
@@ -578,7 +597,8 @@ def held_out_precision(model: str, tracks: list[dict], tags: list[str], make_pol
 
 def levels_report(model: str, cache_dir: str, workers: int) -> None:
     """How the evidence rule's levels were chosen: precision and coverage on the calibration set by
-    its weak labels, each collection judged by statistics made from the others."""
+    its weak labels, each collection judged by statistics made from the others (docs/decisions.md:
+    the voice targets first, then the most tracks with a mood, then the fewest implausible tags)."""
     from jaxtag.tagging import decisions
     from jaxtag.tagging.tagger import Tagger
     _, tracks = tag_set("calibration", model, cache_dir, workers)
@@ -586,27 +606,153 @@ def levels_report(model: str, cache_dir: str, workers: int) -> None:
     held_out = held_out_references(tracks)
     results = {"before: calibrated z-scores": held_out_precision(model, tracks, tags,
                                                                  lambda r: decisions.calibrated_policy(tags, r), held_out)}
-    for ratio in (2.0, 4.0, 8.0):
-        for track_share in (0.25, 0.4):
-            for mood_share in (0.1, 0.15, 0.25):
-                make = lambda r: decisions.evidence_policy(tags, r, ratio=ratio, track_share=track_share,
-                                                           mood_share=mood_share)
-                results[f"evidence x{ratio:g}, track {track_share:.0%}, mood {mood_share:.0%}"] = \
-                    held_out_precision(model, tracks, tags, make, held_out)
-    print(f"\n## {model}, calibration set, each collection judged by the others' statistics")
+    grid = [(floor, ratio, share, 0.0) for floor in (0.0, 0.05, 0.1) for ratio in (2.0, 4.0) for share in (0.25, 0.4)]
+    grid += [(0.1, 2.0, 0.4, mood_floor) for mood_floor in (0.01, 0.03)]
+    for floor, ratio, share, mood_floor in grid:
+        make = lambda r: decisions.evidence_policy(tags, r, ratio=ratio, track_share=share, min_base_rate=floor,
+                                                   min_mood_base_rate=mood_floor)
+        results[f"evidence x{ratio:g}, base >= {floor:g} (moods {mood_floor:g}), track {share:.0%}"] = \
+            held_out_precision(model, tracks, tags, make, held_out)
+    print(f"\n## {model}, calibration set, each collection judged by the others' statistics "
+          f"(moods on for >= {decisions.MOOD_SHARE:.0%} of a track)")
     print_precision(model, results)
+
+
+# -- sections -------------------------------------------------------------------------------------
+
+JOIN_TOLERANCE = 4.5        # seconds: a join is found when a section boundary lies this near it
+PIECE_SECONDS = (40.0, 50.0)  # each side of a join: this long (uniformly drawn), from the track's middle
+
+
+def joined_pairs(tracks: list[dict], folder: str, sample_rate: int, seed: int = 0) -> list[dict]:
+    """Every unordered pair of the tracks joined (in a seeded random order) into one file under
+    `folder`: a piece of the first track, then a piece of the second, each PIECE_SECONDS long
+    (drawn) and taken from the track's middle, cut without a fade at a time that falls anywhere
+    in a window. [{"path", "join" (seconds), "first", "second" (the tracks' files)}]."""
+    import numpy as np
+    import soundfile as sf
+    from jaxtag.data.audio import load_audio
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    audio = {}
+    pieces = []
+    for i in range(len(tracks)):
+        for j in range(i + 1, len(tracks)):
+            a, b = (i, j) if rng.random() < 0.5 else (j, i)
+            la, lb = rng.uniform(*PIECE_SECONDS, size=2)
+            pieces.append((a, b, float(la), float(lb)))
+    out = []
+    for a, b, la, lb in pieces:
+        path = os.path.join(folder, f"join_{a:02d}_{b:02d}.flac")
+        na, nb = int(round(la * sample_rate)), int(round(lb * sample_rate))
+        if not os.path.exists(path):
+            for k in (a, b):
+                if k not in audio:
+                    audio[k] = load_audio(tracks[k]["path"], sample_rate)
+
+            def middle(y, n):
+                begin = max(0, (len(y) - n) // 2)
+                return y[begin:begin + n]
+            y = np.concatenate([middle(audio[a], na), middle(audio[b], nb)])
+            write_atomic(path, lambda f, y=y: sf.write(f, y, sample_rate, format="FLAC"), durable=False)
+        out.append({"path": path, "join": na / sample_rate, "first": tracks[a]["file"], "second": tracks[b]["file"]})
+    return out
+
+
+def _tag_files(files: list[str], model: str, out: str, workers: int) -> list[tuple]:
+    """(taggram, embeddings) of each file, tagged into `out` (resumable: the library's store)."""
+    from jaxtag.tagging import library
+    from jaxtag.tagging.tagger import Tagger
+    tagger = Tagger.pretrained(model)
+    result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
+                                                                         workers=workers))
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
+    names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
+    tagged = []
+    for path in files:
+        stored, _, taggram = library.stored_taggram(tagger, out, names[path], path)
+        tagged.append((taggram, stored["embeddings"]))
+    return tagged
+
+
+def section_figures(ordinary: list[tuple], joined: list[tuple], joins: list[float], settings) -> dict:
+    """Joins with a boundary within JOIN_TOLERANCE; boundaries a minute on ordinary tracks (all
+    of them together, and the most of any one track); other boundaries a minute in the joined files."""
+    import numpy as np
+    from jaxtag.tagging import sections
+
+    def boundaries(taggram, embeddings):
+        cuts = sections.change_points(sections.moment_vectors(embeddings, taggram.model), taggram.start,
+                                      taggram.duration, settings)
+        return taggram.bounds()[cuts]
+    found, gaps, extra, joined_minutes = 0, [], 0, 0.0
+    for (taggram, embeddings), join in zip(joined, joins):
+        times = boundaries(taggram, embeddings)
+        gap = float(np.min(np.abs(times - join))) if len(times) else float("inf")
+        gaps.append(gap)
+        found += gap <= JOIN_TOLERANCE
+        extra += len(times) - (gap <= JOIN_TOLERANCE)
+        joined_minutes += taggram.duration / 60
+    counts = [len(boundaries(t, e)) for t, e in ordinary]
+    minutes = [t.duration / 60 for t, _ in ordinary]
+    return {"joins": len(joins), "found": found, "share_found": found / max(1, len(joins)),
+            "median_gap": float(np.median(gaps)) if gaps else float("nan"),
+            "per_minute": sum(counts) / max(1e-9, sum(minutes)),
+            "most_per_minute": max((c / m for c, m in zip(counts, minutes)), default=0.0),
+            "ordinary_sections": sum(counts) + len(counts), "ordinary_tracks": len(counts),
+            "extra_per_minute_joined": extra / max(1e-9, joined_minutes)}
+
+
+def sections_report(package: str, model: str, cache_dir: str, workers: int, penalties: list[float]) -> dict:
+    """Sections on one soundtrack: its tracks as they are, and every pair of them joined at a known
+    second (joined_pairs); the default settings' figures, and those of other penalties."""
+    import dataclasses as dc
+    from jaxtag.models.musicnn import MUSICNN_FRONTEND
+    from jaxtag.tagging import sections
+    collection = next((c for c in REPORT + CALIBRATION if c.package == package), None)
+    if collection is None:
+        raise SystemExit(f"{package}: not one of the script's collections")
+    tracks = collect(collection, cache_dir)
+    pairs = joined_pairs(tracks, os.path.join(cache_dir, "joined", package), MUSICNN_FRONTEND.sample_rate)
+    ordinary = _tag_files([t["path"] for t in tracks], model, os.path.join(cache_dir, "tagged", "sections", model,
+                                                                              package), workers)
+    joined = _tag_files([p["path"] for p in pairs], model, os.path.join(cache_dir, "tagged", "sections", model,
+                                                                           package + "-joined"), workers)
+    joins = [p["join"] for p in pairs]
+    hours = sum(t.duration for t, _ in ordinary) / 3600
+    print(f"\n{model}, {package}: {len(tracks)} tracks ({hours:.2f} h) as they are; {len(pairs)} pairs of them "
+          f"joined at a known second ({PIECE_SECONDS[0]:.0f}-{PIECE_SECONDS[1]:.0f} s from each track's middle); "
+          f"a join is found with a boundary within {JOIN_TOLERANCE} s")
+    print("| settings | joins found | median distance to the nearest boundary | boundaries a minute "
+          "(ordinary tracks) | most in one track | other boundaries a minute (joined files) |")
+    print("|---|---|---|---|---|---|")
+    rows = {}
+    for penalty in [sections.DEFAULT.penalty_seconds] + [p for p in penalties if p != sections.DEFAULT.penalty_seconds]:
+        settings = dc.replace(sections.DEFAULT, penalty_seconds=penalty)
+        r = section_figures(ordinary, joined, joins, settings)
+        label = f"penalty {penalty:g} s, shortest section {settings.min_seconds:g} s" + \
+            (" (the default)" if settings == sections.DEFAULT else "")
+        rows[penalty] = r
+        print(f"| {label} | {r['found']}/{r['joins']} ({r['share_found']:.1%}) | {r['median_gap']:.1f} s | "
+              f"{r['per_minute']:.2f} | {r['most_per_minute']:.2f} | {r['extra_per_minute_joined']:.2f} |")
+    return rows
 
 
 def main(argv: list[str]) -> int:
     import argparse
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "precision"))
+    parser.add_argument("command", choices=("calibrate", "report", "check", "levels", "similarity", "precision",
+                                            "sections"))
     parser.add_argument("--cache_dir", default=os.path.join(os.environ.get("JAXTAG_CACHE", os.path.expanduser(
         os.path.join("~", "jaxtag_data"))), "real_music"), help="where packages, music and tagged outputs are kept")
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--set", default=None, choices=tuple(SETS), help="report: which set (default: report)")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--package", default="flare-game", help="sections: the soundtrack whose tracks are joined")
+    parser.add_argument("--penalties", default="", help="sections: other penalties (seconds) to report beside "
+                        "the default, comma-separated")
     args = parser.parse_args(argv)
     from jaxtag.tagging import decisions
     from jaxtag.tagging.tagger import Tagger
@@ -642,6 +788,9 @@ def main(argv: list[str]) -> int:
                               float(np.abs(npz["covariance"] - again["covariance"]).max()))
                 print(f"{model}: embedding statistics from the cached audio differ by at most {gap:.2e}")
                 status |= gap > 1e-3
+        elif args.command == "sections":
+            sections_report(args.package, model, args.cache_dir, args.workers,
+                            [float(p) for p in args.penalties.split(",") if p])
         elif args.command == "similarity":
             similarity_report(args.set or "report", model, args.cache_dir, args.workers)
         elif args.command == "levels":

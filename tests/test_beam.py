@@ -21,6 +21,10 @@ def test_pipeline_options_are_tfds_style_and_beam_missing_says_what_to_install(m
     from jaxtag import beam
     assert beam.option_flags("runner=DirectRunner, direct_num_workers=2,,save_main_session") == \
         ["--runner=DirectRunner", "--direct_num_workers=2", "--save_main_session"]
+    # Dask: jaxtag's DaskRunner by a short name, or by Beam's own path (which runs only the last sink).
+    for name in ("dask", "DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
+        assert beam.option_flags(f"runner={name},dask_client_address=tcp://127.0.0.1:8786") == \
+            ["--runner=jaxtag.beam_dask.DaskRunner", "--dask_client_address=tcp://127.0.0.1:8786"]
     with pytest.raises(ValueError, match="without dashes"):
         beam.option_flags("--runner=DirectRunner")
     with pytest.raises(ValueError, match="empty"):
@@ -49,8 +53,18 @@ def test_a_failed_pipeline_is_named_by_the_workers_error_and_a_url_out_is_refuse
         with failures_named("tagging"):
             raise DataError("/m/c.wav", "bad")
     # The driver reads OUT's records and writes the summary itself: a URL is refused, saying why.
-    with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path it can read.*gcsfuse"):
+    with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path the driver and the workers can read.*gcsfuse"):
         tag_on_beam(None, [], LibraryOptions(output_dir="gs://bucket/out"), "runner=DirectRunner")
+
+
+def test_the_tag_cli_refuses_a_url_out_on_both_paths(tmp_path):
+    """A URL OUT is neither written as a local folder named "gs:" nor half-run on Beam."""
+    for beam_options in ([], ["--beam_pipeline_options=runner=DirectRunner"]):
+        ran = processes.run_cli("jaxtag.tag", str(tmp_path), "--output_dir=gs://bucket/tags", *beam_options,
+                                timeout=300)
+        assert ran.returncode != 0 and "--output_dir gs://bucket/tags: give a folder, not a URL" in ran.stderr, \
+            ran.stderr[-2000:]
+        assert "Traceback" not in ran.stderr and not os.path.exists(os.path.join(processes.REPO, "gs:"))
 
 
 @pytest.mark.slow
@@ -185,7 +199,7 @@ def test_the_beam_stages_give_the_local_runs_windows_and_features(beam, trained,
                     equal_to([(k, float(np.round(w.sum(), 3))) for k, w in enumerate(windows)]), label="windows")
         assert_that(out.facts | beam.Map(lambda kv: (kv[0], kv[1]["n_windows"], kv[1]["path"])),
                     equal_to([("x", len(windows), path)]), label="facts")
-    handler = beam_library.window_features_handler(tagger.spec | {"smooth": 1, "threshold": None}, 4)
+    handler = beam_library.window_features_handler(tagger.spec, 4)
     model = handler.load_model()
     results = list(handler.run_inference(list(windows[:3]), model))
     np.testing.assert_allclose(np.stack([r.inference for r in results]), tagger.encode_windows(windows[:3]), atol=1e-6)

@@ -103,20 +103,24 @@ def _sigmoid(x):
 
 
 def test_evidence_rule_needs_real_and_distinctive_evidence_and_forces_nothing():
-    """A window's tag is on where its odds reach EVIDENCE_RATIO times the base odds AND its
-    log-odds lie WINDOW_Z deviations above the reference windows' mean (whichever is higher); a
-    track carries the tags on for >= track_share of its time (at most five), moods on for >=
-    mood_share (at most two); zero tags and zero moods are valid answers."""
+    """A window's tag is on where its odds reach `ratio` times the base odds (a tag's base rate
+    floored at MIN_BASE_RATE, a mood's at MIN_MOOD_BASE_RATE) AND its log-odds lie WINDOW_Z
+    deviations above the reference windows' mean (whichever is higher); a track carries the tags
+    on for >= track_share of its time (at most five), moods on for >= mood_share (at most two);
+    zero tags and zero moods are valid answers."""
     tags = ["rock", "jazz", "sad", "happy", "chill", "pop"]
     base = np.array([0.2, 0.01, 0.02, 0.05, 0.03, 0.1])
     window_mean, window_std = _logit(np.array([0.1, 0.001, 0.03, 0.02, 0.02, 0.05])), np.full(6, 1.0)
     reference = _reference(tags, window_mean, window_std, window_mean, window_std)
     reference["statistics"]["base_rate"] = list(base)
-    policy = evidence_policy(tags, reference, track_share=0.5, mood_share=0.25)
-    real = _logit(base) + np.log(decisions.EVIDENCE_RATIO)
+    policy = evidence_policy(tags, reference, ratio=4.0, track_share=0.5, mood_share=0.25, min_base_rate=0.05,
+                             min_mood_base_rate=0.025)
+    floored = np.array([0.2, 0.05, 0.025, 0.05, 0.03, 0.1])      # jazz to the tags' floor, sad to the moods'
+    np.testing.assert_allclose(policy.base_rate, floored)
+    real = _logit(floored) + np.log(4.0)
     distinct = window_mean + decisions.WINDOW_Z * window_std
     np.testing.assert_allclose(policy.thresholds, _sigmoid(np.maximum(real, distinct)), rtol=1e-6)
-    # jazz's reference mean is so low that the base rate decides; sad's spread decides.
+    # jazz's reference mean is so low that its (floored) base rate decides; sad's spread decides.
     assert real[1] > distinct[1] and distinct[2] > real[2]
     # A tag typical of the reference at a low probability (0.02 for jazz, twice its base rate)
     # is not on, however unusual it is among the reference windows.

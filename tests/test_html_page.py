@@ -10,17 +10,21 @@ import pytest
 from conftest import write_tone
 from jaxtag.tagging.decisions import threshold_policy
 from jaxtag.tagging.html_page import render_html
+from jaxtag.tagging.sections import SectionSettings
 from jaxtag.tagging.taggram import Taggram
 
 EVIL = "<script>alert(1)</script>\"'&"
 
 
 def _taggram(source, tags=("Emotion-Happy", "Emotion-Sad", f"Emotion-{EVIL}")):
-    # 6 windows of 4 s with hop 2 s over 14 s: centres 2, 4, ..., 12.
+    # 6 windows of 4 s with hop 2 s over 14 s: centres 2, 4, ..., 12. Their embeddings change
+    # after the third window: two sections, 0-7 s and 7-14 s (sections short enough for 14 s).
     start = np.arange(6) * 2.0
     scores = np.array([[0.9, 0.1, 0.2], [0.8, 0.2, 0.7], [0.2, 0.9, 0.1],
                        [0.1, 0.8, 0.6], [0.6, 0.7, 0.1], [0.3, 0.1, 0.9]], np.float32)
-    return Taggram(source, 14.0, list(tags), start, start + 4.0, scores, threshold_policy(tags, 0.5), model="cnn_lstm")
+    embeddings = np.repeat(np.eye(2, 8, dtype=np.float32), 3, axis=0)
+    return Taggram(source, 14.0, list(tags), start, start + 4.0, scores, threshold_policy(tags, 0.5), model="cnn_lstm",
+                   embeddings=embeddings, sectioning=SectionSettings(min_seconds=4.0, penalty_seconds=1.0))
 
 
 def test_page_is_self_contained_and_escapes_names(tmp_path):
@@ -116,3 +120,46 @@ def test_a_click_on_the_taggram_seeks_the_player_and_the_cursor_follows(tmp_path
     assert cursor_time == pytest.approx(player_time, abs=1e-3)
     now = re.findall(r"<span>(.*?)</span>", re.search(r'<em id="now-tags">(.*?)</em>', dom, re.S).group(1))
     assert now == ["Emotion-Sad"]  # window centred at 6 s: Happy 0.2, Sad 0.9, evil 0.1
+
+
+CLICK_THE_SECOND_SECTION = """<script>
+// Test only: a user's click on the second block of the sections' bar, then report where the player went.
+const playerUnderTest = document.getElementById("player");
+playerUnderTest.addEventListener("seeked", () => { document.body.dataset.playerTime = String(playerUnderTest.currentTime); });
+window.addEventListener("load", () => setTimeout(() => {
+  document.querySelectorAll("#sections .section")[1].dispatchEvent(new MouseEvent("click", {bubbles: true}));
+}, 200));
+</script></body>"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_the_sections_bar_shows_each_section_and_a_click_plays_it_from_its_start(tmp_path):
+    from jaxtag.data.tags import short_tag
+    from jaxtag.tagging.html_page import section_label
+    audio = write_tone(tmp_path / "a.wav", 14.0, sr=8000)
+    taggram = _taggram(str(tmp_path / "song.wav"))
+    found = taggram.sections()
+    assert [(s.start_s, s.end_s) for s in found] == [(0.0, 7.0), (7.0, 14.0)]   # window 3's stretch begins at 7 s
+    page = tmp_path / "page.html"
+    page.write_text(render_html(taggram, audio))
+    dom = _dump_dom(page, 0, tmp_path / "profile")
+    blocks = re.findall(r'<div class="section( current)?"([^>]*)>([^<]*)</div>', dom)
+    assert len(blocks) == 2
+    import html
+    for k, ((current, attributes, text), section) in enumerate(zip(blocks, found)):
+        style = re.search(r'style="([^"]*)"', attributes).group(1)
+        # Numbered as `similar FILE#N` takes them, labelled with the policy's moods and tags (escaped).
+        assert html.unescape(text) == f"{k + 1} \u00b7 " + (", ".join(section_label(section.tags, section.moods,
+                                                                                      short_tag)) or "no tags")
+        left = float(re.search(r"left:\s*([0-9.]+)%", style).group(1))
+        width = float(re.search(r"width:\s*([0-9.]+)%", style).group(1))
+        assert (left, width) == (pytest.approx(100 * section.start_s / 14), pytest.approx(100 * (section.end_s - section.start_s) / 14))
+        assert bool(current) == (k == 0)          # at 0 s, the first is the current section
+    assert "<script>alert" not in dom
+    page.write_text(render_html(taggram, audio).replace("</body>", CLICK_THE_SECOND_SECTION))
+    dom = _dump_dom(page, 0, tmp_path / "profile2")
+    assert float(re.search(r'<body[^>]*data-player-time="([0-9.]+)"', dom).group(1)) == pytest.approx(7.0, abs=0.05)
+    assert float(re.search(r'<div id="cursor"[^>]*data-time="([0-9.]+)"', dom).group(1)) == pytest.approx(7.0, abs=0.05)
+    assert [bool(c) for c, _, _ in re.findall(r'<div class="section( current)?"([^>]*)>([^<]*)</div>',
+                                               dom)] == [False, True]

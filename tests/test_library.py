@@ -401,6 +401,57 @@ def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path
     assert carried, "no file carries a tag: the test would check nothing"
 
 
+def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
+    """The evidence rule (the pretrained models' default): a window's tag is on where its score
+    passes both its base-rate and its reference-spread thresholds; a track carries the tags on for
+    at least EVIDENCE_TRACK_SHARE of its time (from the CSV segments' durations, computed here), its moods
+    those on for at least MOOD_SHARE; the rows, the files' own tags and the JSON all follow."""
+    from jaxtag.data.tags import short_tag
+    from jaxtag.tagging import decisions
+    from jaxtag.tagging import library as library_module
+    files = [shutil.copy(p, tmp_path) for p in library]
+    summaries = [decisions.summarise_track(tagger.tag(f).scores) for f in files]
+    stats = decisions.reference_statistics(summaries)
+    reference = {"model": "test", "tags": tagger.tags, "description": "test files", "statistics": stats}
+    out, default = tmp_path / "out", tagger.policy
+    # The tiny test model's scores hardly move: a low ratio, so that some tags pass it.
+    tagger.policy = decisions.evidence_policy(tagger.tags, reference, ratio=1.05)
+    try:
+        tag_library(tagger, files, _options(out, write_tags=True))
+    finally:
+        tagger.policy = default
+    from jaxtag.data.tags import is_mood
+    base = np.maximum(stats["base_rate"], [decisions.MIN_MOOD_BASE_RATE if is_mood(t) else decisions.MIN_BASE_RATE
+                                           for t in tagger.tags])
+    real = np.log(base / (1 - base)) + np.log(1.05)
+    spread = np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"])
+    thresholds = 1 / (1 + np.exp(-np.maximum(real, spread)))
+    rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
+    names, carried = library_module.output_names(files), set()
+    for path in files:
+        scores = library_module.read_store(str(out), names[path])["scores"]
+        written = json.loads((out / f"{names[path]}.json").read_text())
+        np.testing.assert_allclose(written["threshold"], thresholds, rtol=1e-5)
+        assert [w["tags"] for w in written["windows"]] == [[t for t, on in zip(tagger.tags, a) if on]
+                                                           for a in scores >= thresholds.astype(np.float32)]
+        segments = __import__("jaxtag.data.labels", fromlist=["x"]).read_segments(out / f"{names[path]}.csv",
+                                                                                 tagger.tags, columns=None)
+        lengths = segments.end - segments.start
+        share = (lengths[:, None] * segments.labels).sum(0) / lengths.sum()
+        mean = scores.mean(0)
+        order = sorted(range(len(tagger.tags)), key=lambda i: (-round(share[i], 6), -mean[i]))
+        tags = [tagger.tags[i] for i in order if share[i] >= decisions.EVIDENCE_TRACK_SHARE - 1e-6][:5]
+        moods = [tagger.tags[i] for i in order if share[i] >= decisions.MOOD_SHARE - 1e-6][:2]
+        row = rows[path]
+        assert row["moods"] == [short_tag(t) for t in moods]
+        assert row["track_tags"] == [tagger.tags[i] for i in order if tagger.tags[i] in tags + moods]
+        np.testing.assert_allclose([row["strength"][t] for t in tagger.tags], share, atol=1e-3)
+        _, file_tags = metadata.parse_jaxtag(next(v for k, v in metadata.read_tags(path).items() if "JAXTAG" in k.upper()))
+        assert file_tags == [short_tag(t) for t in row["track_tags"]]
+        carried.update(row["track_tags"])
+    assert carried, "no file carries a tag: the test would check nothing"
+
+
 def test_a_file_whose_tags_cannot_be_written_counts_once(tagger, library, tmp_path, monkeypatch, capsys):
     """A file tagged whose own tags could not be written is tagged (its outputs are there), and
     reported apart: never both tagged and failed; the exit status says so."""

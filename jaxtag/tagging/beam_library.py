@@ -13,24 +13,30 @@ The same job as jaxtag.tagging.library, on Beam's workers instead of one machine
    model per worker process) encodes windows of many files together, in batches of the model's
    chunk size.
 4. The windows' features are grouped back by file with its facts; `WriteFile` runs the
-   across-window stage and writes the file's outputs, stored scores and, last, its record, each
-   staged locally and published through Beam's FileSystems (a temporary name, then a rename), so
-   OUT can be a bucket on a cloud runner. Files planned DERIVE are written the same way from
+   across-window stage, decided by the driver's DecisionPolicy itself (sent with the DoFn), and
+   writes the file's outputs, stored scores and, last, its record, each staged locally and
+   published through Beam's FileSystems (a temporary name, then a rename), so the workers can
+   write to a bucket mounted on the driver. Files planned DERIVE are written the same way from
    their stored scores.
-5. A file that fails is listed with its problem in OUT/.jaxtag/failed/ (the dead-letter output);
-   the others go on. Then the driver writes library.csv, library.json and index.html from the
-   records (and, for a local OUT, updates the similarity index).
+5. The workers report what happened (a file failed and why, a file found unchanged, which worker
+   process wrote a file) through one plain ParDo writing a JSON-lines file per bundle in the run's
+   folder; the driver reads them, lists the failures in OUT/.jaxtag/failed/RUN.jsonl (the
+   dead-letter output; the others go on), then writes library.csv, library.json and index.html
+   from the records and updates the similarity index.
 
 A run killed part way and rerun skips the files whose records are written. Scores equal the local
 run's (the same windows through the same network); tested with the DirectRunner in
-multi-processing mode (tests/test_beam.py).
+multi-processing mode (tests/test_beam.py) and on a Dask cluster (runner=dask, tests/test_dask.py).
 """
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -50,18 +56,27 @@ FAILED = os.path.join(".jaxtag", "failed")
 _TAGGERS: dict[str, object] = {}   # one model per worker process, whichever stage asks first
 
 
-def tagger_of(spec: dict):
-    """The Tagger a spec names (Tagger.spec, with the run's "threshold" and "smooth"), built once
-    per process."""
+def tagger_of(spec: dict, policy=None):
+    """The Tagger a spec names (Tagger.spec), built once per process; with `policy` (the driver's
+    DecisionPolicy itself, sent to the workers), a copy deciding by it (the same model)."""
     key = json.dumps(spec, sort_keys=True)
     if key not in _TAGGERS:
         from jaxtag.tagging.tagger import Tagger
-        tagger = Tagger.of_spec(spec)
-        if spec.get("threshold") is not None:
-            tagger.policy = tagger.policy.with_threshold(spec["threshold"])
-        tagger.policy = tagger.policy.replace(smooth=int(spec.get("smooth", 1)))
-        _TAGGERS[key] = tagger
-    return _TAGGERS[key]
+        _TAGGERS[key] = Tagger.of_spec(spec)
+    tagger = _TAGGERS[key]
+    if policy is None or policy.key() == tagger.policy.key():
+        return tagger
+    # (Policies compare by identity: one sent to a worker is a copy, so they are told apart by key.)
+    decided = f"{key}|{policy.key()}"
+    if decided not in _TAGGERS:
+        _TAGGERS[decided] = copy.copy(tagger)
+        _TAGGERS[decided].policy = policy
+    return _TAGGERS[decided]
+
+
+def worker_name() -> str:
+    """Which worker process this is: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def list_files(inputs: list[str]) -> list[str]:
@@ -162,14 +177,16 @@ def _write_file_fn():
 
     class WriteFile(beam.DoFn):
         """A file's windows' features and facts (or, to derive, its name) -> its outputs, stored
-        scores and record, published to OUT; emits the path, or "failed": (path, problem)."""
+        scores and record, published to OUT, decided by the driver's DecisionPolicy; emits
+        {"path", "worker"}, or "failed": (path, problem)."""
 
-        def __init__(self, spec: dict, output_dir: str, options: LibraryOptions, settings: dict, derive: bool = False):
-            self.spec, self.output_dir, self.options, self.settings, self.derive = \
-                spec, output_dir, options, settings, derive
+        def __init__(self, spec: dict, policy, output_dir: str, options: LibraryOptions, settings: dict,
+                     derive: bool = False):
+            self.spec, self.policy, self.output_dir, self.options, self.settings, self.derive = \
+                spec, policy, output_dir, options, settings, derive
 
         def process(self, element):
-            tagger = tagger_of(self.spec)
+            tagger = tagger_of(self.spec, self.policy)
             staging = tempfile.mkdtemp(prefix="jaxtag-beam-out-")
             try:
                 if self.derive:
@@ -195,7 +212,7 @@ def _write_file_fn():
                 write_file(self.options, staging, name, path, taggram, embeddings, source, warnings, self.settings,
                            new_scores=new, link_from=os.path.dirname(final))
                 publish(staging, self.output_dir, name)
-                yield path
+                yield {"path": path, "worker": worker_name()}
             except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
                 yield beam.pvalue.TaggedOutput("failed", (element["path"] if self.derive else
                                                           _path_of(element), problem_of(e)))
@@ -253,40 +270,57 @@ def _read_store(output_dir: str, name: str):
 
 # -- the driver ----------------------------------------------------------------------------------------
 
-def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> LibraryResult:
+@dataclasses.dataclass
+class BeamResult(LibraryResult):
+    """What tag_library returns, and which worker process (host:pid) wrote each file tagged or
+    derived in this run."""
+    workers: dict = dataclasses.field(default_factory=dict)   # path -> host:pid
+
+
+def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> BeamResult:
     """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
     happened, as tag_library does."""
     from jaxtag.tagging.library import Log, update_similarity, write_library
     started = time.perf_counter()
     log = log or Log(options)
-    result = LibraryResult()
+    result = BeamResult()
     out = options.output_dir
-    if "://" in out:
-        raise ValueError(f"{out}: the driver plans from OUT's records and writes the library's summary, so OUT must "
-                         "be a path it can read (a local disk, NFS, or a bucket mounted with gcsfuse or s3fs); "
-                         "the workers write through Beam's FileSystems (docs/scale-out.md)")
+    check_output_dir(out)
     plan = plan_library(tagger, files, options, log)
     result.skipped.extend(plan.done)
     log.say(f"{len(files)} file(s): {len(plan.todo)} for the model, {len(plan.derive)} to derive from stored scores, "
             f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
     _remove_killed_runs(out)
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    failed_prefix = os.path.join(out, FAILED, run)            # the dead-letter output, kept
-    # What the driver reads back, then removes; named by the driver's process, so that a run
-    # killed part way is told from one still running when its folder is found later.
+    # What the workers report (failures, unchanged files, who wrote what), read back by the driver
+    # and then removed; named by the driver's process, so that a run killed part way is told from
+    # one still running when its folder is found later.
     run_dir = os.path.join(out, ".jaxtag", f"beam-{run}{TMP_MARK}{os.getpid()}")
     with failures_named("tagging"):
-        _run_pipeline(tagger, options, plan, pipeline_options, failed_prefix, run_dir)
-    rows = _collect(files, plan, result, out, failed_prefix, run_dir, log)
+        _run_pipeline(tagger, options, plan, pipeline_options, run_dir)
+    rows = _collect(files, plan, result, out, os.path.join(out, FAILED, f"{run}.jsonl"), run_dir, log)
+    if result.workers:
+        counts = collections.Counter(result.workers.values())
+        log.say(f"written by {len(counts)} worker process(es): " +
+                ", ".join(f"{w} ({n} file(s))" for w, n in sorted(counts.items())))
     similar = update_similarity(tagger, options, plan.names, files, rows, result, log)
     write_library(out, files, rows, result, tagger, similar)
     result.rows, result.seconds = rows, time.perf_counter() - started
     return result
 
 
+def check_output_dir(out: str) -> None:
+    """A URL OUT is refused, saying why and what to do instead."""
+    if "://" in out:
+        raise ValueError(f"{out}: on Beam the driver plans from OUT's records and writes the library's summary "
+                         "itself, so OUT must be a path the driver and the workers can read and write: a local disk, "
+                         "NFS, or the bucket mounted with gcsfuse or s3fs (docs/scale-out.md)")
+
+
 def _remove_killed_runs(out: str) -> None:
     """What runs killed part way left in OUT/.jaxtag: their run folders, and the temporary
-    folders of their dead-letter output (these name no process: removed when no run is alive)."""
+    folders of an older version's dead-letter output (these name no process: removed when no run
+    is alive)."""
     folder = os.path.join(out, ".jaxtag")
     runs = [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.startswith("beam-")]
     alive = [n for n in runs if TMP_MARK in n and not left_by_dead_process(n)]   # (unmarked: an older version's)
@@ -300,14 +334,51 @@ def _remove_killed_runs(out: str) -> None:
                 shutil.rmtree(os.path.join(failed, name), ignore_errors=True)
 
 
-def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_options: str, failed_prefix: str,
-                  run_dir: str) -> None:
+def _report_fn():
+    beam = require_beam()
+
+    class Report(beam.DoFn):
+        """The workers' reports (one JSON object each) -> one JSON-lines file per bundle in the
+        run's folder, through Beam's FileSystems (a temporary name, then a rename). A plain
+        ParDo, with no side input, so every runner runs it alike (a retried bundle writes its
+        lines again: the driver reads each file's last report)."""
+
+        def __init__(self, folder: str):
+            self.folder = folder
+
+        def start_bundle(self):
+            self.lines = []
+
+        def process(self, report):
+            self.lines.append(json.dumps(report))
+
+        def finish_bundle(self):
+            if self.lines:
+                from apache_beam.io.filesystems import FileSystems
+                _write_text(FileSystems.join(self.folder, f"{uuid.uuid4().hex}.jsonl"), "\n".join(self.lines) + "\n")
+                self.lines = []
+
+    return Report
+
+
+def _write_text(path: str, text: str) -> None:
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    from jaxtag.files import temporary_name
+    temporary = temporary_name(path)
+    with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+    FileSystems.rename([temporary], [path])
+
+
+def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_options: str, run_dir: str) -> None:
     import logging
     beam = require_beam()
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from jaxtag.beam import pipeline_options as make_options
     logging.getLogger("apache_beam").setLevel(logging.WARNING)   # the runner's and workers' chatter
-    spec = {**tagger.spec, "threshold": _threshold_override(tagger), "smooth": tagger.policy.smooth}
+    # The model by its spec (each worker builds it once); the decisions by the driver's policy itself.
+    spec, policy = tagger.spec, tagger.policy
     out, settings, write = options.output_dir, plan.settings, _write_file_fn()
     with beam.Pipeline(options=make_options(pipeline_options)) as p:
         todo = [{"path": path, "name": plan.names[path], "expected": plan.check[path][1] if path in plan.check else None,
@@ -319,35 +390,41 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_o
             window_features_handler(spec, tagger.chunk_windows)))
             | "ByFile" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1].inference))))
         grouped = {"features": features, "facts": decoded.facts} | "Regroup" >> beam.CoGroupByKey()
-        written = grouped | "Write" >> beam.ParDo(write(spec, out, options, settings)).with_outputs("failed",
-                                                                                                       main="done")
-        derived = (((p | "ToDerive" >> beam.Create([{"path": path, "name": plan.names[path]} for path in plan.derive])),
-                    decoded.derive) | "AllToDerive" >> beam.Flatten()
-                   | "Derive" >> beam.ParDo(write(spec, out, options, settings, derive=True))
+        written = grouped | "Write" >> beam.ParDo(write(spec, policy, out, options, settings)).with_outputs(
+            "failed", main="done")
+        derived = (((p | "ToDerive" >> beam.Create([{"path": path, "name": plan.names[path]} for path in plan.derive])
+                     | "SpreadDerive" >> beam.Reshuffle()), decoded.derive) | "AllToDerive" >> beam.Flatten()
+                   | "Derive" >> beam.ParDo(write(spec, policy, out, options, settings, derive=True))
                    .with_outputs("failed", main="done"))
-        ((decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
-         | "AsJson" >> beam.Map(lambda f: json.dumps({"path": f[0], "problem": f[1]}))
-         | "DeadLetter" >> beam.io.WriteToText(failed_prefix, file_name_suffix=".jsonl"))
-        _ = (decoded.unchanged | "Unchanged" >> beam.Map(json.dumps)
-             | "Stamps" >> beam.io.WriteToText(os.path.join(run_dir, "unchanged"), file_name_suffix=".jsonl"))
-        _ = (decoded.derive | "Rederived" >> beam.Map(lambda d: d["path"])
-             | "RederivedList" >> beam.io.WriteToText(os.path.join(run_dir, "derived"), file_name_suffix=".txt"))
+        reports = (
+            (decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
+            | "AsFailed" >> beam.Map(lambda f: {"kind": "failed", "path": f[0], "problem": f[1]}),
+            decoded.unchanged | "AsUnchanged" >> beam.Map(lambda d: {"kind": "unchanged", **d}),
+            written.done | "AsTagged" >> beam.Map(lambda d: {"kind": "tagged", **d}),
+            derived.done | "AsDerived" >> beam.Map(lambda d: {"kind": "derived", **d}))
+        _ = reports | "Reports" >> beam.Flatten() | "Report" >> beam.ParDo(_report_fn()(run_dir))
 
 
-def _collect(files: list[str], plan: LibraryPlan, result: LibraryResult, out: str, failed_prefix: str, run_dir: str,
+def _collect(files: list[str], plan: LibraryPlan, result: BeamResult, out: str, dead_letter: str, run_dir: str,
              log) -> dict:
-    """What the pipeline left: failures, unchanged files (their records take the new stamps), and
-    the rows of every file done now or before."""
+    """What the workers reported: failures (kept in the dead-letter file), unchanged files (their
+    records take the new stamps), who wrote which file; and the rows of every file done now or
+    before."""
     from apache_beam.io.filesystems import FileSystems
-    for line in _read_lines(FileSystems, failed_prefix, keep_empty=False):
-        failure = json.loads(line)
-        result.failed[failure["path"]] = failure["problem"]
-        log.failed(failure["path"], failure["problem"])
-    for line in _read_lines(FileSystems, os.path.join(run_dir, "unchanged")):
-        item = json.loads(line)
+    reports = [json.loads(line) for line in _read_lines(FileSystems, FileSystems.join(run_dir, ""))]
+    failed = {r["path"]: r["problem"] for r in reports if r["kind"] == "failed"}
+    if failed:
+        os.makedirs(os.path.dirname(dead_letter), exist_ok=True)
+        _write_text(dead_letter, "".join(json.dumps({"path": path, "problem": problem}) + "\n"
+                                         for path, problem in failed.items()))
+    for path, problem in failed.items():
+        result.failed[path] = problem
+        log.failed(path, problem)
+    for item in {r["path"]: r for r in reports if r["kind"] == "unchanged"}.values():
         refresh_record(out, item["name"], plan.check[item["path"]][2], item["path"], item["stamp"])
         result.skipped.append(item["path"])
-    derived = set(plan.derive) | set(_read_lines(FileSystems, os.path.join(run_dir, "derived")))
+    derived = set(plan.derive) | {r["path"] for r in reports if r["kind"] == "derived"}
+    result.workers = {r["path"]: r["worker"] for r in reports if r["kind"] in ("tagged", "derived")}
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = dict(plan.done)
     for path in files:
@@ -363,26 +440,12 @@ def _collect(files: list[str], plan: LibraryPlan, result: LibraryResult, out: st
     return rows
 
 
-def _threshold_override(tagger):
-    """The one threshold of --threshold, if the tagger's policy is that (else None: its own)."""
-    from jaxtag.tagging.tagger import default_policy
-    own = default_policy(tagger.meta).replace(smooth=tagger.policy.smooth)
-    if own.key() == tagger.policy.key():
-        return None
-    values = set(np.round(tagger.policy.thresholds, 6).tolist())
-    if len(values) != 1:
-        raise ValueError("on Beam, a tagger's decisions are its own or one --threshold for every tag")
-    return float(values.pop())
-
-
-def _read_lines(FileSystems, prefix: str, keep_empty: bool = True) -> list[str]:
-    """The lines of the shards a WriteToText left at `prefix` (an empty dead-letter shard is
-    removed: no file failed)."""
+def _read_lines(FileSystems, prefix: str) -> list[str]:
+    """The lines of the files whose names start with `prefix` (none there: no lines)."""
     lines = []
     for match in FileSystems.match([prefix + "*"])[0].metadata_list:
+        if TMP_MARK in os.path.basename(match.path):
+            continue
         with FileSystems.open(match.path) as f:
-            found = [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
-        if not found and not keep_empty:
-            FileSystems.delete([match.path])
-        lines += found
+            lines += [line for line in f.read().decode("utf-8").splitlines() if line.strip()]
     return lines

@@ -51,9 +51,11 @@ LOGIT_CLIP = 1e-6   # scores are clipped to [1e-6, 1 - 1e-6] before log-odds
 
 # The evidence rule's levels (chosen on the calibration collections only, by their weak labels:
 # scripts/real_music_report.py levels; docs/decisions.md):
-EVIDENCE_RATIO = 4.0   # a window's odds for a tag at least this many times the tag's base odds
-EVIDENCE_TRACK_SHARE = 0.25   # a track's tag: on for at least this share of its time
-MOOD_SHARE = 0.15      # a track's mood: on for at least this share of its time
+EVIDENCE_RATIO = 2.0   # a window's odds for a tag at least this many times the tag's base odds
+EVIDENCE_TRACK_SHARE = 0.4    # a track's tag: on for at least this share of its time
+MOOD_SHARE = 0.1       # a track's mood: on for at least this share of its time
+MIN_BASE_RATE = 0.1    # no tag's base rate is taken below this (see evidence_policy) ...
+MIN_MOOD_BASE_RATE = 0.0   # ... nor a mood's below this
 
 # The calibrated rule's levels, in reference standard deviations of log-odds (chosen on the
 # reference collections by leaving each collection out in turn); the window level serves the
@@ -208,9 +210,10 @@ class DecisionPolicy:
         return [(self.tags[i], float(strength[i])) for i in self._order(scores, strength)[:n]]
 
     def _order(self, scores: np.ndarray, strength: np.ndarray) -> np.ndarray:
-        """The tags from the strongest; the evidence rule breaks ties of time on by the mean score."""
+        """The tags from the strongest; the evidence rule breaks ties of time on (equal to 1e-9: sums
+        of window stretches differ in their last bits) by the mean score."""
         if self.rule == EVIDENCE:
-            return np.lexsort((-np.asarray(scores, np.float64).mean(axis=0), -strength))
+            return np.lexsort((-np.asarray(scores, np.float64).mean(axis=0), -np.round(strength, 9)))
         return np.argsort(-strength, kind="stable")
 
     def track_z_scores(self, scores: np.ndarray) -> np.ndarray:
@@ -334,7 +337,9 @@ def evidence_thresholds(base_rate, window_mean, window_std, ratio: float = EVIDE
 
 
 def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, ratio: float = EVIDENCE_RATIO,
-                    track_share: float = EVIDENCE_TRACK_SHARE, mood_share: float = MOOD_SHARE) -> DecisionPolicy:
+                    track_share: float = EVIDENCE_TRACK_SHARE, mood_share: float = MOOD_SHARE,
+                    window_z: float = WINDOW_Z, min_base_rate: float = MIN_BASE_RATE,
+                    min_mood_base_rate: float = MIN_MOOD_BASE_RATE) -> DecisionPolicy:
     """The evidence rule (the module docstring) from reference statistics (load_reference) with base
     rates, of the model with these tags."""
     tags = tuple(tags)
@@ -347,8 +352,12 @@ def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, ratio
     if min(stats["window_std"]) <= 0 or not 0 < min(stats["base_rate"]) <= max(stats["base_rate"]) < 1:
         raise ValueError(f"the reference statistics of {reference.get('model')!r} have a tag with no spread "
                          "or a base rate outside (0, 1)")
-    thresholds = evidence_thresholds(stats["base_rate"], stats["window_mean"], stats["window_std"], ratio)
+    # The floor guards style, era and voice tags, whose base rates a reference without that kind of
+    # music underestimates; moods are measured across the reference's whole emotional range.
+    floor = np.array([min_mood_base_rate if is_mood(t) else min_base_rate for t in tags])
+    base_rate = np.maximum(np.asarray(stats["base_rate"], np.float64), floor)
+    thresholds = evidence_thresholds(base_rate, stats["window_mean"], stats["window_std"], ratio, window_z)
     return DecisionPolicy(tags=tags, thresholds=thresholds, rule=EVIDENCE, smooth=smooth,
                           moods=tuple(t for t in tags if is_mood(t)), track_share=track_share, mood_share=mood_share,
-                          base_rate=stats["base_rate"], max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
+                          base_rate=base_rate, max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
                           origin=f"evidence over base rates from {reference['description']}")

@@ -1,5 +1,7 @@
 """One self-contained listening page per tagged file: an audio player (the file embedded as a data
-URI) above the taggram, whose cursor follows playback; a click seeks; the tags active now are listed.
+URI), under it a bar of the track's sections (one block per section, labelled with its moods and
+tags; a click plays it from its start), and the taggram, whose cursor follows playback; a click
+seeks; the tags active now are listed.
 
 Nothing is fetched from the network. Every file, tag and model name is HTML-escaped; the data for
 the script goes in a JSON block whose '<', '>' and '&' are escaped, so no name can end the script.
@@ -44,6 +46,11 @@ audio { width: 100%; } .note { color: #b45309; }
         padding: 2px 6px; margin: 2px; display: inline-block; }
 #like { display: flex; gap: 32px; margin-top: 12px; font-size: 13px; } #like ol { margin: 4px 0; padding-left: 20px; }
 #like h2 { font-size: 14px; margin: 0; } .score { color: #64748b; }
+#sections { position: relative; height: 26px; margin: 4px 0 0; }
+.section { position: absolute; top: 0; height: 24px; line-height: 24px; font-size: 12px; overflow: hidden;
+        white-space: nowrap; text-overflow: ellipsis; padding: 0 4px; box-sizing: border-box; cursor: pointer;
+        background: #e2e8f0; border: 1px solid #fff; border-radius: 4px; }
+.section:nth-child(even) { background: #cbd5e1; } .section.current { background: #99f6e4; }
 """
 
 # The page's behaviour: draw the taggram on the canvas, move the cursor with the player, list the
@@ -90,6 +97,7 @@ function showTime(t) {
   const bpm = (T.bpm || [])[k];
   document.getElementById("now-bpm").textContent = bpm ? "\u00b7 " + bpm.toFixed(0) + " BPM" : "";
   showMoments(k);
+  showSection(t);
 }
 // Similar tracks and "more moments like this" come from NAME.similar.js (window.JAXTAG_SIMILAR),
 // written when the library's similarity index is updated; without it the lists say so.
@@ -112,6 +120,26 @@ function showMoments(k) {
   shownMoments = k;
   fill(document.getElementById("similar-moments"), S ? S.moments[k] || [] : [],
        m => m.name.split("/").pop() + " " + m.start.toFixed(1) + "-" + m.end.toFixed(1) + " s");
+}
+// The sections' bar: one block per section (its share of the track's width), labelled with its
+// number, moods and tags; a click plays it from its start; the section under the cursor is marked.
+const bar = document.getElementById("sections"), blocks = [];
+(T.sections || []).forEach((sec, i) => {
+  const b = document.createElement("div");
+  b.className = "section";
+  b.style.left = (100 * sec.start / T.duration) + "%";
+  b.style.width = (100 * (sec.end - sec.start) / T.duration) + "%";
+  b.textContent = (i + 1) + " \u00b7 " + (sec.label || "no tags");
+  b.title = `section ${i + 1}: ${sec.start.toFixed(1)}-${sec.end.toFixed(1)} s\ntags: ${sec.tags.join(", ") || "none"}\nmoods: ${sec.moods.join(", ") || "none"}`;
+  b.dataset.start = String(sec.start);
+  b.addEventListener("click", () => { try { player.currentTime = sec.start; } catch (err) {} });
+  bar.appendChild(b); blocks.push(b);
+});
+function showSection(t) {
+  (T.sections || []).forEach((sec, i) => {
+    const last = i === T.sections.length - 1;
+    blocks[i].classList.toggle("current", t >= sec.start && (t < sec.end || (last && t <= sec.end)));
+  });
 }
 function follow() { showTime(player.currentTime); if (!player.paused) requestAnimationFrame(follow); }
 player.addEventListener("timeupdate", () => showTime(player.currentTime));
@@ -146,6 +174,16 @@ def _player(audio_path: str | None, name: str, page_dir: str | None = None, embe
             f'({_escape(name)} is missing or larger than {MAX_EMBED_BYTES >> 20} MiB).</p>')
 
 
+SECTION_LABEL_WORDS = 3
+
+
+def section_label(tags: list[str], moods: list[str], short=str) -> list[str]:
+    """What a section's block says: its moods, then its other tags, at most SECTION_LABEL_WORDS
+    (short names)."""
+    words = [short(m) for m in moods] + [short(t) for t in tags if t not in moods]
+    return words[:SECTION_LABEL_WORDS]
+
+
 def _escape(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -155,14 +193,18 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
     """The listening page of one tagged file, as one HTML document (self-contained but for a
     large audio file, linked relative to page_dir, the folder the page is written to, and the
     lists of similar tracks and moments, loaded from `similar_script` beside it if there)."""
+    from jaxtag.data.tags import short_tag
     name = os.path.basename(taggram.source)
     decided = taggram.decisions()
+    sections = [dict(section.to_dict(), label=", ".join(section_label(section.tags, section.moods, short_tag)))
+                for section in taggram.sections() or []]
     payload = {"duration": taggram.duration, "tags": taggram.tags, "start": taggram.start.tolist(),
                "end": taggram.end.tolist(), "bounds": [round(float(b), 4) for b in taggram.bounds()],
                "scores": [[round(float(x), 4) for x in row] for row in taggram.scores],
                "active": decided.active.astype(int).tolist(),
                "bpm": [None if not np.isfinite(b) else round(float(b), 1) for b in
-                       (taggram.tempo.windows if taggram.tempo is not None else [])]}
+                       (taggram.tempo.windows if taggram.tempo is not None else [])],
+               "sections": sections}
     tempo = taggram.tempo
     if tempo is None or not np.isfinite(tempo.bpm):
         tempo_text = "tempo: none found"
@@ -181,6 +223,7 @@ def render_html(taggram: Taggram, audio_path: str | None, page_dir: str | None =
 &middot; moods: <span id="track-moods">{_escape(", ".join(decided.moods) or "none")}</span>
 &middot; <span id="track-tempo">{tempo_text}</span></div>
 {_player(audio_path, name, page_dir, embed_audio)}
+<div id="sections"></div>
 <div id="view"><div id="labels">{rows}</div>
 <div id="plot"><canvas id="taggram"></canvas><div id="cursor" data-time="0"></div><div id="axis"></div></div></div>
 <div id="now">Active now: <em id="now-tags"></em> <span id="now-bpm"></span></div>

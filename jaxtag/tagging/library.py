@@ -43,7 +43,7 @@ from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.tagging import decoding, summary
 from jaxtag.tagging.library_page import write_index
 from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process, write_atomic
-from jaxtag.tagging.outputs import FORMATS, check_formats, output_names, shown_path, write_outputs
+from jaxtag.tagging.outputs import FORMATS, check_formats, format_files, output_names, shown_path, write_outputs
 from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
                                   refresh_record,
                                   scan_records, store_path, stored_header, untouched, write_store, analyses)
@@ -97,14 +97,17 @@ class LibraryResult:
 
 
 def settings_of(tagger) -> dict:
-    """What makes two runs' outputs of the same file the same: the model (its weights) and the
-    decision policy (the model alone makes the stored scores)."""
-    return {"version": RECORD_VERSION, "model": tagger.fingerprint, "policy": tagger.policy.key()}
+    """What makes two runs' outputs of the same file the same: the model (its weights), the
+    decision policy and the section settings (the model alone makes the stored scores and
+    embeddings)."""
+    return {"version": RECORD_VERSION, "model": tagger.fingerprint, "policy": tagger.policy.key(),
+            "sections": tagger.sectioning.key()}
 
 
 def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
     """The output files (base names) a file gets with these options."""
-    return [f"{name}.{fmt}" for fmt in options.formats] + ([f"{name}.embeddings.npz"] if options.embeddings else [])
+    return [f"{name}{suffix}" for fmt in options.formats for suffix in format_files(fmt)] + \
+        ([f"{name}.embeddings.npz"] if options.embeddings else [])
 
 
 MODEL, DERIVE, DONE = "model", "derive", "done"
@@ -608,7 +611,7 @@ def _assemble_outputs(c: _RunContext, path: str) -> None:
         scores, embeddings = c.tagger.assemble(parts)
         if len(scores) != len(taggram.start):
             raise DataError(path, "its stored analyses do not fit its windows (rerun with --force)")
-        taggram = dataclasses.replace(taggram, scores=scores)
+        taggram = dataclasses.replace(taggram, scores=scores, embeddings=embeddings)
         carried = {fp: p for fp, p in found.items() if p["name"]}
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
@@ -633,7 +636,7 @@ def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None, sco
     taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(tagger.tags),
                       start=stored["start"], end=stored["end"], scores=stored["scores"], policy=tagger.policy,
                       model=tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
-                      tempo=stored["tempo"])
+                      tempo=stored["tempo"], embeddings=stored["embeddings"], sectioning=tagger.sectioning)
     return stored, source, taggram
 
 
@@ -679,6 +682,8 @@ def write_file(options: LibraryOptions, output_dir: str, name: str, path: str, t
     scores stored first when new; returns its library row. link_from: the folder its listening
     page will be in, if not output_dir's (its audio is linked relative to that)."""
     _remove(record_path(output_dir, name))
+    if taggram.embeddings is None:   # its sections come from them
+        taggram = dataclasses.replace(taggram, embeddings=embeddings)
     if new_scores:
         write_store(output_dir, name, taggram, embeddings, settings["model"], source, warnings, parts)
     row = summary.track_summary(taggram, taggram.source, name, warnings)

@@ -1,5 +1,6 @@
-"""What `python -m jaxtag.tag` writes for each input: NAME.json, NAME.csv (CAL500exp layout),
-NAME.png and NAME.html, under an output folder.
+"""What `python -m jaxtag.tag` writes for each input: NAME.json, NAME.csv (CAL500exp layout) and
+NAME.sections.csv (its sections: start, end, tags, moods), NAME.png and NAME.html, under an output
+folder.
 
 NAME is the input's file name made safe (`some.mp3` -> `some`); inputs whose safe names clash
 (`a/song.mp3`, `b/song.mp3`, `song.wav`) get a hash of their full path added, so no two inputs
@@ -111,9 +112,16 @@ def output_names(paths: list[str], roots=(), recorded: dict[str, str] | None = N
     return names
 
 
+def format_files(fmt: str) -> tuple[str, ...]:
+    """The suffixes of the files a format writes per input (csv: the CAL500exp segments, which
+    training reads as labels, and beside them the sections, in a layout of their own)."""
+    return (".csv", ".sections.csv") if fmt == "csv" else (f".{fmt}",)
+
+
 def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str | None = None,
                   embed_audio: bool = True, link_from: str | None = None) -> dict[str, str]:
-    """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically.
+    """Write the formats asked for (json, csv, png, html) of one tagged file, each atomically
+    (csv: NAME.csv and, where the taggram's sections are known, NAME.sections.csv).
     embed_audio: the audio goes into the HTML page (up to html_page.MAX_EMBED_BYTES), else the
     page links it by its path (a library's pages), relative to the folder the page is in or, when
     it is written elsewhere first, link_from (where it will be)."""
@@ -132,6 +140,10 @@ def write_outputs(taggram, audio_path: str, output_dir: str, formats, name: str 
             write_atomic(path, taggram.to_json())
         elif fmt == "csv":
             write_atomic(path, taggram.to_csv())
+            found = taggram.sections_csv()
+            if found is not None:
+                written["sections.csv"] = f"{base}.sections.csv"
+                write_atomic(written["sections.csv"], found)
         elif fmt == "html":
             write_atomic(path, render_html(taggram, audio_path, page_dir=link_from or os.path.dirname(base),
                                            embed_audio=embed_audio,

@@ -1,8 +1,9 @@
 """Similar tracks and similar moments, from the embeddings kept with each tagged file's scores.
 
-Vectors. A *moment* is one window: its embedding (the model's penultimate layer), whitened with
-the model's reference statistics (the mean and covariance of the calibration set's window
-embeddings, shipped beside the decision statistics; scripts/real_music_report.py), unit length. A
+Vectors (jaxtag.tagging.vectors). A *moment* is one window: its embedding (the model's
+penultimate layer), whitened with the model's reference statistics (the mean and covariance of the
+calibration set's window embeddings, shipped beside the decision statistics;
+scripts/real_music_report.py), unit length. A
 *track* is the mean of its moments' whitened vectors, unit length. Similarity is the cosine (a dot
 product). Whitening keeps the directions in which real music varies and stops the few dominant
 ones (loudness, "music-ness") from deciding every comparison: on held-out real music, a track's
@@ -35,7 +36,10 @@ import numpy as np
 
 from jaxtag.tagging import store
 from jaxtag.files import write_atomic
-from jaxtag.tagging.taggram import window_at
+from jaxtag.tagging.taggram import window_at, window_bounds
+# The vectors (moments, tracks, whitening) live in jaxtag.tagging.vectors (the sections use them too).
+from jaxtag.tagging.vectors import (WHITENING_SHRINK, Whitening, embedding_reference_path,  # noqa: F401
+                                    model_whitening, moment_vectors, track_vector, unit, whitening_from)
 
 INDEX = os.path.join(".jaxtag", "index")
 STATE = "state.npz"
@@ -43,63 +47,7 @@ EXACT_LIMIT = 250_000          # moments searched exactly up to here (about 3,00
 RECALL_TARGET = 0.97           # of the exact 10 nearest moments, by the IVF index's nprobe
 NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 WINDOW_BITS = 20               # a moment's id: file number << 20 | window index
-WHITENING_SHRINK = 0.01        # eigenvalues + this x their mean: noise directions are not blown up
 STATE_VERSION = 1
-
-
-# -- vectors ------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Whitening:
-    """x -> (x - mean) @ projection, the reference statistics' whitening (identity without them)."""
-    mean: np.ndarray | None = None
-    projection: np.ndarray | None = None
-    source: str = "none: the embeddings as they are"
-
-    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
-        x = np.asarray(embeddings, np.float64)
-        if self.mean is not None:
-            x = (x - self.mean) @ self.projection
-        return x.astype(np.float32)
-
-
-def whitening_from(mean: np.ndarray, covariance: np.ndarray, source: str = "") -> Whitening:
-    values, vectors = np.linalg.eigh(np.asarray(covariance, np.float64))
-    values = np.maximum(values, 0.0)
-    scale = 1.0 / np.sqrt(values + WHITENING_SHRINK * values.mean())
-    return Whitening(np.asarray(mean, np.float64), vectors * scale[None, :], source)
-
-
-def embedding_reference_path(model: str) -> str:
-    from jaxtag.tagging.decisions import CALIBRATION_DIR
-    return os.path.join(CALIBRATION_DIR, f"{model}.embeddings.npz")
-
-
-def model_whitening(model: str | None) -> Whitening:
-    """The shipped whitening of a pretrained model's embeddings; the identity for other models."""
-    if model:
-        try:
-            with np.load(embedding_reference_path(model), allow_pickle=False) as npz:
-                return whitening_from(npz["mean"], npz["covariance"], f"{model}'s reference statistics")
-        except FileNotFoundError:
-            pass
-    return Whitening()
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
-def moment_vectors(embeddings: np.ndarray, whitening: Whitening) -> np.ndarray:
-    """[W, D] unit vectors of a file's windows."""
-    return unit(whitening(embeddings))
-
-
-def track_vector(moments: np.ndarray) -> np.ndarray:
-    """A track's unit vector from its moments' unit vectors."""
-    return unit(np.asarray(moments, np.float64).mean(axis=0))
 
 
 # -- the index ----------------------------------------------------------------------------------
@@ -464,15 +412,27 @@ def parse_query(query: str) -> tuple[str, float | None]:
     return query, None
 
 
+def parse_section(query: str) -> tuple[str, int | None]:
+    """(path, section number or None) of QUERY: a path, or PATH#N (N = 1 for the first section, as
+    the listening page numbers them) where the path exists without it."""
+    if not os.path.exists(query) and "#" in query:
+        path, _, number = query.rpartition("#")
+        if number.strip().isdigit():
+            return path, int(number)
+    return query, None
+
+
 def query_vectors(index, output_dir: str, path: str, workdir: str | None = None):
     """(the query's own output name or None, its moment vectors [W, D], their windows' start and
-    end times [W]). A file of the library is read from the store; any other is tagged."""
+    end times [W], its duration). A file of the library is read from the store; any other is
+    tagged."""
     from jaxtag.tagging.tagger import Tagger
     absolute = os.path.abspath(path)
     name = next((n for n, p in zip(index.names, index.paths) if p == absolute), None)
     if name is not None:
         stored = store.read_store(output_dir, name)
-        return name, moment_vectors(stored["embeddings"], index.whitening), stored["start"], stored["end"]
+        return (name, moment_vectors(stored["embeddings"], index.whitening), stored["start"], stored["end"],
+                float(stored["duration"]))
     tagger = Tagger.from_workdir(workdir) if workdir else Tagger.of_spec(index.spec)
     if tagger.fingerprint != index.model:
         raise ValueError(f"{workdir or tagger.model_name} is not the model that tagged {output_dir}")
@@ -481,31 +441,43 @@ def query_vectors(index, output_dir: str, path: str, workdir: str | None = None)
     mel = mel_spectrogram(y, tagger.frontend)
     scores, embeddings = tagger.across_windows(tagger.encode_windows(tagger.windows(mel)), embeddings=True)
     taggram = tagger.taggram(path, len(y) / tagger.frontend.sample_rate, mel.shape[0], scores)
-    return None, moment_vectors(embeddings, index.whitening), taggram.start, taggram.end
+    return None, moment_vectors(embeddings, index.whitening), taggram.start, taggram.end, taggram.duration
 
 
 def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None = None) -> dict:
     """{"query", "tracks": [{"path", "name", "score"}], "moments": [{"path", "name", "start", "end",
-    "score"}]}: the library's tracks and moments most like the query (see the module docstring)."""
+    "score"}]} (and for a section, "section": {"number", "start", "end"}): the library's tracks and
+    moments most like the query: a file, FILE@SECONDS (its moment then), FILE#N (its section N,
+    jaxtag.tagging.sections: the mean of its moments) (see the module docstring)."""
+    from jaxtag.tagging import sections
     index = update_index(output_dir)   # the one written, if the library has not changed since
-    path, seconds = parse_query(query)
+    path, number = parse_section(query)
+    path, seconds = parse_query(path) if number is None else (path, None)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
-    name, vectors, starts, ends = query_vectors(index, output_dir, path, workdir)
-    if seconds is not None:
+    name, vectors, starts, ends, duration = query_vectors(index, output_dir, path, workdir)
+    found = {}
+    if number is not None:
+        first, stop = sections.section_windows(vectors, starts, duration, number)
+        bounds = window_bounds(starts, ends, duration)
+        found["section"] = {"number": number, "start": round(float(bounds[first]), 2),
+                            "end": round(float(bounds[stop]), 2)}
+        track = track_vector(vectors[first:stop])
+        moment_query = track[None, :]
+    elif seconds is not None:
         k = window_at(starts, ends, seconds)
         moment_query, track = vectors[k:k + 1], track_vector(vectors[k:k + 1])
     else:
         moment_query, track = vectors, track_vector(vectors)
     tracks = index.similar_tracks(track, n, exclude=name)
-    if seconds is None:  # a whole track: the moments most like its moments, best first
+    if seconds is None and number is None:  # a whole track: the moments most like its moments, best first
         per_window = index.similar_moments(moment_query, n, exclude=name)
         moments = sorted({(m[0], m[1]): m for row in per_window for m in row}.values(), key=lambda m: -m[3])[:n]
     else:
         moments = index.similar_moments(moment_query, n, exclude=name)[0]
     path_of = index.path_of
     from jaxtag.tagging.outputs import shown_path
-    return {"query": shown_path(query),
+    return {"query": shown_path(query), **found,
             "tracks": [{"path": shown_path(path_of[t]), "name": t, "score": round(s, 4)} for t, s in tracks],
             "moments": [{"path": shown_path(path_of[t]), "name": t, "start": round(a, 2), "end": round(b, 2),
                          "score": round(s, 4)} for t, a, b, s in moments]}

@@ -2,8 +2,9 @@
 OUT/library.csv, OUT/library.json and OUT/index.html (jaxtag.tagging.library_page).
 
 A row: path, duration, model, the top tags by mean score, the tags on for most of the file (the
-track's own tags, written into the file by --write_tags), each tag's share of the time it is on,
-and each tag's strongest section (the window where it scores highest: start, end, score).
+track's own tags, written into the file by --write_tags), its sections (jaxtag.tagging.sections:
+start, end, tags, moods), each tag's share of the time it is on, and each tag's strongest section
+(the window where it scores highest: start, end, score).
 
 Rows keep their per-tag values as float32 arrays in tag order (a library of 20,000 files holds
 a few tens of MB of them), and the files are written row by row.
@@ -37,7 +38,8 @@ def track_summary(taggram: Taggram, path: str, name: str, warnings=()) -> dict:
             "moods": [short_tag(t) for t in d.moods], "warnings": list(warnings), "bpm": bpm, "bpm_stable": bool(tempo is not None and tempo.stable),
             "mean": f32(taggram.scores.mean(axis=0)), "strength": f32(d.strength), "share": f32(d.share),
             "strongest_start": f32(taggram.start[strongest]), "strongest_end": f32(taggram.end[strongest]),
-            "strongest_score": f32(taggram.scores[strongest, np.arange(len(taggram.tags))])}
+            "strongest_score": f32(taggram.scores[strongest, np.arange(len(taggram.tags))]),
+            "sections": [section.to_dict() for section in taggram.sections() or []]}
 
 
 def row_to_json(row: dict) -> dict:
@@ -54,6 +56,7 @@ def _file_entry(row: dict, tags: list[str]) -> dict:
     entry = {k: row.get(k) for k in ("path", "name", "duration", "model", "top_tags", "track_tags", "moods", "bpm",
                                      "bpm_stable")}
     entry["warnings"] = row.get("warnings", [])
+    entry["sections"] = row.get("sections", [])
     entry.update(mean=per("mean"), strength=per("strength"), share=per("share"), strongest={
         t: {"start": round(float(s), 3), "end": round(float(e), 3), "score": round(float(v), 4)}
         for t, s, e, v in zip(tags, row["strongest_start"], row["strongest_end"], row["strongest_score"])})
@@ -73,14 +76,20 @@ def write_library_json(f, rows: Iterable[dict], tags: list[str], failed: dict[st
              + "}\n").encode())
 
 
+def sections_text(sections: list[dict]) -> str:
+    """A file's sections in one CSV cell: "START-END s: tag, tag | ..." ("none" for no tags)."""
+    return " | ".join(f"{s['start']:.1f}-{s['end']:.1f} s: {', '.join(s['tags']) or 'none'}" for s in sections)
+
+
 def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
     """library.csv to a binary file: path, duration, model, top tags ("tag strength; ..."), track
-    tags, moods, then per tag its strength, share of time on and strongest section (start, end,
-    score)."""
+    tags, moods, similar tracks, warnings, sections ("START-END s: tag, tag | ..."), then per tag
+    its strength, share of time on and strongest section (start, end, score)."""
     import io
     text = io.TextIOWrapper(f, encoding="utf-8", newline="")
     writer = csv.writer(text, lineterminator="\n")
-    header = ["path", "duration", "model", "bpm", "bpm_stable", "top_tags", "track_tags", "moods", "similar", "warnings"]
+    header = ["path", "duration", "model", "bpm", "bpm_stable", "top_tags", "track_tags", "moods", "similar", "warnings",
+              "sections"]
     for t in tags:
         header += [f"{t} strength", f"{t} share", f"{t} strongest start", f"{t} strongest end", f"{t} strongest score"]
     writer.writerow(header)
@@ -89,7 +98,7 @@ def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
                 str(bool(r.get("bpm_stable"))).lower(),
                 "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"]),
                 "; ".join(r["moods"]), "; ".join(f"{n} {s:.3f}" for n, s in r.get("similar", [])),
-                " | ".join(r.get("warnings", []))]
+                " | ".join(r.get("warnings", [])), sections_text(r.get("sections", []))]
         for j in range(len(tags)):
             line += [f"{r['strength'][j]:.4f}", f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
                      f"{r['strongest_score'][j]:.4f}"]

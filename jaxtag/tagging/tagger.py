@@ -28,7 +28,7 @@ from jaxtag.data.buckets import bucket_length
 from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
-from jaxtag.tagging import decisions, vocabulary
+from jaxtag.tagging import decisions, sections, vocabulary
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
@@ -52,6 +52,7 @@ class Tagger:
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
         self.policy = default_policy(meta)
+        self.sectioning = sections.DEFAULT   # how its taggrams are cut into sections (from the embeddings)
         self.variables = variables
         self._fingerprint = None
         self.spec: dict = {}   # how to make this tagger again (Tagger.of_spec): a pretrained name or a workdir
@@ -129,8 +130,9 @@ class Tagger:
         """Taggram of a file path or a waveform ([n] or [n, channels]; give its sr)."""
         y, source = self.load(audio, sr)
         mel = mel_spectrogram(y, self.frontend)
-        scores, _ = self.across_windows(self.encode_windows(self.windows(mel)))
-        taggram = self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y))
+        scores, embeddings = self.across_windows(self.encode_windows(self.windows(mel)), embeddings=True)
+        taggram = self.taggram(source, len(y) / self.frontend.sample_rate, mel.shape[0], scores, peak_envelope(y),
+                               embeddings)
         return dataclasses.replace(taggram, tempo=self.tempo(mel))
 
     def tempo(self, mel=None, read_frames=None, n_frames: int | None = None):
@@ -184,13 +186,15 @@ class Tagger:
         return scores, np.asarray(hidden, np.float32)[0, :n]
 
     def taggram(self, source: str, duration: float, n_frames: int, scores: np.ndarray,
-                envelope: np.ndarray | None = None) -> Taggram:
-        """The Taggram of a file of n_frames mel frames from its per-window scores."""
+                envelope: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> Taggram:
+        """The Taggram of a file of n_frames mel frames from its per-window scores (and embeddings:
+        its sections)."""
         f = self.frontend
         starts = self.window_starts(n_frames)
         end = np.minimum((starts + f.window_frames) * f.seconds_per_frame, max(duration, 1e-9))
         return Taggram(source=source, duration=float(duration), tags=self.tags, start=starts * f.seconds_per_frame,
-                       end=end, scores=scores, policy=self.policy, model=self.model_name, envelope=envelope)
+                       end=end, scores=scores, policy=self.policy, model=self.model_name, envelope=envelope,
+                       embeddings=embeddings, sectioning=self.sectioning)
 
     @classmethod
     def of_spec(cls, spec: dict) -> "Tagger":
@@ -267,6 +271,7 @@ class CombinedTagger(Tagger):
         self.tags = list(vocab.tags)
         self.frontend = members[0].frontend
         self.policy = default_policy(self.meta)
+        self.sectioning = sections.DEFAULT
         self.config, self.variables, self.spec = None, None, {}
         self.model_name, self.output_activation = name, "sigmoid"
         self.chunk_windows = int(chunk_windows)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
 import numpy as np
 
+from jaxtag.tagging import sections as sections_lib
 from jaxtag.tagging.decisions import DecisionPolicy, TrackDecisions
 from jaxtag.tagging.tempo import Tempo
 
@@ -15,7 +17,9 @@ from jaxtag.tagging.tempo import Tempo
 class Taggram:
     """source: the file's path as shown (or "<waveform>"); start/end: window times in seconds [W];
     scores [W, C] in [0, 1], as the model gave them; policy: how scores become tags
-    (jaxtag.tagging.decisions), asked by every output."""
+    (jaxtag.tagging.decisions), asked by every output; embeddings [W, D]: the model's penultimate
+    layer, where known, from which its sections are found with `sectioning`
+    (jaxtag.tagging.sections)."""
     source: str
     duration: float
     tags: list[str]
@@ -27,6 +31,8 @@ class Taggram:
     # Peak envelope of the waveform for plots: [n_bins, 2] (min, max) over equal time bins.
     envelope: np.ndarray | None = None
     tempo: Tempo | None = None   # per window and for the track (jaxtag.tagging.tempo)
+    embeddings: np.ndarray | None = None
+    sectioning: sections_lib.SectionSettings = sections_lib.DEFAULT
 
     @property
     def threshold(self) -> np.ndarray:
@@ -51,7 +57,7 @@ class Taggram:
     def bounds(self) -> np.ndarray:
         """[W + 1] times (s): each instant belongs to the window whose centre is nearest, so window
         k covers bounds[k]..bounds[k + 1] (the segments, the picture and the listening page)."""
-        return np.r_[0.0, _midpoints(self.start, self.end), self.duration]
+        return window_bounds(self.start, self.end, self.duration)
 
     def segments(self, active: np.ndarray | None = None) -> list[tuple[float, float, np.ndarray]]:
         """Non-overlapping segments covering [0, duration]: each instant takes the tags of the window
@@ -74,6 +80,36 @@ class Taggram:
         stretch = np.maximum(np.diff(bounds), 0.0)
         return (stretch[:, None] * active).sum(axis=0) / max(self.duration, 1e-9)
 
+    @functools.cached_property
+    def _section_cuts(self) -> list[int]:
+        # The change points depend on the embeddings and the settings only, not on the policy
+        # (a Taggram with another policy is a new object: dataclasses.replace).
+        vectors = sections_lib.moment_vectors(self.embeddings, self.model)
+        return sections_lib.change_points(vectors, self.start, self.duration, self.sectioning)
+
+    def sections(self) -> list[sections_lib.Section] | None:
+        """The track's sections (jaxtag.tagging.sections), each with the policy's tags and moods
+        for its windows; None where the embeddings are not known."""
+        if self.embeddings is None:
+            return None
+        return sections_lib.sections_of(self, self.embeddings, self.sectioning, cuts=self._section_cuts)
+
+    def sections_csv(self) -> str | None:
+        """The sections as CSV: start, end (seconds), tags, moods ("; "-separated); None where
+        they are not known."""
+        found = self.sections()
+        if found is None:
+            return None
+        import csv
+        import io
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["start", "end", "tags", "moods"])
+        for section in found:
+            writer.writerow([f"{section.start_s:.3f}", f"{section.end_s:.3f}", "; ".join(section.tags),
+                             "; ".join(section.moods)])
+        return text.getvalue()
+
     def decisions(self) -> TrackDecisions:
         """The policy's decisions for this track: window tags, time on, track tags, moods, top tags."""
         active = self.active
@@ -95,11 +131,15 @@ class Taggram:
             "decisions": self.policy.describe(), "track_tags": d.track_tags, "moods": d.moods,
             "top_tags": [[t, round(s, 4)] for t, s in d.top_tags],
             "tempo": self.tempo.to_dict() if self.tempo is not None else None,
+            "sections": None, "sectioning": self.sectioning.describe(),
             "windows": [{"start": float(s), "end": float(e), "scores": [round(float(x), 6) for x in sc],
                          "tags": [t for t, on in zip(self.tags, act) if on],
                          "bpm": round(float(b), 1) if np.isfinite(b) else None}
                         for s, e, sc, act, b in zip(self.start, self.end, self.scores, d.active, bpm)],
         }
+        found = self.sections()
+        if found is not None:
+            out["sections"] = [section.to_dict() for section in found]
         return out
 
     def to_json(self) -> str:
@@ -115,6 +155,11 @@ def _midpoints(start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """[W - 1] times halfway between consecutive window centres: where one window hands over."""
     c = (np.asarray(start, np.float64) + np.asarray(end, np.float64)) / 2
     return (c[:-1] + c[1:]) / 2
+
+
+def window_bounds(start: np.ndarray, end: np.ndarray, duration: float) -> np.ndarray:
+    """[W + 1] times (s) where each window's stretch begins, and the end (Taggram.bounds)."""
+    return np.r_[0.0, _midpoints(start, end), duration]
 
 
 def window_at(start: np.ndarray, end: np.ndarray, seconds: float) -> int:

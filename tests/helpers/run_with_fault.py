@@ -86,6 +86,10 @@ def inject(fault: str) -> None:
 
 if __name__ == "__main__":
     fault, module, *args = sys.argv[1:]
+    if "sigint" in fault:
+        # A suite run as a background job (`cmd &`) starts its children with SIGINT ignored, which
+        # is right for the program; the Ctrl-C this test sends must still arrive as one.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     inject(fault)
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
