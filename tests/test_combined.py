@@ -94,6 +94,10 @@ def test_fingerprint_follows_both_members_weights_and_the_merge_map(combined, mo
                     CombinedTagger("musicnn", [msd, mtt], Vocabulary.build(
                         model_tags, {k: v for k, v in MUSICNN_GROUPS.items() if k != "beat"})).fingerprint}
     assert len(fingerprints) == 4
+    # Another merge map is not the shipped reference's: its decisions fall back to a fixed threshold.
+    other = CombinedTagger("musicnn", [msd, mtt], Vocabulary.build(
+        model_tags, {k: v for k, v in MUSICNN_GROUPS.items() if k != "beat"}))
+    assert other.policy.rule == decisions.THRESHOLD and combined.policy.rule == decisions.EVIDENCE
     assert CombinedTagger("musicnn", [msd, mtt], vocab).fingerprint == combined.fingerprint
 
 

@@ -345,6 +345,8 @@ def default_policy(meta: dict) -> decisions.DecisionPolicy:
     tags = list(meta["tags"])
     if meta.get("pretrained"):
         reference = decisions.load_reference(meta["pretrained"])
+        if reference is not None and list(reference["tags"]) != tags:
+            reference = None   # a combined model of another vocabulary than the shipped one's: not calibrated
         if reference is not None and "base_rate" in reference["statistics"]:
             return decisions.evidence_policy(tags, reference)
         if reference is not None:
