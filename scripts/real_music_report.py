@@ -606,15 +606,17 @@ def levels_report(model: str, cache_dir: str, workers: int) -> None:
     held_out = held_out_references(tracks)
     results = {"before: calibrated z-scores": held_out_precision(model, tracks, tags,
                                                                  lambda r: decisions.calibrated_policy(tags, r), held_out)}
-    grid = [(floor, ratio, share, 0.0) for floor in (0.0, 0.05, 0.1) for ratio in (2.0, 4.0) for share in (0.25, 0.4)]
-    grid += [(0.1, 2.0, 0.4, mood_floor) for mood_floor in (0.01, 0.03)]
+    grid = [(floor, ratio, share, 0.0) for floor in (0.0, 0.05, 0.1, 0.15) for ratio in (2.0, 4.0)
+            for share in (0.25, 0.4)]
+    if any(decisions.is_mood(t) for t in tags):
+        grid += [(0.1, 2.0, 0.4, mood_floor) for mood_floor in (0.01, 0.03)]
     for floor, ratio, share, mood_floor in grid:
         make = lambda r: decisions.evidence_policy(tags, r, ratio=ratio, track_share=share, min_base_rate=floor,
-                                                   min_mood_base_rate=mood_floor)
+                                                   min_mood_base_rate=mood_floor, mood_share=0.1)
         results[f"evidence x{ratio:g}, base >= {floor:g} (moods {mood_floor:g}), track {share:.0%}"] = \
             held_out_precision(model, tracks, tags, make, held_out)
     print(f"\n## {model}, calibration set, each collection judged by the others' statistics "
-          f"(moods on for >= {decisions.MOOD_SHARE:.0%} of a track)")
+          "(moods on for >= 10 % of a track)")
     print_precision(model, results)
 
 

@@ -104,7 +104,7 @@ def _sigmoid(x):
 
 def test_evidence_rule_needs_real_and_distinctive_evidence_and_forces_nothing():
     """A window's tag is on where its odds reach `ratio` times the base odds (a tag's base rate
-    floored at MIN_BASE_RATE, a mood's at MIN_MOOD_BASE_RATE) AND its log-odds lie WINDOW_Z
+    floored at min_base_rate, a mood's at min_mood_base_rate) AND its log-odds lie WINDOW_Z
     deviations above the reference windows' mean (whichever is higher); a track carries the tags
     on for >= track_share of its time (at most five), moods on for >= mood_share (at most two);
     zero tags and zero moods are valid answers."""
@@ -146,6 +146,20 @@ def test_evidence_rule_needs_real_and_distinctive_evidence_and_forces_nothing():
     assert d.track_tags == by_score(["sad", "happy", "chill", "pop"]) + ["rock"]   # rock's scores above jazz's
     assert d.moods == by_score(["sad", "happy", "chill"])[:2]
     assert policy.describe()["rule"] == "evidence" and policy.replace(mood_share=0.3).key() != policy.key()
+    assert policy.describe()["evidence_ratio"] == 4.0
+
+
+def test_each_pretrained_model_has_its_own_evidence_levels():
+    """The shipped references carry base rates, and each model decides at its own levels."""
+    for model in ("musicnn-msd", "musicnn-mtt"):
+        reference = decisions.load_reference(model)
+        policy = evidence_policy(reference["tags"], reference)
+        levels = decisions.EVIDENCE_LEVELS[model]
+        assert policy.track_share == levels.track_share and policy.evidence_ratio == levels.ratio
+        mood = np.array([t in policy.moods for t in policy.tags])
+        assert (policy.base_rate[~mood] >= levels.min_base_rate).all()
+        np.testing.assert_allclose(policy.base_rate[~mood], np.maximum(
+            np.array(reference["statistics"]["base_rate"])[~mood], levels.min_base_rate))
 
 
 def test_evidence_rule_refuses_statistics_without_base_rates():

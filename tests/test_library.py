@@ -404,8 +404,8 @@ def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path
 def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
     """The evidence rule (the pretrained models' default): a window's tag is on where its score
     passes both its base-rate and its reference-spread thresholds; a track carries the tags on for
-    at least EVIDENCE_TRACK_SHARE of its time (from the CSV segments' durations, computed here), its moods
-    those on for at least MOOD_SHARE; the rows, the files' own tags and the JSON all follow."""
+    at least the levels' track share of its time (from the CSV segments' durations, computed here), its
+    moods those on for at least their mood share; the rows, the files' own tags and the JSON all follow."""
     from jaxtag.data.tags import short_tag
     from jaxtag.tagging import decisions
     from jaxtag.tagging import library as library_module
@@ -421,7 +421,8 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
     finally:
         tagger.policy = default
     from jaxtag.data.tags import is_mood
-    base = np.maximum(stats["base_rate"], [decisions.MIN_MOOD_BASE_RATE if is_mood(t) else decisions.MIN_BASE_RATE
+    levels = decisions.DEFAULT_EVIDENCE_LEVELS   # the test reference's model ("test") has no levels of its own
+    base = np.maximum(stats["base_rate"], [levels.min_mood_base_rate if is_mood(t) else levels.min_base_rate
                                            for t in tagger.tags])
     real = np.log(base / (1 - base)) + np.log(1.05)
     spread = np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"])
@@ -440,8 +441,8 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
         share = (lengths[:, None] * segments.labels).sum(0) / lengths.sum()
         mean = scores.mean(0)
         order = sorted(range(len(tagger.tags)), key=lambda i: (-round(share[i], 6), -mean[i]))
-        tags = [tagger.tags[i] for i in order if share[i] >= decisions.EVIDENCE_TRACK_SHARE - 1e-6][:5]
-        moods = [tagger.tags[i] for i in order if share[i] >= decisions.MOOD_SHARE - 1e-6][:2]
+        tags = [tagger.tags[i] for i in order if share[i] >= levels.track_share - 1e-6][:5]
+        moods = [tagger.tags[i] for i in order if share[i] >= levels.mood_share - 1e-6][:2]
         row = rows[path]
         assert row["moods"] == [short_tag(t) for t in moods]
         assert row["track_tags"] == [tagger.tags[i] for i in order if tagger.tags[i] in tags + moods]

@@ -10,7 +10,7 @@ Three rules:
   eval.threshold); a track carries the tags on for at least `track_share` of its time.
 - "evidence" (the pretrained models, by default): a tag is on in a window only where the model's
   evidence for it is real and distinctive. Real: the window's odds for the tag are at least
-  `EVIDENCE_RATIO` times the tag's base odds, the model's mean probability for it over real
+  `ratio` times the tag's base odds (EVIDENCE_LEVELS, per model), the model's mean probability for it over real
   recordings (jaxtag/tagging/calibration/, made by scripts/real_music_report.py). Distinctive: its
   log-odds also lie at least `WINDOW_Z` standard deviations above the tag's mean over the reference
   windows. Both are per-tag thresholds on the score; the higher one holds. A track carries the tags
@@ -49,13 +49,22 @@ TRACK_TAG_SHARE = 0.5
 TOP_TAGS = 5
 LOGIT_CLIP = 1e-6   # scores are clipped to [1e-6, 1 - 1e-6] before log-odds
 
-# The evidence rule's levels (chosen on the calibration collections only, by their weak labels:
-# scripts/real_music_report.py levels; docs/decisions.md):
-EVIDENCE_RATIO = 2.0   # a window's odds for a tag at least this many times the tag's base odds
-EVIDENCE_TRACK_SHARE = 0.4    # a track's tag: on for at least this share of its time
-MOOD_SHARE = 0.1       # a track's mood: on for at least this share of its time
-MIN_BASE_RATE = 0.1    # no tag's base rate is taken below this (see evidence_policy) ...
-MIN_MOOD_BASE_RATE = 0.0   # ... nor a mood's below this
+# The evidence rule's levels, per model (chosen on the calibration collections only, by their weak
+# labels, each collection judged by statistics made from the others: scripts/real_music_report.py
+# levels; docs/decisions.md):
+@dataclasses.dataclass(frozen=True)
+class EvidenceLevels:
+    ratio: float = 2.0             # a window's odds for a tag at least this many times the tag's base odds
+    min_base_rate: float = 0.1     # no tag's base rate is taken below this (see evidence_policy) ...
+    min_mood_base_rate: float = 0.0   # ... nor a mood's below this
+    track_share: float = 0.4       # a track's tag: on for at least this share of its time
+    mood_share: float = 0.1        # a track's mood: on for at least this share of its time
+
+
+EVIDENCE_LEVELS = {"musicnn-msd": EvidenceLevels(),
+                   "musicnn-mtt": EvidenceLevels(min_base_rate=0.15, track_share=0.25)}
+DEFAULT_EVIDENCE_LEVELS = EvidenceLevels()
+MOOD_SHARE = DEFAULT_EVIDENCE_LEVELS.mood_share
 
 # The calibrated rule's levels, in reference standard deviations of log-odds (chosen on the
 # reference collections by leaving each collection out in turn); the window level serves the
@@ -109,6 +118,7 @@ class DecisionPolicy:
     track_share: float = TRACK_TAG_SHARE   # threshold and evidence rules
     mood_share: float = MOOD_SHARE         # evidence rule
     base_rate: np.ndarray | None = None    # evidence rule: the tags' base rates [C] (where thresholds come from)
+    evidence_ratio: float | None = None    # evidence rule: the odds ratio the thresholds ask for
     track_mean: np.ndarray | None = None   # calibrated rule: reference track means of log-odds [C]
     track_std: np.ndarray | None = None    # ... and their standard deviations [C]
     track_z: float = TRACK_Z
@@ -167,7 +177,7 @@ class DecisionPolicy:
         if self.rule == THRESHOLD:
             out["track_share"] = self.track_share
         elif self.rule == EVIDENCE:
-            out.update(evidence_ratio=EVIDENCE_RATIO, window_z=WINDOW_Z, track_share=self.track_share,
+            out.update(evidence_ratio=self.evidence_ratio, window_z=WINDOW_Z, track_share=self.track_share,
                        mood_share=self.mood_share, max_track_tags=self.max_track_tags, max_moods=self.max_moods,
                        base_rate=None if self.base_rate is None else [round(float(b), 6) for b in self.base_rate])
         else:
@@ -327,7 +337,7 @@ def calibrated_policy(tags: Sequence[str], reference: dict, smooth: int = 1) -> 
                           origin=f"calibrated on {reference['description']}")
 
 
-def evidence_thresholds(base_rate, window_mean, window_std, ratio: float = EVIDENCE_RATIO,
+def evidence_thresholds(base_rate, window_mean, window_std, ratio: float,
                         window_z: float = WINDOW_Z) -> np.ndarray:
     """Per tag, the lowest score that is both real evidence (odds >= ratio x the base odds) and
     distinctive (log-odds >= window_z reference deviations above the reference windows' mean)."""
@@ -336,12 +346,11 @@ def evidence_thresholds(base_rate, window_mean, window_std, ratio: float = EVIDE
     return 1 / (1 + np.exp(-np.maximum(real, distinct)))
 
 
-def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, ratio: float = EVIDENCE_RATIO,
-                    track_share: float = EVIDENCE_TRACK_SHARE, mood_share: float = MOOD_SHARE,
-                    window_z: float = WINDOW_Z, min_base_rate: float = MIN_BASE_RATE,
-                    min_mood_base_rate: float = MIN_MOOD_BASE_RATE) -> DecisionPolicy:
+def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, levels: EvidenceLevels | None = None,
+                    window_z: float = WINDOW_Z, **overrides) -> DecisionPolicy:
     """The evidence rule (the module docstring) from reference statistics (load_reference) with base
-    rates, of the model with these tags."""
+    rates, of the model with these tags, at the model's levels (EVIDENCE_LEVELS; `overrides`:
+    EvidenceLevels fields)."""
     tags = tuple(tags)
     if list(reference["tags"]) != list(tags):
         raise ValueError(f"the reference statistics of {reference.get('model')!r} are for other tags")
@@ -352,12 +361,15 @@ def evidence_policy(tags: Sequence[str], reference: dict, smooth: int = 1, ratio
     if min(stats["window_std"]) <= 0 or not 0 < min(stats["base_rate"]) <= max(stats["base_rate"]) < 1:
         raise ValueError(f"the reference statistics of {reference.get('model')!r} have a tag with no spread "
                          "or a base rate outside (0, 1)")
+    levels = dataclasses.replace(levels or EVIDENCE_LEVELS.get(reference.get("model"), DEFAULT_EVIDENCE_LEVELS),
+                                 **overrides)
     # The floor guards style, era and voice tags, whose base rates a reference without that kind of
     # music underestimates; moods are measured across the reference's whole emotional range.
-    floor = np.array([min_mood_base_rate if is_mood(t) else min_base_rate for t in tags])
+    floor = np.array([levels.min_mood_base_rate if is_mood(t) else levels.min_base_rate for t in tags])
     base_rate = np.maximum(np.asarray(stats["base_rate"], np.float64), floor)
-    thresholds = evidence_thresholds(base_rate, stats["window_mean"], stats["window_std"], ratio, window_z)
+    thresholds = evidence_thresholds(base_rate, stats["window_mean"], stats["window_std"], levels.ratio, window_z)
     return DecisionPolicy(tags=tags, thresholds=thresholds, rule=EVIDENCE, smooth=smooth,
-                          moods=tuple(t for t in tags if is_mood(t)), track_share=track_share, mood_share=mood_share,
-                          base_rate=base_rate, max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
+                          moods=tuple(t for t in tags if is_mood(t)), track_share=levels.track_share,
+                          mood_share=levels.mood_share, base_rate=base_rate, evidence_ratio=levels.ratio,
+                          max_track_tags=MAX_TRACK_TAGS, max_moods=MAX_MOODS,
                           origin=f"evidence over base rates from {reference['description']}")
