@@ -288,3 +288,5 @@ def test_the_similar_command(trained, tagged_library, tmp_path):
     assert len(found["tracks"]) == len(found["moments"]) == 2
     missing = processes.run_cli("jaxtag.similar", str(out), "/no/such.wav", timeout=300)
     assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
+    bad = processes.run_cli("jaxtag.similar", str(out), str(outside), "--workdir=/no/such/run", timeout=300)
+    assert bad.returncode == 2 and "/no/such/run: no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr
