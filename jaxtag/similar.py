@@ -1,7 +1,7 @@
 """python -m jaxtag.similar OUT QUERY [--n=10]
 
 The tracks and the moments of a tagged library (OUT, written by `python -m jaxtag.tag`) most like
-QUERY: a file of the library, a moment of one (`FILE@SECONDS`), a section of one (`FILE#N`: its
+QUERY: a file of the library, a moment of one (`FILE@SECONDS`, or `FILE@M:SS`), a section of one (`FILE#N`: its
 N-th section, 1 the first, as its listening page numbers them; the mean of its moments), or any
 other audio file (tagged on the fly with the library's model; `FILE#N` too). Prints the N most
 similar tracks (cosine, path) and the N most similar moments in other tracks (cosine, path,
@@ -32,11 +32,11 @@ def main(argv):
         print(f"error: {output_dir}: not a folder tagged by `python -m jaxtag.tag` (no .jaxtag inside)", file=sys.stderr)
         return 2
     from jaxtag.tagging.similarity import find_similar
+    from jaxtag.errors import JaxtagError
     try:
         found = find_similar(output_dir, query, _N.value, _WORKDIR.value)
-    except (OSError, ValueError) as e:
-        from jaxtag.errors import problem_of
-        print(f"error: {problem_of(e) if not isinstance(e, FileNotFoundError) else e}", file=sys.stderr)
+    except (OSError, ValueError, JaxtagError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if _JSON.value:
         print(json.dumps(found, indent=1))

@@ -187,6 +187,70 @@ def test_similar_tracks_and_moments_of_a_file_a_moment_and_an_outside_file(tagge
     assert [t["name"] for t in find_similar(str(out), files[3], n=3)["tracks"]] == expected
 
 
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90.5", 90.5), ("1:30", 90.0), ("0:04.5", 4.5),
+                                           ("1:02:03", 3723.0)])
+def test_a_time_is_seconds_or_minutes_and_seconds(text, seconds):
+    assert similarity.parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["nan", "-3", "inf", "1:75", "a:b", "1:2:3:4", "", "1e400"])
+def test_a_time_that_is_none_is_refused_by_name(text):
+    with pytest.raises(ValueError, match="is not a time"):
+        similarity.parse_seconds(text)
+
+
+def test_a_bad_query_is_refused_before_the_index_changes_and_never_clamped(tagged_library, tmp_path, capsys):
+    """FILE@M:SS is a moment; a time past the end, negative or not a number or a missing file each
+    give an error naming the query, and the index is not touched for a query that cannot be read.
+    A stored analysis that cannot be read leaves the index with a warning naming it, and the file
+    is answered as any outside file (tagged on the fly), not with a traceback."""
+    from jaxtag.tagging.similarity import find_similar
+    tagger, files, out = tagged_library
+    same = find_similar(str(out), f"{files[1]}@4.5", n=2)
+    assert find_similar(str(out), f"{files[1]}@0:04.5", n=2) == dict(same, query=f"{files[1]}@0:04.5")
+    state = similarity.index_dir(str(out))
+    before = {f: os.stat(os.path.join(state, f)).st_mtime_ns for f in os.listdir(state)}
+    for query, message in ((f"{files[1]}@nan", "is not a time"), (f"{files[1]}@-2", "is not a time"),
+                           (f"{files[1]}@1:90", "is not a time"), ("/no/such.wav@4", "no such file")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            find_similar(str(out), query)
+    assert {f: os.stat(os.path.join(state, f)).st_mtime_ns for f in os.listdir(state)} == before
+    with pytest.raises(ValueError, match=r"past the end of the file \(11\.0 s long\)"):
+        find_similar(str(out), f"{files[2]}@12")
+    # A truncated stored analysis (an interrupted copy).
+    from jaxtag.tagging import store
+    index = similarity.load_index(str(out))
+    name = index.names[index.paths.index(os.path.abspath(files[3]))]
+    path = store.store_path(str(out), name)
+    kept = tmp_path / "kept.npz"
+    shutil.copy(path, kept)
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(100)
+        capsys.readouterr()
+        found = find_similar(str(out), f"{files[3]}@2", n=2)
+        assert f"{name} left out, its stored analysis cannot be read" in capsys.readouterr().err
+        assert name not in similarity.load_index(str(out)).names and len(found["moments"]) == 2
+    finally:
+        shutil.copy(kept, path)
+    assert name in similarity.update_index(str(out)).names          # read again once it is whole
+
+
+def test_the_index_is_rebuilt_when_its_metric_changes(tagged_library, monkeypatch):
+    """Another whitening (other reference statistics, another shrinkage) is another metric: the
+    index is rebuilt with it, not only when the model changes."""
+    tagger, files, out = tagged_library
+    index = similarity.update_index(str(out))
+    assert similarity.update_index(str(out)).file == index.file          # nothing changed: the same index
+    dim = index.tracks.shape[1]
+    other = similarity.Whitening(np.zeros(dim), np.eye(dim) * 2.0, "a test metric")
+    monkeypatch.setattr(similarity, "whitening_of", lambda spec: other)
+    rebuilt = similarity.update_index(str(out))
+    assert rebuilt.file != index.file and rebuilt.whitening.key() == other.key() != index.whitening.key()
+    monkeypatch.undo()
+    assert similarity.update_index(str(out)).whitening.key() == index.whitening.key()
+
+
 def test_pages_list_similar_tracks_and_moments(tagged_library):
     tagger, files, out = tagged_library
     text = (out / "song1.similar.js").read_text()
@@ -224,3 +288,5 @@ def test_the_similar_command(trained, tagged_library, tmp_path):
     assert len(found["tracks"]) == len(found["moments"]) == 2
     missing = processes.run_cli("jaxtag.similar", str(out), "/no/such.wav", timeout=300)
     assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
+    bad = processes.run_cli("jaxtag.similar", str(out), str(outside), "--workdir=/no/such/run", timeout=300)
+    assert bad.returncode == 2 and "/no/such/run: no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr

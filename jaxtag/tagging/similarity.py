@@ -29,8 +29,11 @@ import collections
 import dataclasses
 import functools
 import json
+import math
 import os
+import sys
 import uuid
+import zipfile
 
 import numpy as np
 
@@ -252,7 +255,8 @@ def _write(index: SimilarityIndex) -> None:
     index.file = new_file
     meta = {"version": STATE_VERSION, "file": new_file, "kind": index.kind, "nprobe": index.nprobe,
             "recall": index.recall, "trained_size": index.trained_size, "model": index.model,
-            "whitening": index.whitening.source, "spec": index.spec}
+            "whitening": index.whitening.source, "whitening_key": index.whitening.key(),
+            "whitening_shrink": WHITENING_SHRINK, "spec": index.spec}
     w = index.whitening
     empty = np.zeros(0, np.float64)
 
@@ -294,11 +298,12 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
     index = load_index(output_dir)
     spec = spec if spec is not None else (index.spec if index is not None else {})
     whitening = whitening_of(spec)
-    fresh = index is None or index.model != model or index.whitening.source != whitening.source
+    # Rebuilt for another model or another metric (other reference statistics or shrinkage).
+    fresh = index is None or index.model != model or index.whitening.key() != whitening.key()
     if not fresh:
         unchanged = {n for n, s in zip(index.names, index.signatures) if current.get(n, (None,))[0] == s}
+        added = _readable(output_dir, [n for n in current if n not in unchanged], current, log)
         gone = [n for n in index.names if n not in unchanged]
-        added = [n for n in current if n not in unchanged]
         if not gone and not added:
             return index
         total = index.size + sum(_window_count(output_dir, n) for n in added) - \
@@ -306,7 +311,8 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         kind = "exact" if total <= exact_limit else "ivf"
         fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
     if fresh:
-        index = _build(output_dir, list(current), current, whitening, model, exact_limit)
+        index = _build(output_dir, _readable(output_dir, list(current), current, log), current, whitening, model,
+                       exact_limit)
     else:
         index = _apply(index, gone, added, current)
     index.spec = spec
@@ -315,6 +321,21 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         log(f"similarity index: {len(index.names)} tracks, {index.size} moments "
             f"({'exact search' if index.kind == 'exact' else f'IVF, nprobe {index.nprobe}, recall@10 {index.recall:.3f}'})")
     return index
+
+
+def _readable(output_dir: str, names: list[str], current: dict, log=None) -> list[str]:
+    """Those of `names` whose stored arrays can be read; the others (a truncated or damaged .npz)
+    are left out of the index, with a warning naming them (the next tag run redoes them)."""
+    readable = []
+    for name in names:
+        try:
+            _window_count(output_dir, name)
+            readable.append(name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            current.pop(name, None)
+            message = f"similarity index: {name} left out, its stored analysis cannot be read (tag it again)"
+            (log or (lambda m: print(f"warning: {m}", file=sys.stderr)))(message)
+    return readable
 
 
 def _window_count(output_dir: str, name: str) -> int:
@@ -401,14 +422,34 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
 
 # -- queries ----------------------------------------------------------------------------------------
 
+def parse_seconds(text: str) -> float:
+    """Seconds from "90", "90.5", "1:30" or "1:02:03" (M:SS, H:MM:SS); ValueError for anything else,
+    and for a time that is negative or not a number."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) > 3 or (len(parts) > 1 and not all(p.replace(".", "", 1).isdigit() for p in parts)):
+            raise ValueError
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: give seconds (90, 90.5) or M:SS (1:30)") from None
+    if len(values) > 1 and any(v >= 60 for v in values[1:]):
+        raise ValueError(f"{text!r} is not a time: minutes and seconds after a colon are below 60")
+    seconds = sum(v * 60 ** k for k, v in enumerate(reversed(values)))
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{text!r} is not a time: it must be a number of seconds >= 0")
+    return seconds
+
+
 def parse_query(query: str) -> tuple[str, float | None]:
-    """(path, seconds or None) of QUERY: a path, or PATH@SECONDS where the path exists without it."""
+    """(path, seconds or None) of QUERY: a path, or PATH@TIME where the path exists without it (TIME:
+    parse_seconds). ValueError names the query whose time cannot be read."""
     if not os.path.exists(query) and "@" in query:
         path, _, at = query.rpartition("@")
-        try:
-            return path, float(at)
-        except ValueError:
-            pass
+        if os.path.exists(path):
+            try:
+                return path, parse_seconds(at)
+            except ValueError as e:
+                raise ValueError(f"{query}: {e}") from None
     return query, None
 
 
@@ -431,6 +472,10 @@ def query_vectors(index, output_dir: str, path: str, workdir: str | None = None)
     name = next((n for n, p in zip(index.names, index.paths) if p == absolute), None)
     if name is not None:
         stored = store.read_store(output_dir, name)
+        if stored is None:
+            from jaxtag.errors import DataError
+            raise DataError(path, f"its stored analysis in {output_dir} is missing or cannot be read: "
+                                  "tag the library again (python -m jaxtag.tag) to redo it")
         return (name, moment_vectors(stored["embeddings"], index.whitening), stored["start"], stored["end"],
                 float(stored["duration"]))
     tagger = Tagger.from_workdir(workdir) if workdir else Tagger.of_spec(index.spec)
@@ -450,12 +495,15 @@ def find_similar(output_dir: str, query: str, n: int = 10, workdir: str | None =
     moments most like the query: a file, FILE@SECONDS (its moment then), FILE#N (its section N,
     jaxtag.tagging.sections: the mean of its moments) (see the module docstring)."""
     from jaxtag.tagging import sections
-    index = update_index(output_dir)   # the one written, if the library has not changed since
+    # The query is read and checked first: a bad one changes nothing.
     path, number = parse_section(query)
     path, seconds = parse_query(path) if number is None else (path, None)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such file")
+    index = update_index(output_dir)   # the one written, if the library has not changed since
     name, vectors, starts, ends, duration = query_vectors(index, output_dir, path, workdir)
+    if seconds is not None and seconds > duration:
+        raise ValueError(f"{query}: past the end of the file ({duration:.1f} s long)")
     found = {}
     if number is not None:
         first, stop = sections.section_windows(vectors, starts, duration, number)

@@ -22,6 +22,15 @@ class Whitening:
     projection: np.ndarray | None = None
     source: str = "none: the embeddings as they are"
 
+    def key(self) -> str:
+        """A hash of the metric itself (its mean and projection, the shrinkage within it): an index
+        built with another key compares other vectors."""
+        import hashlib
+        digest = hashlib.sha256()
+        for array in (self.mean, self.projection):
+            digest.update(b"-" if array is None else np.ascontiguousarray(array, np.float64).tobytes())
+        return digest.hexdigest()[:16]
+
     def __call__(self, embeddings: np.ndarray) -> np.ndarray:
         x = np.asarray(embeddings, np.float64)
         if self.mean is not None:
