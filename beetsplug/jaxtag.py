@@ -2,7 +2,7 @@
 
     plugins: jaxtag
     jaxtag:
-        model: musicnn-msd        # or musicnn-mtt, or musicnn (both in one vocabulary); or `workdir:` a training run
+        model: musicnn            # both musicnn models in one vocabulary (the default); or musicnn-msd, musicnn-mtt; or `workdir:` a training run
         workdir: ''
         output_dir: ''            # jaxtag's outputs (default: jaxtag/ in beets' config folder)
         auto: no                  # tag items as they are imported (once beets has copied/moved them)
@@ -41,7 +41,7 @@ def field_name(tag: str) -> str:
 class JaxtagPlugin(BeetsPlugin):
     def __init__(self, name: str = "jaxtag"):
         super().__init__(name)
-        self.config.add({"model": "musicnn-msd", "workdir": "", "output_dir": "", "auto": False, "write": "",
+        self.config.add({"model": "musicnn", "workdir": "", "output_dir": "", "auto": False, "write": "",
                          "workers": 0})
         self._media_field("mood", mediafile.MediaField(
             mediafile.MP3StorageStyle("TMOO"), mediafile.MP4StorageStyle("----:com.apple.iTunes:MOOD"),

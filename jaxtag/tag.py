@@ -1,7 +1,8 @@
-"""python -m jaxtag.tag FILE_OR_DIR [...] --output_dir=OUT [--workdir=RUN | --model=musicnn-mtt | --model=musicnn]
+"""python -m jaxtag.tag FILE_OR_DIR [...] --output_dir=OUT [--workdir=RUN | --model=musicnn-msd|musicnn-mtt]
 
 Tags audio files (mp3, ogg, flac, wav; directories are walked recursively) with a pretrained model
-(musicnn-msd by default, fetched on first use) or a trained run, and writes, for each input,
+(musicnn by default: musicnn-msd and musicnn-mtt in one vocabulary, fetched on first use) or a
+trained run, and writes, for each input,
 NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT (see
 jaxtag.tagging.outputs), and OUT/library.csv, library.json and index.html over all of them.
 Libraries of any size: decoding runs in worker processes, a rerun skips what is done, one bad
@@ -19,7 +20,7 @@ from jaxtag.tagging.outputs import FORMATS, check_formats
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run directory (with checkpoints/); without it, "
                                "the pretrained --model tags.")
-_MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt", "musicnn"],
+_MODEL = flags.DEFINE_enum("model", "musicnn", ["musicnn-msd", "musicnn-mtt", "musicnn"],
                            "Pretrained model used when no --workdir is given: musicnn-msd (50 Last.fm tags, "
                            "moods among them), musicnn-mtt (50 MagnaTagATune tags) or musicnn (both in one "
                            "vocabulary of 73 tags, synonyms merged: docs/tagging.md; a file tagged with one of "

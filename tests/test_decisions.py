@@ -149,12 +149,12 @@ def test_evidence_rule_needs_real_and_distinctive_evidence_and_forces_nothing():
     assert policy.describe()["evidence_ratio"] == 4.0
 
 
-def test_each_pretrained_model_has_its_own_evidence_levels():
-    """The shipped references carry base rates, and each model decides at its own levels."""
-    for model in ("musicnn-msd", "musicnn-mtt"):
+def test_each_pretrained_model_decides_at_its_levels_from_its_base_rates():
+    """The shipped references carry base rates, and each model decides at its levels."""
+    for model in ("musicnn-msd", "musicnn-mtt", "musicnn"):
         reference = decisions.load_reference(model)
         policy = evidence_policy(reference["tags"], reference)
-        levels = decisions.EVIDENCE_LEVELS[model]
+        levels = decisions.EVIDENCE_LEVELS.get(model, decisions.DEFAULT_EVIDENCE_LEVELS)
         assert policy.track_share == levels.track_share and policy.evidence_ratio == levels.ratio
         mood = np.array([t in policy.moods for t in policy.tags])
         assert (policy.base_rate[~mood] >= levels.min_base_rate).all()

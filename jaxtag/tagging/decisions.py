@@ -55,14 +55,15 @@ LOGIT_CLIP = 1e-6   # scores are clipped to [1e-6, 1 - 1e-6] before log-odds
 @dataclasses.dataclass(frozen=True)
 class EvidenceLevels:
     ratio: float = 2.0             # a window's odds for a tag at least this many times the tag's base odds
-    min_base_rate: float = 0.1     # no tag's base rate is taken below this (see evidence_policy) ...
+    min_base_rate: float = 0.15    # no tag's base rate is taken below this (see evidence_policy) ...
     min_mood_base_rate: float = 0.0   # ... nor a mood's below this
-    track_share: float = 0.4       # a track's tag: on for at least this share of its time
+    track_share: float = 0.25      # a track's tag: on for at least this share of its time
     mood_share: float = 0.1        # a track's mood: on for at least this share of its time
 
 
-EVIDENCE_LEVELS = {"musicnn-msd": EvidenceLevels(),
-                   "musicnn-mtt": EvidenceLevels(min_base_rate=0.15, track_share=0.25)}
+# A model whose levels differ from the defaults is named here; the same criteria picked the same
+# levels for musicnn-msd, musicnn-mtt and musicnn.
+EVIDENCE_LEVELS: dict[str, EvidenceLevels] = {}
 DEFAULT_EVIDENCE_LEVELS = EvidenceLevels()
 MOOD_SHARE = DEFAULT_EVIDENCE_LEVELS.mood_share
 

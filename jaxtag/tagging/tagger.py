@@ -85,7 +85,7 @@ class Tagger:
         return tagger
 
     @classmethod
-    def pretrained(cls, name: str = "musicnn-msd", hop_seconds: float | None = None, cache_dir=None,
+    def pretrained(cls, name: str = "musicnn", hop_seconds: float | None = None, cache_dir=None,
                    **kwargs) -> "Tagger":
         """A published model: "musicnn-msd" (50 Last.fm tags, moods among them), "musicnn-mtt"
         (50 MagnaTagATune tags) or "musicnn" (both in one vocabulary: CombinedTagger); weights
