@@ -215,9 +215,11 @@ class DecisionPolicy:
             return self.active(scores).mean(axis=0) if len(scores) else np.zeros(len(self.tags))
         return _normal_cdf(self.track_z_scores(scores))
 
-    def top_tags(self, scores: np.ndarray, n: int = TOP_TAGS) -> list[tuple[str, float]]:
-        """The n tags the track carries most strongly, with their strength."""
-        strength = self.strength(scores)
+    def top_tags(self, scores: np.ndarray, n: int = TOP_TAGS,
+                 strength: np.ndarray | None = None) -> list[tuple[str, float]]:
+        """The n tags the track carries most strongly, with their strength (default: strength();
+        a Taggram gives its time-based one)."""
+        strength = self.strength(scores) if strength is None else np.asarray(strength, np.float64)
         return [(self.tags[i], float(strength[i])) for i in self._order(scores, strength)[:n]]
 
     def _order(self, scores: np.ndarray, strength: np.ndarray) -> np.ndarray:

@@ -146,9 +146,10 @@ class Taggram:
         return json.dumps(self.to_dict(), indent=1)
 
     def top_tags(self, n: int) -> list[tuple[str, float]]:
-        """The n tags the track carries most strongly (the policy's strength: the mean score, or
-        for calibrated decisions the share of reference tracks scoring lower)."""
-        return self.policy.top_tags(self.scores, n)
+        """The n tags the track carries most strongly, by the strength of its decisions (the mean
+        score, the share of its time a tag is on, or the share of reference tracks scoring lower:
+        jaxtag.tagging.decisions)."""
+        return self.policy.top_tags(self.scores, n, strength=self.decisions().strength)
 
 
 def _midpoints(start: np.ndarray, end: np.ndarray) -> np.ndarray:
