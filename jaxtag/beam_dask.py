@@ -241,3 +241,22 @@ class DaskRunner(beam_dask.DaskRunner):
         result = DaskRunnerResult(client, futures)
         result.kept = visitor.kept
         return result
+
+
+def stop_processes(started: list) -> None:
+    """Stop a local Dask cluster's processes, [(Popen, log file)] with the scheduler first: the
+    workers first (SIGTERM to all at once), then the scheduler (a worker whose scheduler is gone
+    waits for it); SIGKILL to any process still there 30 s later. (The test's and the benchmark's
+    clusters.)"""
+    import subprocess
+    for group in (started[1:], started[:1]):
+        for proc, _ in group:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, log in group:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+            log.close()

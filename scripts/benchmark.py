@@ -471,18 +471,8 @@ class DaskCluster:
         return f"runner=dask,dask_scheduler_file={scheduler_file}"
 
     def __exit__(self, *exc) -> None:
-        import subprocess
-        for group in (self.procs[1:], self.procs[:1]):      # the workers, then the scheduler
-            for proc, _ in group:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc, log in group:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=30)
-                log.close()
+        from jaxtag.beam_dask import stop_processes
+        stop_processes(self.procs)
         self.procs = []
 
 

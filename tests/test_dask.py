@@ -18,28 +18,13 @@ from test_library import _music
 START_TIMEOUT = 120   # seconds for the scheduler and the workers to come up
 
 
-def _stop(started) -> None:
-    """The workers first (SIGTERM to both at once), then the scheduler (a worker whose scheduler
-    is gone waits for it); SIGKILL to any process still there 30 s later."""
-    for group in (started[1:], started[:1]):
-        for proc, _ in group:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc, log in group:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
-            log.close()
-
-
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
     """`dask scheduler` and two `dask worker` processes (one thread each, no nanny: the worker is
     the process that runs the tasks), importing this checkout. Yields (scheduler file, the
     workers' pids); stopped whatever happens."""
     pytest.importorskip("distributed", reason="the dask extra is not installed")
+    from jaxtag.beam_dask import stop_processes
     folder = tmp_path_factory.mktemp("dask")
     scheduler_file = str(folder / "scheduler.json")
     env = processes.environment()     # PYTHONPATH: this checkout (the scheduler unpickles the graph too)
@@ -69,7 +54,7 @@ def dask_cluster(tmp_path_factory):
             assert all(address.startswith("tcp://127.0.0.1:") for address in client.nthreads())
         yield scheduler_file, {w.pid for w in workers}
     finally:
-        _stop(started)
+        stop_processes(started)
 
 
 @pytest.mark.slow

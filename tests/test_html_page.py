@@ -96,15 +96,24 @@ def test_cursor_follows_the_time_in_headless_chromium(tmp_path):
     assert "not computed yet" in re.search(r'<ol id="similar-moments">(.*?)</ol>', dom, re.S).group(1)
 
 
-CLICK_AT_6_SECONDS = """<script>
-// Test only: a user's click on the taggram at 6 s of 14, then report where the player went.
+def _click_then_report(what: str, click: str) -> str:
+    """A script for a test page: once it has loaded, a user's click (JavaScript), then the time the
+    player went to, as the body's data-player-time."""
+    return f"""<script>
+// Test only: {what}, then report where the player went.
 const playerUnderTest = document.getElementById("player");
-playerUnderTest.addEventListener("seeked", () => { document.body.dataset.playerTime = String(playerUnderTest.currentTime); });
-window.addEventListener("load", () => setTimeout(() => {
-  const c = document.getElementById("taggram"), r = c.getBoundingClientRect();
-  c.dispatchEvent(new MouseEvent("click", {clientX: r.left + r.width * 6 / 14, clientY: r.top + 5, bubbles: true}));
-}, 200));
+playerUnderTest.addEventListener("seeked", () => {{ document.body.dataset.playerTime = String(playerUnderTest.currentTime); }});
+window.addEventListener("load", () => setTimeout(() => {{
+  {click}
+}}, 200));
 </script></body>"""
+
+
+CLICK_AT_6_SECONDS = _click_then_report(
+    "a user's click on the taggram at 6 s of 14",
+    'const c = document.getElementById("taggram"), r = c.getBoundingClientRect();\n'
+    '  c.dispatchEvent(new MouseEvent("click", {clientX: r.left + r.width * 6 / 14, clientY: r.top + 5, '
+    'bubbles: true}));')
 
 
 @pytest.mark.slow
@@ -122,14 +131,9 @@ def test_a_click_on_the_taggram_seeks_the_player_and_the_cursor_follows(tmp_path
     assert now == ["Emotion-Sad"]  # window centred at 6 s: Happy 0.2, Sad 0.9, evil 0.1
 
 
-CLICK_THE_SECOND_SECTION = """<script>
-// Test only: a user's click on the second block of the sections' bar, then report where the player went.
-const playerUnderTest = document.getElementById("player");
-playerUnderTest.addEventListener("seeked", () => { document.body.dataset.playerTime = String(playerUnderTest.currentTime); });
-window.addEventListener("load", () => setTimeout(() => {
-  document.querySelectorAll("#sections .section")[1].dispatchEvent(new MouseEvent("click", {bubbles: true}));
-}, 200));
-</script></body>"""
+CLICK_THE_SECOND_SECTION = _click_then_report(
+    "a user's click on the second block of the sections' bar",
+    'document.querySelectorAll("#sections .section")[1].dispatchEvent(new MouseEvent("click", {bubbles: true}));')
 
 
 @pytest.mark.slow
