@@ -120,7 +120,7 @@ class JaxtagPlugin(BeetsPlugin):
         self.tag_items(task.imported_items())
 
     def tag_items(self, items, write: bool | None = None, force: bool = False) -> None:
-        from jaxtag.tagging import library
+        from jaxtag.library import run as library
         items = list(items)
         if not items:
             self._log.info("no items to tag")
@@ -130,7 +130,12 @@ class JaxtagPlugin(BeetsPlugin):
         options = library.LibraryOptions(output_dir=self.output_dir, formats=("json", "html"), top_n=0, force=force,
                                          workers=self.config["workers"].get(int),
                                          roots=(os.fsdecode(config["directory"].as_filename()),))
-        result = library.tag_library(tagger, list(paths), options, log=_BeetsLog(self._log))
+        from jaxtag.library.state import LibraryBusy
+        try:
+            result = library.tag_library(tagger, list(paths), options, log=_BeetsLog(self._log))
+        except LibraryBusy as e:  # another jaxtag run into the same folder: these items are tagged next time
+            self._log.error("{}", e)
+            return
         for path, problem in result.failed.items():
             self._log.warning("{}: {}", path, problem)
         write = self._should_write(write)
@@ -148,7 +153,7 @@ class JaxtagPlugin(BeetsPlugin):
     def apply_row(self, item, row: dict, tagger) -> None:
         """Set an item's fields from its jaxtag library row."""
         from jaxtag.data.tags import short_tag
-        from jaxtag.tagging.metadata import format_jaxtag
+        from jaxtag.library.file_tags import format_jaxtag
         item["mood"] = "; ".join(row["moods"])
         item["jaxtag_tags"] = "; ".join(short_tag(t) for t in row["track_tags"])
         item["jaxtag"] = format_jaxtag(tagger.model_name, [short_tag(t) for t in row["track_tags"]])
@@ -158,7 +163,7 @@ class JaxtagPlugin(BeetsPlugin):
             item["bpm"] = int(round(row["bpm"]))
 
     def list_similar(self, lib, query, n: int) -> None:
-        from jaxtag.tagging.similarity import find_similar
+        from jaxtag.library.similarity import find_similar
         items = list(lib.items(query))
         if not items:
             raise ui.UserError("no item matches the query")
@@ -175,9 +180,15 @@ class _BeetsLog:
     def __init__(self, log):
         self.log = log
 
-    def plan(self, total, todo, derive=0, partial=0):
+    def plan(self, total, todo, derive=0, partial=0, library=0):
         self.log.info("{} item(s): {} for the model ({} of them for some of its networks only), {} from stored "
-                      "scores", total, todo, partial, derive)
+                      "scores; {} other file(s) of the library derived again", total, todo, partial, derive, library)
+
+    def moved(self, old, new):
+        self.log.info("moved: {} -> {}", old, new)
+
+    def gone(self, path):
+        self.log.info("gone: {}", path)
 
     def tagged(self, path, taggram):
         self.log.debug("tagged {}", path)

@@ -2,7 +2,7 @@
 
 Playlists from a library tagged by `python -m jaxtag.tag` (OUT): one .m3u8 per tag that tracks
 carry (strongest first), a Navidrome smart playlist (.nsp) per mood, and with --radio a
-similar/<track>.m3u8 radio list per file named (jaxtag.tagging.playlists). Paths are relative to
+similar/<track>.m3u8 radio list per file named (jaxtag.library.playlists). Paths are relative to
 the playlists' folder: write them where your player looks (--playlist_dir, e.g. inside its music
 folder). Exit status: 0; 2 if OUT is no tagged library or a radio file is not in it.
 """
@@ -25,7 +25,7 @@ def main(argv):
     if not os.path.isdir(os.path.join(output_dir, ".jaxtag")):
         print(f"error: {output_dir}: not a folder tagged by `python -m jaxtag.tag` (no .jaxtag inside)", file=sys.stderr)
         return 2
-    from jaxtag.tagging.playlists import write_playlists
+    from jaxtag.library.playlists import write_playlists
     try:
         written = write_playlists(output_dir, _PLAYLIST_DIR.value and os.path.expanduser(_PLAYLIST_DIR.value),
                                   [os.path.expanduser(r) for r in _RADIO.value], _RADIO_LENGTH.value)

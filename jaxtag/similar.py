@@ -6,7 +6,7 @@ N-th section, 1 the first, as its listening page numbers them; the mean of its m
 other audio file (tagged on the fly with the library's model; `FILE#N` too). Prints the N most
 similar tracks (cosine, path) and the N most similar moments in other tracks (cosine, path,
 start-end in seconds); --json prints them as JSON.
-The index is brought up to date first if the library changed since (jaxtag.tagging.similarity).
+The index is brought up to date first if the library changed since (jaxtag.library.similarity).
 Exit status: 0; 2 if OUT is no tagged library or QUERY cannot be read.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv):
     if not os.path.isdir(os.path.join(output_dir, ".jaxtag")):
         print(f"error: {output_dir}: not a folder tagged by `python -m jaxtag.tag` (no .jaxtag inside)", file=sys.stderr)
         return 2
-    from jaxtag.tagging.similarity import find_similar
+    from jaxtag.library.similarity import find_similar
     from jaxtag.errors import JaxtagError
     try:
         found = find_similar(output_dir, query, _N.value, _WORKDIR.value)

@@ -6,7 +6,7 @@ trained run, and writes, for each input,
 NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT (see
 jaxtag.tagging.outputs), and OUT/library.csv, library.json and index.html over all of them.
 Libraries of any size: decoding runs in worker processes, a rerun skips what is done, one bad
-file never stops the others (see jaxtag.tagging.library). Exit status: 0; 1 if any file failed;
+file never stops the others (see jaxtag.library.run). Exit status: 0; 1 if any file failed;
 2 if there is no model (no checkpoint, no weights); 130 if interrupted (rerun to finish).
 """
 from __future__ import annotations
@@ -37,6 +37,9 @@ _TOP_N = flags.DEFINE_integer("top_n", 3, "Print this many top tags per file (0:
 _FORMATS = flags.DEFINE_list("formats", list(FORMATS), "Which outputs to write per file.")
 _WORKERS = flags.DEFINE_integer("workers", 0, "Decoding processes (0: one per CPU this process may use: its "
                                 "affinity and its container's CPU quota count).")
+_WAIT_FOR_LOCK = flags.DEFINE_float("wait_for_lock", 0.0, "Seconds to wait for another run into the same "
+                                    "--output_dir to finish (one run at a time per output folder); 0: exit at once "
+                                    "with a message naming it.")
 _FORCE = flags.DEFINE_bool("force", False, "Redo files whose outputs exist for the same content and model.")
 _EMBEDDINGS = flags.DEFINE_bool("embeddings", False, "Also write NAME.embeddings.npz: the model's penultimate "
                                 "layer per window, with the windows' start and end times.")
@@ -108,7 +111,7 @@ def main(argv):
 
 def _tag(inputs: list[str]) -> int:
     from jaxtag.errors import JaxtagError
-    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.outputs import find_audio
     try:
         tagger = _tagger()
@@ -117,31 +120,36 @@ def _tag(inputs: list[str]) -> int:
         return 2
     paths = [os.path.expanduser(i) for i in inputs]
     if _BEAM.value:
-        from jaxtag.tagging.beam_library import list_files
+        from jaxtag.library.beam import list_files
         files = list_files(paths)      # directories, or text files listing the archive's paths
     else:
         files = list(dict.fromkeys(find_audio(paths)))  # each file once
     options = LibraryOptions(output_dir=os.path.expanduser(_OUTPUT_DIR.value), formats=tuple(_FORMATS.value),
                              workers=_WORKERS.value, force=_FORCE.value,
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
-                             top_n=_TOP_N.value, embed_audio=len(files) == 1,
+                             top_n=_TOP_N.value, embed_audio=len(files) == 1, wait_for_lock=_WAIT_FOR_LOCK.value,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
     if _BEAM.value:
-        from jaxtag.tagging.beam_library import tag_on_beam
+        from jaxtag.library.beam import tag_on_beam
         try:
             result = tag_on_beam(tagger, files, options, _BEAM.value)
         except (JaxtagError, ValueError) as e:   # Beam missing, OUT a URL, the pipeline failed
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
-        result = tag_library(tagger, files, options)
+        from jaxtag.library.state import LibraryBusy
+        try:
+            result = tag_library(tagger, files, options)
+        except LibraryBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 75  # EX_TEMPFAIL: try again later
     print(f"{result.summary_line(len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
     if result.interrupted:
         print("interrupted: rerun the same command to tag the rest", file=sys.stderr)
         return 130
     if _PLAYLISTS.value:
-        from jaxtag.tagging.playlists import write_playlists
+        from jaxtag.library.playlists import write_playlists
         written = write_playlists(options.output_dir)
         print(f"{len(written)} playlist(s) in {os.path.join(options.output_dir, 'playlists')}", file=sys.stderr)
     return 1 if result.failed or result.tags_not_written else 0

@@ -376,14 +376,14 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
     per stage and peak RSS."""
     import resource
     import tempfile
-    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     start = time.perf_counter()
     tagger = Tagger.pretrained(_MODEL.value)
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
         if beam_options:
-            from jaxtag.tagging.beam_library import tag_on_beam
+            from jaxtag.library.beam import tag_on_beam
             result = tag_on_beam(tagger, files, LibraryOptions(output_dir=out, top_n=0), beam_options)
         else:
             result = tag_library(tagger, files, LibraryOptions(output_dir=out, top_n=0))
@@ -519,7 +519,7 @@ def synthetic_moments(n: int, dim: int = 200, windows: int = 80, seed: int = 0):
     outside file's moments). Measured on real musicnn embeddings, whitened: a moment's nearest
     moments are mostly its neighbours in time and then tracks of the same kind; this keeps both."""
     import numpy as np
-    from jaxtag.tagging.similarity import unit
+    from jaxtag.library.similarity import unit
     rng = np.random.default_rng(seed)
     genres = rng.standard_normal((64, dim)).astype(np.float32)
 
@@ -538,9 +538,9 @@ def synthetic_moments(n: int, dim: int = 200, windows: int = 80, seed: int = 0):
 
 def similarity_benchmark() -> None:
     """Build time, single-query latency and recall@10 against exact search of the moment index
-    (jaxtag.tagging.similarity) on --moments synthetic moment vectors."""
+    (jaxtag.library.similarity) on --moments synthetic moment vectors."""
     import numpy as np
-    from jaxtag.tagging import similarity
+    from jaxtag.library import similarity
     n = 20_000 if _QUICK.value else _MOMENTS.value
     start = time.perf_counter()
     vectors, queries = synthetic_moments(n)

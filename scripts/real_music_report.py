@@ -251,7 +251,7 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0, read_only: 
     source_sha256, seconds and the stored taggram). read_only: where the model's output for every
     track is stored, it is read as it is (no run over the set's outputs, which another process may
     be deriving)."""
-    from jaxtag.tagging import library
+    from jaxtag.library import run as library
     from jaxtag.tagging.tagger import COMBINED, Tagger
     if model in COMBINED:
         return combined_set(name, model, cache_dir, workers)
@@ -265,17 +265,16 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0, read_only: 
     tagger = Tagger.pretrained(model)
     out = os.path.join(cache_dir, "tagged", name, model)
     files = [t["path"] for t in tracks]
-    names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
-    stored = {p: library.stored_header(out, n) if os.path.isdir(out) else None for p, n in names.items()}
-    if not read_only or any(h is None or h["model"] != tagger.fingerprint or h["source"]["path"] != os.path.abspath(p)
-                            for p, h in stored.items()):
+    from jaxtag.library.views import stored_taggrams
+    found = stored_taggrams(tagger, out, files) if read_only else {}
+    if len(found) < len(files):
         result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
                                                                              workers=workers))
         if result.failed:
             raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
-        names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
+        found = stored_taggrams(tagger, out, files)
     for t in tracks:
-        stored, _, t["taggram"] = library.stored_taggram(tagger, out, names[t["path"]], t["path"])
+        stored, t["taggram"] = found[t["path"]]
         t["embeddings"] = stored["embeddings"]
         t["seconds"] = round(float(t["taggram"].duration), 3)
     seconds = collections.Counter()
@@ -345,7 +344,7 @@ def make_up(tracks: list[dict]) -> dict:
 
 def embedding_statistics(tracks: list[dict]) -> dict:
     """The mean and covariance of the tracks' window embeddings (the whitening of similarity
-    search: jaxtag.tagging.similarity)."""
+    search: jaxtag.library.similarity)."""
     import numpy as np
     windows = np.concatenate([t["embeddings"] for t in tracks]).astype(np.float64)
     return {"mean": windows.mean(axis=0), "covariance": np.cov(windows, rowvar=False, bias=True),
@@ -354,7 +353,7 @@ def embedding_statistics(tracks: list[dict]) -> dict:
 
 def write_embedding_statistics(model: str, statistics: dict) -> str:
     import numpy as np
-    from jaxtag.tagging.similarity import embedding_reference_path
+    from jaxtag.library.similarity import embedding_reference_path
     path = embedding_reference_path(model)
     write_atomic(path, lambda f: np.savez_compressed(f, mean=statistics["mean"].astype(np.float32),
                                                      covariance=statistics["covariance"].astype(np.float32),
@@ -463,7 +462,7 @@ def similarity_report(name: str, model: str, cache_dir: str, workers: int) -> No
     """jaxtag's track vectors (whitened moments, averaged) against the plain mean of each track's
     window embeddings, by how often the nearest tracks share the query's collection."""
     import numpy as np
-    from jaxtag.tagging import similarity
+    from jaxtag.library import similarity
     _, tracks = tag_set(name, model, cache_dir, workers)
     whitening = similarity.model_whitening(model)
     ours = [similarity.track_vector(similarity.moment_vectors(t["embeddings"], whitening)) for t in tracks]
@@ -666,19 +665,16 @@ def joined_pairs(tracks: list[dict], folder: str, sample_rate: int, seed: int = 
 
 def _tag_files(files: list[str], model: str, out: str, workers: int) -> list[tuple]:
     """(taggram, embeddings) of each file, tagged into `out` (resumable: the library's store)."""
-    from jaxtag.tagging import library
+    from jaxtag.library import run as library
     from jaxtag.tagging.tagger import Tagger
     tagger = Tagger.pretrained(model)
     result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
                                                                          workers=workers))
     if result.failed:
         raise SystemExit(f"{len(result.failed)} file(s) could not be tagged: {result.failed}")
-    names = library.output_names(files, (), library.recorded_names(out, library.scan_records(out)))
-    tagged = []
-    for path in files:
-        stored, _, taggram = library.stored_taggram(tagger, out, names[path], path)
-        tagged.append((taggram, stored["embeddings"]))
-    return tagged
+    from jaxtag.library.views import stored_taggrams
+    found = stored_taggrams(tagger, out, files)
+    return [(found[path][1], found[path][0]["embeddings"]) for path in files]
 
 
 def section_figures(ordinary: list[tuple], joined: list[tuple], joins: list[float], settings) -> dict:
@@ -786,7 +782,7 @@ def main(argv: list[str]) -> int:
                       + ("the same summaries" if not problems else f"{len(problems)} differ: {problems[:5]}"))
                 status |= bool(problems)
                 import numpy as np
-                from jaxtag.tagging.similarity import embedding_reference_path
+                from jaxtag.library.similarity import embedding_reference_path
                 again = embedding_statistics(tracks)
                 with np.load(embedding_reference_path(model)) as npz:
                     gap = max(float(np.abs(npz["mean"] - again["mean"]).max()),

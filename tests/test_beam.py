@@ -38,8 +38,8 @@ def test_pipeline_options_are_tfds_style_and_beam_missing_says_what_to_install(m
 def test_a_failed_pipeline_is_named_by_the_workers_error_and_a_url_out_is_refused():
     from jaxtag.beam import BeamPipelineError, failures_named
     from jaxtag.errors import DataError
-    from jaxtag.tagging.beam_library import tag_on_beam
-    from jaxtag.tagging.library import LibraryOptions
+    from jaxtag.library.beam import tag_on_beam
+    from jaxtag.library.run import LibraryOptions
     as_beam_reports_it = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\nRuntimeError: "
                           "jaxtag.errors.DataError: /m/b.wav: cannot decode audio [while running 'Decode/ParDo']")
     with pytest.raises(BeamPipelineError) as failed:
@@ -183,7 +183,7 @@ def test_the_beam_stages_give_the_local_runs_windows_and_features(beam, trained,
     features are the tagger's; on TestPipeline."""
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-    from jaxtag.tagging import beam_library
+    from jaxtag.library import beam as beam_library
     from jaxtag.tagging.tagger import Tagger
     tagger = Tagger.from_workdir(trained[1])
     root, files = formats
@@ -289,8 +289,8 @@ def test_a_beam_run_killed_part_way_is_finished_by_a_rerun_without_redoing_finis
     assert 1 <= len(records) < len(files) and not (out / "library.json").exists()
     # The rerun, in this process (as the CLI calls it): what it did, and how much audio it took.
     import soundfile
-    from jaxtag.tagging.beam_library import tag_on_beam
-    from jaxtag.tagging.library import LibraryOptions
+    from jaxtag.library.beam import tag_on_beam
+    from jaxtag.library.run import LibraryOptions
     from jaxtag.tagging.outputs import find_audio
     from jaxtag.tagging.tagger import Tagger
     rerun = tag_on_beam(Tagger.from_workdir(trained[1]), list(find_audio([str(root)])),

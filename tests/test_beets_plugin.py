@@ -13,7 +13,7 @@ pytest.importorskip("beets", reason="the beets plugin needs beets (pip install -
 from beets.library import Item  # noqa: E402
 from beets.test.helper import ImporterMixin, PluginTestHelper  # noqa: E402
 
-from jaxtag.tagging import metadata  # noqa: E402
+from jaxtag.library import file_tags as metadata  # noqa: E402
 from test_library import _music  # noqa: E402
 
 
@@ -81,10 +81,10 @@ class TestJaxtagPlugin(PluginTestHelper):
         before = {os.fsdecode(i.path): open(i.path, "rb").read() for i in self.items}
         self.run_command("jaxtag", "--nowrite")
         assert all(open(p, "rb").read() == data for p, data in before.items())  # files untouched
-        records = self.out / ".jaxtag" / "records"
-        stamps = {p: p.stat().st_mtime_ns for p in records.rglob("*.json")}
+        from helpers import library_state
+        before = library_state.records(self.out)
         self.run_command("jaxtag", "--nowrite")
-        assert {p: p.stat().st_mtime_ns for p in records.rglob("*.json")} == stamps   # nothing redone
+        assert library_state.records(self.out) == before and len(before) == len(self.items)   # nothing redone
         assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items)
 
     def test_similar_items(self, capsys):
@@ -130,8 +130,18 @@ class TestJaxtagOnImport(ImporterMixin, PluginTestHelper):
         # The store knows them where they are: `beet jaxtag` afterwards runs no model (the stored
         # scores stay as they are; the files' new stamps, from the tags beets wrote, are checked
         # against their audio and recorded) and the decisions stay.
-        scores = {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "scores").rglob("*.npz")}
+        scores = {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "analyses").rglob("*.npz")}
         self.run_command("jaxtag", "--nowrite")
-        assert {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "scores").rglob("*.npz")} == scores
+        assert {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "analyses").rglob("*.npz")} == scores
         assert len(scores) == 3
         assert {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]} == rows
+        # A CLI run into the same output folder, over other music: the summary is the whole library.
+        from jaxtag.library.run import LibraryOptions, tag_library
+        from jaxtag.tagging.tagger import Tagger
+        other = tmp_path / "elsewhere"
+        other.mkdir()
+        more = [shutil.copy(audio[3], other)]
+        tag_library(Tagger.from_workdir(trained[1]), more, LibraryOptions(output_dir=str(out), workers=1, top_n=0,
+                                                                          formats=("json", "html"), roots=(str(other),)))
+        listed = sorted(r["path"] for r in json.loads((out / "library.json").read_text())["files"])
+        assert listed == sorted([*rows, *more])

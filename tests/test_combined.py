@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import processes
+from helpers import library_state, processes
 from jaxtag.data.features import mel_spectrogram
-from jaxtag.tagging import decisions, store
-from jaxtag.tagging.library import LibraryOptions, tag_library
+from jaxtag.tagging import decisions
+from jaxtag.library.run import LibraryOptions, tag_library
 from jaxtag.tagging.tagger import CombinedTagger, Tagger
 from jaxtag.tagging.vocabulary import MUSICNN_GROUPS, MUSICNN_MEMBERS, Vocabulary, musicnn_vocabulary
 
@@ -119,14 +119,14 @@ def test_a_library_tagged_with_msd_gains_only_mtts_run(combined, clip, tmp_path)
         options = LibraryOptions(output_dir=str(out), workers=1, top_n=0, formats=("json",))
         first = tag_library(msd, files, options)
         assert sorted(first.tagged) == sorted(files) and calls["musicnn-msd"] > 0 and calls["musicnn-mtt"] == 0
-        before = {n: store.read_store(str(out), n) for n in ("a", "b")}
+        before = {n: library_state.stored(out, n) for n in ("a", "b")}
 
         calls.update({"musicnn-msd": 0, "musicnn-mtt": 0})
         second = tag_library(combined, files, options)
         assert sorted(second.tagged) == sorted(files) and not second.failed
         assert calls["musicnn-msd"] == 0 and calls["musicnn-mtt"] > 0   # only mtt's network ran
         for n, path in zip(("a", "b"), files):
-            stored = store.read_store(str(out), n)
+            stored = library_state.stored(out, n)
             assert stored["model"] == combined.fingerprint and set(stored["parts"]) == {msd.fingerprint, mtt.fingerprint}
             np.testing.assert_array_equal(stored["parts"][msd.fingerprint]["scores"], before[n]["scores"])
             mtt_scores = stored["parts"][mtt.fingerprint]["scores"]
@@ -141,10 +141,10 @@ def test_a_library_tagged_with_msd_gains_only_mtts_run(combined, clip, tmp_path)
         calls.update({"musicnn-msd": 0, "musicnn-mtt": 0})
         third = tag_library(msd, files, options)
         assert sorted(third.derived) == sorted(files) and calls == {"musicnn-msd": 0, "musicnn-mtt": 0}
-        np.testing.assert_array_equal(store.read_store(str(out), "a")["scores"], before["a"]["scores"])
+        np.testing.assert_array_equal(library_state.stored(out, "a")["scores"], before["a"]["scores"])
         fourth = tag_library(combined, files, options)
         assert sorted(fourth.derived) == sorted(files) and calls == {"musicnn-msd": 0, "musicnn-mtt": 0}
-        assert store.read_store(str(out), "b")["model"] == combined.fingerprint
+        assert library_state.stored(out, "b")["model"] == combined.fingerprint
         assert os.path.exists(out / "library.json")
     finally:
         for member in (msd, mtt):
@@ -178,7 +178,7 @@ def test_the_shipped_combined_reference_is_of_its_members_calibration_tracks(mod
     policy = decisions.evidence_policy(reference["tags"], reference)
     from jaxtag.data.tags import MUSICNN_MSD_MOODS
     assert policy.rule == decisions.EVIDENCE and set(policy.moods) == MUSICNN_MSD_MOODS   # msd's moods stay moods
-    from jaxtag.tagging.similarity import embedding_reference_path
+    from jaxtag.library.similarity import embedding_reference_path
     with np.load(embedding_reference_path("musicnn")) as npz:
         assert npz["mean"].shape == (400,) and npz["covariance"].shape == (400, 400)
 

@@ -65,8 +65,8 @@ def test_preparing_and_tagging_on_a_dask_cluster_equal_the_local_paths(dask_clus
     wrote files."""
     import tensorflow_datasets as tfds
     from jaxtag.data import pipeline
-    from jaxtag.tagging.beam_library import tag_on_beam
-    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.library.beam import tag_on_beam
+    from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     scheduler_file, worker_pids = dask_cluster
     options = f"runner=dask,dask_scheduler_file={scheduler_file}"

@@ -18,10 +18,11 @@ import pytest
 import soundfile as sf
 
 from conftest import write_tone
-from helpers import processes
+from helpers import library_state, processes
 from jaxtag.data import audio, features
-from jaxtag.tagging import metadata
-from jaxtag.tagging.library import LibraryOptions, tag_library
+from jaxtag.library import file_tags as metadata
+from jaxtag.library.run import LibraryOptions, tag_library
+from jaxtag.tagging.outputs import output_names
 from jaxtag.tagging.tagger import Tagger
 
 
@@ -114,7 +115,7 @@ def test_the_model_takes_a_files_windows_while_it_is_still_being_decoded(trained
     """A long file's windows go through the model as its frames arrive (whole chunks of the
     regular windows), the rest once its length is known; the scores equal the in-memory tagger's."""
     from helpers.crashing_decoder import decode_then_linger
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     small_chunks = Tagger.from_workdir(trained[1], chunk_windows=4)
     take_decoded, fed_before_the_end = library_module._take_decoded, {}
 
@@ -141,9 +142,10 @@ def test_the_model_goes_on_while_a_files_outputs_are_written(trained, library, t
     has encoded another chunk, which it could not do if writing blocked it. Every file ends
     tagged, with its outputs and record, in a library written after all of them."""
     import threading
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     tagger = Tagger.from_workdir(trained[1], chunk_windows=1)
-    write, encode = library_module.write_outputs, tagger.encode_chunk
+    from jaxtag.library import write as write_module
+    write, encode = write_module.write_outputs, tagger.encode_chunk
     writing_first, encoded_meanwhile, first = threading.Event(), threading.Event(), []
 
     def encode_chunk(windows):
@@ -159,7 +161,7 @@ def test_the_model_goes_on_while_a_files_outputs_are_written(trained, library, t
             writing_first.clear()   # only encodes while the write is held count
         return write(taggram, path, *args, **kwargs)
     monkeypatch.setattr(tagger, "encode_chunk", encode_chunk)
-    monkeypatch.setattr(library_module, "write_outputs", write_outputs)
+    monkeypatch.setattr(write_module, "write_outputs", write_outputs)
     out = tmp_path / "out"
     result = tag_library(tagger, library, _options(out, workers=2))
     assert encoded_meanwhile.is_set(), "the model waited for the first file's outputs"
@@ -168,14 +170,13 @@ def test_the_model_goes_on_while_a_files_outputs_are_written(trained, library, t
     for path in library:
         name = os.path.splitext(os.path.basename(path))[0]
         assert (out / f"{name}.png").stat().st_size > 0
-        assert json.loads((out / ".jaxtag" / "records" / f"{name}.json").read_text())["source"]["path"] == \
-            os.path.abspath(path)
+        assert library_state.record(out, name)["source"]["path"] == os.path.abspath(path)
 
 
 def test_a_frames_file_gone_mid_feed_loses_no_file_the_model_completed(trained, tmp_path, monkeypatch):
     """Its worker failed and removed a file's frames while the model read them: the files the
     chunks already encoded completed are still handed back (else never written)."""
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     tagger = Tagger.from_workdir(trained[1], chunk_windows=2)
     f = tagger.frontend
     batcher = library_module.WindowBatcher(tagger, library_module.LibraryResult())
@@ -263,7 +264,7 @@ def test_bad_files_are_reported_and_the_others_tagged(tagger, library, tmp_path,
         assert f"error: {path}: " in err
     summary = json.loads((out / "library.json").read_text())
     assert {f["path"] for f in summary["failed"]} == {str(empty), str(corrupt), missing}
-    assert [r["path"] for r in summary["files"]] == [library[0], library[3]]
+    assert sorted(r["path"] for r in summary["files"]) == sorted([library[0], library[3]])
 
 
 def _truncate_to(path, fraction):
@@ -327,10 +328,12 @@ def test_write_tags_into_the_files_and_dry_run(tagger, library, tmp_path, capsys
     back = tag_library(tagger, files, _options(tmp_path / "out", write_tags=True))
     assert sorted(back.derived) == sorted(files) and not back.tagged and not back.failed
     rows = {r["path"]: r for r in json.loads((tmp_path / "out" / "library.json").read_text())["files"]}
-    from jaxtag.tagging.library import stored_taggram
-    from jaxtag.tagging.outputs import output_names
+    from jaxtag.library.write import stored_taggram
+    from jaxtag.library.state import LibraryState
     for path, name in output_names(files).items():
-        decided = stored_taggram(tagger, str(tmp_path / "out"), name, path)[2].decisions()
+        with LibraryState(str(tmp_path / "out")) as state:
+            content = library_state.record(tmp_path / "out", name)["source"]["content"]
+            decided = stored_taggram(tagger, str(tmp_path / "out"), state, content, path)[2].decisions()
         assert rows[path]["track_tags"] == list(decided.track_tags)
         assert rows[path]["moods"] == [short_tag(t) for t in decided.moods]
         mood = next((v for k, v in metadata.read_tags(path).items() if "MOO" in k.upper()), None)
@@ -359,19 +362,19 @@ def test_every_output_follows_the_calibrated_decisions(tagger, library, tmp_path
     which --write_tags writes into the files. Recomputed here from the stored scores."""
     import scipy.ndimage
     from jaxtag.data.tags import short_tag
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     files = [shutil.copy(p, tmp_path) for p in library]
     out = tmp_path / "out"
     with _calibrated_on(tagger, files, smooth=3) as stats:
         result = tag_library(tagger, files, _options(out, write_tags=True))
-        names = library_module.output_names(files)
+        names = output_names(files)
     assert sorted(result.tagged) == sorted(files)
     thresholds = 1 / (1 + np.exp(-(np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"]))))
     rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
     carried = set()
     for path in files:
         name = names[path]
-        scores = library_module.read_store(str(out), name)["scores"]
+        scores = library_state.stored(out, name)["scores"]
         active = scipy.ndimage.median_filter(scores, size=(3, 1), mode="nearest") >= thresholds.astype(np.float32)
         written = json.loads((out / f"{name}.json").read_text())
         np.testing.assert_allclose(written["threshold"], thresholds, rtol=1e-5)
@@ -408,7 +411,7 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
     moods those on for at least their mood share; the rows, the files' own tags and the JSON all follow."""
     from jaxtag.data.tags import short_tag
     from jaxtag.tagging import decisions
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     files = [shutil.copy(p, tmp_path) for p in library]
     summaries = [decisions.summarise_track(tagger.tag(f).scores) for f in files]
     stats = decisions.reference_statistics(summaries)
@@ -428,9 +431,9 @@ def test_every_output_follows_the_evidence_decisions(tagger, library, tmp_path):
     spread = np.array(stats["window_mean"]) + 1.28 * np.array(stats["window_std"])
     thresholds = 1 / (1 + np.exp(-np.maximum(real, spread)))
     rows = {r["path"]: r for r in json.loads((out / "library.json").read_text())["files"]}
-    names, carried = library_module.output_names(files), set()
+    names, carried = output_names(files), set()
     for path in files:
-        scores = library_module.read_store(str(out), names[path])["scores"]
+        scores = library_state.stored(out, names[path])["scores"]
         written = json.loads((out / f"{names[path]}.json").read_text())
         np.testing.assert_allclose(written["threshold"], thresholds, rtol=1e-5)
         assert [w["tags"] for w in written["windows"]] == [[t for t, on in zip(tagger.tags, a) if on]
@@ -509,9 +512,8 @@ def _tag_cli(*args):
 
 
 def _record_count(out):
-    """Files done: those with a record (written after all their outputs)."""
-    records = os.path.join(out, ".jaxtag", "records")
-    return len([f for f in os.listdir(records) if f.endswith(".json")]) if os.path.isdir(records) else 0
+    """Files done: those whose decisions are recorded (after all their outputs)."""
+    return library_state.decided_count(out)
 
 
 def _run_with_fault(fault, args, log_dir):
@@ -560,7 +562,7 @@ def test_a_killed_or_interrupted_run_resumes_and_redoes_only_the_unfinished(trai
         assert "interrupted: rerun the same command" in err and "Traceback" not in err
         assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
     finished = _record_count(out)
-    stored = len(os.listdir(out / ".jaxtag" / "scores"))
+    stored = len(library_state.analyses(out))
     assert 4 <= finished <= stored < 12
     rerun = subprocess.run(_tag_cli(*args), cwd=processes.REPO, env=processes.environment(), capture_output=True,
                            text=True, timeout=600)
@@ -580,7 +582,7 @@ def test_ctrl_c_while_the_run_checks_its_records_exits_130_without_a_traceback(t
     returncode, err = _run_with_fault("plan_sigint@3", args, tmp_path)
     assert returncode == 130, err[-3000:]
     assert "interrupted: rerun the same command" in err and "Traceback" not in err
-    assert _record_count(out) == 0 and not os.listdir(out / ".jaxtag" / "scores")
+    assert _record_count(out) == 0 and not library_state.analyses(out)
     assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
 
 
@@ -682,14 +684,15 @@ def test_outputs_of_other_settings_or_a_failed_write_are_redone(tagger, library,
 def test_a_store_of_an_earlier_version_runs_the_model_again_instead_of_failing(tagger, library, tmp_path):
     """A store written before the tempo was kept (no bpm arrays): other decisions cannot be derived
     from it, so the file goes through the model again; it does not fail."""
-    from jaxtag.tagging.store import read_store, store_path
     files = [shutil.copy(library[0], tmp_path)]
     out = tmp_path / "out"
     assert len(tag_library(tagger, files, _options(out, formats=("json",))).tagged) == 1
-    (name,) = [p.stem for p in (out / ".jaxtag" / "scores").iterdir()]
-    with np.load(store_path(str(out), name)) as npz:
+    (analysis,) = library_state.analyses(out)
+    (name,) = library_state.records(out)
+    with np.load(out / analysis.arrays) as npz:
         earlier = {k: npz[k] for k in npz.files if k not in ("bpm", "window_bpm", "bpm_agreement")}
-    np.savez(store_path(str(out), name), **earlier)
+    with open(out / analysis.arrays, "wb") as f:   # (np.savez would add ".npz" to a name without it)
+        np.savez(f, **earlier)
     policy = tagger.policy
     tagger.policy = policy.with_threshold(0.3)
     try:
@@ -697,7 +700,7 @@ def test_a_store_of_an_earlier_version_runs_the_model_again_instead_of_failing(t
     finally:
         tagger.policy = policy
     assert again.tagged == files and not again.failed and not again.derived
-    assert read_store(str(out), name)["tempo"] is not None                 # stored again, of this version
+    assert library_state.stored(out, name)["tempo"] is not None           # stored again, of this version
 
 
 @pytest.mark.slow
@@ -720,7 +723,7 @@ def test_a_script_without_a_main_guard_is_told_so_and_no_file_is_blamed(trained,
     error saying what to do, not a "killed the worker" failure for every file. With the guard,
     the same script tags."""
     body = textwrap.dedent(f"""
-        from jaxtag.tagging.library import LibraryOptions, tag_library
+        from jaxtag.library.run import LibraryOptions, tag_library
         from jaxtag.tagging.tagger import Tagger
         {{call}}
             result = tag_library(Tagger.from_workdir({str(trained[1])!r}), {library[:2]!r},
@@ -749,15 +752,15 @@ def test_ctrl_c_stops_the_decoders_and_leaves_no_pool_thread_or_worker_running(t
     import multiprocessing
     import threading
     from helpers.crashing_decoder import decode_slowly
-    from jaxtag.tagging import library as library_module
-    write_library, running_then = library_module.write_library, []
+    from jaxtag.library import run as library_module
+    write_library, running_then = library_module.views.write_library, []
 
     def note_what_runs_then_write_library(*args):  # right after the pool is gone
         running_then.extend(t for t in threading.enumerate()
                             if isinstance(t, concurrent.futures.process._ExecutorManagerThread))
         running_then.extend(multiprocessing.active_children())
         write_library(*args)
-    monkeypatch.setattr(library_module, "write_library", note_what_runs_then_write_library)
+    monkeypatch.setattr(library_module.views, "write_library", note_what_runs_then_write_library)
     wait = concurrent.futures.wait
 
     def ctrl_c_while_waiting(*args, **kwargs):  # where a real Ctrl-C lands: waiting for the decoders
@@ -793,7 +796,9 @@ def test_names_stay_with_their_files_and_never_take_the_library_files(tagger, li
     # Tracks named like the library's own files get hashed names; the summary stays the summary.
     named = [shutil.copy(library[0], str(tmp_path / "library.wav")), shutil.copy(library[3], str(tmp_path / "index.ogg"))]
     tag_library(tagger, named, _options(out))
-    assert sorted(r["path"] for r in json.loads((out / "library.json").read_text())["files"]) == sorted(named)
+    # The summary is the whole library's, whatever files a run was given.
+    assert sorted(r["path"] for r in json.loads((out / "library.json").read_text())["files"]) == \
+        sorted([first, second, third, *named])
     assert (out / "index.html").read_text().startswith("<!DOCTYPE html>") and "jaxtag library" in \
         (out / "index.html").read_text()
     assert all((out / f"{output_name(p)}.json").exists() for p in named)
@@ -818,8 +823,8 @@ def test_outputs_mirror_the_librarys_folders_and_a_flat_folder_keeps_its_names(t
     for name, path in (("Ärtist/First Album/01 song", files[0]), ("Ärtist/First Album/02 song", files[1]),
                        ("01 song", files[2])):
         assert json.loads((out / f"{name}.json").read_text())["file"] == path
-        assert (out / ".jaxtag" / "records" / f"{name}.json").exists()
-        assert (out / ".jaxtag" / "scores" / f"{name}.npz").exists()
+        assert library_state.record(out, name)["source"]["path"] == os.path.abspath(path)
+        assert library_state.stored(out, name) is not None
         page = (out / f"{name}.html").read_text()
         src = urllib.parse.unquote(re.search(r'<audio[^>]* src="([^"]+)"', page).group(1))
         assert os.path.samefile((out / name).parent / src, path)     # the page plays the file in place
@@ -918,7 +923,7 @@ def test_files_only_touched_are_checked_in_the_workers_not_the_main_thread(tagge
     decoding workers, inside the run (progress, Ctrl-C), not file by file before it; the files
     are found unchanged, their records take the new stamps, and nothing is decoded or tagged."""
     from jaxtag.tagging import decoding
-    from jaxtag.tagging import library as library_module
+    from jaxtag.library import run as library_module
     files = [shutil.copy(p, tmp_path) for p in library]
     out = tmp_path / "out"
     assert len(tag_library(tagger, files, _options(out, workers=2)).tagged) == 4
@@ -933,8 +938,7 @@ def test_files_only_touched_are_checked_in_the_workers_not_the_main_thread(tagge
     assert sorted(again.skipped) == sorted(files) and not again.tagged and not again.failed and not decoded
     for path in files:
         name = os.path.splitext(os.path.basename(path))[0]
-        assert json.loads((out / ".jaxtag" / "records" / f"{name}.json").read_text())["source"]["mtime_ns"] == \
-            1_000_000_000
+        assert library_state.record(out, name)["source"]["mtime_ns"] == 1_000_000_000
     # The new stamps are recorded: the next run needs no check at all.
     monkeypatch.setattr(decoding, "check_then_decode", no_hashing_here)
     assert sorted(tag_library(tagger, files, _options(out, workers=2)).skipped) == sorted(files)

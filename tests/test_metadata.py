@@ -1,4 +1,4 @@
-"""jaxtag.tagging.metadata: tags written into each format's own metadata, safely.
+"""jaxtag.library.file_tags: tags written into each format's own metadata, safely.
 
 Every file here comes from a real encoder: libsndfile (through soundfile) for WAV, FLAC, Ogg
 Vorbis, Ogg Opus and MP3 (LAME), FFmpeg's native AAC encoder (through PyAV) for M4A. Audio is
@@ -23,7 +23,8 @@ from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
 
 from jaxtag.errors import DataError
-from jaxtag.tagging import fingerprint, metadata
+from jaxtag.tagging import fingerprint
+from jaxtag.library import file_tags as metadata
 
 TITLE, ARTIST, ALBUM = "My Title", "Some Artist", "Albüm ✓ 日本"
 COVER = b"\x89PNG\r\n\x1a\n" + bytes(range(256))  # stands in for cover art: only its bytes matter

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from jaxtag.tagging import similarity
-from jaxtag.tagging.library import LibraryOptions, tag_library
-from jaxtag.tagging.playlists import write_playlists
+from jaxtag.library import similarity
+from jaxtag.library.run import LibraryOptions, tag_library
+from jaxtag.library.playlists import write_playlists
 from jaxtag.tagging.tagger import Tagger
 from test_library import _calibrated_on, _music
 

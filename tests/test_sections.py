@@ -91,7 +91,7 @@ def test_each_section_carries_the_policys_decisions_on_its_own_windows():
     assert rows == [{"start": f"{a:.3f}", "end": f"{b:.3f}", "tags": "; ".join(s.tags), "moods": "; ".join(s.moods)}
                     for a, b, s in ((0, 30, found[0]), (30, 66, found[1]))]
     # The library's row (library.json, library.csv) and the listening page's bar.
-    from jaxtag.tagging import summary
+    from jaxtag.library import summary
     from jaxtag.tagging.html_page import render_html
     row = summary.track_summary(taggram, "song.wav", "song")
     assert row["sections"] == data["sections"]
@@ -170,7 +170,7 @@ def test_generated_audio_is_cut_where_its_character_changes(musicnn, generated):
 
 @pytest.fixture(scope="module")
 def tagged(musicnn, generated, tmp_path_factory):
-    from jaxtag.tagging.library import LibraryOptions, tag_library
+    from jaxtag.library.run import LibraryOptions, tag_library
     out = tmp_path_factory.mktemp("sections_out")
     files = [generated[n] for n in ("changing", "steady", "drums")]
     result = tag_library(musicnn, files, LibraryOptions(output_dir=str(out), workers=1, top_n=0))
@@ -180,7 +180,7 @@ def tagged(musicnn, generated, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_output_carries_the_sections_and_a_new_rule_rederives_them_from_the_store(musicnn, tagged):
-    from jaxtag.tagging.library import LibraryOptions, stored_taggram, tag_library
+    from jaxtag.library.run import LibraryOptions, stored_taggram, tag_library
     out, files = tagged
     expected = musicnn.tag(files[0]).sections()    # the in-memory tagger's, from the same audio
     written = json.loads((out / "changing.json").read_text())
@@ -242,7 +242,7 @@ def test_every_output_carries_the_sections_and_a_new_rule_rederives_them_from_th
 
 @pytest.mark.slow
 def test_similar_takes_a_section(tagged, tmp_path):
-    from jaxtag.tagging.similarity import find_similar
+    from jaxtag.library.similarity import find_similar
     out, files = tagged
     found = find_similar(str(out), f"{files[0]}#2", n=2)
     written = json.loads((out / "changing.json").read_text())["sections"]

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxtag.tagging import similarity
-from jaxtag.tagging.library import LibraryOptions, tag_library
+from jaxtag.library import similarity
+from jaxtag.library.run import LibraryOptions, tag_library
 from jaxtag.tagging.tagger import Tagger
 from test_library import _music
 
@@ -56,22 +56,27 @@ def _clustered(n_tracks, windows, dim=16, seed=0):
 
 
 def _fake_library(folder, tracks):
-    """An output folder whose store holds these tracks' embeddings (as a tagging run leaves it)."""
-    from jaxtag.tagging import library
+    """An output folder whose database and stored arrays hold these tracks' embeddings (as a
+    tagging run leaves it)."""
+    from jaxtag.files import write_atomic
+    from jaxtag.library.state import Analysis, LibraryState, arrays_file
+    state = LibraryState(str(folder))
     for i, embeddings in enumerate(tracks):
         name = f"album{i % 3}/track{i:03d}"
         n = len(embeddings)
-        source = {"path": f"/music/{name}.ogg", "size": 1, "mtime_ns": 1, "content": f"file:{i}"}
+        source = {"path": f"/music/{name}.ogg", "size": 1, "mtime_ns": 1, "content": f"{i:064x}"}
 
         def save(f, embeddings=embeddings, n=n, source=source):
             np.savez(f, scores=np.zeros((n, 2), np.float32), start=np.arange(n) * 3.0, end=np.arange(n) * 3.0 + 3,
                      duration=np.float64(3 * n), embeddings=embeddings.astype(np.float32),
                      envelope=np.zeros((0, 2), np.float32), tags=np.array(["a", "b"]), model=np.array("m1"),
                      source_json=np.array(json.dumps(source)), warnings_json=np.array("[]"))
-        library.write_atomic(library.store_path(str(folder), name), save)
-        library.write_atomic(library.record_path(str(folder), name), json.dumps(
-            {"settings": {"version": 2, "model": "m1", "policy": "p"}, "source": source, "outputs": [],
-             "summary": {}}))
+        relative = arrays_file(source["content"], "m1")
+        write_atomic(os.path.join(folder, relative), save)
+        state.put_analysis(Analysis(source["content"], "m1", relative, os.path.getsize(os.path.join(folder, relative)),
+                                    ()))
+        state.put_decision(name, source, {"version": 2, "model": "m1", "policy": "p"}, [], {})
+    state.close()
 
 
 def test_the_ivf_index_finds_what_exact_search_finds(tmp_path):
@@ -96,13 +101,13 @@ def test_the_ivf_index_finds_what_exact_search_finds(tmp_path):
 def test_a_library_of_two_models_indexes_the_commoner_once(tmp_path):
     """Vectors of two models are not comparable: the index holds the model most files were tagged
     with, and is not rebuilt while nothing changes."""
-    from jaxtag.tagging import library
+    from jaxtag.library.state import LibraryState
     _fake_library(tmp_path, _clustered(8, 6))
-    for i in range(3):   # three files tagged by another model since
-        path = library.record_path(str(tmp_path), f"album{i % 3}/track{i:03d}")
-        record = json.loads(open(path).read())
-        record["settings"]["model"] = "m2"
-        library.write_atomic(path, json.dumps(record))
+    with LibraryState(str(tmp_path)) as state:
+        for i in range(3):   # three files tagged by another model since
+            name = f"album{i % 3}/track{i:03d}"
+            record = state.record(name)
+            state.put_decision(name, record["source"], dict(record["settings"], model="m2"), [], {})
     first = similarity.update_index(str(tmp_path))
     assert first.model == "m1" and sorted(first.names) == sorted(f"album{i % 3}/track{i:03d}" for i in range(3, 8))
     again = similarity.update_index(str(tmp_path))
@@ -145,7 +150,8 @@ def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
     folder = tmp_path / ".jaxtag" / "index"
     (folder / "moments-deadbeef.faiss").write_bytes(b"half")
     assert similarity.load_index(str(tmp_path)).size == 60
-    os.utime(tmp_path / ".jaxtag" / "scores" / "album1" / "track001.npz", ns=(1, 1))   # "redone"
+    from jaxtag.library.state import arrays_file
+    os.utime(tmp_path / arrays_file(f"{1:064x}", "m1"), ns=(1, 1))   # "redone"
     third = similarity.update_index(str(tmp_path))
     assert third.size == 60 and not (folder / "moments-deadbeef.faiss").exists()
     assert sorted(os.listdir(folder)) == sorted([third.file, "state.npz"])
@@ -165,7 +171,7 @@ def tagged_library(trained, tmp_path_factory):
 
 
 def test_similar_tracks_and_moments_of_a_file_a_moment_and_an_outside_file(tagged_library, tmp_path):
-    from jaxtag.tagging.similarity import find_similar
+    from jaxtag.library.similarity import find_similar
     tagger, files, out = tagged_library
     found = find_similar(str(out), files[1], n=3)
     assert found["tracks"][0]["path"] == files[4] and found["tracks"][0]["score"] == pytest.approx(1, abs=1e-4)
@@ -204,7 +210,7 @@ def test_a_bad_query_is_refused_before_the_index_changes_and_never_clamped(tagge
     give an error naming the query, and the index is not touched for a query that cannot be read.
     A stored analysis that cannot be read leaves the index with a warning naming it, and the file
     is answered as any outside file (tagged on the fly), not with a traceback."""
-    from jaxtag.tagging.similarity import find_similar
+    from jaxtag.library.similarity import find_similar
     tagger, files, out = tagged_library
     same = find_similar(str(out), f"{files[1]}@4.5", n=2)
     assert find_similar(str(out), f"{files[1]}@0:04.5", n=2) == dict(same, query=f"{files[1]}@0:04.5")
@@ -218,10 +224,9 @@ def test_a_bad_query_is_refused_before_the_index_changes_and_never_clamped(tagge
     with pytest.raises(ValueError, match=r"past the end of the file \(11\.0 s long\)"):
         find_similar(str(out), f"{files[2]}@12")
     # A truncated stored analysis (an interrupted copy).
-    from jaxtag.tagging import store
     index = similarity.load_index(str(out))
-    name = index.names[index.paths.index(os.path.abspath(files[3]))]
-    path = store.store_path(str(out), name)
+    position = index.paths.index(os.path.abspath(files[3]))
+    name, path = index.names[position], os.path.join(out, index.signatures[position].rpartition("|")[0])
     kept = tmp_path / "kept.npz"
     shutil.copy(path, kept)
     try:

@@ -70,8 +70,9 @@ def test_the_onset_envelope_block_by_block_equals_the_whole_files(monkeypatch):
 
 
 def test_the_library_keeps_the_tempo_and_writes_it_only_where_steady(trained, tmp_path):
-    from jaxtag.tagging import metadata
-    from jaxtag.tagging.library import LibraryOptions, read_store, tag_library
+    from jaxtag.library import file_tags as metadata
+    from helpers import library_state
+    from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     steady = str(tmp_path / "steady.flac")
     sf.write(steady, clicks([120], 30, sr=22050), 22050)
@@ -83,7 +84,7 @@ def test_the_library_keeps_the_tempo_and_writes_it_only_where_steady(trained, tm
     out = tmp_path / "out"
     tag_library(tagger, [steady, drone], LibraryOptions(output_dir=str(out), workers=1, top_n=0, write_tags=True))
     written = json.loads((out / "steady.json").read_text())
-    stored = read_store(str(out), "steady")["tempo"]
+    stored = library_state.stored(out, "steady")["tempo"]
     assert written["tempo"]["stable"] and written["tempo"]["bpm"] == pytest.approx(stored.bpm, abs=0.01)
     # The tiny run's frontend hears 20 frames/s: its tempo resolves coarsely, but it is steady.
     assert stored.bpm == pytest.approx(120, rel=0.1)

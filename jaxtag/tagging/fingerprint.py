@@ -2,7 +2,7 @@
 checked against its bytes), opening it with mutagen, and the fingerprint of its audio stream
 without its tags (what a tag write, a tag editor or a player's play count never change): the
 library's content check (a retagged or copied file is not tagged again) and the tag writer's
-verification (jaxtag.tagging.metadata) both use it.
+verification (jaxtag.library.file_tags) both use it.
 
 The fingerprint is a sha256 over everything that is not the tag being rewritten, compared
 exactly but without decoding: MP3: the bytes between the leading ID3v2 tag and a trailing ID3v1

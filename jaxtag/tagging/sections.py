@@ -1,6 +1,6 @@
 """Sections: the spans of a track where its character holds, from its stored window embeddings.
 
-A track's windows are its *moments* as similar-moment search sees them (jaxtag.tagging.similarity:
+A track's windows are its *moments* as similar-moment search sees them (jaxtag.library.similarity:
 the model's penultimate layer, whitened with the model's reference statistics, unit length). Change
 points in that sequence are found with ruptures' kernel change-point detection (KernelCPD, solved
 exactly by PELT with a penalty): a partition of the windows into sections minimising the sum, over

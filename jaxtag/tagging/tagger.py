@@ -255,7 +255,7 @@ class CombinedTagger(Tagger):
     embeddings [W, sum of the members'] the members' penultimate layers side by side. Its
     fingerprint is a hash of its members' fingerprints and the merge map, and each member's own
     analysis of a file (parts_of) is kept in the library's store, so a file one member analysed
-    before needs only the others (jaxtag.tagging.library)."""
+    before needs only the others (jaxtag.library.run)."""
 
     def __init__(self, name: str, members: list[Tagger], vocab: vocabulary.Vocabulary,
                  chunk_windows: int = DEFAULT_CHUNK_WINDOWS):

@@ -2,7 +2,7 @@
 penultimate layer), whitened with the model's reference statistics (the mean and covariance of the
 calibration set's window embeddings, shipped beside the decision statistics), unit length; a track
 (or a section) is the mean of its moments, unit length. Used by similar-track and moment search
-(jaxtag.tagging.similarity) and by the sections (jaxtag.tagging.sections). A model without
+(jaxtag.library.similarity) and by the sections (jaxtag.tagging.sections). A model without
 reference statistics (a trained run) uses its embeddings as they are.
 """
 from __future__ import annotations

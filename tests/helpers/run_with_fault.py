@@ -44,21 +44,20 @@ def inject(fault: str) -> None:
     elif kind in ("tag_sigkill", "tag_sigint"):
         import threading
 
-        from jaxtag.tagging import library
-        write, records, lock = library.write_atomic, [], threading.Lock()
+        from jaxtag.library.state import LibraryState
+        put_decision, records, lock = LibraryState.put_decision, [], threading.Lock()
 
-        def write_then_signal(path, data):
-            write(path, data)
-            if os.path.dirname(path).endswith(library.RECORDS):
-                with lock:
-                    records.append(path)
-                    if len(records) == at:
-                        os.kill(os.getpid(), signal.SIGKILL if kind == "tag_sigkill" else signal.SIGINT)
+        def decide_then_signal(self, name, *args, **kwargs):
+            put_decision(self, name, *args, **kwargs)
+            with lock:
+                records.append(name)
+                if len(records) == at:
+                    os.kill(os.getpid(), signal.SIGKILL if kind == "tag_sigkill" else signal.SIGINT)
 
-        library.write_atomic = write_then_signal
+        LibraryState.put_decision = decide_then_signal
     elif kind == "plan_sigint":
-        from jaxtag.tagging import library
-        plan, planned = library.plan_file, []
+        from jaxtag.library import plan as library_plan
+        plan, planned = library_plan.plan_file, []
 
         def signal_then_plan(*args, **kwargs):
             planned.append(args[0])
@@ -66,9 +65,9 @@ def inject(fault: str) -> None:
                 os.kill(os.getpid(), signal.SIGINT)
             return plan(*args, **kwargs)
 
-        library.plan_file = signal_then_plan
+        library_plan.plan_file = signal_then_plan
     elif kind == "beam_kill":
-        from jaxtag.tagging import beam_library
+        from jaxtag.library import beam as beam_library
         publish = beam_library.publish
 
         def publish_then_kill(staging, output_dir, name):

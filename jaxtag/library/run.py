@@ -31,8 +31,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
-import threading
 import time
 import uuid
 
@@ -40,32 +38,19 @@ import numpy as np
 
 from jaxtag.data import features
 from jaxtag.errors import DataError, WorkerStartError, problem_of
-from jaxtag.tagging import decoding, summary
-from jaxtag.tagging.library_page import write_index
-from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process, write_atomic
-from jaxtag.tagging.outputs import FORMATS, check_formats, format_files, output_names, shown_path, write_outputs
-from jaxtag.tagging.store import (RECORDS, STORE, read_record, read_store, record_path, recorded_names,  # noqa: F401
-                                  refresh_record,
-                                  scan_records, store_path, stored_header, untouched, write_store, analyses)
-from jaxtag.tagging.taggram import Taggram
+from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process
+from jaxtag.library import summary, views
+from jaxtag.library.arrays import analyses, read_arrays
+from jaxtag.library.log import LockedLog, Log
+from jaxtag.library.plan import DERIVE, LibraryOptions, plan_library, usable  # noqa: F401 - LibraryOptions: the API
+from jaxtag.library.state import LibraryState, RunLock
+from jaxtag.library.takeover import take_over_old_layout
+from jaxtag.library.write import UnreadableAnalysis, remove, remove_outputs, stored_taggram, write_file
+from jaxtag.tagging import decoding
+from jaxtag.tagging.outputs import check_formats, shown_path
 
-RECORD_VERSION = 2
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
 MAX_QUEUED_WRITES = 4  # files tagged and waiting for the writer thread
-
-
-@dataclasses.dataclass
-class LibraryOptions:
-    output_dir: str
-    formats: tuple = FORMATS
-    workers: int = 0             # decoding processes; 0: one per CPU this process may use
-    force: bool = False          # redo files whose outputs exist
-    embeddings: bool = False     # NAME.embeddings.npz: the penultimate layer per window
-    write_tags: bool = False     # the track's tags into the file's own metadata
-    dry_run: bool = False        # with write_tags: only say what would be written
-    top_n: int = 3               # top tags printed per file
-    embed_audio: bool = False    # the audio in each track page (for a single file to share), else linked
-    roots: tuple = ()            # the directories given: outputs mirror the folders below them
 
 
 @dataclasses.dataclass
@@ -82,6 +67,14 @@ class LibraryResult:
     audio_seconds: float = 0.0   # of the files tagged in this run
     worker_peak_rss_mb: float = 0.0  # the largest decoding worker's peak memory
     rows: dict = dataclasses.field(default_factory=dict)  # path -> library row, of every file done (now or before)
+    moved: dict = dataclasses.field(default_factory=dict)     # new path -> old path (recognised by its audio)
+    gone: list = dataclasses.field(default_factory=list)      # files gone from disk, removed from the library
+    unreachable: list = dataclasses.field(default_factory=list)  # roots missing or empty: nothing pruned there
+
+    def counts(self) -> dict:
+        return {"tagged": len(self.tagged), "derived": len(self.derived), "skipped": len(self.skipped),
+                "failed": len(self.failed), "moved": len(self.moved), "gone": len(self.gone),
+                "tags_not_written": len(self.tags_not_written), "audio_seconds": round(self.audio_seconds, 3)}
 
     def summary_line(self, total: int) -> str:
         """What happened to each file, each file counted once (tags not written are counted
@@ -91,54 +84,13 @@ class LibraryResult:
             parts.append(f"re-derived {len(self.derived)} from stored scores")
         parts += [f"already done {len(self.skipped)}", f"failed {len(self.failed)} of {total} file(s)"]
         line = ", ".join(parts)
+        if self.moved:
+            line += f"; {len(self.moved)} moved or renamed (no model)"
+        if self.gone:
+            line += f"; {len(self.gone)} gone from disk, removed from the library"
         if self.tags_not_written:
             line += f"; tags not written into {len(self.tags_not_written)}"
         return line
-
-
-def settings_of(tagger) -> dict:
-    """What makes two runs' outputs of the same file the same: the model (its weights), the
-    decision policy and the section settings (the model alone makes the stored scores and
-    embeddings)."""
-    return {"version": RECORD_VERSION, "model": tagger.fingerprint, "policy": tagger.policy.key(),
-            "sections": tagger.sectioning.key()}
-
-
-def wanted_outputs(name: str, options: LibraryOptions) -> list[str]:
-    """The output files (base names) a file gets with these options."""
-    return [f"{name}{suffix}" for fmt in options.formats for suffix in format_files(fmt)] + \
-        ([f"{name}.embeddings.npz"] if options.embeddings else [])
-
-
-MODEL, DERIVE, DONE = "model", "derive", "done"
-
-
-def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None
-              ) -> tuple[str, str | None]:
-    """What a file needs (see the module docstring), from cheap checks only: (DONE, None) (its
-    record shows this model, policy and audio, and every output wanted now), (DERIVE, None) (its
-    stored scores are this model's for this audio: the outputs are derived again), (MODEL, None);
-    or (DONE or DERIVE, content fingerprint) where only the file's size or mtime changed: a
-    decoding worker then checks whether its audio is still that (retagged, touched or copied)."""
-    try:
-        if options.force:
-            return MODEL, None
-        source = os.path.abspath(path)
-        if record is not None and record.get("settings") == settings and record["source"]["path"] == source:
-            wanted = wanted_outputs(name, options)
-            if set(wanted) <= set(record["outputs"]) and all(
-                    os.path.exists(os.path.join(options.output_dir, f)) for f in wanted) \
-                    and os.path.exists(store_path(options.output_dir, name)):
-                return DONE, None if untouched(path, record["source"]) else record["source"]["content"]
-        stored = stored_header(options.output_dir, name)
-        if stored is not None and stored["model"] == settings["model"] and stored["source"]["path"] == source:
-            # The record's stamp is newer where --write_tags retagged the file since.
-            later = [record["source"]] if record is not None and record.get("settings", {}).get("model") == \
-                settings["model"] and record["source"]["content"] == stored["source"]["content"] else []
-            return DERIVE, None if untouched(path, stored["source"], *later) else stored["source"]["content"]
-        return MODEL, None
-    except (OSError, KeyError, TypeError):  # gone, unreadable, or a record of another version
-        return MODEL, None
 
 
 @dataclasses.dataclass(eq=False)
@@ -235,94 +187,43 @@ def _feed_arrived(tagger, state: _FileState, batcher: WindowBatcher) -> list[_Fi
     return done
 
 
-PLAN_MESSAGE_FROM = 1000  # files
-
-
-@dataclasses.dataclass
-class LibraryPlan:
-    """What each file of a run needs (plan_file), from OUT's records, before anything is decoded."""
-    names: dict      # path -> its output name
-    settings: dict   # this run's (settings_of)
-    done: dict       # path -> its library row: nothing to do
-    derive: list     # paths whose outputs are derived again from their stored scores
-    todo: list       # paths for the decoding workers, in order: for the model, or to check first
-    check: dict      # path -> (DONE or DERIVE, content fingerprint, record): only its stamp changed
-    assemble: list = dataclasses.field(default_factory=list)   # paths whose networks' analyses are all stored
-    partial: dict = dataclasses.field(default_factory=dict)    # path -> the one network to run; the others' are stored
-
-
-def plan_library(tagger, files: list[str], options: LibraryOptions, log, reuse: bool = False) -> LibraryPlan:
-    """The plan of a run over `files` (the local run's and the Beam driver's). reuse: files whose
-    stored analyses include some of the tagger's networks' go to plan.assemble and plan.partial
-    (reusable_parts; the local run's) instead of the model."""
-    for folder in (RECORDS, STORE):
-        os.makedirs(os.path.join(options.output_dir, folder), exist_ok=True)
-    if len(files) >= PLAN_MESSAGE_FROM:  # reading the records of a big library takes a while: say so
-        log.say(f"checking {len(files)} file(s) against the records in {options.output_dir}")
-    found = scan_records(options.output_dir)
-    plan = LibraryPlan(output_names(files, options.roots, recorded_names(options.output_dir, found)),
-                       settings_of(tagger), {}, [], [], {})
-    for path in files:
-        record = found.get(plan.names[path])
-        what, content = plan_file(path, plan.names[path], options, plan.settings, record)
-        if content is not None:  # only its stamp changed: a worker checks its audio (then)
-            plan.check[path] = (what, content, record)
-            plan.todo.append(path)
-        elif what == DONE:
-            plan.done[path] = summary.row_from_json(record["summary"])
-        elif what == MODEL and reuse and (missing := reusable_parts(tagger, path, plan.names[path], options, record)
-                                          ) is not None:
-            if missing:
-                plan.partial[path] = missing[0]
-            else:
-                plan.assemble.append(path)
-        else:
-            (plan.derive if what == DERIVE else plan.todo).append(path)
-    return plan
-
-
-def reusable_parts(tagger, path: str, name: str, options: LibraryOptions, record: dict | None) -> list[str] | None:
-    """For a file the tagger's model must run on: the fingerprints of its networks whose analyses
-    of this audio are not in the file's store, where the store holds the others' ([]: all there);
-    None where it holds none of them, or more than one is missing (the model runs whole then), or
-    the file may have changed (its size or mtime differ from the stored analysis's and the record's
-    of the same audio)."""
-    if options.force:
-        return None
-    try:
-        stored = stored_header(options.output_dir, name)
-        if stored is None or stored["source"]["path"] != os.path.abspath(path):
-            return None
-        later = [record["source"]] if record is not None and \
-            (record.get("source") or {}).get("content") == stored["source"]["content"] else []
-        if not untouched(path, stored["source"], *later):
-            return None
-    except (OSError, KeyError, TypeError):
-        return None
-    have = {stored["model"], *stored["parts"]}
-    needed = tagger.part_fingerprints
-    missing = [fp for fp in needed if fp not in have]
-    return missing if len(missing) < len(needed) and len(missing) <= 1 else None
-
-
 def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, decode=None) -> LibraryResult:
     """Tag every file into options.output_dir (see the module docstring); returns what happened.
-    decode: the worker function (default decoding.decode_file)."""
+    decode: the worker function (default decoding.decode_file). LibraryBusy where another run
+    holds the output folder."""
     check_formats(options.formats)
     files = [os.fspath(f) for f in files]
     log = log or Log(options)
-    result = LibraryResult()
+    os.makedirs(options.output_dir, exist_ok=True)
+    lock = RunLock(options.output_dir)
+    lock.acquire(options.wait_for_lock)
+    try:
+        with LibraryState(options.output_dir) as state:
+            take_over_old_layout(options.output_dir, state, log)
+            run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
+            result = LibraryResult()
+            try:
+                _tag(tagger, files, options, log, decode, state, result)
+            finally:
+                state.end_run(run, result.counts(), "interrupted" if result.interrupted else "finished")
+            return result
+    finally:
+        lock.release()
+
+
+def _tag(tagger, files, options, log, decode, state, result) -> None:
     started = time.perf_counter()
-    plan = plan_library(tagger, files, options, log, reuse=True)
+    plan = plan_library(tagger, files, options, log, state, reuse=True)
     rows = dict(plan.done)
     result.skipped.extend(plan.done)
-    log.plan(len(files), len(plan.todo) + len(plan.partial), len(plan.derive) + len(plan.assemble), len(plan.partial))
+    log.plan(len(files), len(plan.todo) + len(plan.partial), len(plan.derive) + len(plan.assemble) - len(plan.library),
+             len(plan.partial), len(plan.library))
     tmp_dir = _fresh_tmp_dir(options.output_dir)
     # A file's outputs are written on this thread while the model goes on with the next files
     # (the picture is most of it; the model would wait for it otherwise).
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxtag-writer")
-    context = _RunContext(tagger, plan.names, options, plan.settings, rows, result, _LockedLog(log),
-                          decode or decoding.decode_file, writer, plan.check, tagger)
+    context = _RunContext(tagger, plan.names, options, plan.settings, rows, result, LockedLog(log),
+                          decode or decoding.decode_file, writer, plan.check, state, plan.contents, plan.moved)
     if plan.todo or plan.partial:  # while the model compiles and the workers start, not on the first file's way out
         writer.submit(_warm_up_writer, tagger)
     try:
@@ -335,42 +236,68 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
             _run(dataclasses.replace(context, runner=tagger.part_tagger(fingerprint)),
                  [p for p, fp in plan.partial.items() if fp == fingerprint], tmp_dir)
         _wait_for_writes(context)
+        if context.redo:   # stored analyses found unreadable on the way: the model redoes them now
+            _run(context, list(dict.fromkeys(context.redo)), tmp_dir)
+            _wait_for_writes(context)
         if options.write_tags:  # the files done before: their tags (nothing is written where they are there)
             for path in result.skipped:
                 _write_file_tags(context, path)
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        # Interrupted: the write under way ends (its outputs are atomic, its record last); the
-        # files queued behind it have no record and are redone by the next run.
+        # Interrupted: the write under way ends (its outputs are atomic, its decisions last); the
+        # files queued behind it have none and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    similar = {} if result.interrupted else update_similarity(tagger, options, plan.names, files, rows, result, context.log)
-    write_library(options.output_dir, files, rows, result, tagger, similar)
+    if not result.interrupted:
+        prune_gone(state, options, files, result, log)
+    view, others = views.library_rows(state, plan.settings)
+    state.set_meta("view", json.dumps(plan.settings, sort_keys=True))
+    similar = {} if result.interrupted else views.update_similarity(
+        options.output_dir, tagger, options.formats, view, bool(result.gone or result.moved),
+        [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, context.log)
+    views.write_library(options.output_dir, view, tagger, result.failed, result.tags_not_written, similar, others)
     result.rows, result.seconds = rows, time.perf_counter() - started
-    return result
 
 
-def update_similarity(tagger, options: LibraryOptions, names: dict, files: list[str], rows: dict,
-                      result: LibraryResult, log) -> dict:
-    """The similarity index brought up to date with the library's stored outputs, the listening
-    pages' lists of similar tracks and moments (for the files tagged or derived now, or all), and
-    each file's most similar tracks (for index.html): {path: [(name, cosine), ...]}. A failure
-    here is a warning: the tags are what the run is for."""
-    from jaxtag.tagging import similarity
-    if not rows:
-        return {}
+def prune_gone(state, options: LibraryOptions, files: list[str], result, log) -> None:
+    """Files of the library gone from the folders this run covered (the roots given, and the
+    folders of the files given) leave it: their outputs and rows (their analyses stay until
+    `python -m jaxtag.library OUT --clean`). A root that is missing, or holds none of the audio
+    files the library knows there (an unmounted drive's empty mount point), prunes nothing and is
+    reported."""
+    covered = {os.path.abspath(r) for r in options.roots} | {os.path.dirname(os.path.abspath(f)) for f in files}
+    records = state.records()
+    gone = []
+    for root in sorted(covered):
+        under = [r for r in records.values() if os.path.dirname(r["source"]["path"]) == root
+                 or r["source"]["path"].startswith(root.rstrip(os.sep) + os.sep)]
+        if not under:
+            continue
+        missing = [r for r in under if not os.path.exists(r["source"]["path"])]
+        if len(missing) == len(under) and not _holds_audio(root):
+            log.say(f"warning: {root} is missing or holds no audio now (an unmounted drive?): "
+                    f"the {len(under)} file(s) the library knows there are kept")
+            result.unreachable.append(root)
+            continue
+        gone += missing
+    seen = set()
+    for record in gone:
+        if record["source"]["path"] in seen:
+            continue
+        seen.add(record["source"]["path"])
+        remove_outputs(options.output_dir, record)
+        log.gone(record["source"]["path"])
+        result.gone.append(record["source"]["path"])
+    state.remove_files(sorted(seen))
+
+
+def _holds_audio(root: str) -> bool:
+    from jaxtag.tagging.outputs import find_audio
     try:
-        start = time.perf_counter()
-        index = similarity.update_index(options.output_dir, tagger.spec)
-        if "html" in options.formats:
-            similarity.write_similar_lists(index, [names[p] for p in result.tagged + result.derived])
-        similar = similarity.similar_tracks_of_all(index, names=[names[p] for p in files])
-        result.stage_seconds["similarity"] = time.perf_counter() - start
-        return {path: similar.get(names[path], []) for path in files}
-    except Exception as e:  # noqa: BLE001 - reported; the outputs of every file are written
-        log.say(f"warning: similar tracks and moments not updated: {problem_of(e)}")
-        return {}
+        return os.path.isdir(root) and bool(find_audio([root]))
+    except (OSError, ValueError):
+        return False
 
 
 @dataclasses.dataclass
@@ -385,6 +312,10 @@ class _RunContext:
     decode: object
     writer: concurrent.futures.ThreadPoolExecutor
     check: dict          # path -> (DONE or DERIVE, content fingerprint, record): files to check first
+    state: object = None   # the library's database (jaxtag.library.state.LibraryState)
+    contents: dict = dataclasses.field(default_factory=dict)  # path -> its audio's content fingerprint, where known
+    moved: dict = dataclasses.field(default_factory=dict)     # path -> the record of the same audio elsewhere
+    redo: list = dataclasses.field(default_factory=list)      # paths whose stored analysis could not be read
     runner: object = None  # the tagger whose networks run (the tagger, or one network of it: plan.partial)
     writes: collections.deque = dataclasses.field(default_factory=collections.deque)
 
@@ -476,11 +407,12 @@ def _pool_broke(started: concurrent.futures.Future, in_flight: list) -> list[str
 def _take_unchanged(c: _RunContext, unchanged) -> None:
     """A file whose size or mtime changed holds the same audio (a worker checked): done, with its
     record's stamp brought up to date, or its outputs derived again from its stored scores."""
-    plan, _, record = c.check[unchanged.path]
+    plan, content, record = c.check[unchanged.path]
+    c.contents[unchanged.path] = content
     if plan == DERIVE:
         _queue_write(c, _derive_outputs, unchanged.path)
         return
-    record = refresh_record(c.options.output_dir, c.names[unchanged.path], record, unchanged.path, unchanged.stamp)
+    c.state.restamp(os.path.abspath(unchanged.path), unchanged.stamp["size"], unchanged.stamp["mtime_ns"])
     c.rows[unchanged.path] = summary.row_from_json(record["summary"])
     c.result.skipped.append(unchanged.path)
     c.log.unchanged(unchanged.path)
@@ -540,7 +472,7 @@ def _finish(c: _RunContext, state: _FileState) -> None:
                                    decoded.envelope)
         c.result.stage_seconds["model"] += time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
-        _remove(decoded.frames_path)
+        remove(decoded.frames_path)
         _fail(c, decoded.path, problem_of(e))
         return
     source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
@@ -574,19 +506,44 @@ def _derive_outputs(c: _RunContext, path: str) -> None:
     """A file whose stored scores are this model's for its audio: its outputs derived again with
     this run's policy (no decoding, no model)."""
     try:
-        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.names[path], path)
+        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.state, c.contents[path], path)
+    except UnreadableAnalysis as e:
+        _redo(c, path, e)
+        return
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
     _write_file_outputs(c, path, taggram, stored["embeddings"], source, stored["warnings"], None)
 
 
+def _redo(c: _RunContext, path: str, problem: Exception) -> None:
+    """A file whose stored analysis cannot be read (damaged, truncated, removed): forgotten, and
+    run through the model in this run (its audio is still there), with a warning naming it."""
+    c.log.warn(path, f"{problem_of(problem)}: analysing it again")
+    for analysis in c.state.analyses_of(c.contents[path]):
+        if not usable(c.options.output_dir, analysis) or \
+                read_arrays(c.options.output_dir, analysis.arrays) is None:
+            c.state.remove_analysis(analysis.content, analysis.model)
+    c.redo.append(path)
+
+
+def _stored_analyses(c: _RunContext, path: str) -> tuple[dict, dict]:
+    """(the stored arrays of one of the analyses of a file's audio, {network fingerprint: {"name",
+    "scores", "embeddings"}} of all of them: every network's analysis the library keeps of it)."""
+    found, first = {}, None
+    for analysis in c.state.analyses_of(c.contents[path]):
+        stored = read_arrays(c.options.output_dir, analysis.arrays) if usable(c.options.output_dir, analysis) else None
+        if stored is not None:
+            first = first or stored
+            found.update({fp: a for fp, a in analyses(stored).items() if fp not in found or a["name"]})
+    if first is None:
+        raise UnreadableAnalysis(path, "its stored analyses cannot be read")
+    return first, found
+
+
 def _stored_parts(c: _RunContext, path: str, fingerprints) -> dict:
-    """The analyses of a file's store by these networks (those there)."""
-    stored = read_store(c.options.output_dir, c.names[path])
-    if stored is None:
-        raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
-    found = analyses(stored)
+    """The analyses of a file's audio by these networks (those the library keeps)."""
+    _, found = _stored_analyses(c, path)
     return {fp: (found[fp]["scores"], found[fp]["embeddings"]) for fp in fingerprints if fp in found}
 
 
@@ -605,39 +562,23 @@ def _assemble_outputs(c: _RunContext, path: str) -> None:
     them tagged it): its output assembled from them, stored, and its outputs derived (no decoding,
     no model); the analyses kept for the next switch."""
     try:
-        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.names[path], path, scores=False)
-        found = analyses(stored)
+        first, found = _stored_analyses(c, path)
+        stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.state, c.contents[path], path,
+                                                 scores=False, model=first["model"])
         parts = {fp: (found[fp]["scores"], found[fp]["embeddings"]) for fp in c.tagger.part_fingerprints}
         scores, embeddings = c.tagger.assemble(parts)
         if len(scores) != len(taggram.start):
             raise DataError(path, "its stored analyses do not fit its windows (rerun with --force)")
         taggram = dataclasses.replace(taggram, scores=scores, embeddings=embeddings)
         carried = {fp: p for fp, p in found.items() if p["name"]}
+    except UnreadableAnalysis as e:
+        _redo(c, path, e)
+        return
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
     _write_file_outputs(c, path, taggram, embeddings, source, stored["warnings"], None,
                         parts=_kept_parts(c.tagger, parts, carried), store=True)
-
-
-def stored_taggram(tagger, output_dir: str, name: str, path: str, read=None, scores: bool = True):
-    """(the stored model output, the file's stamp now, its taggram with the tagger's policy) of
-    a file tagged before (read: store.read_store or another reader of the same); scores=False: its
-    taggram has the stored scores whatever model made them (to be replaced)."""
-    stored = (read or read_store)(output_dir, name)
-    if stored is None:
-        raise DataError(path, "its stored scores can no longer be read (rerun with --force)")
-    source = dict(stored["source"])
-    st = os.stat(path)
-    source.update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same (plan_file)
-    if scores and stored["scores"].shape[1:] != (len(tagger.tags),):
-        raise DataError(path, f"its stored scores are of {stored['scores'].shape[1:]} tags, the model has "
-                              f"{len(tagger.tags)} (rerun with --force)")
-    taggram = Taggram(source=shown_path(path), duration=float(stored["duration"]), tags=list(tagger.tags),
-                      start=stored["start"], end=stored["end"], scores=stored["scores"], policy=tagger.policy,
-                      model=tagger.model_name, envelope=stored["envelope"] if len(stored["envelope"]) else None,
-                      tempo=stored["tempo"], embeddings=stored["embeddings"], sectioning=tagger.sectioning)
-    return stored, source, taggram
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
@@ -657,10 +598,13 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
                     read_frames=lambda first, count: decoding.read_frames(frames_path, n_mels, first, count),
                     n_frames=os.path.getsize(frames_path) // (4 * n_mels)))
             finally:
-                _remove(frames_path)
-        row = write_file(options, options.output_dir, name, path, taggram, embeddings, source, warnings,
-                         c.settings, new_scores=audio_seconds is not None or store, parts=parts)
+                remove(frames_path)
+        row, _ = write_file(options, name, path, taggram, embeddings, source, warnings, c.settings,
+                            new_scores=audio_seconds is not None or store, tagger=c.tagger, state=c.state,
+                            parts=parts)
         c.result.stage_seconds["writing"] += time.perf_counter() - start
+        if path in c.moved:
+            _follow_move(c, path)
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
@@ -675,36 +619,18 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
         _write_file_tags(c, path)
 
 
-def write_file(options: LibraryOptions, output_dir: str, name: str, path: str, taggram, embeddings, source: dict,
-               warnings: list[str], settings: dict, new_scores: bool, link_from: str | None = None,
-               parts: dict | None = None) -> dict:
-    """Every output of one file into output_dir, its record removed first and written last, its
-    scores stored first when new; returns its library row. link_from: the folder its listening
-    page will be in, if not output_dir's (its audio is linked relative to that)."""
-    _remove(record_path(output_dir, name))
-    if taggram.embeddings is None:   # its sections come from them
-        taggram = dataclasses.replace(taggram, embeddings=embeddings)
-    if new_scores:
-        write_store(output_dir, name, taggram, embeddings, settings["model"], source, warnings, parts)
-    row = summary.track_summary(taggram, taggram.source, name, warnings)
-    if options.embeddings:
-        _write_embeddings(output_dir, name, taggram, embeddings)
-    write_outputs(taggram, path, output_dir, options.formats, name, embed_audio=options.embed_audio, link_from=link_from)
-    record = {"settings": settings, "source": source, "outputs": wanted_outputs(name, options),
-              "summary": summary.row_to_json(row)}
-    write_atomic(record_path(output_dir, name), json.dumps(record))
-    return row
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
-
-
-def _write_embeddings(output_dir: str, name: str, taggram, embeddings: np.ndarray) -> None:
-    def save(f):
-        np.savez(f, start=taggram.start, end=taggram.end, embeddings=embeddings)
-    write_atomic(os.path.join(output_dir, f"{name}.embeddings.npz"), save)
+def _follow_move(c: _RunContext, path: str) -> None:
+    """A file recognised as audio the library knows under another path: where that path is gone,
+    the file was moved or renamed: the old outputs and row go (its new ones are written); where it
+    is still there, this is a copy and both stay."""
+    old = c.moved[path]
+    if os.path.exists(old["source"]["path"]):
+        return
+    if old["name"] != c.names[path]:
+        remove_outputs(c.options.output_dir, old)
+    c.state.remove_files([old["source"]["path"]])
+    c.result.moved[path] = old["source"]["path"]
+    c.log.moved(old["source"]["path"], path)
 
 
 def _write_file_tags(c: _RunContext, path: str) -> None:
@@ -712,8 +638,8 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
     record then holds the file's new size and mtime. A format jaxtag cannot write tags into is a
     warning, not a failure."""
     from jaxtag.data.tags import short_tag
-    from jaxtag.tagging import metadata
-    row, name = c.rows[path], c.names[path]
+    from jaxtag.library import file_tags as metadata
+    row = c.rows[path]
     if os.path.splitext(path)[1].lower() not in metadata.SUPPORTED_EXTENSIONS:
         c.log.warn(path, f"tags not written: jaxtag cannot write tags into {os.path.splitext(path)[1]} files")
         return
@@ -724,29 +650,12 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
         if c.options.dry_run:
             c.log.say(metadata.describe_plan(path, plan))
             return
-        record = read_record(c.options.output_dir, name)
         st = os.stat(path)
-        if record is not None and (st.st_size, st.st_mtime_ns) != (record["source"]["size"], record["source"]["mtime_ns"]):
-            record["source"].update(size=st.st_size, mtime_ns=st.st_mtime_ns)  # the audio is the same
-            write_atomic(record_path(c.options.output_dir, name), json.dumps(record))
+        c.state.restamp(os.path.abspath(path), st.st_size, st.st_mtime_ns)  # the audio is the same
     except (DataError, ValueError, OSError) as e:
         # The file is tagged (its outputs are written); only its own tags are not: counted apart.
         c.result.tags_not_written[path] = problem_of(e)
         c.log.failed(path, f"tags not written: {problem_of(e)}", done=False)
-
-
-def write_library(output_dir: str, files: list[str], rows: dict, result: LibraryResult, tagger,
-                   similar: dict | None = None) -> None:
-    """library.csv, library.json and index.html over every file tagged now or before, a row at a
-    time; `similar` {path: [(name, cosine), ...]}: each file's most similar tracks."""
-    similar = similar or {}
-    done = [dict(rows[p], similar=similar.get(p, [])) for p in files if p in rows]
-    tags = list(tagger.tags)
-    write_atomic(os.path.join(output_dir, "library.json"),
-                 lambda f: summary.write_library_json(f, done, tags, result.failed, result.tags_not_written))
-    write_atomic(os.path.join(output_dir, "library.csv"), lambda f: summary.write_library_csv(f, done, tags))
-    write_atomic(os.path.join(output_dir, "index.html"),
-                 lambda f: write_index(f, done, tags, tagger.model_name, tagger.policy.origin))
 
 
 def _fresh_tmp_dir(output_dir: str) -> str:
@@ -767,72 +676,3 @@ def _fresh_tmp_dir(output_dir: str) -> str:
     return path
 
 
-class _LockedLog:
-    """A log called from the main and the writer thread, one call at a time."""
-
-    def __init__(self, log):
-        self._log = log
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name):
-        method = getattr(self._log, name)
-
-        def locked(*args, **kwargs):
-            with self._lock:
-                return method(*args, **kwargs)
-        return locked
-
-
-class Log:
-    """What the tag command says: top tags per file on stdout; warnings, failures and progress on
-    stderr."""
-
-    def __init__(self, options: LibraryOptions):
-        self.options = options
-        self.bar = None
-
-    def plan(self, total: int, todo: int, derive: int = 0, partial: int = 0) -> None:
-        done = total - todo - derive
-        if done:
-            self.say(f"{done} of {total} file(s) already tagged with this model and these decisions "
-                     "(--force redoes them)")
-        if derive:
-            self.say(f"{derive} file(s) tagged with this model (or its networks) before: their tags are derived "
-                     "again from the stored scores with this run's decisions (no decoding, no model)")
-        if partial:
-            self.say(f"{partial} file(s) analysed before by some of this model's networks: only the others run")
-        if todo + derive >= 2:
-            from tqdm import tqdm
-            self.bar = tqdm(total=todo + derive, desc="tagging", unit="file", file=sys.stderr)
-
-    def tagged(self, path: str, taggram) -> None:
-        if self.options.top_n > 0:
-            top = ", ".join(f"{t} {s:.2f}" for t, s in taggram.top_tags(self.options.top_n))
-            self._print(f"{shown_path(path)}: {top}", sys.stdout)
-        self._step()
-
-    def unchanged(self, path: str) -> None:
-        """A file checked in a worker: the same audio as when it was tagged (done)."""
-        self._step()
-
-    def failed(self, path: str, problem: str, done: bool = True) -> None:
-        """done: the file leaves the queue here (a failure after tagging it does not)."""
-        self._print(f"error: {shown_path(path)}: {problem}", sys.stderr)
-        if done:
-            self._step()
-
-    def warn(self, path: str, message: str) -> None:
-        self._print(f"warning: {shown_path(path)}: {message}", sys.stderr)
-
-    def say(self, message: str) -> None:
-        self._print(message, sys.stderr)
-
-    def _print(self, message: str, stream) -> None:
-        if self.bar is not None:
-            self.bar.write(message, file=stream)
-        else:
-            print(message, file=stream, flush=True)
-
-    def _step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)

@@ -37,7 +37,7 @@ import zipfile
 
 import numpy as np
 
-from jaxtag.tagging import store
+from jaxtag.library import arrays as store
 from jaxtag.files import write_atomic
 from jaxtag.tagging.taggram import window_at, window_bounds
 # The vectors (moments, tracks, whitening) live in jaxtag.tagging.vectors (the sections use them too).
@@ -50,7 +50,7 @@ EXACT_LIMIT = 250_000          # moments searched exactly up to here (about 3,00
 RECALL_TARGET = 0.97           # of the exact 10 nearest moments, by the IVF index's nprobe
 NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 WINDOW_BITS = 20               # a moment's id: file number << 20 | window index
-STATE_VERSION = 1
+STATE_VERSION = 2              # 2: signatures name the content-addressed arrays (jaxtag.library.state)
 
 
 # -- the index ----------------------------------------------------------------------------------
@@ -213,9 +213,46 @@ def exact_neighbours(queries: np.ndarray, vectors: np.ndarray, k: int, block: in
     return best
 
 
-def _store_signature(output_dir: str, name: str) -> str:
-    st = os.stat(store.store_path(output_dir, name))
-    return f"{st.st_size}:{st.st_mtime_ns}"
+def _signature(output_dir: str, arrays: str) -> str:
+    """Stored arrays (relative to OUT) as the index knows them: their file, size and mtime (the
+    same audio analysed again has new ones)."""
+    st = os.stat(os.path.join(output_dir, arrays))
+    return f"{arrays}|{st.st_size}:{st.st_mtime_ns}"
+
+
+def _arrays(signature: str) -> str:
+    return signature.rpartition("|")[0]
+
+
+def library_entries(output_dir: str, model: str | None = None) -> tuple[dict, str]:
+    """({name: (signature, path, model)} of the library's files with decisions and stored arrays
+    of one model, that model): `model`, else the one most of the library was tagged with (one
+    model's vectors in an index)."""
+    from jaxtag.library.state import LibraryState
+    state = LibraryState.existing(output_dir)
+    if state is None:
+        return {}, model or ""
+    with state:
+        records = state.records()
+        found = {}
+        for name, record in sorted(records.items()):
+            settings = record.get("settings")
+            if settings is None:
+                continue
+            found[name] = (record, settings["model"])
+        if model is None:
+            counts = collections.Counter(m for _, m in found.values())
+            model = counts.most_common(1)[0][0] if counts else ""
+        current = {}
+        for name, (record, m) in found.items():
+            analysis = state.analysis(record["source"]["content"], m) if m == model else None
+            if analysis is None:
+                continue
+            try:
+                current[name] = (_signature(output_dir, analysis.arrays), record["source"]["path"], m)
+            except OSError:
+                continue  # its arrays are gone: not in the index (the next tag run redoes it)
+    return current, model
 
 
 def index_dir(output_dir: str) -> str:
@@ -280,22 +317,14 @@ def whitening_of(spec: dict) -> Whitening:
 
 
 def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = EXACT_LIMIT,
-                 log=None) -> SimilarityIndex:
+                 log=None, model: str | None = None) -> SimilarityIndex:
     """Bring the index up to date with the library's stored outputs (see the module docstring).
-    spec: the model that tagged them (Tagger.spec); default: the one the index names."""
-    records = store.scan_records(output_dir)
-    current = {}
-    for name, record in sorted(records.items()):
-        try:
-            current[name] = (_store_signature(output_dir, name), record["source"]["path"],
-                             record["settings"]["model"])
-        except (OSError, KeyError, TypeError):
-            continue  # its scores are not stored: not in the index
-    # One model's outputs in an index (its vectors): the model most of the library was tagged with.
-    counts = collections.Counter(model for _, _, model in current.values())
-    model = counts.most_common(1)[0][0] if counts else ""
-    current = {n: v for n, v in current.items() if v[2] == model}
+    spec: the model that tagged them (Tagger.spec); default: the one the index names. model: its
+    fingerprint (the view's; default: the index's, else the one most of the library was tagged with)."""
     index = load_index(output_dir)
+    if model is None and index is not None and spec is None:
+        model = index.model
+    current, model = library_entries(output_dir, model)
     spec = spec if spec is not None else (index.spec if index is not None else {})
     whitening = whitening_of(spec)
     # Rebuilt for another model or another metric (other reference statistics or shrinkage).
@@ -306,7 +335,7 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         gone = [n for n in index.names if n not in unchanged]
         if not gone and not added:
             return index
-        total = index.size + sum(_window_count(output_dir, n) for n in added) - \
+        total = index.size + sum(_window_count(output_dir, current[n][0]) for n in added) - \
             sum(int(index.offsets[index.position(n) + 1] - index.offsets[index.position(n)]) for n in gone)
         kind = "exact" if total <= exact_limit else "ivf"
         fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
@@ -329,7 +358,7 @@ def _readable(output_dir: str, names: list[str], current: dict, log=None) -> lis
     readable = []
     for name in names:
         try:
-            _window_count(output_dir, name)
+            _window_count(output_dir, current[name][0])
             readable.append(name)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             current.pop(name, None)
@@ -338,13 +367,13 @@ def _readable(output_dir: str, names: list[str], current: dict, log=None) -> lis
     return readable
 
 
-def _window_count(output_dir: str, name: str) -> int:
-    with np.load(store.store_path(output_dir, name), allow_pickle=False) as npz:
+def _window_count(output_dir: str, signature: str) -> int:
+    with np.load(os.path.join(output_dir, _arrays(signature)), allow_pickle=False) as npz:
         return int(npz["start"].shape[0])
 
 
-def _file_vectors(output_dir: str, name: str, whitening: Whitening):
-    with np.load(store.store_path(output_dir, name), allow_pickle=False) as npz:
+def _file_vectors(output_dir: str, signature: str, whitening: Whitening):
+    with np.load(os.path.join(output_dir, _arrays(signature)), allow_pickle=False) as npz:
         return moment_vectors(npz["embeddings"], whitening), npz["start"], npz["end"]
 
 
@@ -367,7 +396,7 @@ def _build(output_dir: str, names: list[str], current: dict, whitening: Whitenin
            exact_limit: int) -> SimilarityIndex:
     vectors, starts, ends, tracks, counts = [], [], [], [], []
     for name in names:
-        v, s, e = _file_vectors(output_dir, name, whitening)
+        v, s, e = _file_vectors(output_dir, current[name][0], whitening)
         vectors.append(v)
         starts.append(s)
         ends.append(e)
@@ -404,7 +433,7 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
     numbers = [int(index.numbers[i]) for i in keep]
     next_number = int(index.numbers.max()) + 1 if len(index.numbers) else 0
     for name in added:
-        v, s, e = _file_vectors(index.output_dir, name, index.whitening)
+        v, s, e = _file_vectors(index.output_dir, current[name][0], index.whitening)
         index.moments.add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
         names.append(name)
         counts.append(len(v))
@@ -471,7 +500,7 @@ def query_vectors(index, output_dir: str, path: str, workdir: str | None = None)
     absolute = os.path.abspath(path)
     name = next((n for n, p in zip(index.names, index.paths) if p == absolute), None)
     if name is not None:
-        stored = store.read_store(output_dir, name)
+        stored = store.read_arrays(output_dir, _arrays(index.signatures[index.position(name)]))
         if stored is None:
             from jaxtag.errors import DataError
             raise DataError(path, f"its stored analysis in {output_dir} is missing or cannot be read: "
@@ -551,7 +580,7 @@ def similar_lists(index: SimilarityIndex, name: str, n_tracks: int = SIMILAR_TRA
     """A file's similar tracks and, for each of its windows, its most similar moments in other
     tracks, with the addresses of their pages (NAME.similar.js)."""
     position = index.position(name)
-    vectors, _, _ = _file_vectors(index.output_dir, name, index.whitening)
+    vectors, _, _ = _file_vectors(index.output_dir, index.signatures[position], index.whitening)
     tracks = index.similar_tracks(index.tracks[position], n_tracks, exclude=name)
     moments = index.similar_moments(vectors, n_moments, exclude=name)
     path_of = index.path_of

@@ -1,5 +1,5 @@
 """A tagged file at a glance (one row of the library summary) and the library's files:
-OUT/library.csv, OUT/library.json and OUT/index.html (jaxtag.tagging.library_page).
+OUT/library.csv, OUT/library.json and OUT/index.html (jaxtag.library.pages).
 
 A row: path, duration, model, the top tags by mean score, the tags on for most of the file (the
 track's own tags, written into the file by --write_tags), its sections (jaxtag.tagging.sections:
@@ -65,10 +65,12 @@ def _file_entry(row: dict, tags: list[str]) -> dict:
 
 
 def write_library_json(f, rows: Iterable[dict], tags: list[str], failed: dict[str, str],
-                       tags_not_written: dict[str, str] | None = None) -> None:
-    """library.json, a file row at a time, to a binary file: the rows, the files that failed, and
-    the files tagged whose own tags could not be written (--write_tags)."""
-    f.write(('{"tags": ' + json.dumps(tags) + ', "files": [').encode())
+                       tags_not_written: dict[str, str] | None = None, view: dict | None = None) -> None:
+    """library.json, a file row at a time, to a binary file: the view (its model, its decisions,
+    and how many files other models tagged, left out), the rows, the files that failed, and the
+    files tagged whose own tags could not be written (--write_tags)."""
+    head = "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in (view or {}).items())
+    f.write(("{" + head + '"tags": ' + json.dumps(tags) + ', "files": [').encode())
     for i, row in enumerate(rows):
         f.write(((",\n" if i else "\n") + json.dumps(_file_entry(row, tags))).encode())
     listed = lambda problems: json.dumps([{"path": shown_path(p), "problem": m} for p, m in problems.items()], indent=1)

@@ -92,10 +92,13 @@ def _page_row(row: dict) -> dict:
     return {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in row.items() if k in keys}
 
 
-def write_index(f, rows: list[dict], tags: list[str], model: str, decisions: str = "") -> None:
-    """The library page of the summary rows (jaxtag.tagging.summary.track_summary), to a binary
-    file, a row at a time."""
+def write_index(f, rows: list[dict], tags: list[str], model: str, decisions: str = "",
+                others: dict | None = None) -> None:
+    """The library page of the summary rows (jaxtag.library.summary.track_summary), to a binary
+    file, a row at a time; others {model name: files}: left out, tagged with another model."""
     esc = lambda s: html.escape(str(s), quote=True)
+    left_out = "".join(f' &middot; <span class="other-model">{n} file(s) tagged with {esc(m)} not shown</span>'
+                       for m, n in sorted((others or {}).items()))
     total = sum(r["duration"] for r in rows)
     f.write(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -104,7 +107,7 @@ def write_index(f, rows: list[dict], tags: list[str], model: str, decisions: str
 {STYLE}</style></head><body>
 <h1>jaxtag library</h1>
 <div class="meta">{len(rows)} files &middot; {total / 3600:.2f} hours &middot; model {esc(model)} &middot;
-{len(tags)} tags{" &middot; decisions: " + esc(decisions) if decisions else ""}</div>
+{len(tags)} tags{" &middot; decisions: " + esc(decisions) if decisions else ""}{left_out}</div>
 <div id="controls"><label>tag <select id="tag"><option value="">(any)</option></select></label>
 <label><input type="checkbox" id="anytime"> or on at some time</label>
 <button id="sort" type="button">sort by score</button> <span><span id="shown"></span> shown</span></div>

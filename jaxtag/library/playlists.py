@@ -28,10 +28,19 @@ NSP_LIMIT = 500
 
 
 def _tracks(output_dir: str) -> list[dict]:
-    """Every tagged file of the library with its row: {"path" (the real path), "name", "row"}."""
-    from jaxtag.tagging import library, summary
+    """Every tagged file of the library's view (its model and decisions: library.json's) with its
+    row: {"path" (the real path), "name", "row"}."""
+    from jaxtag.library import summary
+    from jaxtag.library.state import LibraryState
+    state = LibraryState.existing(output_dir)
+    if state is None:
+        return []
+    with state:
+        records, view = state.records(), state.view()
     out = []
-    for name, record in sorted(library.scan_records(output_dir).items()):
+    for name, record in sorted(records.items()):
+        if record.get("settings") is None or (view is not None and record["settings"] != view):
+            continue
         try:
             out.append({"path": record["source"]["path"], "name": name,
                         "row": summary.row_from_json(record["summary"])})
@@ -102,7 +111,7 @@ def _tag_list(output_dir: str) -> list[str]:
 
 
 def _write_radio(output_dir: str, folder: str, tracks: list[dict], seeds: list[str], length: int) -> list[str]:
-    from jaxtag.tagging import similarity
+    from jaxtag.library import similarity
     index = similarity.load_index(output_dir) or similarity.update_index(output_dir)
     by_path = {t["path"]: t for t in tracks}
     radio_folder = os.path.join(folder, "similar")

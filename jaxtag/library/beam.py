@@ -1,7 +1,7 @@
 """Tagging a library or an archive on Apache Beam:
 `python -m jaxtag.tag DIR_OR_LIST --output_dir=OUT --beam_pipeline_options="runner=...,..."`.
 
-The same job as jaxtag.tagging.library, on Beam's workers instead of one machine's processes:
+The same job as jaxtag.library.run, on Beam's workers instead of one machine's processes:
 
 1. The driver lists the files (a directory, or a text file of paths: an archive), names their
    outputs and plans each from its record and stored scores (DONE, DERIVE or MODEL, with a content
@@ -47,10 +47,11 @@ from jaxtag.beam import failures_named, require_beam
 from jaxtag.data import labels as labels_lib
 from jaxtag.errors import problem_of
 from jaxtag.files import TMP_MARK, left_by_dead_process
-from jaxtag.tagging import decoding, summary, tempo as tempo_lib
-from jaxtag.tagging.library import (DERIVE, LibraryOptions, LibraryPlan, LibraryResult, plan_library, stored_taggram,
+from jaxtag.tagging import decoding, tempo as tempo_lib
+from jaxtag.library import summary
+from jaxtag.library.run import (DERIVE, LibraryOptions, LibraryPlan, LibraryResult, plan_library, stored_taggram,
                                     write_file)
-from jaxtag.tagging.store import STORE, read_record, record_path, refresh_record
+from jaxtag.library.arrays import STORE, read_record, record_path, refresh_record
 
 FAILED = os.path.join(".jaxtag", "failed")
 _TAGGERS: dict[str, object] = {}   # one model per worker process, whichever stage asks first
@@ -250,7 +251,7 @@ def publish(staging: str, output_dir: str, name: str) -> None:
 def _read_store(output_dir: str, name: str):
     """store.read_store through Beam's FileSystems."""
     from apache_beam.io.filesystems import FileSystems
-    from jaxtag.tagging import store
+    from jaxtag.library import arrays as store
     path = FileSystems.join(output_dir, STORE, *f"{name}.npz".split("/"))
     try:
         with FileSystems.open(path) as f:
@@ -280,7 +281,7 @@ class BeamResult(LibraryResult):
 def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> BeamResult:
     """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
     happened, as tag_library does."""
-    from jaxtag.tagging.library import Log, update_similarity, write_library
+    from jaxtag.library.run import Log, update_similarity, write_library
     started = time.perf_counter()
     log = log or Log(options)
     result = BeamResult()
