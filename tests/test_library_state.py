@@ -268,3 +268,27 @@ def test_paths_that_are_not_utf8_round_trip_through_the_database(tmp_path):
         (record,) = state.records().values()
     assert record["name"] == name and record["source"] == source and record["outputs"] == [f"{name}.json"]
     assert np.array_equal(os.fsencode(record["source"]["path"]), b"/music/caf\xe9/song.wav")
+
+
+def test_the_database_and_lock_can_live_off_a_network_share(tmp_path, monkeypatch):
+    """JAXTAG_STATE_DIR: the database and the run lock of an output folder on a share live in a
+    local folder (one per output folder); the outputs stay in OUT."""
+    local, share = tmp_path / "local", tmp_path / "share" / "out"
+    monkeypatch.setenv("JAXTAG_STATE_DIR", str(local))
+    with LibraryState(str(share)) as state:
+        state.set_meta("view", "{}")
+        assert os.path.dirname(state.path).startswith(str(local)) and os.path.exists(state.path)
+    lock = RunLock(str(share))
+    lock.acquire()
+    try:
+        assert os.path.dirname(lock.path) == os.path.dirname(state.path)
+        with pytest.raises(LibraryBusy):
+            RunLock(str(share)).acquire()
+        other = RunLock(str(tmp_path / "share" / "other"))    # another output folder: its own lock
+        other.acquire()
+        other.release()
+    finally:
+        lock.release()
+    assert not (share / ".jaxtag").exists()
+    with LibraryState(str(share)) as again:
+        assert again.view() == {}
