@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from helpers import library_state
 from jaxtag.library import run as library_module
 from jaxtag.library.run import LibraryOptions, tag_library
+from jaxtag.library import state as state_lib
 from jaxtag.library.state import LibraryBusy, LibraryState, RunLock
 from jaxtag.tagging.tagger import Tagger
 from test_library import _music
@@ -268,3 +270,39 @@ def test_paths_that_are_not_utf8_round_trip_through_the_database(tmp_path):
         (record,) = state.records().values()
     assert record["name"] == name and record["source"] == source and record["outputs"] == [f"{name}.json"]
     assert np.array_equal(os.fsencode(record["source"]["path"]), b"/music/caf\xe9/song.wav")
+
+
+def _version_1_database(out):
+    """A database as schema version 1 made it, with a file, its analysis and decisions, and a run."""
+    path = state_lib.database_path(str(out))
+    os.makedirs(os.path.dirname(path))
+    db = sqlite3.connect(path)
+    db.executescript(state_lib.MIGRATIONS[1])
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO meta VALUES ('view', ?)", (json.dumps({"model": "fp1", "policy": "p1"}),))
+    db.execute("INSERT INTO files VALUES ('/music/a.wav', 'a', '/music', 10, 20, 'audio:c1', 1.0, 2.0)")
+    db.execute("INSERT INTO analyses VALUES ('audio:c1', 'fp1', 'tiny', 'x.npz', 5, '[]', 62.5, 3.0)")
+    db.execute("INSERT INTO decisions VALUES ('/music/a.wav', 'fp1', ?, '[\"a.json\"]', ?, 4.0)",
+               (json.dumps({"model": "fp1", "policy": "p1"}), json.dumps({"duration": 62.5, "model": "tiny"})))
+    db.execute("INSERT INTO runs (started, ended, pid, host, model, model_name, files, counts, status) "
+               "VALUES (5.0, 6.5, 42, 'box', 'fp1', 'tiny', 1, '{\"tagged\": 1}', 'finished')")
+    db.commit()
+    db.close()
+
+
+def test_a_version_1_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
+    _version_1_database(tmp_path)
+    with LibraryState(str(tmp_path)) as state:
+        assert state.schema_version() == 2 == state_lib.SCHEMA_VERSION
+        (record,) = state.records().values()
+        assert record["source"] == {"path": "/music/a.wav", "size": 10, "mtime_ns": 20, "content": "audio:c1"}
+        assert record["settings"] == {"model": "fp1", "policy": "p1"} and record["outputs"] == ["a.json"]
+        assert state.analysis("audio:c1", "fp1") == state_lib.Analysis("audio:c1", "fp1", "x.npz", 5, (), "tiny", 62.5)
+        assert state.view() == {"model": "fp1", "policy": "p1"}
+        run = state.last_run()
+        assert (run["id"], run["pid"], run["counts"]) == (1, 42, {"tagged": 1})
+        assert state.failures() == {}
+        state.record_failures(run["id"], {"/music/b.wav": "cannot decode audio", "/music/c.wav": "empty"}, [])
+        state.record_failures(run["id"], {}, ["/music/c.wav"])
+        assert {p: f["problem"] for p, f in state.failures().items()} == {"/music/b.wav": "cannot decode audio"}
+        assert state.failures()["/music/b.wav"]["run"] == 1
