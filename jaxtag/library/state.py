@@ -306,6 +306,13 @@ class LibraryState:
         """Analyses of audio no file of the library holds any more (moved away, deleted)."""
         return self._analyses("WHERE content NOT IN (SELECT content FROM files)")
 
+    def remove_orphan_analyses(self, keys: list[tuple[str, str]]) -> None:
+        """These (content, model) analyses gone, in one transaction, those of audio a file of the
+        library holds (again) excepted."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM analyses WHERE content=? AND model=? "
+                           "AND content NOT IN (SELECT content FROM files)", keys)
+
     # -- runs -----------------------------------------------------------------------------------
     def begin_run(self, model: str, model_name: str, files: int) -> int:
         with self.transaction() as db:
