@@ -149,6 +149,25 @@ def test_a_deleted_file_leaves_every_view_and_a_missing_root_prunes_nothing(tagg
     assert _listed(out) == left
 
 
+def test_audio_moved_away_and_back_needs_no_model(tagger, tmp_path, monkeypatch):
+    music, out = tmp_path / "Music", tmp_path / "out"
+    files = _albums(music, n=1)
+    tag_library(tagger, files, _options(out, roots=(str(music),)))
+    away = tmp_path / "away.wav"
+    shutil.move(files[0], away)                           # out of the library: gone, its analysis kept
+    assert tag_library(tagger, files[1:], _options(out, roots=(str(music),))).gone == [files[0]]
+    with LibraryState(str(out)) as state:
+        assert len(state.orphan_analyses()) == 1
+    shutil.move(away, files[0])
+    os.utime(files[0], ns=(1, 1))                         # restored from a backup: another mtime
+    _no_decoding(monkeypatch)
+    back = tag_library(tagger, files, _options(out, roots=(str(music),)))
+    assert back.derived == [files[0]] and back.skipped == [files[1]] and not back.tagged
+    assert _listed(out) == files and library_state.record(out, "Album0/song0")["source"]["mtime_ns"] == 1
+    with LibraryState(str(out)) as state:
+        assert state.orphan_analyses() == []
+
+
 def test_two_models_in_one_output_folder_are_never_mixed(tagger, tmp_path):
     music, out = tmp_path / "Music", tmp_path / "out"
     files = _albums(music)

@@ -427,9 +427,10 @@ def _pool_broke(started: concurrent.futures.Future, in_flight: list) -> list[str
 
 def _take_unchanged(c: _RunContext, unchanged) -> None:
     """A file whose size or mtime changed holds the same audio (a worker checked): done, with its
-    record's stamp brought up to date, or its outputs derived again from its stored scores."""
-    plan, content, record = c.check[unchanged.path]
-    c.contents[unchanged.path] = content
+    record's stamp brought up to date, or its outputs derived again from its stored scores (so
+    too a file new here whose audio the library has analysed before)."""
+    plan, _, record = c.check[unchanged.path]
+    c.contents[unchanged.path] = unchanged.stamp["content"]
     if plan == DERIVE:
         _queue_write(c, _derive_outputs, unchanged.path)
         return
