@@ -55,6 +55,7 @@ setup(
             "jaxtag-pretrained=jaxtag.pretrained.__main__:run",
             "jaxtag-similar=jaxtag.similar:run",
             "jaxtag-playlists=jaxtag.playlists:run",
+            "jaxtag-library=jaxtag.library.__main__:run",
         ],
     },
 )

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 
 import jax
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from helpers import library_state
 from jaxtag.library import run as library_module
 from jaxtag.library.run import LibraryOptions, tag_library
+from jaxtag.library import state as state_lib
 from jaxtag.library.state import LibraryBusy, LibraryState, RunLock
 from jaxtag.tagging.tagger import Tagger
 from test_library import _music
@@ -145,6 +147,25 @@ def test_a_deleted_file_leaves_every_view_and_a_missing_root_prunes_nothing(tagg
     assert unmounted.unreachable == [str(music)] and not unmounted.gone
     assert "holds no audio now" in capsys.readouterr().err
     assert _listed(out) == left
+
+
+def test_audio_moved_away_and_back_needs_no_model(tagger, tmp_path, monkeypatch):
+    music, out = tmp_path / "Music", tmp_path / "out"
+    files = _albums(music, n=1)
+    tag_library(tagger, files, _options(out, roots=(str(music),)))
+    away = tmp_path / "away.wav"
+    shutil.move(files[0], away)                           # out of the library: gone, its analysis kept
+    assert tag_library(tagger, files[1:], _options(out, roots=(str(music),))).gone == [files[0]]
+    with LibraryState(str(out)) as state:
+        assert len(state.orphan_analyses()) == 1
+    shutil.move(away, files[0])
+    os.utime(files[0], ns=(1, 1))                         # restored from a backup: another mtime
+    _no_decoding(monkeypatch)
+    back = tag_library(tagger, files, _options(out, roots=(str(music),)))
+    assert back.derived == [files[0]] and back.skipped == [files[1]] and not back.tagged
+    assert _listed(out) == files and library_state.record(out, "Album0/song0")["source"]["mtime_ns"] == 1
+    with LibraryState(str(out)) as state:
+        assert state.orphan_analyses() == []
 
 
 def test_two_models_in_one_output_folder_are_never_mixed(tagger, tmp_path):
@@ -292,3 +313,39 @@ def test_the_database_and_lock_can_live_off_a_network_share(tmp_path, monkeypatc
     assert not (share / ".jaxtag").exists()
     with LibraryState(str(share)) as again:
         assert again.view() == {}
+
+
+def _version_1_database(out):
+    """A database as schema version 1 made it, with a file, its analysis and decisions, and a run."""
+    path = state_lib.database_path(str(out))
+    os.makedirs(os.path.dirname(path))
+    db = sqlite3.connect(path)
+    db.executescript(state_lib.MIGRATIONS[1])
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    db.execute("INSERT INTO meta VALUES ('view', ?)", (json.dumps({"model": "fp1", "policy": "p1"}),))
+    db.execute("INSERT INTO files VALUES ('/music/a.wav', 'a', '/music', 10, 20, 'audio:c1', 1.0, 2.0)")
+    db.execute("INSERT INTO analyses VALUES ('audio:c1', 'fp1', 'tiny', 'x.npz', 5, '[]', 62.5, 3.0)")
+    db.execute("INSERT INTO decisions VALUES ('/music/a.wav', 'fp1', ?, '[\"a.json\"]', ?, 4.0)",
+               (json.dumps({"model": "fp1", "policy": "p1"}), json.dumps({"duration": 62.5, "model": "tiny"})))
+    db.execute("INSERT INTO runs (started, ended, pid, host, model, model_name, files, counts, status) "
+               "VALUES (5.0, 6.5, 42, 'box', 'fp1', 'tiny', 1, '{\"tagged\": 1}', 'finished')")
+    db.commit()
+    db.close()
+
+
+def test_a_version_1_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
+    _version_1_database(tmp_path)
+    with LibraryState(str(tmp_path)) as state:
+        assert state.schema_version() == 2 == state_lib.SCHEMA_VERSION
+        (record,) = state.records().values()
+        assert record["source"] == {"path": "/music/a.wav", "size": 10, "mtime_ns": 20, "content": "audio:c1"}
+        assert record["settings"] == {"model": "fp1", "policy": "p1"} and record["outputs"] == ["a.json"]
+        assert state.analysis("audio:c1", "fp1") == state_lib.Analysis("audio:c1", "fp1", "x.npz", 5, (), "tiny", 62.5)
+        assert state.view() == {"model": "fp1", "policy": "p1"}
+        run = state.last_run()
+        assert (run["id"], run["pid"], run["counts"]) == (1, 42, {"tagged": 1})
+        assert state.failures() == {}
+        state.record_failures(run["id"], {"/music/b.wav": "cannot decode audio", "/music/c.wav": "empty"}, [])
+        state.record_failures(run["id"], {}, ["/music/c.wav"])
+        assert {p: f["problem"] for p, f in state.failures().items()} == {"/music/b.wav": "cannot decode audio"}
+        assert state.failures()["/music/b.wav"]["run"] == 1

@@ -107,7 +107,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
     found = state.records()
     known_names = {r["source"]["path"]: name for name, r in found.items()}
     plan = LibraryPlan(output_names(files, options.roots, known_names), settings_of(tagger), {}, [], [], {})
-    given = set()
+    given, kept = set(), None
     for path in files:
         source = os.path.abspath(path)
         given.add(source)
@@ -134,6 +134,12 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
             plan.check[path] = (DERIVE, elsewhere["source"]["content"], elsewhere)
             plan.moved[path] = elsewhere
             plan.todo.append(path)
+        elif reuse and record is None and not options.force and \
+                (kept := _kept_audio(state, plan.settings, options.output_dir) if kept is None else kept):
+            # New here, while the library keeps analyses of audio no file holds now (moved away and
+            # back, restored): a worker checks whether this is one of them (then no model).
+            plan.check[path] = (DERIVE, kept, None)
+            plan.todo.append(path)
         elif reuse and (missing := reusable_parts(tagger, path, options, record, state)) is not None:
             plan.contents[path] = record["source"]["content"]
             if missing:
@@ -156,6 +162,13 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
             plan.library.append(path)
     plan.derive.extend(plan.library)
     return plan
+
+
+def _kept_audio(state, settings: dict, output_dir: str) -> frozenset:
+    """The content fingerprints of the audio no file of the library holds now whose analysis by
+    this model is kept, whole (until `python -m jaxtag.library OUT --clean`)."""
+    return frozenset(a.content for a in state.orphan_analyses()
+                     if a.model == settings["model"] and usable(output_dir, a))
 
 
 def _same_stamp_elsewhere(path: str, state, settings: dict, output_dir: str) -> dict | None:

@@ -205,6 +205,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
             try:
                 _tag(tagger, files, options, log, decode, state, result)
             finally:
+                record_failures(state, run, options, files, result)
                 state.end_run(run, result.counts(), "interrupted" if result.interrupted else "finished")
             return result
     finally:
@@ -266,12 +267,10 @@ def prune_gone(state, options: LibraryOptions, files: list[str], result, log) ->
     `python -m jaxtag.library OUT --clean`). A root that is missing, or holds none of the audio
     files the library knows there (an unmounted drive's empty mount point), prunes nothing and is
     reported."""
-    covered = {os.path.abspath(r) for r in options.roots} | {os.path.dirname(os.path.abspath(f)) for f in files}
     records = state.records()
     gone = []
-    for root in sorted(covered):
-        under = [r for r in records.values() if os.path.dirname(r["source"]["path"]) == root
-                 or r["source"]["path"].startswith(root.rstrip(os.sep) + os.sep)]
+    for root in sorted(_covered(options, files)):
+        under = [r for r in records.values() if _under(r["source"]["path"], root)]
         if not under:
             continue
         missing = [r for r in under if not os.path.exists(r["source"]["path"])]
@@ -290,6 +289,28 @@ def prune_gone(state, options: LibraryOptions, files: list[str], result, log) ->
         log.gone(record["source"]["path"])
         result.gone.append(record["source"]["path"])
     state.remove_files(sorted(seen))
+
+
+def record_failures(state, run: int, options: LibraryOptions, files: list[str], result) -> None:
+    """The files this run could not tag into the library's failures (`python -m jaxtag.library
+    OUT` lists them), in one transaction; the failures of files tagged, derived, done or gone since
+    are forgotten, and so are those of files no longer there in the folders the run covered
+    (unless it was interrupted, or the folder is unreachable: prune_gone)."""
+    done = [*result.tagged, *result.derived, *result.skipped, *result.gone, *result.moved.values()]
+    cleared = [os.path.abspath(p) for p in done]
+    if not result.interrupted:
+        covered = _covered(options, files) - set(result.unreachable)
+        cleared += [p for p in state.failures() if any(_under(p, root) for root in covered) and not os.path.exists(p)]
+    state.record_failures(run, {os.path.abspath(p): problem for p, problem in result.failed.items()}, cleared)
+
+
+def _covered(options: LibraryOptions, files: list[str]) -> set[str]:
+    """The folders a run covers: the roots given and the folders of the files given."""
+    return {os.path.abspath(r) for r in options.roots} | {os.path.dirname(os.path.abspath(f)) for f in files}
+
+
+def _under(path: str, root: str) -> bool:
+    return os.path.dirname(path) == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _holds_audio(root: str) -> bool:
@@ -406,9 +427,10 @@ def _pool_broke(started: concurrent.futures.Future, in_flight: list) -> list[str
 
 def _take_unchanged(c: _RunContext, unchanged) -> None:
     """A file whose size or mtime changed holds the same audio (a worker checked): done, with its
-    record's stamp brought up to date, or its outputs derived again from its stored scores."""
-    plan, content, record = c.check[unchanged.path]
-    c.contents[unchanged.path] = content
+    record's stamp brought up to date, or its outputs derived again from its stored scores (so
+    too a file new here whose audio the library has analysed before)."""
+    plan, _, record = c.check[unchanged.path]
+    c.contents[unchanged.path] = unchanged.stamp["content"]
     if plan == DERIVE:
         _queue_write(c, _derive_outputs, unchanged.path)
         return

@@ -15,6 +15,8 @@ Tables (schema version SCHEMA_VERSION; older databases are migrated on open, a n
   file without one is redone.
 - runs: who ran when (process id, host, model, counts), for `python -m jaxtag.library` and for
   the lock's message.
+- failures (schema 2): the files a run could not tag (not decodable, ...) with the problem and the
+  run, until the file is tagged or gone: `python -m jaxtag.library OUT` lists them.
 
 One run at a time per output folder (RunLock, an flock on OUT/.jaxtag/lock). SQLite's locking,
 and so WAL, does not hold on network file systems (NFS, SMB): keep OUT on a local disk, or give the
@@ -34,7 +36,7 @@ import time
 
 from jaxtag.errors import DataError, JaxtagError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATE_DIR = ".jaxtag"
 DATABASE = "library.db"
 ANALYSES = os.path.join(STATE_DIR, "analyses")
@@ -63,6 +65,11 @@ MIGRATIONS = {
         model TEXT NOT NULL DEFAULT '', model_name TEXT NOT NULL DEFAULT '', files INTEGER NOT NULL DEFAULT 0,
         counts TEXT NOT NULL DEFAULT '{}', status TEXT NOT NULL DEFAULT 'running');
     """,
+    2: """
+    CREATE TABLE failures (
+        path TEXT PRIMARY KEY, problem TEXT NOT NULL, run INTEGER NOT NULL REFERENCES runs (id),
+        failed REAL NOT NULL);
+    """,
 }
 
 
@@ -81,8 +88,11 @@ def database_path(output_dir: str) -> str:
 
 
 def arrays_file(content: str, model: str) -> str:
-    """The stored arrays of (audio, model), relative to OUT: addressed by content, not by path."""
-    return os.path.join(ANALYSES, content[:2], f"{content}.{model[:16]}.npz")
+    """The stored arrays of (audio, model), relative to OUT: addressed by content, not by path,
+    in 256 folders by the digest's first byte; no ":" in the name (exFAT and SMB refuse it)."""
+    kind, _, digest = content.rpartition(":")
+    return os.path.join(ANALYSES, digest[:2], f"{digest}.{kind}.{model[:16]}.npz" if kind else
+                        f"{digest}.{model[:16]}.npz")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +309,13 @@ class LibraryState:
         """Analyses of audio no file of the library holds any more (moved away, deleted)."""
         return self._analyses("WHERE content NOT IN (SELECT content FROM files)")
 
+    def remove_orphan_analyses(self, keys: list[tuple[str, str]]) -> None:
+        """These (content, model) analyses gone, in one transaction, those of audio a file of the
+        library holds (again) excepted."""
+        with self.transaction() as db:
+            db.executemany("DELETE FROM analyses WHERE content=? AND model=? "
+                           "AND content NOT IN (SELECT content FROM files)", keys)
+
     # -- runs -----------------------------------------------------------------------------------
     def begin_run(self, model: str, model_name: str, files: int) -> int:
         with self.transaction() as db:
@@ -320,6 +337,22 @@ class LibraryState:
         run = dict(zip(keys, row))
         run["counts"] = json.loads(run["counts"])
         return run
+
+    # -- failures -------------------------------------------------------------------------------
+    def record_failures(self, run: int, failed: dict[str, str], cleared: list[str]) -> None:
+        """At a run's end, in one transaction: the files it could not tag {absolute path: problem},
+        and the failures of files tagged or gone since (`cleared`) forgotten."""
+        now = _now()
+        with self.transaction() as db:
+            db.executemany("DELETE FROM failures WHERE path=?", [(_db(p),) for p in cleared])
+            db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                           [(_db(p), problem, run, now) for p, problem in failed.items()])
+
+    def failures(self) -> dict[str, dict]:
+        """{absolute path: {"problem", "run", "failed" (when)}} of the files not tagged."""
+        with self._lock:
+            rows = self.db.execute("SELECT path, problem, run, failed FROM failures ORDER BY path").fetchall()
+        return {_py(path): {"problem": problem, "run": run, "failed": failed} for path, problem, run, failed in rows}
 
 
 class LibraryBusy(JaxtagError):

@@ -53,15 +53,17 @@ class Unchanged:
     stamp: dict
 
 
-def check_then_decode(decode, expected_content: str, path: str, frontend: dict, frames_path: str,
+def check_then_decode(decode, expected_content: str | frozenset, path: str, frontend: dict, frames_path: str,
                       mel_basis: np.ndarray | None = None):
     """Worker: Unchanged when the file's audio fingerprint is still `expected_content` (it was
-    only retagged, touched or copied: nothing to decode), else decode(path, ...)."""
+    only retagged, touched or copied: nothing to decode), or one of them (a set: audio the library
+    has analysed, found again), else decode(path, ...)."""
     try:
         stamp = file_stamp(path)
     except Exception:  # noqa: BLE001 - gone or unreadable: decoding says so
         stamp = None
-    if stamp is not None and stamp["content"] == expected_content:
+    expected = {expected_content} if isinstance(expected_content, str) else expected_content
+    if stamp is not None and stamp["content"] in expected:
         return Unchanged(path, stamp)
     return decode(path, frontend, frames_path, mel_basis)
 
