@@ -4,23 +4,25 @@
   the model takes a file's windows as their frames arrive, while the rest is still decoded, and
   windows of several files together, in fixed chunks; memory is bounded for any file length
   (audio and frames stream through blocks and a temporary file).
-- The model's output for a file (window times, scores, embeddings) goes to the library's store
-  first (OUT/.jaxtag/scores/NAME.npz, with the model's fingerprint and the file's size, mtime and
-  content fingerprint: its audio stream without tags). Every other output is derived from it by
-  the decision policy (jaxtag.tagging.decisions) and written atomically, and the file's record
-  (OUT/.jaxtag/records/NAME.json) last, naming the outputs, the model and the policy. A file being
-  redone loses its record first.
-- A rerun skips a file whose record matches the model, the policy and the file's audio; where only
-  the policy (--threshold, --smooth, ...) or the outputs asked for changed, it derives them again
-  from the store without the model; a new model or new audio runs the model (--force always does).
-  A model made of several networks (the combined "musicnn") reuses the analyses its networks made
-  of the same audio before: a file tagged with musicnn-msd gains only musicnn-mtt's run, and a file
-  whose store holds every network's analysis needs no model at all (store.analyses); switching back
-  to one of the networks alone is assembled from the combined store the same way.
+- The model's output for a file (window times, scores, embeddings) is stored first, as an
+  analysis addressed by its audio and the model (OUT/.jaxtag/analyses/; jaxtag.library.state).
+  Every other output is derived from it by the decision policy (jaxtag.tagging.decisions) and
+  written atomically, and the file's decisions are recorded in the library's database last. A
+  file being redone loses its decisions first.
+- A rerun skips a file whose decisions match the model, the policy and the file's audio; where
+  only the policy (--threshold, --smooth, ...) or the outputs asked for changed, it derives them
+  again from the stored analysis without the model; a new model or new audio runs the model
+  (--force always does). Audio the library knows under another path (moved, renamed, copied,
+  restored) is recognised by its content fingerprint and needs no model. A model made of several
+  networks (the combined "musicnn") reuses the analyses its networks made of the same audio: a
+  file tagged with musicnn-msd gains only musicnn-mtt's run, and one whose networks' analyses are
+  all stored needs no model at all; switching back to one network alone is assembled the same way.
   A run killed at any moment and rerun ends with a complete, valid set and redoes only what was
-  unfinished. Ctrl-C stops cleanly (exit 130).
+  unfinished. Ctrl-C stops cleanly (exit 130). One run at a time per output folder (RunLock).
 - One bad file never stops the others: it is reported on stderr with its problem.
-- OUT/library.csv, OUT/library.json and OUT/index.html summarise every tagged file.
+- Files gone from the folders a run covers leave the library. Then every view (library.csv,
+  library.json, index.html, the similarity index, the pages' similar lists) is derived from the
+  whole library's database, for the run's model and policy (jaxtag.library.views).
 """
 from __future__ import annotations
 
