@@ -41,6 +41,7 @@ from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process
 from jaxtag.library import summary, views
 from jaxtag.library.arrays import analyses, read_arrays
+from jaxtag.library.journal import import_journal
 from jaxtag.library.log import LockedLog, Log
 from jaxtag.library.plan import DERIVE, LibraryOptions, plan_library, usable  # noqa: F401 - LibraryOptions: the API
 from jaxtag.library.state import LibraryState, RunLock
@@ -201,8 +202,9 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
 
 def run_library(tagger, files: list[str], options: LibraryOptions, log, result, body):
     """The frame of a run, local or on Beam (jaxtag.library.beam): one at a time per output folder
-    (RunLock), the library's database opened, the earlier layout taken over, the run's row begun
-    and ended; body(state) does the work into `result`, which is returned."""
+    (RunLock), the library's database opened, the earlier layout taken over and what a Beam run
+    killed part way published recorded (journal.import_journal), the run's row begun and ended;
+    body(state) does the work into `result`, which is returned."""
     check_formats(options.formats)
     os.makedirs(options.output_dir, exist_ok=True)
     lock = RunLock(options.output_dir)
@@ -210,6 +212,7 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
     try:
         with LibraryState(options.output_dir) as state:
             take_over_old_layout(options.output_dir, state, log)
+            import_journal(state, options.output_dir)
             run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
             try:
                 body(state)
