@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import make_corpus, tiny_config
-from helpers import processes
+from helpers import library_state, processes
 from test_library import _music
 
 MULTI = "runner=DirectRunner,direct_running_mode=multi_processing,direct_num_workers=2"
@@ -52,7 +52,7 @@ def test_a_failed_pipeline_is_named_by_the_workers_error_and_a_url_out_is_refuse
     with pytest.raises(DataError, match="^/m/c.wav: bad$"):            # jaxtag's own errors pass as they are
         with failures_named("tagging"):
             raise DataError("/m/c.wav", "bad")
-    # The driver reads OUT's records and writes the summary itself: a URL is refused, saying why.
+    # The driver keeps OUT's database and writes the summary itself: a URL is refused, saying why.
     with pytest.raises(ValueError, match=r"gs://bucket/out: .*must be a path the driver and the workers can read.*gcsfuse"):
         tag_on_beam(None, [], LibraryOptions(output_dir="gs://bucket/out"), "runner=DirectRunner")
 
@@ -74,7 +74,7 @@ def test_beam_is_imported_only_when_asked_for():
             "import jaxtag.tag\n"                       # (the CLIs' flags clash in one process)
             "from jaxtag.data import pipeline\n"
             "from jaxtag.data.cal500exp import cal500exp_dataset_builder\n"
-            "from jaxtag.tagging import library, beam_library\n"
+            "from jaxtag.library import beam, run\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'apache_beam'], 'apache_beam imported'\n")
     ran = processes.run(["-c", code], timeout=300)
     assert ran.returncode == 0, ran.stderr[-2000:]
@@ -206,6 +206,74 @@ def test_the_beam_stages_give_the_local_runs_windows_and_features(beam, trained,
     assert handler.batch_elements_kwargs()["max_batch_size"] == 4
 
 
+def test_a_worker_publishes_a_files_arrays_outputs_and_journal_entry_which_the_driver_records(beam, trained,
+                                                                                             formats, tmp_path):
+    """WriteFile (run here without a pipeline) writes no database: it publishes the file's stored
+    arrays, outputs and, last, its journal entry; the driver's import records them as the local
+    run does (analysis, file, decisions) and removes the entry."""
+    from jaxtag.library import beam as beam_library, journal
+    from jaxtag.library.plan import LibraryOptions, settings_of, usable, wanted_outputs
+    from jaxtag.library.state import LibraryState
+    tagger = beam_library.tagger_of({"workdir": os.path.abspath(trained[1]), "checkpoint": "best"})  # the workers'
+    root, files = formats
+    decode = beam_library._decode_file_fn()(dataclasses.asdict(tagger.frontend))
+    decode.setup()
+    emitted = list(decode.process({"path": files[1], "name": "A/one"}))
+    windows = np.stack([w for (_, _), w in emitted[:-1]])
+    name, facts = emitted[-1].value
+    features = tagger.encode_windows(windows)
+    out = tmp_path / "out"
+    options = LibraryOptions(output_dir=str(out), roots=(str(root),))
+    write = beam_library._write_file_fn()(tagger.spec, tagger.policy, options, settings_of(tagger))
+    assert list(write.process((name, {"facts": [facts], "features": list(enumerate(features))}))) == []
+    assert not (out / ".jaxtag" / "library.db").exists() and len(list((out / ".jaxtag" / "journal").iterdir())) == 1
+    with LibraryState(str(out)) as state:
+        [entry] = journal.import_journal(state, str(out))
+        record, analysis = state.record("A/one"), state.analysis(facts["stamp"]["content"], tagger.fingerprint)
+    assert entry["path"] == files[1] and entry["worker"] == beam_library.worker_name()
+    assert record["source"] == {"path": files[1], **facts["stamp"]} and record["root"] == str(root)
+    assert record["settings"] == settings_of(tagger) and record["outputs"] == wanted_outputs("A/one", options)
+    assert all((out / f).exists() for f in record["outputs"]) and usable(str(out), analysis)
+    np.testing.assert_allclose(library_state.stored(out, "A/one")["scores"], tagger.across_windows(features)[0],
+                               atol=1e-6)
+    assert record["summary"]["duration"] == pytest.approx(facts["duration"])
+    assert not (out / ".jaxtag" / "journal").exists()
+
+
+def assert_same_end_state(a, b) -> None:
+    """Two output folders hold the same library: the same files in the database (names, sources,
+    roots, settings, outputs; their rows' numbers within 1e-5), the same analyses, and the same
+    files in OUT (but the dead-letter output, and the similarity index's randomly named file)."""
+    ra, rb = library_state.records(a), library_state.records(b)
+    assert sorted(ra) == sorted(rb) and ra
+    for name in ra:
+        for key in ("source", "root", "settings", "outputs"):
+            assert ra[name][key] == rb[name][key], (name, key)
+        _assert_close(ra[name]["summary"], rb[name]["summary"], name)
+    assert library_state.analyses(a) == library_state.analyses(b)
+
+    def listed(out):
+        found = (p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        return sorted(f for f in found if not f.startswith((".jaxtag/failed/", ".jaxtag/index/moments-",
+                                                            ".jaxtag/library.db-")))
+    assert listed(a) == listed(b)
+
+
+def _assert_close(x, y, where) -> None:
+    if isinstance(x, dict):
+        assert sorted(x) == sorted(y), where
+        for k in x:
+            _assert_close(x[k], y[k], f"{where} {k}")
+    elif isinstance(x, list):
+        assert len(x) == len(y), where
+        for i, (u, v) in enumerate(zip(x, y)):
+            _assert_close(u, v, f"{where}[{i}]")
+    elif isinstance(x, float):
+        assert y == pytest.approx(x, abs=1e-5), where
+    else:
+        assert x == y, where
+
+
 def _scores(out):
     found = {}
     for path in out.rglob("*.json"):
@@ -256,27 +324,31 @@ def test_tagging_on_beam_equals_the_local_run_and_resumes(beam, trained, formats
         drop = table[0].index("similar")
         return sorted(tuple(v for i, v in enumerate(r) if i != drop) for r in table)
     assert rows(local) == rows(on_beam)
+    assert library_state.decided_count(on_beam) == 4 and not (on_beam / ".jaxtag" / "journal").exists()
     # Touched files: checked on the workers, found unchanged, their records take the new stamps.
     for f in files:
         os.utime(library / os.path.relpath(f, root), ns=(2_000_000_000, 2_000_000_000))
     again = processes.run_cli("jaxtag.tag", str(listing), f"--output_dir={on_beam}", *args,
                               f"--beam_pipeline_options={MULTI}", timeout=900)
     assert "tagged 0, already done 4, failed 1 of 5 file(s)" in again.stderr, again.stderr[-3000:]
-    records = [json.loads(r.read_text()) for r in (on_beam / ".jaxtag" / "records").rglob("*.json")]
-    assert sorted(r["source"]["mtime_ns"] for r in records) == [2_000_000_000] * 4
+    records = library_state.records(on_beam)
+    assert sorted(r["source"]["mtime_ns"] for r in records.values()) == [2_000_000_000] * 4
     assert not [p for p in on_beam.rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]
 
 
 @pytest.mark.slow
 def test_a_beam_run_killed_part_way_is_finished_by_a_rerun_without_redoing_finished_files(beam, trained, formats,
                                                                                           tmp_path):
-    """SIGKILL to the driver and its workers once the first file's record is published: the rerun
-    tags only the files without a record, leaves the finished ones as they are, and cleans up."""
+    """SIGKILL to the driver and its workers once the first file's journal entry is published (the
+    database untouched: only the driver writes it): the rerun records the entries, tags only the
+    files without one, leaves the finished ones as they are, cleans up, and ends in the local
+    run's state; so does a rerun after a file moved (followed, no model)."""
     import signal
     import subprocess
     root, files = formats
-    out = tmp_path / "out"
-    args = [str(root), f"--output_dir={out}", f"--workdir={trained[1]}", "--top_n=0",
+    library, out = tmp_path / "library", tmp_path / "out"
+    shutil.copytree(root, library)
+    args = [str(library), f"--output_dir={out}", f"--workdir={trained[1]}", "--top_n=0",
             "--beam_pipeline_options=runner=DirectRunner"]
     command = [sys.executable, os.path.join(processes.TESTS, "helpers", "run_with_fault.py"), "beam_kill@1",
                "jaxtag.tag", *args]
@@ -285,19 +357,37 @@ def test_a_beam_run_killed_part_way_is_finished_by_a_rerun_without_redoing_finis
                                   stderr=err, start_new_session=True).wait(timeout=900)
         err.seek(0)
         assert killed == -signal.SIGKILL, err.read()[-3000:]
-    records = {p: p.stat().st_mtime_ns for p in (out / ".jaxtag" / "records").rglob("*.json")}
-    assert 1 <= len(records) < len(files) and not (out / "library.json").exists()
+    entries = [json.loads(p.read_text()) for p in (out / ".jaxtag" / "journal").glob("*.json")]
+    assert 1 <= len(entries) < len(files) and not (out / "library.json").exists()
+    assert library_state.records(out) == {}
+    finished = {p: p.stat().st_mtime_ns for e in entries for p in [out / f for f in e["decisions"]["outputs"]]}
     # The rerun, in this process (as the CLI calls it): what it did, and how much audio it took.
     import soundfile
     from jaxtag.library.beam import tag_on_beam
-    from jaxtag.library.run import LibraryOptions
+    from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.outputs import find_audio
     from jaxtag.tagging.tagger import Tagger
-    rerun = tag_on_beam(Tagger.from_workdir(trained[1]), list(find_audio([str(root)])),
-                        LibraryOptions(output_dir=str(out), top_n=0, roots=(str(root),)), "runner=DirectRunner")
+    tagger = Tagger.from_workdir(trained[1])
+    options = LibraryOptions(output_dir=str(out), top_n=0, roots=(str(library),))
+    local = dataclasses.replace(options, output_dir=str(tmp_path / "local"))
+    rerun = tag_on_beam(tagger, find_audio([str(library)]), options, "runner=DirectRunner")
     assert rerun.summary_line(len(files)) == \
-        f"tagged {len(files) - len(records)}, already done {len(records)}, failed 0 of {len(files)} file(s)"
+        f"tagged {len(files) - len(entries)}, already done {len(entries)}, failed 0 of {len(files)} file(s)"
+    assert sorted(rerun.skipped) == sorted(e["path"] for e in entries)
     assert rerun.audio_seconds == pytest.approx(sum(soundfile.info(f).duration for f in rerun.tagged), abs=0.1)
-    assert {p: p.stat().st_mtime_ns for p in records} == records              # the finished ones untouched
-    assert sorted(_scores(out)) == sorted(files)
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished              # the finished ones untouched
+    assert sorted(_scores(out)) == sorted(find_audio([str(library)])) and library_state.decided_count(out) == len(files)
     assert not [p for p in out.rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]
+    assert not (out / ".jaxtag" / "journal").exists()
+    # The end state: the local run's of the same files.
+    tag_library(tagger, find_audio([str(library)]), local)
+    assert_same_end_state(tmp_path / "local", out)
+    # A file moved to the other folder: recognised by its audio, its outputs derived under its new
+    # name and the old ones removed, by both; the same end state again.
+    os.rename(library / "B" / "song3.wav", library / "A" / "moved.wav")
+    for run in (tag_on_beam(tagger, find_audio([str(library)]), options, "runner=DirectRunner"),
+                tag_library(tagger, find_audio([str(library)]), local)):
+        assert run.moved == {str(library / "A" / "moved.wav"): str(library / "B" / "song3.wav")} and not run.tagged
+    assert "B/song3" not in library_state.records(out) and not (out / "B" / "song3.json").exists()
+    assert library_state.record(out, "A/moved")["source"]["path"] == str(library / "A" / "moved.wav")
+    assert_same_end_state(tmp_path / "local", out)

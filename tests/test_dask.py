@@ -12,7 +12,7 @@ import pytest
 
 from conftest import tiny_config
 from helpers import processes
-from test_beam import _scores
+from test_beam import _scores, assert_same_end_state
 from test_library import _music
 
 START_TIMEOUT = 120   # seconds for the scheduler and the workers to come up
@@ -61,8 +61,8 @@ def dask_cluster(tmp_path_factory):
 def test_preparing_and_tagging_on_a_dask_cluster_equal_the_local_paths(dask_cluster, prepared_tiny, trained, tmp_path):
     """runner=dask with two workers: the prepared dataset is the local one (splits, keys, arrays);
     tagging gives the local run's scores (within 1e-5) and decisions, decided by the driver's own
-    DecisionPolicy (one no single threshold gives); a broken file is dead-lettered; both workers
-    wrote files."""
+    DecisionPolicy (one no single threshold gives), and ends in the local run's state (database and
+    files); a broken file is dead-lettered; both workers wrote files."""
     import tensorflow_datasets as tfds
     from jaxtag.data import pipeline
     from jaxtag.library.beam import tag_on_beam
@@ -117,3 +117,5 @@ def test_preparing_and_tagging_on_a_dask_cluster_equal_the_local_paths(dask_clus
     pids = {int(worker.rsplit(":", 1)[1]) for worker in dask_run.workers.values()}
     assert pids == worker_pids, dask_run.workers
     assert not [p for p in (tmp_path / "dask").rglob("*") if "jaxtag-tmp" in p.name or p.name.startswith("beam-")]
+    # The end state is the local run's: the same database records and analyses, the same files.
+    assert_same_end_state(tmp_path / "local", tmp_path / "dask")

@@ -1,11 +1,17 @@
 """Tagging a library or an archive on Apache Beam:
 `python -m jaxtag.tag DIR_OR_LIST --output_dir=OUT --beam_pipeline_options="runner=...,..."`.
 
-The same job as jaxtag.library.run, on Beam's workers instead of one machine's processes:
+The same job as jaxtag.library.run, on Beam's workers instead of one machine's processes, ending
+in the same state: the same rows in the library's database, the same files in OUT.
 
-1. The driver lists the files (a directory, or a text file of paths: an archive), names their
-   outputs and plans each from its record and stored scores (DONE, DERIVE or MODEL, with a content
-   check for files whose size or mtime changed) exactly as the local run does.
+1. The driver takes the output folder (one run at a time), opens the library's database (it alone
+   writes it: the workers never open it), records what a run killed part way left (below), lists
+   the files (a directory, or a text file of paths: an archive), names their outputs and plans each
+   exactly as the local run does (DONE, DERIVE or MODEL, with a content check for files whose size
+   or mtime changed, and files moved or renamed recognised by their stamp). It forgets the
+   decisions of the files whose outputs are redone, and gives the workers, with each file to
+   derive or check, its content fingerprint and its stored analysis's arrays (their file in OUT,
+   looked up in the database).
 2. `DecodeFile` (a DoFn, on the workers) checks or decodes a file into mel frames, finds its tempo
    and emits its windows, keyed by (file, window), and its facts (length, envelope, stamp).
 3. `RunInference` with `WindowFeatures` (a jaxtag ModelHandler: the model is built in
@@ -14,19 +20,24 @@ The same job as jaxtag.library.run, on Beam's workers instead of one machine's p
    chunk size.
 4. The windows' features are grouped back by file with its facts; `WriteFile` runs the
    across-window stage, decided by the driver's DecisionPolicy itself (sent with the DoFn), and
-   writes the file's outputs, stored scores and, last, its record, each staged locally and
-   published through Beam's FileSystems (a temporary name, then a rename), so the workers can
-   write to a bucket mounted on the driver. Files planned DERIVE are written the same way from
-   their stored scores.
-5. The workers report what happened (a file failed and why, a file found unchanged, which worker
-   process wrote a file) through one plain ParDo writing a JSON-lines file per bundle in the run's
-   folder; the driver reads them, lists the failures in OUT/.jaxtag/failed/RUN.jsonl (the
-   dead-letter output; the others go on), then writes library.csv, library.json and index.html
-   from the records and updates the similarity index.
+   writes the file's stored arrays (addressed by content), its outputs and, last, its journal
+   entry (jaxtag.library.journal: its decisions as the database records them, and its new
+   analysis), each staged locally and published through Beam's FileSystems (a temporary name,
+   then a rename), so the workers can write to a bucket mounted on the driver. Files planned
+   DERIVE (or found unchanged by their check) are written the same way from their stored arrays,
+   read through FileSystems.
+5. The workers report failures and files found unchanged through one plain ParDo writing a
+   JSON-lines file per bundle in the run's folder. The driver lists the failures in
+   OUT/.jaxtag/failed/RUN.jsonl (the dead-letter output; the others go on), brings the stamps of
+   the unchanged files up to date, records the journal's entries in the database (analysis and
+   file first, decisions last, by the local run's functions) and removes them, follows the moves,
+   then ends as the local run does (jaxtag.library.run.finish_run): files gone pruned, and
+   library.csv, library.json, index.html and the similarity index written from the database.
 
-A run killed part way and rerun skips the files whose records are written. Scores equal the local
-run's (the same windows through the same network); tested with the DirectRunner in
-multi-processing mode (tests/test_beam.py) and on a Dask cluster (runner=dask, tests/test_dask.py).
+A run killed part way leaves the entries of the files it finished: the next run, local or on
+Beam, records them first and so skips those files. Scores equal the local run's (the same windows
+through the same network); tested with the DirectRunner in multi-processing mode
+(tests/test_beam.py) and on a Dask cluster (runner=dask, tests/test_dask.py).
 """
 from __future__ import annotations
 
@@ -47,13 +58,18 @@ from jaxtag.beam import failures_named, require_beam
 from jaxtag.data import labels as labels_lib
 from jaxtag.errors import problem_of
 from jaxtag.files import TMP_MARK, left_by_dead_process
-from jaxtag.tagging import decoding, tempo as tempo_lib
 from jaxtag.library import summary
-from jaxtag.library.run import (DERIVE, LibraryOptions, LibraryPlan, LibraryResult, plan_library, stored_taggram,
-                                    write_file)
-from jaxtag.library.arrays import STORE, read_record, record_path, refresh_record
+from jaxtag.library.arrays import read_arrays
+from jaxtag.library.journal import JOURNAL, entry_file, import_journal, journal_entry
+from jaxtag.library.log import Log
+from jaxtag.library.plan import DERIVE, LibraryOptions, LibraryPlan, plan_library
+from jaxtag.library.run import (LibraryResult, finish_run, follow_move, forget_unreadable, remove_leftovers,
+                                run_library)
+from jaxtag.library.state import ANALYSES, STATE_DIR
+from jaxtag.library.write import UnreadableAnalysis, arrays_taggram, kept_parts, write_file
+from jaxtag.tagging import decoding, tempo as tempo_lib
 
-FAILED = os.path.join(".jaxtag", "failed")
+FAILED = os.path.join(STATE_DIR, "failed")
 _TAGGERS: dict[str, object] = {}   # one model per worker process, whichever stage asks first
 
 
@@ -103,7 +119,7 @@ def _decode_file_fn():
     class DecodeFile(beam.DoFn):
         """A file -> its windows ((name, k), window) and, on the "facts" output, (name, facts);
         "unchanged" / "derive": a file whose audio is what it was tagged from (done, or its outputs
-        to derive again); "failed": (path, problem)."""
+        to derive again); "failed": _failure."""
 
         def __init__(self, frontend: dict):
             self.frontend = frontend
@@ -122,13 +138,13 @@ def _decode_file_fn():
                 decoded = decoding.decode_file(*args) if expected is None else \
                     decoding.check_then_decode(decoding.decode_file, expected, *args)
                 if isinstance(decoded, decoding.Unchanged):
-                    # Only retagged, touched or copied: its outputs derived again, or its record's stamp
-                    # brought up to date (by the driver).
-                    output = "derive" if item.get("then") == DERIVE else "unchanged"
-                    yield beam.pvalue.TaggedOutput(output, {"path": path, "name": name, "stamp": decoded.stamp})
+                    # Only retagged, touched, copied or moved: its outputs derived again (from the
+                    # stored arrays named in `item`), or its stamp brought up to date (by the driver).
+                    then = "derive" if item.get("then") == DERIVE else "unchanged"
+                    yield beam.pvalue.TaggedOutput(then, dict(item, stamp=decoded.stamp))
                     return
                 if isinstance(decoded, decoding.DecodeFailure):
-                    yield beam.pvalue.TaggedOutput("failed", (path, decoded.problem))
+                    yield beam.pvalue.TaggedOutput("failed", _failure(path, decoded.problem))
                     return
                 f = self.settings
                 mel = decoding.read_frames(decoded.frames_path, f.n_mels, 0, decoded.n_frames)
@@ -142,7 +158,7 @@ def _decode_file_fn():
                          "warnings": decoded.warnings, "tempo": (found.bpm, found.windows, found.agreement)}
                 yield beam.pvalue.TaggedOutput("facts", (name, facts))
             except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
-                yield beam.pvalue.TaggedOutput("failed", (path, problem_of(e)))
+                yield beam.pvalue.TaggedOutput("failed", _failure(path, problem_of(e)))
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -177,50 +193,69 @@ def _write_file_fn():
     beam = require_beam()
 
     class WriteFile(beam.DoFn):
-        """A file's windows' features and facts (or, to derive, its name) -> its outputs, stored
-        scores and record, published to OUT, decided by the driver's DecisionPolicy; emits
-        {"path", "worker"}, or "failed": (path, problem)."""
+        """A file's windows' features and facts (or, to derive, its item: path, name, content and
+        stored arrays) -> its stored arrays when new, its outputs and, last, its journal entry,
+        published to OUT, decided by the driver's DecisionPolicy; emits nothing but, on "failed",
+        _failure. The database is the driver's: nothing here opens it."""
 
-        def __init__(self, spec: dict, policy, output_dir: str, options: LibraryOptions, settings: dict,
-                     derive: bool = False):
-            self.spec, self.policy, self.output_dir, self.options, self.settings, self.derive = \
-                spec, policy, output_dir, options, settings, derive
+        def __init__(self, spec: dict, policy, options: LibraryOptions, settings: dict, derive: bool = False):
+            self.spec, self.policy, self.options, self.settings, self.derive = spec, policy, options, settings, derive
 
         def process(self, element):
             tagger = tagger_of(self.spec, self.policy)
+            out = self.options.output_dir
             staging = tempfile.mkdtemp(prefix="jaxtag-beam-out-")
             try:
-                if self.derive:
-                    path, name = element["path"], element["name"]
-                    stored, source, taggram = stored_taggram(tagger, self.output_dir, name, path, read=_read_store)
-                    embeddings, warnings, new = stored["embeddings"], stored["warnings"], False
-                else:
-                    name, grouped = element
-                    facts = grouped["facts"][0]
-                    path = facts["path"]
-                    features = dict(grouped["features"])
-                    if len(features) != facts["n_windows"]:
-                        raise RuntimeError(f"{len(features)} of its {facts['n_windows']} windows came back")
-                    scores, embeddings = tagger.across_windows(np.stack([features[k] for k in range(facts["n_windows"])]),
-                                                               embeddings=True)
-                    from jaxtag.tagging.outputs import shown_path
-                    taggram = tagger.taggram(shown_path(path), facts["duration"], facts["n_frames"], scores,
-                                             facts["envelope"])
-                    taggram = dataclasses.replace(taggram, tempo=tempo_lib.Tempo(*facts["tempo"]))
-                    source = {"path": os.path.abspath(path), **facts["stamp"]}
-                    warnings, new = facts["warnings"], True
-                final = os.path.join(self.output_dir, name)
-                write_file(self.options, staging, name, path, taggram, embeddings, source, warnings, self.settings,
-                           new_scores=new, link_from=os.path.dirname(final))
-                publish(staging, self.output_dir, name)
-                yield {"path": path, "worker": worker_name()}
+                path, name, taggram, embeddings, source, warnings, parts = \
+                    (_stored if self.derive else _analysed)(tagger, out, element)
+                row, analysis = write_file(self.options, name, path, taggram, embeddings, source, warnings,
+                                           self.settings, new_scores=not self.derive, tagger=tagger, output_dir=staging,
+                                           link_from=os.path.dirname(os.path.join(out, name)), parts=parts)
+                entry = journal_entry(self.options, name, path, source, self.settings, row, analysis, worker_name())
+                local = os.path.join(staging, entry_file(name))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                with open(local, "w", encoding="utf-8") as f:
+                    json.dump(entry, f)
+                publish(staging, out)
             except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
-                yield beam.pvalue.TaggedOutput("failed", (element["path"] if self.derive else
-                                                          _path_of(element), problem_of(e)))
+                yield beam.pvalue.TaggedOutput("failed", _failure(
+                    element["path"] if self.derive else _path_of(element), problem_of(e),
+                    unreadable=isinstance(e, UnreadableAnalysis)))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
     return WriteFile
+
+
+def _analysed(tagger, out: str, element):
+    """(path, name, taggram, embeddings, source, warnings, parts) of a file from its windows'
+    features and facts (the across-window stage, as the local run's)."""
+    name, grouped = element
+    facts = grouped["facts"][0]
+    path = facts["path"]
+    features = dict(grouped["features"])
+    if len(features) != facts["n_windows"]:
+        raise RuntimeError(f"{len(features)} of its {facts['n_windows']} windows came back")
+    parts = tagger.parts_of(np.stack([features[k] for k in range(facts["n_windows"])]))
+    scores, embeddings = tagger.assemble(parts)
+    from jaxtag.tagging.outputs import shown_path
+    taggram = tagger.taggram(shown_path(path), facts["duration"], facts["n_frames"], scores, facts["envelope"])
+    taggram = dataclasses.replace(taggram, tempo=tempo_lib.Tempo(*facts["tempo"]))
+    source = {"path": os.path.abspath(path), **facts["stamp"]}
+    return path, name, taggram, embeddings, source, facts["warnings"], kept_parts(tagger, parts)
+
+
+def _stored(tagger, out: str, item: dict):
+    """The same of a file whose outputs are derived from its stored arrays (item["arrays"], read
+    through FileSystems)."""
+    stored, source, taggram = arrays_taggram(tagger, out, item["arrays"], item["content"], item["path"],
+                                             read=_read_arrays)
+    return item["path"], item["name"], taggram, stored["embeddings"], source, stored["warnings"], None
+
+
+def _failure(path: str, problem: str, unreadable: bool = False) -> dict:
+    """A file that failed, as a worker reports it (unreadable: its stored analysis could not be read)."""
+    return {"path": path, "problem": problem, "unreadable": unreadable}
 
 
 def _path_of(element) -> str:
@@ -231,16 +266,20 @@ def _path_of(element) -> str:
 
 # -- OUT through Beam's FileSystems ------------------------------------------------------------------
 
-def publish(staging: str, output_dir: str, name: str) -> None:
-    """Copy a file's outputs from the local staging folder to OUT through Beam's FileSystems
-    (local disk, gs://, s3://, hdfs://...): each under a temporary name, then renamed; its record
-    last, so a record is never there without its outputs."""
+def publish(staging: str, output_dir: str) -> None:
+    """Copy a file's stored arrays, outputs and journal entry from the local staging folder to OUT
+    through Beam's FileSystems (local disk, gs://, s3://, hdfs://...): each under a temporary name,
+    then renamed; the arrays first, the journal entry last, so an entry is never there without
+    what it names."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
     from jaxtag.files import temporary_name
-    record = record_path(staging, name)
+
+    def order(local: str) -> int:
+        relative = os.path.relpath(local, staging)
+        return 0 if relative.startswith(ANALYSES + os.sep) else 2 if relative.startswith(JOURNAL + os.sep) else 1
     files = [os.path.join(root, f) for root, _, names in os.walk(staging) for f in names]
-    for local in sorted(files, key=lambda p: p == record):          # the record last
+    for local in sorted(files, key=order):
         final = FileSystems.join(output_dir, *os.path.relpath(local, staging).split(os.sep))
         temporary = temporary_name(final)     # a killed worker's leftover is cleaned up by the next run
         with open(local, "rb") as src, FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as out:
@@ -248,23 +287,19 @@ def publish(staging: str, output_dir: str, name: str) -> None:
         FileSystems.rename([temporary], [final])
 
 
-def _read_store(output_dir: str, name: str):
-    """store.read_store through Beam's FileSystems."""
+def _read_arrays(output_dir: str, arrays: str):
+    """arrays.read_arrays through Beam's FileSystems (`arrays`: their file, relative to OUT)."""
     from apache_beam.io.filesystems import FileSystems
-    from jaxtag.library import arrays as store
-    path = FileSystems.join(output_dir, STORE, *f"{name}.npz".split("/"))
     try:
-        with FileSystems.open(path) as f:
+        with FileSystems.open(FileSystems.join(output_dir, *arrays.split(os.sep))) as f:
             data = f.read()
     except Exception:  # noqa: BLE001 - gone or unreadable: the caller says so
         return None
-    folder = tempfile.mkdtemp(prefix="jaxtag-beam-store-")
+    folder = tempfile.mkdtemp(prefix="jaxtag-beam-arrays-")
     try:
-        local = store.store_path(folder, name)
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        with open(local, "wb") as f:
+        with open(os.path.join(folder, "arrays.npz"), "wb") as f:
             f.write(data)
-        return store.read_store(folder, name)
+        return read_arrays(folder, "arrays.npz")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -280,49 +315,70 @@ class BeamResult(LibraryResult):
 
 def tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log=None) -> BeamResult:
     """Tag `files` into options.output_dir on Beam (see the module docstring); returns what
-    happened, as tag_library does."""
-    from jaxtag.library.run import Log, update_similarity, write_library
-    started = time.perf_counter()
+    happened, as tag_library does. LibraryBusy where another run holds the output folder."""
+    check_output_dir(options.output_dir)
+    require_beam()
+    files = [os.fspath(f) for f in files]
     log = log or Log(options)
     result = BeamResult()
+    return run_library(tagger, files, options, log, result,
+                       lambda state: _tag_on_beam(tagger, files, options, pipeline_options, log, state, result))
+
+
+def _tag_on_beam(tagger, files: list[str], options: LibraryOptions, pipeline_options: str, log, state,
+                 result: BeamResult) -> None:
+    started = time.perf_counter()
     out = options.output_dir
-    check_output_dir(out)
-    plan = plan_library(tagger, files, options, log)
+    remove_leftovers(out)
+    _remove_killed_runs(out)
+    plan = plan_library(tagger, files, options, log, state)
     result.skipped.extend(plan.done)
     log.say(f"{len(files)} file(s): {len(plan.todo)} for the model, {len(plan.derive)} to derive from stored scores, "
             f"{len(result.skipped)} already done; on Beam ({pipeline_options})")
-    _remove_killed_runs(out)
+    stored = _stored_analyses(plan, state)
+    for path in [*plan.derive, *(p for p in plan.todo if p not in plan.check)]:
+        state.forget_decision(plan.names[path])   # their outputs are redone: until recorded again, they have none
     run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    # What the workers report (failures, unchanged files, who wrote what), read back by the driver
-    # and then removed; named by the driver's process, so that a run killed part way is told from
-    # one still running when its folder is found later.
-    run_dir = os.path.join(out, ".jaxtag", f"beam-{run}{TMP_MARK}{os.getpid()}")
+    # What the workers report (failures, unchanged files), read back by the driver and then
+    # removed; named by the driver's process, so that a run killed part way is told from one still
+    # running when its folder is found later.
+    run_dir = os.path.join(out, STATE_DIR, f"beam-{run}{TMP_MARK}{os.getpid()}")
     with failures_named("tagging"):
-        _run_pipeline(tagger, options, plan, pipeline_options, run_dir)
-    rows = _collect(files, plan, result, out, os.path.join(out, FAILED, f"{run}.jsonl"), run_dir, log)
+        _run_pipeline(tagger, options, plan, stored, pipeline_options, run_dir)
+    rows = _collect(options, plan, result, state, stored, os.path.join(out, FAILED, f"{run}.jsonl"), run_dir, log)
     if result.workers:
         counts = collections.Counter(result.workers.values())
         log.say(f"written by {len(counts)} worker process(es): " +
                 ", ".join(f"{w} ({n} file(s))" for w, n in sorted(counts.items())))
-    similar = update_similarity(tagger, options, plan.names, files, rows, result, log)
-    write_library(out, files, rows, result, tagger, similar)
+    finish_run(tagger, files, options, state, plan, result, log)
     result.rows, result.seconds = rows, time.perf_counter() - started
-    return result
+
+
+def _stored_analyses(plan: LibraryPlan, state) -> dict:
+    """{path: {"content", "arrays"}} of the files to derive or to check: what a worker needs to
+    read their stored analysis (its arrays' file in OUT, None where none is stored), from the
+    library's database."""
+    found = {}
+    for path in [*plan.derive, *plan.check]:
+        content = plan.check[path][1] if path in plan.check else plan.contents[path]
+        analysis = state.analysis(content, plan.settings["model"])
+        found[path] = {"content": content, "arrays": None if analysis is None else analysis.arrays}
+    return found
 
 
 def check_output_dir(out: str) -> None:
     """A URL OUT is refused, saying why and what to do instead."""
     if "://" in out:
-        raise ValueError(f"{out}: on Beam the driver plans from OUT's records and writes the library's summary "
-                         "itself, so OUT must be a path the driver and the workers can read and write: a local disk, "
-                         "NFS, or the bucket mounted with gcsfuse or s3fs (docs/scale-out.md)")
+        raise ValueError(f"{out}: on Beam the driver plans from the library's database in OUT and writes the "
+                         "library's summary itself, so OUT must be a path the driver and the workers can read and "
+                         "write: a local disk, NFS, or the bucket mounted with gcsfuse or s3fs (docs/scale-out.md)")
 
 
 def _remove_killed_runs(out: str) -> None:
     """What runs killed part way left in OUT/.jaxtag: their run folders, and the temporary
     folders of an older version's dead-letter output (these name no process: removed when no run
     is alive)."""
-    folder = os.path.join(out, ".jaxtag")
+    folder = os.path.join(out, STATE_DIR)
     runs = [n for n in (os.listdir(folder) if os.path.isdir(folder) else []) if n.startswith("beam-")]
     alive = [n for n in runs if TMP_MARK in n and not left_by_dead_process(n)]   # (unmarked: an older version's)
     for name in runs:
@@ -372,7 +428,8 @@ def _write_text(path: str, text: str) -> None:
     FileSystems.rename([temporary], [path])
 
 
-def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_options: str, run_dir: str) -> None:
+def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, stored: dict, pipeline_options: str,
+                  run_dir: str) -> None:
     import logging
     beam = require_beam()
     from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
@@ -380,10 +437,11 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_o
     logging.getLogger("apache_beam").setLevel(logging.WARNING)   # the runner's and workers' chatter
     # The model by its spec (each worker builds it once); the decisions by the driver's policy itself.
     spec, policy = tagger.spec, tagger.policy
-    out, settings, write = options.output_dir, plan.settings, _write_file_fn()
+    settings, write = plan.settings, _write_file_fn()
     with beam.Pipeline(options=make_options(pipeline_options)) as p:
         todo = [{"path": path, "name": plan.names[path], "expected": plan.check[path][1] if path in plan.check else None,
-                 "then": plan.check[path][0] if path in plan.check else None} for path in plan.todo]
+                 "then": plan.check[path][0] if path in plan.check else None, **stored.get(path, {})}
+                for path in plan.todo]
         decoded = (p | "Files" >> beam.Create(todo) | "Spread" >> beam.Reshuffle()
                    | "Decode" >> beam.ParDo(_decode_file_fn()(dataclasses.asdict(tagger.frontend)))
                    .with_outputs("facts", "unchanged", "derive", "failed", main="windows"))
@@ -391,53 +449,57 @@ def _run_pipeline(tagger, options: LibraryOptions, plan: LibraryPlan, pipeline_o
             window_features_handler(spec, tagger.chunk_windows)))
             | "ByFile" >> beam.Map(lambda kv: (kv[0][0], (kv[0][1], kv[1].inference))))
         grouped = {"features": features, "facts": decoded.facts} | "Regroup" >> beam.CoGroupByKey()
-        written = grouped | "Write" >> beam.ParDo(write(spec, policy, out, options, settings)).with_outputs(
+        written = grouped | "Write" >> beam.ParDo(write(spec, policy, options, settings)).with_outputs(
             "failed", main="done")
-        derived = (((p | "ToDerive" >> beam.Create([{"path": path, "name": plan.names[path]} for path in plan.derive])
-                     | "SpreadDerive" >> beam.Reshuffle()), decoded.derive) | "AllToDerive" >> beam.Flatten()
-                   | "Derive" >> beam.ParDo(write(spec, policy, out, options, settings, derive=True))
+        to_derive = [{"path": path, "name": plan.names[path], **stored[path]} for path in plan.derive]
+        derived = (((p | "ToDerive" >> beam.Create(to_derive) | "SpreadDerive" >> beam.Reshuffle()), decoded.derive)
+                   | "AllToDerive" >> beam.Flatten()
+                   | "Derive" >> beam.ParDo(write(spec, policy, options, settings, derive=True))
                    .with_outputs("failed", main="done"))
         reports = (
             (decoded.failed, written.failed, derived.failed) | "Failures" >> beam.Flatten()
-            | "AsFailed" >> beam.Map(lambda f: {"kind": "failed", "path": f[0], "problem": f[1]}),
-            decoded.unchanged | "AsUnchanged" >> beam.Map(lambda d: {"kind": "unchanged", **d}),
-            written.done | "AsTagged" >> beam.Map(lambda d: {"kind": "tagged", **d}),
-            derived.done | "AsDerived" >> beam.Map(lambda d: {"kind": "derived", **d}))
+            | "AsFailed" >> beam.Map(lambda f: {"kind": "failed", **f}),
+            decoded.unchanged | "AsUnchanged" >> beam.Map(lambda d: {"kind": "unchanged", **d}))
         _ = reports | "Reports" >> beam.Flatten() | "Report" >> beam.ParDo(_report_fn()(run_dir))
 
 
-def _collect(files: list[str], plan: LibraryPlan, result: BeamResult, out: str, dead_letter: str, run_dir: str,
-             log) -> dict:
-    """What the workers reported: failures (kept in the dead-letter file), unchanged files (their
-    records take the new stamps), who wrote which file; and the rows of every file done now or
-    before."""
+def _collect(options: LibraryOptions, plan: LibraryPlan, result: BeamResult, state, stored: dict, dead_letter: str,
+             run_dir: str, log) -> dict:
+    """What the workers reported and published: failures (kept in the dead-letter file; an
+    analysis found unreadable is forgotten, so the next run analyses its audio again), unchanged
+    files (their stamps brought up to date), the journal's entries (recorded in the database; the
+    moves followed); returns the rows of every file done now or before."""
     from apache_beam.io.filesystems import FileSystems
     reports = [json.loads(line) for line in _read_lines(FileSystems, FileSystems.join(run_dir, ""))]
-    failed = {r["path"]: r["problem"] for r in reports if r["kind"] == "failed"}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    failed = {r["path"]: r for r in reports if r["kind"] == "failed"}
     if failed:
         os.makedirs(os.path.dirname(dead_letter), exist_ok=True)
-        _write_text(dead_letter, "".join(json.dumps({"path": path, "problem": problem}) + "\n"
-                                         for path, problem in failed.items()))
-    for path, problem in failed.items():
-        result.failed[path] = problem
-        log.failed(path, problem)
-    for item in {r["path"]: r for r in reports if r["kind"] == "unchanged"}.values():
-        refresh_record(out, item["name"], plan.check[item["path"]][2], item["path"], item["stamp"])
-        result.skipped.append(item["path"])
-    derived = set(plan.derive) | {r["path"] for r in reports if r["kind"] == "derived"}
-    result.workers = {r["path"]: r["worker"] for r in reports if r["kind"] in ("tagged", "derived")}
-    shutil.rmtree(run_dir, ignore_errors=True)
+        _write_text(dead_letter, "".join(json.dumps({"path": path, "problem": r["problem"]}) + "\n"
+                                         for path, r in failed.items()))
+    for path, report in failed.items():
+        if report.get("unreadable"):
+            forget_unreadable(state, options.output_dir, stored[path]["content"])
+        result.failed[path] = report["problem"]
+        log.failed(path, report["problem"])
     rows = dict(plan.done)
-    for path in files:
-        if path in plan.done or path in result.failed:
-            continue
-        record = read_record(out, plan.names[path])
-        if record is not None and record.get("settings") == plan.settings:
-            rows[path] = summary.row_from_json(record["summary"])
-            if path not in result.skipped:
-                (result.derived if path in derived else result.tagged).append(path)
-                if path not in derived:
-                    result.audio_seconds += rows[path]["duration"]
+    for item in {r["path"]: r for r in reports if r["kind"] == "unchanged"}.values():
+        path, stamp = item["path"], item["stamp"]
+        state.restamp(os.path.abspath(path), stamp["size"], stamp["mtime_ns"])
+        rows[path] = summary.row_from_json(plan.check[path][2]["summary"])
+        result.skipped.append(path)
+        log.unchanged(path)
+    for entry in import_journal(state, options.output_dir):
+        path = entry["path"]
+        rows[path] = summary.row_from_json(entry["decisions"]["summary"])
+        result.workers[path] = entry["worker"]
+        if entry["analysis"] is None:
+            result.derived.append(path)
+            if path in plan.moved:
+                follow_move(state, options, plan.moved[path], path, plan.names[path], result, log)
+        else:
+            result.tagged.append(path)
+            result.audio_seconds += entry["analysis"]["duration"]
     return rows
 
 

@@ -43,11 +43,13 @@ from jaxtag.errors import DataError, WorkerStartError, problem_of
 from jaxtag.files import TMP_MARK, available_cpus, left_by_dead_process
 from jaxtag.library import summary, views
 from jaxtag.library.arrays import analyses, read_arrays
+from jaxtag.library.journal import import_journal
 from jaxtag.library.log import LockedLog, Log
 from jaxtag.library.plan import DERIVE, LibraryOptions, plan_library, usable  # noqa: F401 - LibraryOptions: the API
 from jaxtag.library.state import LibraryState, RunLock
 from jaxtag.library.takeover import take_over_old_layout
-from jaxtag.library.write import UnreadableAnalysis, remove, remove_outputs, stored_taggram, write_file
+from jaxtag.library.write import (UnreadableAnalysis, kept_parts, remove, remove_outputs, stored_taggram,
+                                  write_file)
 from jaxtag.tagging import decoding
 from jaxtag.tagging.outputs import check_formats, shown_path
 
@@ -193,19 +195,29 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
     """Tag every file into options.output_dir (see the module docstring); returns what happened.
     decode: the worker function (default decoding.decode_file). LibraryBusy where another run
     holds the output folder."""
-    check_formats(options.formats)
     files = [os.fspath(f) for f in files]
     log = log or Log(options)
+    result = LibraryResult()
+    return run_library(tagger, files, options, log, result,
+                       lambda state: _tag(tagger, files, options, log, decode, state, result))
+
+
+def run_library(tagger, files: list[str], options: LibraryOptions, log, result, body):
+    """The frame of a run, local or on Beam (jaxtag.library.beam): one at a time per output folder
+    (RunLock), the library's database opened, the earlier layout taken over and what a Beam run
+    killed part way published recorded (journal.import_journal), the run's row begun and ended;
+    body(state) does the work into `result`, which is returned."""
+    check_formats(options.formats)
     os.makedirs(options.output_dir, exist_ok=True)
     lock = RunLock(options.output_dir)
     lock.acquire(options.wait_for_lock)
     try:
         with LibraryState(options.output_dir) as state:
             take_over_old_layout(options.output_dir, state, log)
+            import_journal(state, options.output_dir)
             run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
-            result = LibraryResult()
             try:
-                _tag(tagger, files, options, log, decode, state, result)
+                body(state)
             finally:
                 record_failures(state, run, options, files, result)
                 state.end_run(run, result.counts(), "interrupted" if result.interrupted else "finished")
@@ -252,15 +264,23 @@ def _tag(tagger, files, options, log, decode, state, result) -> None:
         # files queued behind it have none and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    finish_run(tagger, files, options, state, plan, result, context.log)
+    result.rows, result.seconds = rows, time.perf_counter() - started
+
+
+def finish_run(tagger, files: list[str], options: LibraryOptions, state, plan, result, log) -> None:
+    """The end of a run, local or on Beam, once every file's decisions are recorded: the files gone
+    from the folders it covered pruned (not after an interruption), and the views of the whole
+    library written for this run's model and policy (library.json, library.csv, index.html, the
+    similarity index and the pages' similar lists)."""
     if not result.interrupted:
         prune_gone(state, options, files, result, log)
     view, others = views.library_rows(state, plan.settings)
     state.set_meta("view", json.dumps(plan.settings, sort_keys=True))
     similar = {} if result.interrupted else views.update_similarity(
         options.output_dir, tagger, options.formats, view, bool(result.gone or result.moved),
-        [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, context.log)
+        [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, log)
     views.write_library(options.output_dir, view, tagger, result.failed, result.tags_not_written, similar, others)
-    result.rows, result.seconds = rows, time.perf_counter() - started
 
 
 def prune_gone(state, options: LibraryOptions, files: list[str], result, log) -> None:
@@ -501,7 +521,7 @@ def _finish(c: _RunContext, state: _FileState) -> None:
         return
     source = {"path": os.path.abspath(decoded.path), **decoded.stamp}
     _queue_write(c, _write_file_outputs, decoded.path, taggram, embeddings, source, decoded.warnings,
-                 decoded.duration, decoded.frames_path, parts=_kept_parts(c.tagger, parts))
+                 decoded.duration, decoded.frames_path, parts=kept_parts(c.tagger, parts))
 
 
 def _warm_up_writer(tagger) -> None:
@@ -544,11 +564,16 @@ def _redo(c: _RunContext, path: str, problem: Exception) -> None:
     """A file whose stored analysis cannot be read (damaged, truncated, removed): forgotten, and
     run through the model in this run (its audio is still there), with a warning naming it."""
     c.log.warn(path, f"{problem_of(problem)}: analysing it again")
-    for analysis in c.state.analyses_of(c.contents[path]):
-        if not usable(c.options.output_dir, analysis) or \
-                read_arrays(c.options.output_dir, analysis.arrays) is None:
-            c.state.remove_analysis(analysis.content, analysis.model)
+    forget_unreadable(c.state, c.options.output_dir, c.contents[path])
     c.redo.append(path)
+
+
+def forget_unreadable(state, output_dir: str, content: str) -> None:
+    """The analyses of some audio whose arrays are missing, truncated or cannot be read: forgotten
+    (its files are analysed again)."""
+    for analysis in state.analyses_of(content):
+        if not usable(output_dir, analysis) or read_arrays(output_dir, analysis.arrays) is None:
+            state.remove_analysis(analysis.content, analysis.model)
 
 
 def _stored_analyses(c: _RunContext, path: str) -> tuple[dict, dict]:
@@ -569,16 +594,6 @@ def _stored_parts(c: _RunContext, path: str, fingerprints) -> dict:
     """The analyses of a file's audio by these networks (those the library keeps)."""
     _, found = _stored_analyses(c, path)
     return {fp: (found[fp]["scores"], found[fp]["embeddings"]) for fp in fingerprints if fp in found}
-
-
-def _kept_parts(tagger, parts: dict, carried: dict | None = None) -> dict | None:
-    """What a file's store keeps of its networks' analyses beside the tagger's output: every
-    network's of a combined model, and those carried over from the store before (None: nothing)."""
-    kept = dict(carried or {})
-    if len(tagger.part_fingerprints) > 1:
-        for fp in tagger.part_fingerprints:
-            kept[fp] = {"name": tagger.part_tagger(fp).model_name, "scores": parts[fp][0], "embeddings": parts[fp][1]}
-    return kept or None
 
 
 def _assemble_outputs(c: _RunContext, path: str) -> None:
@@ -602,7 +617,7 @@ def _assemble_outputs(c: _RunContext, path: str) -> None:
         _fail(c, path, problem_of(e))
         return
     _write_file_outputs(c, path, taggram, embeddings, source, stored["warnings"], None,
-                        parts=_kept_parts(c.tagger, parts, carried), store=True)
+                        parts=kept_parts(c.tagger, parts, carried), store=True)
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
@@ -628,7 +643,7 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
                             parts=parts)
         c.result.stage_seconds["writing"] += time.perf_counter() - start
         if path in c.moved:
-            _follow_move(c, path)
+            follow_move(c.state, options, c.moved[path], path, name, c.result, c.log)
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
@@ -643,18 +658,18 @@ def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: 
         _write_file_tags(c, path)
 
 
-def _follow_move(c: _RunContext, path: str) -> None:
-    """A file recognised as audio the library knows under another path: where that path is gone,
-    the file was moved or renamed: the old outputs and row go (its new ones are written); where it
-    is still there, this is a copy and both stay."""
-    old = c.moved[path]
+def follow_move(state, options: LibraryOptions, old: dict, path: str, name: str, result, log) -> None:
+    """A file recognised as audio the library knows under another path (`old`, its record; `name`,
+    the file's output name): where that path is gone, the file was moved or renamed: the old
+    outputs and row go (its new ones are written); where it is still there, this is a copy and
+    both stay."""
     if os.path.exists(old["source"]["path"]):
         return
-    if old["name"] != c.names[path]:
-        remove_outputs(c.options.output_dir, old)
-    c.state.remove_files([old["source"]["path"]])
-    c.result.moved[path] = old["source"]["path"]
-    c.log.moved(old["source"]["path"], path)
+    if old["name"] != name:
+        remove_outputs(options.output_dir, old)
+    state.remove_files([old["source"]["path"]])
+    result.moved[path] = old["source"]["path"]
+    log.moved(old["source"]["path"], path)
 
 
 def _write_file_tags(c: _RunContext, path: str) -> None:
@@ -683,9 +698,17 @@ def _write_file_tags(c: _RunContext, path: str) -> None:
 
 
 def _fresh_tmp_dir(output_dir: str) -> str:
-    """A temporary folder for this run's mel frames. What killed runs left (their folders, and
-    half-written outputs, records and stored scores under temporary names, in any subfolder) is
-    removed first."""
+    """A temporary folder for this run's mel frames, once what killed runs left is removed
+    (remove_leftovers)."""
+    remove_leftovers(output_dir)
+    path = os.path.join(output_dir, f"{TMP_MARK}{os.getpid()}")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def remove_leftovers(output_dir: str) -> None:
+    """What killed runs left in OUT (their folders, and half-written outputs and stored arrays
+    under temporary names, in any subfolder): removed."""
     for folder, dirs, files in os.walk(output_dir):
         for entry in [*dirs, *files]:
             if left_by_dead_process(entry):
@@ -695,8 +718,3 @@ def _fresh_tmp_dir(output_dir: str) -> str:
                 else:
                     os.remove(path)
         dirs[:] = [d for d in dirs if not left_by_dead_process(d)]
-    path = os.path.join(output_dir, f"{TMP_MARK}{os.getpid()}")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-

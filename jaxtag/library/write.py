@@ -25,13 +25,23 @@ class UnreadableAnalysis(DataError):
 def stored_taggram(tagger, output_dir: str, state, content: str, path: str, read=None, scores: bool = True,
                    model: str | None = None):
     """(the stored arrays, the file's stamp now, its taggram with the tagger's policy) of audio
-    analysed before (read: arrays.read_arrays or another reader of the same, given the arrays'
-    relative file); model: the analysis's model (default the tagger's); scores=False: its taggram
-    has the stored scores whatever model made them (to be replaced)."""
+    analysed before, as the library's database knows it (arrays_taggram); model: the analysis's
+    model (default the tagger's)."""
     analysis = state.analysis(content, model or tagger.fingerprint)
-    stored = None if analysis is None else (read or read_arrays)(output_dir, analysis.arrays)
+    return arrays_taggram(tagger, output_dir, None if analysis is None else analysis.arrays, content, path, read,
+                          scores)
+
+
+def arrays_taggram(tagger, output_dir: str, arrays: str | None, content: str, path: str, read=None,
+                   scores: bool = True):
+    """(the stored arrays, the file's stamp now, its taggram with the tagger's policy) of audio
+    analysed before, from its analysis's arrays (their file relative to output_dir; None: none is
+    stored), as a Beam worker is given them by the driver. read: arrays.read_arrays or another
+    reader of the same; scores=False: its taggram has the stored scores whatever model made them
+    (to be replaced)."""
+    stored = None if arrays is None else (read or read_arrays)(output_dir, arrays)
     if stored is None:
-        where = "is missing" if analysis is None else f"cannot be read ({analysis.arrays})"
+        where = "is missing" if arrays is None else f"cannot be read ({arrays})"
         raise UnreadableAnalysis(path, f"its stored analysis {where}")
     source = dict(stored["source"], path=os.path.abspath(path), content=content)
     st = os.stat(path)
@@ -69,8 +79,7 @@ def write_file(options, name: str, path: str, taggram, embeddings, source: dict,
         analysis = Analysis(source["content"], tagger.fingerprint, relative, size, tuple(parts or ()),
                             tagger.model_name, float(taggram.duration))
         if state is not None:
-            state.put_analysis(analysis)
-            state.put_file(name, source, root_of(path, options))
+            record_analysis(state, analysis, name, source, root_of(path, options))
     row = summary.track_summary(taggram, taggram.source, name, warnings)
     if options.embeddings:
         write_embeddings(output_dir, name, taggram, embeddings)
@@ -80,10 +89,34 @@ def write_file(options, name: str, path: str, taggram, embeddings, source: dict,
     return row, analysis
 
 
+def record_analysis(state, analysis: Analysis, name: str, source: dict, root: str) -> None:
+    """A file's new analysis, and its path (once its arrays are written): a run killed before its
+    outputs derives them next time."""
+    state.put_analysis(analysis)
+    state.put_file(name, source, root)
+
+
 def record_decisions(options, state, name: str, path: str, source: dict, settings: dict, row: dict) -> None:
     """Last: the file's decisions (its outputs are all written)."""
-    state.put_decision(name, source, settings, wanted_outputs(name, options), summary.row_to_json(row),
-                       root_of(path, options))
+    state.put_decision(**file_decisions(options, name, path, source, settings, row))
+
+
+def file_decisions(options, name: str, path: str, source: dict, settings: dict, row: dict) -> dict:
+    """A file's decisions as the database records them (LibraryState.put_decision's arguments):
+    its stamp, the settings and the output files of this run's options, its library row."""
+    return {"name": name, "source": source, "settings": settings, "outputs": wanted_outputs(name, options),
+            "summary": summary.row_to_json(row), "root": root_of(path, options)}
+
+
+def kept_parts(tagger, parts: dict, carried: dict | None = None) -> dict | None:
+    """What a file's stored arrays keep of its networks' analyses beside the tagger's output
+    ({network fingerprint: (scores, embeddings)}, tagger.parts_of): every network's of a combined
+    model, and those carried over from the arrays before (None: nothing)."""
+    kept = dict(carried or {})
+    if len(tagger.part_fingerprints) > 1:
+        for fp in tagger.part_fingerprints:
+            kept[fp] = {"name": tagger.part_tagger(fp).model_name, "scores": parts[fp][0], "embeddings": parts[fp][1]}
+    return kept or None
 
 
 def root_of(path: str, options) -> str:

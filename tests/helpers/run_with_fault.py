@@ -8,7 +8,7 @@ tag_sigkill@N / tag_sigint@N (the tag command is sent SIGKILL, or SIGINT as a Ct
 after the Nth file's record is written: a point the test controls, whatever the machine's speed),
 or plan_sigint@N (SIGINT while the run checks the Nth file against the records, before any tagging),
 or beam_kill@N (on Beam: SIGKILL to the whole process group, driver and workers, once N files'
-records are published; run it in a session of its own).
+journal entries are published, their outputs with them; run it in a session of its own).
 The faults are patched in here, so the package itself carries no test hooks.
 """
 import os
@@ -68,13 +68,14 @@ def inject(fault: str) -> None:
         library_plan.plan_file = signal_then_plan
     elif kind == "beam_kill":
         from jaxtag.library import beam as beam_library
+        from jaxtag.library.journal import JOURNAL
         publish = beam_library.publish
 
-        def publish_then_kill(staging, output_dir, name):
-            publish(staging, output_dir, name)
-            records = os.path.join(output_dir, ".jaxtag", "records")
+        def publish_then_kill(staging, output_dir):
+            publish(staging, output_dir)
+            journal = os.path.join(output_dir, JOURNAL)
             # Counted on disk: the runner pickles this function into its workers, each with its own copy.
-            done = [f for _, _, names in os.walk(records) for f in names if f.endswith(".json") and "tmp" not in f]
+            done = [f for f in os.listdir(journal) if f.endswith(".json")] if os.path.isdir(journal) else []
             if len(done) >= at:
                 os.killpg(os.getpgrp(), signal.SIGKILL)
 
