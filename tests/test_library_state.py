@@ -58,11 +58,15 @@ def _no_decoding(monkeypatch):
 def test_album_by_album_runs_are_summarised_whole(tagger, tmp_path):
     music, out = tmp_path / "Music", tmp_path / "out"
     files = _albums(music)
-    first = tag_library(tagger, files[:2], _options(out, roots=(str(music / "Album0"),)))
-    assert sorted(first.tagged) == files[:2]
+    broken = music / "Album0" / "broken.wav"
+    broken.write_bytes(b"RIFF not audio" * 10)
+    first = tag_library(tagger, [*files[:2], str(broken)], _options(out, roots=(str(music / "Album0"),)))
+    assert sorted(first.tagged) == files[:2] and list(first.failed) == [str(broken)]
     second = tag_library(tagger, files[2:], _options(out, roots=(str(music / "Album1"),)))
     assert sorted(second.tagged) == files[2:]
     assert _listed(out) == sorted(files)             # the whole library, not the last album
+    failed = json.loads((out / "library.json").read_text())["failed"]   # the library's, not the run's
+    assert [f["path"] for f in failed] == [str(broken)] and failed[0]["problem"].startswith("cannot decode")
     assert _index_paths(out) == sorted(files)
     import csv
     with open(out / "library.csv", newline="") as f:

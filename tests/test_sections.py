@@ -180,7 +180,9 @@ def tagged(musicnn, generated, tmp_path_factory):
 
 @pytest.mark.slow
 def test_every_output_carries_the_sections_and_a_new_rule_rederives_them_from_the_store(musicnn, tagged):
-    from jaxtag.library.run import LibraryOptions, stored_taggram, tag_library
+    from jaxtag.library.run import LibraryOptions, tag_library
+    from jaxtag.library.state import LibraryState
+    from jaxtag.library.write import stored_taggram
     out, files = tagged
     expected = musicnn.tag(files[0]).sections()    # the in-memory tagger's, from the same audio
     written = json.loads((out / "changing.json").read_text())
@@ -209,7 +211,9 @@ def test_every_output_carries_the_sections_and_a_new_rule_rederives_them_from_th
     try:
         again = tag_library(musicnn, files, LibraryOptions(output_dir=str(out), workers=1, top_n=0))
         assert sorted(again.derived) == sorted(files) and not again.tagged
-        stored, _, taggram = stored_taggram(musicnn, str(out), "changing", files[0])
+        with LibraryState(str(out)) as state:
+            content = state.record("changing")["source"]["content"]
+            stored, _, taggram = stored_taggram(musicnn, str(out), state, content, files[0])
         redone = json.loads((out / "changing.json").read_text())["sections"]
         assert [(s["start"], s["end"]) for s in redone] == [(s["start"], s["end"]) for s in written["sections"]]
         # Each section decided on its windows, by the share of its time each tag is on (the

@@ -74,6 +74,7 @@ class LibraryResult:
     moved: dict = dataclasses.field(default_factory=dict)     # new path -> old path (recognised by its audio)
     gone: list = dataclasses.field(default_factory=list)      # files gone from disk, removed from the library
     unreachable: list = dataclasses.field(default_factory=list)  # roots missing or empty: nothing pruned there
+    run: int = 0                                              # its row in the library's runs
 
     def counts(self) -> dict:
         return {"tagged": len(self.tagged), "derived": len(self.derived), "skipped": len(self.skipped),
@@ -215,10 +216,10 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
         with LibraryState(options.output_dir) as state:
             take_over_old_layout(options.output_dir, state, log)
             import_journal(state, options.output_dir)
-            run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
+            result.run = run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
             try:
                 body(state)
-            finally:
+            finally:   # (again, if finish_run did: the same rows)
                 record_failures(state, run, options, files, result)
                 state.end_run(run, result.counts(), "interrupted" if result.interrupted else "finished")
             return result
@@ -275,12 +276,14 @@ def finish_run(tagger, files: list[str], options: LibraryOptions, state, plan, r
     similarity index and the pages' similar lists)."""
     if not result.interrupted:
         prune_gone(state, options, files, result, log)
+    record_failures(state, result.run, options, files, result)   # library.json lists the library's
+    failed = {path: f["problem"] for path, f in state.failures().items()}
     view, others = views.library_rows(state, plan.settings)
     state.set_meta("view", json.dumps(plan.settings, sort_keys=True))
     similar = {} if result.interrupted else views.update_similarity(
         options.output_dir, tagger, options.formats, view, bool(result.gone or result.moved),
         [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, log)
-    views.write_library(options.output_dir, view, tagger, result.failed, result.tags_not_written, similar, others)
+    views.write_library(options.output_dir, view, tagger, failed, result.tags_not_written, similar, others)
 
 
 def prune_gone(state, options: LibraryOptions, files: list[str], result, log) -> None:
