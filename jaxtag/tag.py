@@ -129,20 +129,21 @@ def _tag(inputs: list[str]) -> int:
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
                              top_n=_TOP_N.value, embed_audio=len(files) == 1, wait_for_lock=_WAIT_FOR_LOCK.value,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
-    if _BEAM.value:
-        from jaxtag.library.beam import tag_on_beam
-        try:
+    from jaxtag.library.state import LibraryBusy
+    try:
+        if _BEAM.value:
+            from jaxtag.library.beam import tag_on_beam
             result = tag_on_beam(tagger, files, options, _BEAM.value)
-        except (JaxtagError, ValueError) as e:   # Beam missing, OUT a URL, the pipeline failed
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    else:
-        from jaxtag.library.state import LibraryBusy
-        try:
+        else:
             result = tag_library(tagger, files, options)
-        except LibraryBusy as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 75  # EX_TEMPFAIL: try again later
+    except LibraryBusy as e:      # another run into OUT
+        print(f"error: {e}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: try again later
+    except (JaxtagError, ValueError) as e:
+        if not _BEAM.value:
+            raise
+        print(f"error: {e}", file=sys.stderr)   # Beam missing, OUT a URL, the pipeline failed
+        return 2
     print(f"{result.summary_line(len(files))} into {options.output_dir} (index: "
           f"{os.path.join(options.output_dir, 'index.html')})", file=sys.stderr)
     if result.interrupted:

@@ -353,3 +353,25 @@ def test_a_version_1_database_is_migrated_on_open_and_keeps_its_rows(tmp_path):
         state.record_failures(run["id"], {}, ["/music/c.wav"])
         assert {p: f["problem"] for p, f in state.failures().items()} == {"/music/b.wav": "cannot decode audio"}
         assert state.failures()["/music/b.wav"]["run"] == 1
+
+
+@pytest.mark.slow
+def test_the_tag_command_into_a_busy_folder_exits_75_naming_the_other_run(trained, tmp_path):
+    """Two runs at once, as a user starts them: the second tag command says who holds the folder
+    (process, host, since when), exits 75 (try again later), no traceback, and touches nothing."""
+    import subprocess
+    import sys
+    from helpers import processes
+    music, out = tmp_path / "Music", tmp_path / "out"
+    files = _albums(music, n=1, per=1)
+    lock = RunLock(str(out))
+    lock.acquire()
+    try:
+        done = subprocess.run([sys.executable, "-m", "jaxtag.tag", f"--workdir={trained[1]}", files[0],
+                               f"--output_dir={out}", "--workers=1"], cwd=processes.REPO, env=processes.environment(),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert done.returncode == 75, done.stderr[-2000:]
+    assert f"is being tagged by process {os.getpid()} on {socket.gethostname()}, running since" in done.stderr
+    assert "Traceback" not in done.stderr and not library_state.records(out)

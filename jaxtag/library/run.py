@@ -217,11 +217,13 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             take_over_old_layout(options.output_dir, state, log)
             import_journal(state, options.output_dir)
             result.run = run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
+            status = "failed"   # unless body returns (a bug, or the pipeline failed)
             try:
                 body(state)
+                status = "interrupted" if result.interrupted else "finished"
             finally:   # (again, if finish_run did: the same rows)
                 record_failures(state, run, options, files, result)
-                state.end_run(run, result.counts(), "interrupted" if result.interrupted else "finished")
+                state.end_run(run, result.counts(), status)
             return result
     finally:
         lock.release()
