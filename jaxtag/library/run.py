@@ -554,15 +554,25 @@ def _wait_for_writes(c: _RunContext, at_most: int = 0) -> None:
 def _derive_outputs(c: _RunContext, path: str) -> None:
     """A file whose stored scores are this model's for its audio: its outputs derived again with
     this run's policy (no decoding, no model)."""
-    try:
+    def build():
         stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.state, c.contents[path], path)
+        return taggram, stored["embeddings"], source, stored["warnings"], {}
+    _outputs_from_store(c, path, build)
+
+
+def _outputs_from_store(c: _RunContext, path: str, build) -> None:
+    """A file's outputs written from what build() makes of its stored analyses: (taggram,
+    embeddings, source, warnings, more arguments of _write_file_outputs); an analysis that cannot
+    be read is redone by the model, any other failure reported (the other files go on)."""
+    try:
+        taggram, embeddings, source, warnings, more = build()
     except UnreadableAnalysis as e:
         _redo(c, path, e)
         return
     except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
         _fail(c, path, problem_of(e))
         return
-    _write_file_outputs(c, path, taggram, stored["embeddings"], source, stored["warnings"], None)
+    _write_file_outputs(c, path, taggram, embeddings, source, warnings, None, **more)
 
 
 def _redo(c: _RunContext, path: str, problem: Exception) -> None:
@@ -605,7 +615,7 @@ def _assemble_outputs(c: _RunContext, path: str) -> None:
     """A file whose store holds the analyses of all the tagger's networks (another model made of
     them tagged it): its output assembled from them, stored, and its outputs derived (no decoding,
     no model); the analyses kept for the next switch."""
-    try:
+    def build():
         first, found = _stored_analyses(c, path)
         stored, source, taggram = stored_taggram(c.tagger, c.options.output_dir, c.state, c.contents[path], path,
                                                  scores=False, model=first["model"])
@@ -613,16 +623,10 @@ def _assemble_outputs(c: _RunContext, path: str) -> None:
         scores, embeddings = c.tagger.assemble(parts)
         if len(scores) != len(taggram.start):
             raise DataError(path, "its stored analyses do not fit its windows (rerun with --force)")
-        taggram = dataclasses.replace(taggram, scores=scores, embeddings=embeddings)
         carried = {fp: p for fp, p in found.items() if p["name"]}
-    except UnreadableAnalysis as e:
-        _redo(c, path, e)
-        return
-    except Exception as e:  # noqa: BLE001 - one file's failure must not stop the others
-        _fail(c, path, problem_of(e))
-        return
-    _write_file_outputs(c, path, taggram, embeddings, source, stored["warnings"], None,
-                        parts=kept_parts(c.tagger, parts, carried), store=True)
+        return (dataclasses.replace(taggram, scores=scores, embeddings=embeddings), embeddings, source,
+                stored["warnings"], {"parts": kept_parts(c.tagger, parts, carried), "store": True})
+    _outputs_from_store(c, path, build)
 
 
 def _write_file_outputs(c: _RunContext, path: str, taggram, embeddings, source: dict, warnings: list[str],
