@@ -29,6 +29,7 @@ from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
 from jaxtag.tagging import decisions, sections, vocabulary
+from jaxtag.tagging import precision as precision_lib
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
@@ -47,7 +48,7 @@ class Tagger:
     (the LSTM of cnn_lstm), padded to a length bucket.
     """
 
-    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
+    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS, precision: str = "auto"):
         self.meta = meta
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
@@ -57,6 +58,12 @@ class Tagger:
         self._fingerprint = None
         self.spec: dict = {}   # how to make this tagger again (Tagger.of_spec): a pretrained name or a workdir
         self.chunk_windows = int(chunk_windows)
+        # "float32" or "bfloat16" (jaxtag.tagging.precision), chosen once: part of the fingerprint.
+        self.precision = precision_lib.resolve(precision, pretrained=bool(meta.get("pretrained")))
+        self._reduced = None   # the encode stage in bfloat16 (OpenVINO), where chosen
+        if self.precision != "float32":
+            from jaxtag.models.musicnn_openvino import OpenVinoEncoder
+            self._reduced = OpenVinoEncoder({c: tree["musicnn"] for c, tree in variables.items()}, self.precision)
         if meta.get("pretrained"):
             self.config = None
             self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"))
@@ -81,7 +88,7 @@ class Tagger:
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
         variables, meta = checkpoints.restore_for_inference(workdir, checkpoint)
         tagger = cls(variables, meta, **kwargs)
-        tagger.spec = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint)}
+        tagger.spec = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint), "precision": tagger.precision}
         return tagger
 
     @classmethod
@@ -107,7 +114,7 @@ class Tagger:
                 "source": info["source"], "license": info["license"]}
         variables = {collection: {"musicnn": tree} for collection, tree in variables.items()}
         tagger = cls(variables, meta, **kwargs)
-        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds, "precision": tagger.precision}
         return tagger
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
@@ -159,6 +166,8 @@ class Tagger:
         """Window features [n, D] of at most chunk_windows windows [n, frames, n_mels], run as one
         fixed-size chunk (one compilation whatever n; windows of several files may share it)."""
         n = len(windows)
+        if self._reduced is not None:   # (OpenVINO takes any number of windows)
+            return self._reduced(windows)
         chunk = np.zeros((self.chunk_windows,) + windows.shape[1:], np.float32)
         chunk[:n] = windows
         present = (np.arange(self.chunk_windows) < n)[None]
@@ -198,11 +207,13 @@ class Tagger:
 
     @classmethod
     def of_spec(cls, spec: dict) -> "Tagger":
-        """The tagger a `spec` (Tagger.spec) names."""
+        """The tagger a `spec` (Tagger.spec) names, in its precision (a spec without one: float32,
+        as every tagger was before precisions; never "auto": a Beam worker follows the driver)."""
+        precision = spec.get("precision", "float32")
         if spec.get("pretrained"):
-            return cls.pretrained(spec["pretrained"], hop_seconds=spec.get("hop_seconds"))
+            return cls.pretrained(spec["pretrained"], hop_seconds=spec.get("hop_seconds"), precision=precision)
         if spec.get("workdir"):
-            return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"))
+            return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"), precision=precision)
         raise ValueError("no model named")
 
     # -- a model's analyses of a file (one per network; a combined model has several) ----------
@@ -230,11 +241,15 @@ class Tagger:
     @property
     def fingerprint(self) -> str:
         """Identifies what makes the scores: the weights themselves, the model, its tags and frontend
-        (not the decision policy, which works on stored scores). Two runs of one config that ended
-        at the same epoch differ in their weights, so their fingerprints differ."""
+        (not the decision policy, which works on stored scores), and the precision it runs in (a
+        float32 fingerprint is as before precisions, so stored float32 analyses stay valid). Two
+        runs of one config that ended at the same epoch differ in their weights, so their
+        fingerprints differ."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             meta = {k: self.meta.get(k) for k in ("pretrained", "model", "tags", "frontend", "config", "input_stats")}
+            if self.precision != "float32":
+                meta["precision"] = self.precision
             digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
             for path, leaf in jax.tree_util.tree_flatten_with_path(self.variables)[0]:
                 array = np.asarray(leaf)

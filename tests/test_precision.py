@@ -1,0 +1,85 @@
+"""Reduced-precision tagging: the choice of precision (jaxtag.tagging.precision), musicnn's encode
+stage on OpenVINO (jaxtag.models.musicnn_openvino) against the Flax model, and the precision as
+part of a tagger's identity (fingerprint, spec, stored scores)."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import write_tone
+from jaxtag.models import musicnn_openvino
+from jaxtag.models.musicnn import Musicnn, compress
+from jaxtag.tagging import precision
+from jaxtag.tagging.tagger import Tagger
+
+needs_openvino = pytest.mark.skipif(not musicnn_openvino.available(), reason="OpenVINO not installed")
+needs_bf16_cpu = pytest.mark.skipif(not precision.BF16_CPU_FLAGS & precision.cpu_flags()
+                                    or jax.default_backend() != "cpu", reason="no bf16 CPU")
+
+
+def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    with pytest.raises(ValueError, match="no bf16"):
+        precision.resolve("bfloat16", pretrained=True, backend="cpu")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert precision.resolve("float32", pretrained=True, backend="cpu") == "float32"
+    assert precision.resolve("auto", pretrained=False, backend="cpu") == "float32"   # trained runs
+    assert precision.resolve("auto", pretrained=True, backend="gpu") == "float32"
+    with pytest.raises(ValueError, match="CPU only"):
+        precision.resolve("bfloat16", pretrained=True, backend="tpu")
+    with pytest.raises(ValueError, match="one of"):
+        precision.resolve("float16", pretrained=True, backend="cpu")
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: False)
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "bfloat16"
+    # AVX512-BF16 without AMX: bfloat16 on request, not by default (not measured there).
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    assert precision.resolve("bfloat16", pretrained=True, backend="cpu") == "bfloat16"
+
+
+def test_the_precision_flag_parses():
+    from jaxtag import tag
+    parser = tag.flags.FLAGS["precision"].parser
+    assert tag.flags.FLAGS["precision"].default == "auto"
+    assert parser.parse("float32") == "float32" and parser.parse("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError):
+        parser.parse("int8")
+
+
+def _random_musicnn(frames=40):
+    """Musicnn's variables, random, with batch-norm statistics away from 0 and 1."""
+    net = Musicnn(50)
+    variables = net.init(jax.random.PRNGKey(0), np.zeros((1, frames, 96), np.float32))
+    rng = np.random.default_rng(1)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, v: np.asarray(rng.uniform(0.5, 2.0, v.shape) if "var" in jax.tree_util.keystr(path)
+                                   else rng.normal(0, 0.3, v.shape), np.float32), variables["batch_stats"])
+    return net, {"params": variables["params"], "batch_stats": stats}
+
+
+@needs_openvino
+def test_openvino_float32_graph_is_the_flax_network():
+    net, variables = _random_musicnn()
+    mel = (np.random.default_rng(2).random((3, 40, 96)) ** 4).astype(np.float32)
+    want = np.asarray(net.apply(variables, compress(mel), method=net.features))
+    got = musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel[:1]), got[:1],
+                               rtol=1e-5, atol=1e-5)   # any number of windows
+
+
+@needs_openvino
+@needs_bf16_cpu
+def test_bfloat16_tagger_is_another_analysis_within_bounds_of_float32(pretrained_cache, tmp_path):
+    f32 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="float32")
+    bf16 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="bfloat16")
+    assert (f32.precision, bf16.precision) == ("float32", "bfloat16")
+    assert f32.fingerprint != bf16.fingerprint
+    assert bf16.spec["precision"] == "bfloat16" and Tagger.of_spec(bf16.spec).fingerprint == bf16.fingerprint
+    assert Tagger.of_spec({"pretrained": "musicnn-msd"}).precision == "float32"   # a spec from before
+    path = write_tone(tmp_path / "tone.wav", 12.0, sr=16000)
+    a, b = f32.tag(path).scores, bf16.tag(path).scores
+    # The bound measured on real music (docs/performance.md): scores within 0.1 (mostly ~1e-3).
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.1 and np.abs(a - b).mean() < 0.01
