@@ -25,6 +25,8 @@ _SPEED = flags.DEFINE_bool("speed", False, "Encode speed of musicnn-msd per prec
 _PARITY = flags.DEFINE_string("parity", None, "A folder of audio: bf16 vs f32 scores and decisions on every file.")
 _MODEL = flags.DEFINE_string("model", "musicnn-msd", "Pretrained model.")
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Runs of each speed case (in turn; medians reported).")
+_MAX_FILES = flags.DEFINE_integer("max_files", 120, "Parity: at most this many files, evenly spread over the "
+                                  "sorted list (0: all).")
 _MAX_WINDOWS = flags.DEFINE_integer("max_windows", 200, "Parity: at most this many windows per file (0: all).")
 
 
@@ -70,7 +72,8 @@ def speed() -> None:
                                 compress(m).astype(jnp.bfloat16))
     cases = {"XLA float32 (jaxtag's encode)": lambda: f32.encode_chunk(mel),
              "OpenVINO float32": OpenVinoEncoder(variables, "float32").__call__,
-             "OpenVINO bfloat16": OpenVinoEncoder(variables, "bfloat16").__call__}
+             "OpenVINO bfloat16 (all of it)": OpenVinoEncoder(variables, "bfloat16", back_float32=False).__call__,
+             "OpenVINO bfloat16 (jaxtag's: front-end bf16, the rest f32)": OpenVinoEncoder(variables, "bfloat16").__call__}
     del net
     try:
         fn = jax.jit(xla_bf16)
@@ -98,12 +101,30 @@ def speed() -> None:
 def parity(folder: str) -> None:
     from jaxtag.data.features import mel_spectrogram
     from jaxtag.tagging.outputs import find_audio
-    f32, bf16 = _tagger("float32"), _tagger("bfloat16")
+    from jaxtag.models.musicnn_openvino import OpenVinoEncoder
+    f32 = _tagger("float32")
+    bf16 = _tagger("bfloat16")
+    variables = {c: tree["musicnn"] for c, tree in f32.variables.items()}
+    variants = {"bf16 (jaxtag's: front-end bf16, the rest f32)": bf16._reduced,
+                "bf16 (all of it)": OpenVinoEncoder(variables, "bfloat16", back_float32=False)}
     files = sorted(find_audio([folder]))
+    if _MAX_FILES.value and len(files) > _MAX_FILES.value:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, _MAX_FILES.value).round().astype(int)]
+    for name, encoder in variants.items():
+        bf16._reduced = encoder
+        _parity(f32, bf16, files, folder, name)
+
+
+def _parity(f32, bf16, files, folder, variant):
+    from jaxtag.data.features import mel_spectrogram
     worst, diffs, flips, on, track_flips, track_on, windows, seconds = 0.0, [], 0, 0, 0, 0, 0, 0.0
     for path in files:
-        try:
-            y, _ = f32.load(path)
+        try:   # the first max_windows windows' worth of audio only (decoding whole long files is slow)
+            import soundfile as sf
+            info = sf.info(path)
+            frames = int(info.samplerate * 3.0 * _MAX_WINDOWS.value) if _MAX_WINDOWS.value else -1
+            audio, sr = sf.read(path, frames=frames, dtype="float32", always_2d=True)
+            y, _ = f32.load(audio, sr=sr)
         except Exception as e:  # noqa: BLE001
             print(f"skipped {path}: {e}")
             continue
@@ -114,6 +135,9 @@ def parity(folder: str) -> None:
         a, _ = f32.across_windows(f32.encode_windows(w))
         b, _ = bf16.across_windows(bf16.encode_windows(w))
         d = np.abs(a - b)
+        print(f"{variant} {os.path.relpath(path, folder)}: {len(w)} windows, max abs diff {d.max():.4f}, "
+              f"flips {int((f32.policy.active(a) != f32.policy.active(b)).sum())} of {int(f32.policy.active(a).sum())} on",
+              flush=True)
         worst, windows, seconds = max(worst, float(d.max())), windows + len(w), seconds + len(y) / f32.frontend.sample_rate
         diffs.append(d.ravel())
         act_a, act_b = f32.policy.active(a), f32.policy.active(b)
@@ -124,7 +148,7 @@ def parity(folder: str) -> None:
         track_flips += len(trk_a ^ trk_b)
         track_on += len(trk_a)
     d = np.concatenate(diffs)
-    print(f"parity {_MODEL.value} bf16 (OpenVINO) vs f32 (XLA): {len(files)} files, {windows} windows "
+    print(f"parity {_MODEL.value} {variant} (OpenVINO) vs f32 (XLA): {len(files)} files, {windows} windows "
           f"({seconds / 60:.0f} min of audio, at most {_MAX_WINDOWS.value or 'all'} windows a file)")
     print(f"  scores: max abs diff {worst:.4f}, 99.9th percentile {np.quantile(d, 0.999):.4f}, mean {d.mean():.5f}")
     print(f"  window tags on (f32, default policy): {on}; flipped: {flips} = {100 * flips / max(on, 1):.2f}% of them "
