@@ -83,3 +83,11 @@ def test_bfloat16_tagger_is_another_analysis_within_bounds_of_float32(pretrained
     a, b = f32.tag(path).scores, bf16.tag(path).scores
     # The bound measured on real music (docs/performance.md): scores within 0.1 (mostly ~1e-3).
     assert a.shape == b.shape and np.abs(a - b).max() < 0.1 and np.abs(a - b).mean() < 0.01
+
+
+def test_records_carry_the_precision():
+    from types import SimpleNamespace
+    from jaxtag.tagging.library import settings_of
+    key = SimpleNamespace(key=lambda: "k")
+    tagger = SimpleNamespace(fingerprint="f", policy=key, sectioning=key, precision="bfloat16")
+    assert settings_of(tagger)["precision"] == "bfloat16"
