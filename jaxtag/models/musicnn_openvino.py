@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxtag.models.musicnn import BN_EPSILON, FRONTEND_CHANNELS, N_MELS, TEMPORAL_KERNELS, TIMBRAL_KERNELS
+from jaxtag.models.musicnn import BACKEND_UNITS, BN_EPSILON, FRONTEND_CHANNELS, N_MELS, TEMPORAL_KERNELS, TIMBRAL_KERNELS
 
 # OpenVINO's names for jaxtag's precisions (its CPU plugin's INFERENCE_PRECISION_HINT).
 PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
@@ -125,7 +125,15 @@ class OpenVinoEncoder:
             self._stages.append(compiled.create_infer_request())
 
     def __call__(self, mel: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(mel, np.float32)
-        for request in self._stages:
-            x = request.infer({0: x})[0]
-        return np.array(x, np.float32)
+        """One window at a time (as jaxtag.models.musicnn.window_by_window on XLA): OpenVINO
+        allocates a call's intermediates for all its windows at once (a 32-window chunk: +410 MB
+        peak, the front-end's conv outputs), and a window's stay in cache: 76 windows/s one at a
+        time, 59 per chunk of 32 (scripts/precision_benchmark.py's machine, shared)."""
+        mel = np.ascontiguousarray(mel, np.float32)
+        out = np.empty((len(mel), BACKEND_UNITS), np.float32)
+        for i in range(len(mel)):
+            x = mel[i:i + 1]
+            for request in self._stages:
+                x = request.infer({0: x})[0]
+            out[i] = x[0]
+        return out
