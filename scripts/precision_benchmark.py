@@ -47,6 +47,21 @@ def hlo_probe() -> None:
         kinds = [line.split('"kind":"')[1].split('"')[0] for line in entry.splitlines() if '"kind":"' in line]
         print(f"{name}: entry ops {ops}; library fusions {kinds}; f32 convert of the inputs: "
               f"{'convert' in text and 'f32[' in text}")
+    # The same ops timed in f32 and bf16 (jitted, warm, medians of 15).
+    rng = np.random.default_rng(0)
+    timed = {"matmul 2048": (lambda a, b: a @ b, [(2048, 2048), (2048, 2048)]),
+             "conv 7x38 (a musicnn window)": (cases["conv 7x38 bf16"][0], [(1, 193, 96, 1), (7, 38, 1, 204)])}
+    for name, (fn, shapes) in timed.items():
+        for dtype in (jnp.float32, jnp.bfloat16):
+            args = [jnp.asarray(rng.standard_normal(s), dtype) for s in shapes]
+            f = jax.jit(fn)
+            f(*args).block_until_ready()
+            ts = []
+            for _ in range(15):
+                start = time.perf_counter()
+                f(*args).block_until_ready()
+                ts.append(time.perf_counter() - start)
+            print(f"{name} {jnp.dtype(dtype).name}: {np.median(ts) * 1e3:.2f} ms")
 
 
 def _tagger(precision):
@@ -55,35 +70,17 @@ def _tagger(precision):
 
 
 def speed() -> None:
-    from jaxtag.models.musicnn import Musicnn, compress, window_by_window
     from jaxtag.models.musicnn_openvino import OpenVinoEncoder
     f32 = _tagger("float32")
     variables = {c: tree["musicnn"] for c, tree in f32.variables.items()}
-    net = Musicnn(len(f32.tags))
     n = f32.chunk_windows
     rng = np.random.default_rng(0)
     mel = (np.abs(rng.standard_normal((n, 187, 96))) ** 3 * 1e-2).astype(np.float32)
-    bf16_vars = jax.tree_util.tree_map(lambda v: jnp.asarray(v, jnp.bfloat16), variables)
-
-    def xla_bf16(v, m):   # the same network with bf16 parameters and inputs (Flax promotes to its dtype)
-        from jaxtag.models import musicnn as M
-        net16 = M.Musicnn(len(f32.tags))
-        return window_by_window(lambda w: net16.apply(v, w.astype(jnp.bfloat16), method=net16.features),
-                                compress(m).astype(jnp.bfloat16))
     cases = {"XLA float32 (jaxtag's encode)": lambda: f32.encode_chunk(mel),
              "OpenVINO float32": OpenVinoEncoder(variables, "float32").__call__,
              "OpenVINO bfloat16 (all of it)": OpenVinoEncoder(variables, "bfloat16", back_float32=False).__call__,
              "OpenVINO bfloat16 (jaxtag's: front-end bf16, the rest f32)": OpenVinoEncoder(variables, "bfloat16").__call__}
-    del net
-    try:
-        fn = jax.jit(xla_bf16)
-        fn(bf16_vars, mel).block_until_ready()
-        cases["XLA bf16 params and inputs"] = lambda: np.asarray(fn(bf16_vars, mel))
-    except Exception as e:  # noqa: BLE001 (the model pins float32 compute: Flax may refuse)
-        print(f"XLA bf16 case not run: {e}")
     for name, fn in list(cases.items()):
-        if not callable(fn):
-            continue
         cases[name] = (lambda fn=fn: fn(mel)) if name.startswith("OpenVINO") else fn
         cases[name]()
     times = {name: [] for name in cases}
