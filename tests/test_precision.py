@@ -85,9 +85,30 @@ def test_bfloat16_tagger_is_another_analysis_within_bounds_of_float32(pretrained
     assert a.shape == b.shape and np.abs(a - b).max() < 0.1 and np.abs(a - b).mean() < 0.01
 
 
-def test_records_carry_the_precision():
+def test_stored_analyses_carry_the_precision(tmp_path):
+    """The precision a file's analysis ran in is written with its arrays (jaxtag.library.arrays),
+    from the tagger's; arrays written before precisions read as float32 (and stay valid)."""
     from types import SimpleNamespace
-    from jaxtag.tagging.library import settings_of
-    key = SimpleNamespace(key=lambda: "k")
-    tagger = SimpleNamespace(fingerprint="f", policy=key, sectioning=key, precision="bfloat16")
-    assert settings_of(tagger)["precision"] == "bfloat16"
+    from jaxtag.library import arrays
+    from jaxtag.library.plan import LibraryOptions
+    from jaxtag.library.write import write_file
+    from jaxtag.tagging.decisions import threshold_policy
+    from jaxtag.tagging.taggram import Taggram
+    tags = ["a", "b"]
+    scores = np.array([[0.9, 0.1], [0.2, 0.7]], np.float32)
+    taggram = Taggram(source="song.wav", duration=6.0, tags=tags, start=np.array([0.0, 3.0]),
+                      end=np.array([3.0, 6.0]), scores=scores, policy=threshold_policy(tags, 0.5), model="m")
+    tagger = SimpleNamespace(fingerprint="f" * 16, precision="bfloat16", model_name="m")
+    source = {"path": str(tmp_path / "song.wav"), "content": "c" * 32, "size": 1, "mtime_ns": 1}
+    _, analysis = write_file(LibraryOptions(output_dir=str(tmp_path), formats=()), "song", source["path"], taggram,
+                             np.zeros((2, 4), np.float32), source, [], {}, new_scores=True, tagger=tagger)
+    stored = arrays.read_arrays(str(tmp_path), analysis.arrays)
+    assert stored["precision"] == "bfloat16" and stored["model"] == tagger.fingerprint
+    np.testing.assert_array_equal(stored["scores"], scores)
+    # Arrays of the version before (no precision array) are float32's, and still stored output.
+    path = tmp_path / analysis.arrays
+    with np.load(path) as npz:
+        before = {k: npz[k] for k in npz.files if k != "precision"}
+    np.savez(path, **before)
+    assert arrays.read_arrays(str(tmp_path), analysis.arrays)["precision"] == "float32"
+    assert arrays.arrays_header(str(path))["model"] == tagger.fingerprint
