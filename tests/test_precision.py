@@ -42,7 +42,7 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
 def test_the_precision_flag_parses():
     from jaxtag import tag
     parser = tag.flags.FLAGS["precision"].parser
-    assert tag.flags.FLAGS["precision"].default == "auto"
+    assert tag.flags.FLAGS["precision"].default == "float32"   # bfloat16 is opt-in
     assert parser.parse("float32") == "float32" and parser.parse("bfloat16") == "bfloat16"
     with pytest.raises(ValueError):
         parser.parse("int8")

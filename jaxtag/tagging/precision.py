@@ -1,14 +1,18 @@
-"""The numeric precision a Tagger runs its model in: "float32" (always available) or "bfloat16"
-(the pretrained musicnn models on a CPU with bf16 matrix units, through OpenVINO:
-jaxtag.models.musicnn_openvino); "auto" picks once, when the Tagger is made.
+"""The numeric precision a Tagger runs its model in: "float32" (the default, always available) or
+"bfloat16" (the pretrained musicnn models on a CPU with bf16 instructions, through OpenVINO:
+jaxtag.models.musicnn_openvino); "auto" picks one, once, when the Tagger is made.
 
-"auto" picks bfloat16 only where it was measured to win (docs/performance.md, "Reduced
-precision"): a CPU backend, a CPU with AMX (amx_bf16 in /proc/cpuinfo's flags), and OpenVINO
-installed; float32 everywhere else (GPU/TPU, trained runs, other CPUs). XLA:CPU itself runs
-bf16 no faster than float32 (it converts bf16 dots and convolutions to f32), so bfloat16 means
-OpenVINO's CPU plugin. The precision is part of the Tagger's fingerprint (bfloat16 and float32
-scores of one file never mix) and of its spec (Beam workers build the driver's choice, and fail
-rather than fall back where they cannot).
+bfloat16 is opt-in (--precision=bfloat16 or auto): its scores are within ~0.02 of float32's and
+flip about 1.4% of musicnn-msd's window tags on real music (docs/performance.md, "Reduced
+precision"), the shipped decision statistics are float32's, and a default that depended on the
+machine would give one library different analyses on different machines.
+
+"auto" picks bfloat16 only where it was measured to win: a CPU backend, a CPU with AMX (amx_bf16
+in /proc/cpuinfo's flags), and OpenVINO installed; float32 everywhere else (GPU/TPU, trained
+runs, other CPUs). XLA:CPU itself runs bf16 no faster than float32 (it converts bf16 dots and
+convolutions to f32), so bfloat16 means OpenVINO's CPU plugin. The precision is part of the
+Tagger's fingerprint (bfloat16 and float32 analyses of one file never mix) and of its spec (Beam
+workers build the driver's choice, and fail rather than fall back where they cannot).
 """
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str
     elif not BF16_CPU_FLAGS & cpu_flags():
         problem = "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
     elif not musicnn_openvino.available():
-        problem = "bfloat16 needs OpenVINO: pip install -e '.[openvino]'"
+        problem = "bfloat16 needs OpenVINO (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
     if requested == "bfloat16":
         if problem:
             raise ValueError(f"--precision=bfloat16: {problem}")

@@ -48,7 +48,7 @@ class Tagger:
     (the LSTM of cnn_lstm), padded to a length bucket.
     """
 
-    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS, precision: str = "auto"):
+    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS, precision: str = "float32"):
         self.meta = meta
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
@@ -58,7 +58,8 @@ class Tagger:
         self._fingerprint = None
         self.spec: dict = {}   # how to make this tagger again (Tagger.of_spec): a pretrained name or a workdir
         self.chunk_windows = int(chunk_windows)
-        # "float32" or "bfloat16" (jaxtag.tagging.precision), chosen once: part of the fingerprint.
+        # "float32" (the default) or "bfloat16" ("auto" chosen here, once: jaxtag.tagging.precision);
+        # part of the fingerprint.
         self.precision = precision_lib.resolve(precision, pretrained=bool(meta.get("pretrained")))
         self._reduced = None   # the encode stage in bfloat16 (OpenVINO), where chosen
         if self.precision != "float32":
