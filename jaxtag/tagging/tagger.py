@@ -271,12 +271,15 @@ class CombinedTagger(Tagger):
     embeddings [W, sum of the members'] the members' penultimate layers side by side. Its
     fingerprint is a hash of its members' fingerprints and the merge map, and each member's own
     analysis of a file (parts_of) is kept in the library's store, so a file one member analysed
-    before needs only the others (jaxtag.library.run)."""
+    before needs only the others (jaxtag.library.run). Its members run in one precision, its own
+    (a member's fingerprint includes it, so the combined one does)."""
 
     def __init__(self, name: str, members: list[Tagger], vocab: vocabulary.Vocabulary,
                  chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
         if len({json.dumps(m.meta["frontend"], sort_keys=True) for m in members}) != 1:
             raise ValueError("the models of a combined model must take the same input (frontend and windows)")
+        if len({m.precision for m in members}) != 1:
+            raise ValueError("the models of a combined model must run in one precision")
         if [m.model_name for m in members] != list(vocab.models) or \
                 [list(m.tags) for m in members] != [list(t) for t in vocab.model_tags]:
             raise ValueError("the vocabulary is not of these models' tags")
@@ -290,6 +293,7 @@ class CombinedTagger(Tagger):
         self.sectioning = sections.DEFAULT
         self.config, self.variables, self.spec = None, None, {}
         self.model_name, self.output_activation = name, "sigmoid"
+        self.precision, self._reduced = members[0].precision, None   # (the members run their own encode)
         self.chunk_windows = int(chunk_windows)
         for m in self.members:
             m.chunk_windows = self.chunk_windows
@@ -297,16 +301,20 @@ class CombinedTagger(Tagger):
 
     @classmethod
     def pretrained(cls, name: str = "musicnn", hop_seconds: float | None = None, cache_dir=None,
-                   **kwargs) -> "CombinedTagger":
-        members = [Tagger.pretrained(m, hop_seconds=hop_seconds, cache_dir=cache_dir, **kwargs) for m in COMBINED[name]]
+                   precision: str = "float32", **kwargs) -> "CombinedTagger":
+        """Its members, each Tagger.pretrained in the same precision ("auto" resolved once, here)."""
+        precision = precision_lib.resolve(precision, pretrained=True)
+        members = [Tagger.pretrained(m, hop_seconds=hop_seconds, cache_dir=cache_dir, precision=precision, **kwargs)
+                   for m in COMBINED[name]]
         tagger = cls(name, members, vocabulary.musicnn_vocabulary({m.model_name: m.tags for m in members}),
                      **kwargs)
-        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds, "precision": tagger.precision}
         return tagger
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the members' fingerprints (their weights, tags and frontend) and the merge map."""
+        """A hash of the members' fingerprints (their weights, tags, frontend and precision) and the
+        merge map."""
         if self._fingerprint is None:
             identity = {"combined": self.model_name, "members": [m.fingerprint for m in self.members],
                         "vocabulary": self.vocabulary.to_dict()}
