@@ -51,21 +51,28 @@ def test_the_precision_flag_parses():
 
 
 def _random_musicnn(frames=40):
-    """Musicnn's variables, random, with batch-norm statistics away from 0 and 1."""
+    """Musicnn's variables, random (their shapes from jax.eval_shape: nothing compiled, unlike
+    init), batch-norm scales and statistics away from 1 and 0."""
     net = Musicnn(50)
-    variables = net.init(jax.random.PRNGKey(0), np.zeros((1, frames, 96), np.float32))
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, frames, 96), np.float32))
     rng = np.random.default_rng(1)
-    stats = jax.tree_util.tree_map_with_path(
-        lambda path, v: np.asarray(rng.uniform(0.5, 2.0, v.shape) if "var" in jax.tree_util.keystr(path)
-                                   else rng.normal(0, 0.3, v.shape), np.float32), variables["batch_stats"])
-    return net, {"params": variables["params"], "batch_stats": stats}
+
+    def value(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "var" in name or "scale" in name:
+            return rng.uniform(0.5, 2.0, leaf.shape)
+        if "kernel" in name:   # (fan-in scaled, as an initialiser would)
+            return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
+        return rng.normal(0, 0.3, leaf.shape)   # biases, means
+
+    return net, jax.tree_util.tree_map_with_path(lambda p, leaf: np.asarray(value(p, leaf), np.float32), shapes)
 
 
 @needs_openvino
 def test_openvino_float32_graph_is_the_flax_network():
     net, variables = _random_musicnn()
     mel = (np.random.default_rng(2).random((3, 40, 96)) ** 4).astype(np.float32)
-    want = np.asarray(net.apply(variables, compress(mel), method=net.features))
+    want = np.asarray(jax.jit(lambda v, m: net.apply(v, compress(m), method=net.features))(variables, mel))
     got = musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     np.testing.assert_allclose(musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel[:1]), got[:1],
