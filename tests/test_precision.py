@@ -80,6 +80,20 @@ def test_openvino_float32_graph_is_the_flax_network():
 
 
 @needs_openvino
+def test_openvino_is_imported_without_its_telemetry():
+    """`import openvino` imports its conversion tools, which send a usage event from a forked
+    process (openvino_telemetry); jaxtag's import of it does not (a fresh process: this one may
+    have imported it already)."""
+    import subprocess
+    import sys
+    code = ("import sys; from jaxtag.models import musicnn_openvino as m; m.openvino_module().Core(); "
+            "print(sorted(n for n in sys.modules if n.startswith(('openvino_telemetry', 'openvino.tools.ovc'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@needs_openvino
 @needs_bf16_cpu
 def test_the_precision_is_part_of_a_taggers_identity_single_and_combined(pretrained_cache):
     f32 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="float32")

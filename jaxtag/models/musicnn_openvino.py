@@ -23,11 +23,28 @@ PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 def available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether OpenVINO is installed (found, not imported: see openvino_module)."""
+    import importlib.util
+    return importlib.util.find_spec("openvino") is not None
+
+
+def openvino_module():
+    """The openvino package, imported without its model-conversion tools (openvino.tools.ovc,
+    which jaxtag does not use): importing those, as `import openvino` does, sends a usage event to
+    Intel's analytics from a forked process (openvino_telemetry, on unless the user opted out
+    with `opt_in_out --opt_out`), a fork of a process JAX already runs threads in. Where openvino
+    is imported already, that one is used as it is."""
+    import sys
+    if "openvino" not in sys.modules:
+        hidden = "openvino.tools.ovc" not in sys.modules
+        if hidden:
+            sys.modules["openvino.tools.ovc"] = None   # (openvino/__init__ imports it in a try: skipped)
+        try:
+            import openvino  # noqa: F401
+        finally:
+            if hidden:
+                del sys.modules["openvino.tools.ovc"]
+    return sys.modules["openvino"]
 
 
 def build_model(variables, frames: int | None = None, part: str = "all"):
@@ -35,7 +52,7 @@ def build_model(variables, frames: int | None = None, part: str = "all"):
     [N, 200]. variables: Musicnn's {"params": ..., "batch_stats": ...} (the tree under "musicnn").
     part: "all"; "front": the mel -> the front-end's map [N, 561, frames]; "back": that map ->
     the features."""
-    import openvino as ov
+    ov = openvino_module()
     import openvino.opset13 as ops
 
     p = {k: {kk: np.asarray(vv, np.float32) for kk, vv in d.items()} for k, d in variables["params"].items()}
@@ -107,7 +124,7 @@ class OpenVinoEncoder:
     for no measurable time. threads: its inference threads (0: OpenVINO's default, every core)."""
 
     def __init__(self, variables, precision: str, threads: int = 0, back_float32: bool = True):
-        import openvino as ov
+        ov = openvino_module()
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
