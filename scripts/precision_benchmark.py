@@ -23,7 +23,8 @@ from absl import app, flags  # noqa: E402
 _HLO = flags.DEFINE_bool("hlo", False, "Print the ops XLA:CPU compiles a bf16 matmul and a bf16 convolution to.")
 _SPEED = flags.DEFINE_bool("speed", False, "Encode speed of musicnn-msd per precision and runtime.")
 _PARITY = flags.DEFINE_string("parity", None, "A folder of audio: bf16 vs f32 scores and decisions on every file.")
-_MODEL = flags.DEFINE_string("model", "musicnn-msd", "Pretrained model.")
+_MODEL = flags.DEFINE_string("model", "musicnn-msd", "Pretrained model (musicnn: the combined model, both networks; "
+                             "--speed times its first).")
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Runs of each speed case (in turn; medians reported).")
 _MAX_FILES = flags.DEFINE_integer("max_files", 120, "Parity: at most this many files, evenly spread over the "
                                   "sorted list (0: all).")
@@ -69,10 +70,20 @@ def _tagger(precision):
     return Tagger.pretrained(_MODEL.value, precision=precision)
 
 
+def _networks(tagger) -> list:
+    """The Taggers of a model's networks: a combined model's members, else the model itself."""
+    return list(getattr(tagger, "members", [tagger]))
+
+
+def _variables(tagger) -> dict:
+    """A network's Musicnn variables (the tree under "musicnn"), as OpenVinoEncoder takes them."""
+    return {c: tree["musicnn"] for c, tree in tagger.variables.items()}
+
+
 def speed() -> None:
     from jaxtag.models.musicnn_openvino import OpenVinoEncoder
-    f32 = _tagger("float32")
-    variables = {c: tree["musicnn"] for c, tree in f32.variables.items()}
+    f32 = _networks(_tagger("float32"))[0]   # (a combined model: its first network)
+    variables = _variables(f32)
     n = f32.chunk_windows
     rng = np.random.default_rng(0)
     mel = (np.abs(rng.standard_normal((n, 187, 96))) ** 3 * 1e-2).astype(np.float32)
@@ -96,19 +107,20 @@ def speed() -> None:
 
 
 def parity(folder: str) -> None:
-    from jaxtag.data.features import mel_spectrogram
     from jaxtag.tagging.outputs import find_audio
     from jaxtag.models.musicnn_openvino import OpenVinoEncoder
     f32 = _tagger("float32")
     bf16 = _tagger("bfloat16")
-    variables = {c: tree["musicnn"] for c, tree in f32.variables.items()}
-    variants = {"bf16 (jaxtag's: front-end bf16, the rest f32)": bf16._reduced,
-                "bf16 (all of it)": OpenVinoEncoder(variables, "bfloat16", back_float32=False)}
+    # Each network's bf16 encode stage, per variant (a combined model: both networks in it).
+    variants = {"bf16 (jaxtag's: front-end bf16, the rest f32)": [m._reduced for m in _networks(bf16)],
+                "bf16 (all of it)": [OpenVinoEncoder(_variables(m), "bfloat16", back_float32=False)
+                                     for m in _networks(bf16)]}
     files = sorted(find_audio([folder]))
     if _MAX_FILES.value and len(files) > _MAX_FILES.value:
         files = [files[i] for i in np.linspace(0, len(files) - 1, _MAX_FILES.value).round().astype(int)]
-    for name, encoder in variants.items():
-        bf16._reduced = encoder
+    for name, encoders in variants.items():
+        for network, encoder in zip(_networks(bf16), encoders):
+            network._reduced = encoder
         _parity(f32, bf16, files, folder, name)
 
 
