@@ -104,7 +104,8 @@ def test_the_precision_is_part_of_a_taggers_identity_single_and_combined(pretrai
     assert Tagger.of_spec({"pretrained": "musicnn-msd"}).precision == "float32"   # a spec from before
     # The combined model: both networks in its precision, its fingerprint (a hash of theirs) and
     # spec (what a Beam worker rebuilds) with it; each network's fingerprint is that model's own.
-    combined = {p: Tagger.pretrained("musicnn", cache_dir=pretrained_cache, precision=p) for p in ("float32", "bfloat16")}
+    combined = {p: Tagger.pretrained("musicnn", cache_dir=pretrained_cache, precision=p)
+                for p in ("float32", "bfloat16")}
     for p, tagger in combined.items():
         assert tagger.precision == p and [m.precision for m in tagger.members] == [p, p]
         assert tagger.spec["precision"] == p and Tagger.of_spec(tagger.spec).fingerprint == tagger.fingerprint
