@@ -29,10 +29,10 @@ _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: secon
                                   "(default: their 3-s windows end to end).")
 _PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "auto"], "The model's numeric "
                                "precision: bfloat16 runs the pretrained models' encode stage through OpenVINO on a "
-                               "CPU with bf16 instructions (2-2.6x faster on AMX, scores within ~0.02 of float32's, "
-                               "about 1.4% of window tags flipped: docs/performance.md); auto picks it on a CPU with "
-                               "AMX, float32 elsewhere. Part of the analysis' identity: a library tagged in one "
-                               "precision is analysed again, not mixed, in the other.")
+                               "CPU with bf16 instructions (1.7-2.3x faster end to end on AMX, scores within ~0.02 "
+                               "of float32's, about 1.4% of window tags flipped: docs/performance.md); auto picks it "
+                               "on a CPU with AMX, float32 elsewhere. Part of the analysis' identity: a library "
+                               "tagged in one precision is analysed again, not mixed, in the other.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 _SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter of each tag's on/off over this many windows (odd; 1 = none).")
