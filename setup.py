@@ -36,6 +36,7 @@ setup(
         "av>=14",             # FFmpeg's decoders for M4A/AAC (iTunes, Apple Music), which libsndfile lacks
         "faiss-cpu>=1.8",     # similar tracks and moments: exact and inverted-file indexes
         "ruptures>=1.1.9",    # sections: kernel change-point detection (KernelCPD, PELT) on the window embeddings
+        "openvino>=2025.0",   # bfloat16 tagging on CPUs with AMX (jaxtag.tagging.precision; XLA:CPU upcasts bf16)
     ],
     extras_require={
         # dill: imported by tfds.testing; beets, Beam and Dask: the plugin's, the Beam paths' and the

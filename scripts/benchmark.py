@@ -37,6 +37,8 @@ _LIBRARY = flags.DEFINE_bool("library", False, "Only the library-tagging benchma
                              "minutes, and a library of 10 four-minute files) tagged end to end with --model (musicnn-msd).")
 _LIBRARY_DIR = flags.DEFINE_string("library_dir", "", "Where the generated audio is kept (default: a temporary "
                                    "folder); files already there are reused.")
+_PRECISION = flags.DEFINE_list("precision", ["float32"], "--library: the tagger's precision(s), each case run in "
+                               "each in turn (float32, bfloat16, auto: jaxtag.tagging.precision).")
 _LIBRARY_RUN = flags.DEFINE_list("library_run", None, "Internal: tag these files in this process, print one JSON line.")
 _MODEL = flags.DEFINE_enum("model", "musicnn-msd", ["musicnn-msd", "musicnn-mtt", "musicnn"],
                            "The pretrained model of the library benchmark (musicnn: both networks, one vocabulary).")
@@ -379,7 +381,7 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
     from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.tagger import Tagger
     start = time.perf_counter()
-    tagger = Tagger.pretrained(_MODEL.value)
+    tagger = Tagger.pretrained(_MODEL.value, precision=_PRECISION.value[0])
     loaded = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out:
         if beam_options:
@@ -394,13 +396,14 @@ def library_run(files: list[str], beam_options: str | None = None) -> dict:
             "per_worker": per_worker,
             "tag_seconds": result.seconds, "load_seconds": loaded, "stages": result.stage_seconds,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": result.worker_peak_rss_mb}
+            "worker_peak_rss_mb": result.worker_peak_rss_mb, "precision": tagger.precision}
 
 
 def library_benchmark() -> None:
     """Each case in a fresh process: audio-minutes per wall-second end to end, seconds per stage
     (decode and features in the workers, summed over them), peak RSS of the main process and of
     the worker processes."""
+    import itertools
     import json
     import subprocess
     import tempfile
@@ -416,15 +419,16 @@ def library_benchmark() -> None:
     library = [generate_music(os.path.join(folder, f"lib{i:02d}_{minutes}min.mp3"), minutes * 60, seed=10 + i)
                for i in range(3 if _QUICK.value else 10)] if "library" in cases else []
     print(f"library benchmark: {_MODEL.value}, default hop, {os.cpu_count()} CPU cores, audio in {folder}")
-    for case, label, files in [("file", f"{minutes}-minute file", [four]), ("long", f"{minutes * 15}-minute file", [long]),
-                               ("library", f"library of {len(library)} {minutes}-minute files", library)]:
+    for (case, label, files), precision in itertools.product(
+            [("file", f"{minutes}-minute file", [four]), ("long", f"{minutes * 15}-minute file", [long]),
+             ("library", f"library of {len(library)} {minutes}-minute files", library)], _PRECISION.value):
         if case not in cases:
             continue
-        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(files)}", f"--model={_MODEL.value}"],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, __file__, f"--library_run={','.join(files)}", f"--model={_MODEL.value}",
+                              f"--precision={precision}"], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         stages = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
-        print(f"{label}: {r['audio_seconds'] / 60:.1f} audio-min in {r['tag_seconds']:.1f} s = "
+        print(f"{label}, {r['precision']}: {r['audio_seconds'] / 60:.1f} audio-min in {r['tag_seconds']:.1f} s = "
               f"{r['audio_seconds'] / 60 / r['tag_seconds']:.2f} audio-min per wall-second "
               f"({r['audio_seconds'] / r['tag_seconds']:.0f}x real time); stages: {stages}; peak RSS main "
               f"{r['peak_rss_mb']:.0f} MB, workers {r['worker_peak_rss_mb']:.0f} MB")

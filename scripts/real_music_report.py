@@ -58,6 +58,9 @@ from jaxtag.files import sha256_file, write_atomic  # noqa: E402
 
 MIN_SECONDS = 30.0
 MODELS = ("musicnn-msd", "musicnn-mtt")
+# The models' precision here: the shipped reference statistics are float32's, whatever precision a
+# user tags in (jaxtag.tagging.precision; bfloat16's scores differ by up to ~0.02).
+PRECISION = "float32"
 AUDIO = (".ogg", ".opus", ".mp3", ".flac", ".wav")
 
 
@@ -262,7 +265,7 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0, read_only: 
         infos.append({"package": c.package, "version": deb_version(deb), "deb_sha256": sha256_file(deb),
                       "license": c.license, "tracks": len(found)})
         tracks += [dict(t, collection=c.package) for t in found]
-    tagger = Tagger.pretrained(model)
+    tagger = Tagger.pretrained(model, precision=PRECISION)
     out = os.path.join(cache_dir, "tagged", name, model)
     files = [t["path"] for t in tracks]
     from jaxtag.library.views import stored_taggrams
@@ -291,7 +294,7 @@ def combined_set(name: str, model: str, cache_dir: str, workers: int = 0) -> tup
     track the merged scores and the members' embeddings side by side (CombinedTagger.assemble)."""
     import dataclasses
     from jaxtag.tagging.tagger import Tagger
-    tagger = Tagger.pretrained(model)
+    tagger = Tagger.pretrained(model, precision=PRECISION)
     runs = [tag_set(name, m.model_name, cache_dir, workers, read_only=True) for m in tagger.members]
     infos, tracks = runs[0]
     out = []
@@ -604,7 +607,7 @@ def levels_report(model: str, cache_dir: str, workers: int) -> None:
     from jaxtag.tagging import decisions
     from jaxtag.tagging.tagger import Tagger
     _, tracks = tag_set("calibration", model, cache_dir, workers)
-    tags = Tagger.pretrained(model).tags
+    tags = Tagger.pretrained(model, precision=PRECISION).tags
     held_out = held_out_references(tracks)
     results = {"before: calibrated z-scores": held_out_precision(model, tracks, tags,
                                                                  lambda r: decisions.calibrated_policy(tags, r), held_out)}
@@ -667,7 +670,7 @@ def _tag_files(files: list[str], model: str, out: str, workers: int) -> list[tup
     """(taggram, embeddings) of each file, tagged into `out` (resumable: the library's store)."""
     from jaxtag.library import run as library
     from jaxtag.tagging.tagger import Tagger
-    tagger = Tagger.pretrained(model)
+    tagger = Tagger.pretrained(model, precision=PRECISION)
     result = library.tag_library(tagger, files, library.LibraryOptions(output_dir=out, formats=("json",), top_n=0,
                                                                          workers=workers))
     if result.failed:
@@ -762,7 +765,7 @@ def main(argv: list[str]) -> int:
     for model in models:
         if args.command == "calibrate":
             infos, tracks = tag_set("calibration", model, args.cache_dir, args.workers)
-            path = write_reference(reference_of(model, infos, tracks, Tagger.pretrained(model).tags))
+            path = write_reference(reference_of(model, infos, tracks, Tagger.pretrained(model, precision=PRECISION).tags))
             embeddings = write_embedding_statistics(model, embedding_statistics(tracks))
             print(f"{model}: {len(tracks)} tracks -> {os.path.relpath(path, REPO)}, {os.path.relpath(embeddings, REPO)}")
         elif args.command == "check":
@@ -799,7 +802,7 @@ def main(argv: list[str]) -> int:
         elif args.command == "precision":
             name = args.set or "weak"
             _, tracks = tag_set(name, model, args.cache_dir, args.workers)
-            tagger = Tagger.pretrained(model)
+            tagger = Tagger.pretrained(model, precision=PRECISION)
             reference = decisions.load_reference(model)
             print(f"\n## {model} on the {name} set: {len(tracks)} tracks, "
                   f"{sum(t['seconds'] for t in tracks) / 3600:.1f} h (weak labels: scripts/weak_labels.py)")
@@ -810,7 +813,7 @@ def main(argv: list[str]) -> int:
         else:
             name = args.set or "report"
             infos, tracks = tag_set(name, model, args.cache_dir, args.workers)
-            tagger = Tagger.pretrained(model)
+            tagger = Tagger.pretrained(model, precision=PRECISION)
             print_report(model, name, infos, tracks, {
                 "before: score >= 0.5, track tags on >= half the time": decisions.threshold_policy(tagger.tags, 0.5),
                 "after: evidence (the default)": tagger.policy})

@@ -1,10 +1,12 @@
 """A model's stored output for some audio (OUT/.jaxtag/analyses/, one .npz per (audio, model),
 addressed by content: jaxtag.library.state.arrays_file): window times, scores, embeddings (the
-penultimate layer), tempo, the waveform's envelope, and the model's fingerprint and the stamp of
-the file it was made from; every output of a file is derived from it. A combined model's arrays
-(jaxtag.tagging.tagger.CombinedTagger) also keep each of its networks' own analysis ("parts":
-scores and embeddings by network fingerprint), so another model made of the same networks, or one
-of them alone, is assembled from them without running them again.
+penultimate layer), tempo, the waveform's envelope, the model's fingerprint, the precision it ran
+in ("float32" or "bfloat16": jaxtag.tagging.precision; part of the fingerprint too, so analyses
+of the two never mix) and the stamp of the file it was made from; every output of a file is
+derived from it. A combined model's arrays (jaxtag.tagging.tagger.CombinedTagger) also keep each
+of its networks' own analysis ("parts": scores and embeddings by network fingerprint), so another
+model made of the same networks, or one of them alone, is assembled from them without running
+them again.
 
 What the library knows of them (which exist, their size, the networks they keep) is in the
 library's database (jaxtag.library.state); these are only the arrays.
@@ -37,6 +39,7 @@ def read_arrays(output_dir: str, arrays: str) -> dict | None:
         stored["source"] = json.loads(str(stored.pop("source_json")))
         stored["model"], stored["warnings"] = str(stored["model"]), json.loads(str(stored.pop("warnings_json")))
         stored["tempo"] = Tempo(float(stored.pop("bpm")), stored.pop("window_bpm"), float(stored.pop("bpm_agreement")))
+        stored["precision"] = str(stored.get("precision", "float32"))   # (arrays before precisions: float32)
         described = json.loads(str(stored.pop("parts_json"))) if "parts_json" in stored else []
         stored["parts"] = {p["model"]: {"name": p["name"], "scores": stored.pop(f"part{i}_scores"),
                                         "embeddings": stored.pop(f"part{i}_embeddings")} for i, p in enumerate(described)}
@@ -46,10 +49,10 @@ def read_arrays(output_dir: str, arrays: str) -> dict | None:
 
 
 def write_arrays(output_dir: str, relative: str, taggram, embeddings: np.ndarray, model: str, source: dict,
-                 warnings: list[str], parts: dict | None = None) -> int:
+                 warnings: list[str], parts: dict | None = None, precision: str = "float32") -> int:
     """Written atomically to output_dir/relative; returns their size in bytes. parts: {network
     fingerprint: {"name", "scores", "embeddings"}}, the networks' own analyses (a combined model's;
-    see the module docstring)."""
+    see the module docstring); precision: the one the model ran in (Tagger.precision)."""
     tempo = taggram.tempo or Tempo(float("nan"), np.full(len(taggram.start), np.nan, np.float32), 0.0)
     parts = parts or {}
     described = [{"model": fp, "name": str(p["name"])} for fp, p in parts.items()]
@@ -67,7 +70,7 @@ def write_arrays(output_dir: str, relative: str, taggram, embeddings: np.ndarray
                  duration=np.float64(taggram.duration), embeddings=np.asarray(embeddings, np.float32),
                  envelope=np.zeros((0, 2), np.float32) if taggram.envelope is None else taggram.envelope,
                  tags=np.array(taggram.tags), model=np.array(model), source_json=np.array(json.dumps(source)),
-                 warnings_json=np.array(json.dumps(warnings)), **arrays)
+                 warnings_json=np.array(json.dumps(warnings)), precision=np.array(precision), **arrays)
     path = os.path.join(output_dir, relative)
     write_atomic(path, save)
     return os.path.getsize(path)
@@ -75,6 +78,7 @@ def write_arrays(output_dir: str, relative: str, taggram, embeddings: np.ndarray
 
 # What write_arrays writes and read_arrays needs. Arrays of another version (without some of them)
 # are no stored output: their file runs through the model again instead of failing to be derived.
+# (Not "precision": arrays written before it are float32 ones, and valid.)
 STORE_KEYS = frozenset({"scores", "start", "end", "bpm", "window_bpm", "bpm_agreement", "duration", "embeddings",
                         "envelope", "tags", "model", "source_json", "warnings_json"})
 

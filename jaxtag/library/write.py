@@ -75,7 +75,8 @@ def write_file(options, name: str, path: str, taggram, embeddings, source: dict,
     analysis = None
     if new_scores:
         relative = arrays_file(source["content"], tagger.fingerprint)
-        size = write(output_dir, relative, taggram, embeddings, tagger.fingerprint, source, warnings, parts)
+        size = write(output_dir, relative, taggram, embeddings, tagger.fingerprint, source, warnings, parts,
+                     precision=tagger.precision)
         analysis = Analysis(source["content"], tagger.fingerprint, relative, size, tuple(parts or ()),
                             tagger.model_name, float(taggram.duration))
         if state is not None:

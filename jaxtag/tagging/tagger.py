@@ -29,6 +29,7 @@ from jaxtag.data.features import FrontendSettings, mel_spectrogram
 from jaxtag.models import create_model, run_keys, to_probabilities, uses_cpu_fast_path
 from jaxtag.models.musicnn import MUSICNN_FRONTEND, MusicnnTagger
 from jaxtag.tagging import decisions, sections, vocabulary
+from jaxtag.tagging import precision as precision_lib
 from jaxtag.tagging.taggram import Taggram, peak_envelope
 from jaxtag.training import checkpoints
 
@@ -47,7 +48,7 @@ class Tagger:
     (the LSTM of cnn_lstm), padded to a length bucket.
     """
 
-    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
+    def __init__(self, variables, meta: dict, chunk_windows: int = DEFAULT_CHUNK_WINDOWS, precision: str = "float32"):
         self.meta = meta
         self.tags = list(meta["tags"])
         self.frontend = FrontendSettings(**meta["frontend"])
@@ -57,6 +58,13 @@ class Tagger:
         self._fingerprint = None
         self.spec: dict = {}   # how to make this tagger again (Tagger.of_spec): a pretrained name or a workdir
         self.chunk_windows = int(chunk_windows)
+        # "float32" (the default) or "bfloat16" ("auto" chosen here, once: jaxtag.tagging.precision);
+        # part of the fingerprint.
+        self.precision = precision_lib.resolve(precision, pretrained=bool(meta.get("pretrained")))
+        self._reduced = None   # the encode stage in bfloat16 (OpenVINO), where chosen
+        if self.precision != "float32":
+            from jaxtag.models.musicnn_openvino import OpenVinoEncoder
+            self._reduced = OpenVinoEncoder({c: tree["musicnn"] for c, tree in variables.items()}, self.precision)
         if meta.get("pretrained"):
             self.config = None
             self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"))
@@ -81,7 +89,7 @@ class Tagger:
         """Restore the `best` or `latest` checkpoint (or a step number) of a training workdir."""
         variables, meta = checkpoints.restore_for_inference(workdir, checkpoint)
         tagger = cls(variables, meta, **kwargs)
-        tagger.spec = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint)}
+        tagger.spec = {"workdir": os.path.abspath(workdir), "checkpoint": str(checkpoint), "precision": tagger.precision}
         return tagger
 
     @classmethod
@@ -107,7 +115,7 @@ class Tagger:
                 "source": info["source"], "license": info["license"]}
         variables = {collection: {"musicnn": tree} for collection, tree in variables.items()}
         tagger = cls(variables, meta, **kwargs)
-        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds, "precision": tagger.precision}
         return tagger
 
     def load(self, audio, sr: int | None = None) -> tuple[np.ndarray, str]:
@@ -159,6 +167,8 @@ class Tagger:
         """Window features [n, D] of at most chunk_windows windows [n, frames, n_mels], run as one
         fixed-size chunk (one compilation whatever n; windows of several files may share it)."""
         n = len(windows)
+        if self._reduced is not None:   # (OpenVINO takes any number of windows)
+            return self._reduced(windows)
         chunk = np.zeros((self.chunk_windows,) + windows.shape[1:], np.float32)
         chunk[:n] = windows
         present = (np.arange(self.chunk_windows) < n)[None]
@@ -198,11 +208,13 @@ class Tagger:
 
     @classmethod
     def of_spec(cls, spec: dict) -> "Tagger":
-        """The tagger a `spec` (Tagger.spec) names."""
+        """The tagger a `spec` (Tagger.spec) names, in its precision (a spec without one: float32,
+        as every tagger was before precisions; never "auto": a Beam worker follows the driver)."""
+        precision = spec.get("precision", "float32")
         if spec.get("pretrained"):
-            return cls.pretrained(spec["pretrained"], hop_seconds=spec.get("hop_seconds"))
+            return cls.pretrained(spec["pretrained"], hop_seconds=spec.get("hop_seconds"), precision=precision)
         if spec.get("workdir"):
-            return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"))
+            return cls.from_workdir(spec["workdir"], spec.get("checkpoint", "best"), precision=precision)
         raise ValueError("no model named")
 
     # -- a model's analyses of a file (one per network; a combined model has several) ----------
@@ -230,11 +242,15 @@ class Tagger:
     @property
     def fingerprint(self) -> str:
         """Identifies what makes the scores: the weights themselves, the model, its tags and frontend
-        (not the decision policy, which works on stored scores). Two runs of one config that ended
-        at the same epoch differ in their weights, so their fingerprints differ."""
+        (not the decision policy, which works on stored scores), and the precision it runs in (a
+        float32 fingerprint is as before precisions, so stored float32 analyses stay valid). Two
+        runs of one config that ended at the same epoch differ in their weights, so their
+        fingerprints differ."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
             meta = {k: self.meta.get(k) for k in ("pretrained", "model", "tags", "frontend", "config", "input_stats")}
+            if self.precision != "float32":
+                meta["precision"] = self.precision
             digest.update(json.dumps(meta, sort_keys=True, default=str).encode())
             for path, leaf in jax.tree_util.tree_flatten_with_path(self.variables)[0]:
                 array = np.asarray(leaf)
@@ -255,12 +271,15 @@ class CombinedTagger(Tagger):
     embeddings [W, sum of the members'] the members' penultimate layers side by side. Its
     fingerprint is a hash of its members' fingerprints and the merge map, and each member's own
     analysis of a file (parts_of) is kept in the library's store, so a file one member analysed
-    before needs only the others (jaxtag.library.run)."""
+    before needs only the others (jaxtag.library.run). Its members run in one precision, its own
+    (a member's fingerprint includes it, so the combined one does)."""
 
     def __init__(self, name: str, members: list[Tagger], vocab: vocabulary.Vocabulary,
                  chunk_windows: int = DEFAULT_CHUNK_WINDOWS):
         if len({json.dumps(m.meta["frontend"], sort_keys=True) for m in members}) != 1:
             raise ValueError("the models of a combined model must take the same input (frontend and windows)")
+        if len({m.precision for m in members}) != 1:
+            raise ValueError("the models of a combined model must run in one precision")
         if [m.model_name for m in members] != list(vocab.models) or \
                 [list(m.tags) for m in members] != [list(t) for t in vocab.model_tags]:
             raise ValueError("the vocabulary is not of these models' tags")
@@ -274,6 +293,7 @@ class CombinedTagger(Tagger):
         self.sectioning = sections.DEFAULT
         self.config, self.variables, self.spec = None, None, {}
         self.model_name, self.output_activation = name, "sigmoid"
+        self.precision, self._reduced = members[0].precision, None   # (the members run their own encode)
         self.chunk_windows = int(chunk_windows)
         for m in self.members:
             m.chunk_windows = self.chunk_windows
@@ -281,16 +301,20 @@ class CombinedTagger(Tagger):
 
     @classmethod
     def pretrained(cls, name: str = "musicnn", hop_seconds: float | None = None, cache_dir=None,
-                   **kwargs) -> "CombinedTagger":
-        members = [Tagger.pretrained(m, hop_seconds=hop_seconds, cache_dir=cache_dir, **kwargs) for m in COMBINED[name]]
+                   precision: str = "float32", **kwargs) -> "CombinedTagger":
+        """Its members, each Tagger.pretrained in the same precision ("auto" resolved once, here)."""
+        precision = precision_lib.resolve(precision, pretrained=True)
+        members = [Tagger.pretrained(m, hop_seconds=hop_seconds, cache_dir=cache_dir, precision=precision, **kwargs)
+                   for m in COMBINED[name]]
         tagger = cls(name, members, vocabulary.musicnn_vocabulary({m.model_name: m.tags for m in members}),
                      **kwargs)
-        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds}
+        tagger.spec = {"pretrained": name, "hop_seconds": hop_seconds, "precision": tagger.precision}
         return tagger
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the members' fingerprints (their weights, tags and frontend) and the merge map."""
+        """A hash of the members' fingerprints (their weights, tags, frontend and precision) and the
+        merge map."""
         if self._fingerprint is None:
             identity = {"combined": self.model_name, "members": [m.fingerprint for m in self.members],
                         "vocabulary": self.vocabulary.to_dict()}

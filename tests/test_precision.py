@@ -1,0 +1,164 @@
+"""Reduced-precision tagging: the choice of precision (jaxtag.tagging.precision), musicnn's encode
+stage on OpenVINO (jaxtag.models.musicnn_openvino) against the Flax model, and the precision as
+part of a tagger's identity (fingerprint, spec, stored scores)."""
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtag.models import musicnn_openvino
+from jaxtag.models.musicnn import Musicnn, compress
+from jaxtag.tagging import precision
+from jaxtag.tagging.tagger import CombinedTagger, Tagger
+
+REFERENCE = pathlib.Path(__file__).resolve().parent / "data" / "musicnn_reference.npz"
+needs_openvino = pytest.mark.skipif(not musicnn_openvino.available(), reason="OpenVINO not installed")
+needs_bf16_cpu = pytest.mark.skipif(not precision.BF16_CPU_FLAGS & precision.cpu_flags()
+                                    or jax.default_backend() != "cpu", reason="no bf16 CPU")
+
+
+def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    with pytest.raises(ValueError, match="no bf16"):
+        precision.resolve("bfloat16", pretrained=True, backend="cpu")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
+    assert precision.resolve("float32", pretrained=True, backend="cpu") == "float32"
+    assert precision.resolve("auto", pretrained=False, backend="cpu") == "float32"   # trained runs
+    assert precision.resolve("auto", pretrained=True, backend="gpu") == "float32"
+    with pytest.raises(ValueError, match="CPU only"):
+        precision.resolve("bfloat16", pretrained=True, backend="tpu")
+    with pytest.raises(ValueError, match="one of"):
+        precision.resolve("float16", pretrained=True, backend="cpu")
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: False)
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "bfloat16"
+    # AVX512-BF16 without AMX: bfloat16 on request, not by default (not measured there).
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
+    assert precision.resolve("bfloat16", pretrained=True, backend="cpu") == "bfloat16"
+
+
+def test_the_precision_flag_parses():
+    from jaxtag import tag
+    parser = tag.flags.FLAGS["precision"].parser
+    assert tag.flags.FLAGS["precision"].default == "float32"   # bfloat16 is opt-in
+    assert parser.parse("float32") == "float32" and parser.parse("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError):
+        parser.parse("int8")
+
+
+def _random_musicnn(frames=40):
+    """Musicnn's variables, random (their shapes from jax.eval_shape: nothing compiled, unlike
+    init), batch-norm scales and statistics away from 1 and 0."""
+    net = Musicnn(50)
+    shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, frames, 96), np.float32))
+    rng = np.random.default_rng(1)
+
+    def value(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "var" in name or "scale" in name:
+            return rng.uniform(0.5, 2.0, leaf.shape)
+        if "kernel" in name:   # (fan-in scaled, as an initialiser would)
+            return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
+        return rng.normal(0, 0.3, leaf.shape)   # biases, means
+
+    return net, jax.tree_util.tree_map_with_path(lambda p, leaf: np.asarray(value(p, leaf), np.float32), shapes)
+
+
+@needs_openvino
+def test_openvino_float32_graph_is_the_flax_network():
+    net, variables = _random_musicnn()
+    mel = (np.random.default_rng(2).random((3, 40, 96)) ** 4).astype(np.float32)
+    want = np.asarray(jax.jit(lambda v, m: net.apply(v, compress(m), method=net.features))(variables, mel))
+    got = musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(musicnn_openvino.OpenVinoEncoder(variables, "float32")(mel[:1]), got[:1],
+                               rtol=1e-5, atol=1e-5)   # any number of windows
+
+
+@needs_openvino
+def test_openvino_is_imported_without_its_telemetry():
+    """`import openvino` imports its conversion tools, which send a usage event from a forked
+    process (openvino_telemetry); jaxtag's import of it does not (a fresh process: this one may
+    have imported it already)."""
+    import subprocess
+    import sys
+    code = ("import sys; from jaxtag.models import musicnn_openvino as m; m.openvino_module().Core(); "
+            "print(sorted(n for n in sys.modules if n.startswith(('openvino_telemetry', 'openvino.tools.ovc'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@needs_openvino
+@needs_bf16_cpu
+def test_the_precision_is_part_of_a_taggers_identity_single_and_combined(pretrained_cache):
+    f32 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="float32")
+    bf16 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="bfloat16")
+    assert (f32.precision, bf16.precision) == ("float32", "bfloat16")
+    assert f32.fingerprint != bf16.fingerprint
+    assert bf16.spec["precision"] == "bfloat16" and Tagger.of_spec(bf16.spec).fingerprint == bf16.fingerprint
+    assert Tagger.of_spec({"pretrained": "musicnn-msd"}).precision == "float32"   # a spec from before
+    # The combined model: both networks in its precision, its fingerprint (a hash of theirs) and
+    # spec (what a Beam worker rebuilds) with it; each network's fingerprint is that model's own.
+    combined = {p: Tagger.pretrained("musicnn", cache_dir=pretrained_cache, precision=p)
+                for p in ("float32", "bfloat16")}
+    for p, tagger in combined.items():
+        assert tagger.precision == p and [m.precision for m in tagger.members] == [p, p]
+        assert tagger.spec["precision"] == p and Tagger.of_spec(tagger.spec).fingerprint == tagger.fingerprint
+    assert combined["bfloat16"].members[0].fingerprint == bf16.fingerprint
+    assert combined["float32"].members[0].fingerprint == f32.fingerprint
+    assert combined["float32"].fingerprint != combined["bfloat16"].fingerprint
+    assert set(combined["bfloat16"].part_fingerprints).isdisjoint(combined["float32"].part_fingerprints)
+    # auto is resolved once, for every network; networks of two precisions are not one model.
+    auto = Tagger.pretrained("musicnn", cache_dir=pretrained_cache, precision="auto")
+    assert {m.precision for m in auto.members} == {auto.precision} == {precision.resolve("auto", pretrained=True)}
+    with pytest.raises(ValueError, match="one precision"):
+        CombinedTagger("musicnn", [f32, combined["bfloat16"].members[1]], combined["float32"].vocabulary)
+
+
+@pytest.mark.slow   # two models compiled and run on XLA, beside OpenVINO
+@needs_openvino
+@needs_bf16_cpu
+@pytest.mark.parametrize("name", ["musicnn-msd", "musicnn"])
+def test_bfloat16_scores_are_within_bounds_of_float32(name, pretrained_cache):
+    """On the original's own clip (real music, tests/data/musicnn_reference.npz), a single network
+    and the combined model: the bound measured on real music (docs/performance.md: scores within
+    0.02, mean difference ~3e-4), with room."""
+    with np.load(REFERENCE, allow_pickle=False) as npz:
+        clip, sr = npz["clip"].astype(np.float32), int(npz["sr"])
+    a, b = (Tagger.pretrained(name, cache_dir=pretrained_cache, precision=p).tag(clip, sr=sr).scores
+            for p in ("float32", "bfloat16"))
+    assert a.shape == b.shape and np.abs(a - b).max() < 0.05 and np.abs(a - b).mean() < 0.005
+
+
+def test_stored_analyses_carry_the_precision(tmp_path):
+    """The precision a file's analysis ran in is written with its arrays (jaxtag.library.arrays),
+    from the tagger's; arrays written before precisions read as float32 (and stay valid)."""
+    from types import SimpleNamespace
+    from jaxtag.library import arrays
+    from jaxtag.library.plan import LibraryOptions
+    from jaxtag.library.write import write_file
+    from jaxtag.tagging.decisions import threshold_policy
+    from jaxtag.tagging.taggram import Taggram
+    tags = ["a", "b"]
+    scores = np.array([[0.9, 0.1], [0.2, 0.7]], np.float32)
+    taggram = Taggram(source="song.wav", duration=6.0, tags=tags, start=np.array([0.0, 3.0]),
+                      end=np.array([3.0, 6.0]), scores=scores, policy=threshold_policy(tags, 0.5), model="m")
+    tagger = SimpleNamespace(fingerprint="f" * 16, precision="bfloat16", model_name="m")
+    source = {"path": str(tmp_path / "song.wav"), "content": "c" * 32, "size": 1, "mtime_ns": 1}
+    _, analysis = write_file(LibraryOptions(output_dir=str(tmp_path), formats=()), "song", source["path"], taggram,
+                             np.zeros((2, 4), np.float32), source, [], {}, new_scores=True, tagger=tagger)
+    stored = arrays.read_arrays(str(tmp_path), analysis.arrays)
+    assert stored["precision"] == "bfloat16" and stored["model"] == tagger.fingerprint
+    np.testing.assert_array_equal(stored["scores"], scores)
+    # Arrays of the version before (no precision array) are float32's, and still stored output.
+    path = tmp_path / analysis.arrays
+    with np.load(path) as npz:
+        before = {k: npz[k] for k in npz.files if k != "precision"}
+    np.savez(path, **before)
+    assert arrays.read_arrays(str(tmp_path), analysis.arrays)["precision"] == "float32"
+    assert arrays.arrays_header(str(path))["model"] == tagger.fingerprint
