@@ -94,18 +94,19 @@ def test_rename_and_folder_move_need_no_model_and_leave_no_ghost(tagger, tmp_pat
     os.rename(files[0], renamed)                          # rename: mtime and size kept
     shutil.move(str(music / "Album1"), str(music / "Moved"))  # a folder moved (beet move, a new layout)
     moved = [str(music / "Moved" / os.path.basename(f)) for f in files[2:]]
+    copy = str(shutil.copy2(moved[1], music / "a copy.wav"))  # found too: a copy of the moved file, not its move
     capsys.readouterr()
     _no_decoding(monkeypatch)
     from jaxtag.tagging.outputs import find_audio
     result = tag_library(tagger, find_audio([str(music)]), _options(out, roots=(str(music),)))
-    assert not result.tagged and not result.failed
+    assert not result.tagged and not result.failed and copy in result.derived
     assert result.moved == {renamed: files[0], moved[0]: files[2], moved[1]: files[3]}
     err = capsys.readouterr().err
     assert f"renamed: {files[0]} -> {renamed}" in err and f"moved: {files[2]} -> {moved[0]}" in err
-    now = sorted([renamed, files[1], *moved])
+    now = sorted([renamed, files[1], *moved, copy])
     assert _listed(out) == now and _index_paths(out) == now
     names = set(library_state.records(out))
-    assert names == {"Album0/renamed", "Album0/song1", "Moved/song0", "Moved/song1"}
+    assert names == {"Album0/renamed", "Album0/song1", "Moved/song0", "Moved/song1", "a copy"}
     for gone in old_names - names:                        # the old outputs went with the files
         assert not any((out / f"{gone}{suffix}").exists() for suffix in (".json", ".csv", ".png", ".html"))
     for name in names:

@@ -107,7 +107,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
     found = state.records()
     known_names = {r["source"]["path"]: name for name, r in found.items()}
     plan = LibraryPlan(output_names(files, options.roots, known_names), settings_of(tagger), {}, [], [], {})
-    given, kept = set(), None
+    given, kept, movers = set(), None, {}
     for path in files:
         source = os.path.abspath(path)
         given.add(source)
@@ -132,7 +132,8 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
             # A file new at this path with the size and mtime of audio the library knows: moved,
             # renamed or copied (mv, beet move and cp -p keep them); a worker checks its content.
             plan.check[path] = (DERIVE, elsewhere["source"]["content"], elsewhere)
-            plan.moved[path] = elsewhere
+            if not os.path.exists(elsewhere["source"]["path"]):
+                movers.setdefault(elsewhere["source"]["path"], []).append(path)
             plan.todo.append(path)
         elif reuse and record is None and not options.force and \
                 (kept := _kept_audio(state, plan.settings, options.output_dir) if kept is None else kept):
@@ -148,6 +149,11 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
                 plan.assemble.append(path)
         else:
             plan.todo.append(path)
+    # A file gone from its path and found at several new ones was moved to one (the one keeping its
+    # name, else the first) and copied to the others.
+    for old, paths in movers.items():
+        mover = next((p for p in paths if os.path.basename(p) == os.path.basename(old)), paths[0])
+        plan.moved[mover] = plan.check[mover][2]
     # One policy per view: the library's other files of this model, decided with other settings,
     # are derived again (no model) so the summary, pages and playlists agree.
     for name, record in found.items():
