@@ -173,6 +173,7 @@ def test_audio_moved_away_and_back_needs_no_model(tagger, tmp_path, monkeypatch)
         assert state.orphan_analyses() == []
 
 
+@pytest.mark.slow
 def test_two_models_in_one_output_folder_are_never_mixed(tagger, tmp_path):
     music, out = tmp_path / "Music", tmp_path / "out"
     files = _albums(music)
