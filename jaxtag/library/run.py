@@ -214,6 +214,7 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
 def _tag(tagger, files, options, log, decode, state, result) -> None:
     started = time.perf_counter()
     plan = plan_library(tagger, files, options, log, state, reuse=True)
+    result.stage_seconds["plan"] = time.perf_counter() - started
     rows = dict(plan.done)
     result.skipped.extend(plan.done)
     log.plan(len(files), len(plan.todo) + len(plan.partial), len(plan.derive) + len(plan.assemble) - len(plan.library),
@@ -249,14 +250,20 @@ def _tag(tagger, files, options, log, decode, state, result) -> None:
         # files queued behind it have none and are redone by the next run.
         writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    start = time.perf_counter()
     if not result.interrupted:
         prune_gone(state, options, files, result, log)
+    result.stage_seconds["prune"] = time.perf_counter() - start
+    start = time.perf_counter()
     view, others = views.library_rows(state, plan.settings)
     state.set_meta("view", json.dumps(plan.settings, sort_keys=True))
+    result.stage_seconds["summary"] = time.perf_counter() - start
     similar = {} if result.interrupted else views.update_similarity(
         options.output_dir, tagger, options.formats, view, bool(result.gone or result.moved),
         [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, context.log)
+    start = time.perf_counter()
     views.write_library(options.output_dir, view, tagger, result.failed, result.tags_not_written, similar, others)
+    result.stage_seconds["summary"] += time.perf_counter() - start
     result.rows, result.seconds = rows, time.perf_counter() - started
 
 
