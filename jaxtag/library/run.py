@@ -274,14 +274,33 @@ def prune_gone(state, options: LibraryOptions, files: list[str], result, log) ->
     files the library knows there (an unmounted drive's empty mount point), prunes nothing and is
     reported."""
     covered = {os.path.abspath(r) for r in options.roots} | {os.path.dirname(os.path.abspath(f)) for f in files}
-    records = state.records()
+    records = state.records(summaries=False)
+    # The records under each covered folder (in the records' order): those it is a folder above.
+    # Each record's folders are looked up, not each folder's records scanned (a run over a library
+    # covers every album's folder).
+    under_of = {root: [] for root in covered}
+    for r in records.values():
+        folder = os.path.dirname(r["source"]["path"])
+        while True:
+            if folder in under_of:
+                under_of[folder].append(r)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    exists = {}
     gone = []
     for root in sorted(covered):
-        under = [r for r in records.values() if os.path.dirname(r["source"]["path"]) == root
-                 or r["source"]["path"].startswith(root.rstrip(os.sep) + os.sep)]
+        under = under_of[root]
         if not under:
             continue
-        missing = [r for r in under if not os.path.exists(r["source"]["path"])]
+        missing = []
+        for r in under:
+            path = r["source"]["path"]
+            if path not in exists:
+                exists[path] = os.path.exists(path)
+            if not exists[path]:
+                missing.append(r)
         if len(missing) == len(under) and not _holds_audio(root):
             log.say(f"warning: {root} is missing or holds no audio now (an unmounted drive?): "
                     f"the {len(under)} file(s) the library knows there are kept")

@@ -199,6 +199,7 @@ class LibraryState:
     # -- files and their decisions (a file's "record") ------------------------------------------
     _RECORD_SQL = ("SELECT f.path, f.name, f.size, f.mtime_ns, f.content, d.settings, d.outputs, d.row, f.root "
                    "FROM files f LEFT JOIN decisions d ON d.path = f.path")
+    _RECORD_SQL_NO_ROW = _RECORD_SQL.replace("d.row", "NULL")
 
     @staticmethod
     def _record(row) -> dict:
@@ -207,14 +208,17 @@ class LibraryState:
         record = {"name": name, "root": root, "source": {"path": path, "size": size, "mtime_ns": mtime_ns,
                                                          "content": content}}
         if settings is not None:
-            record.update(settings=json.loads(settings), outputs=json.loads(outputs), summary=json.loads(summary))
+            record.update(settings=json.loads(settings), outputs=json.loads(outputs))
+            if summary is not None:
+                record["summary"] = json.loads(summary)
         return record
 
-    def records(self) -> dict[str, dict]:
+    def records(self, summaries: bool = True) -> dict[str, dict]:
         """Every file of the library, by output name: {"name", "root", "source": {path, size,
-        mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"."""
+        mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"
+        (summaries=False: without "summary", the library row, which is most of a record to read)."""
         with self._lock:
-            rows = self.db.execute(self._RECORD_SQL).fetchall()
+            rows = self.db.execute(self._RECORD_SQL if summaries else self._RECORD_SQL_NO_ROW).fetchall()
         return {r[1]: self._record(r) for r in rows}
 
     def record(self, name: str) -> dict | None:
