@@ -295,3 +295,19 @@ def test_the_similar_command(trained, tagged_library, tmp_path):
     assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
     bad = processes.run_cli("jaxtag.similar", str(out), str(outside), "--workdir=/no/such/run", timeout=300)
     assert bad.returncode == 2 and "/no/such/run: no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_top_tracks_of_a_row_are_a_stable_sorts_first():
+    """index.html's most similar tracks sort only the scores at least as high as the n-th: the
+    same positions, in the same order, as a stable sort of the whole row (ties by position; -inf,
+    a file's own score, and NaN included)."""
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        total = int(rng.integers(1, 12))
+        scores = rng.integers(0, 4, total).astype(np.float32)
+        if rng.random() < 0.3:
+            scores[rng.integers(0, total)] = -np.inf
+        if rng.random() < 0.3:
+            scores[rng.integers(0, total, 2)] = np.nan
+        for n in range(0, total + 2):
+            assert list(similarity._top(scores, n, total)) == list(np.argsort(-scores, kind="stable")[:n])

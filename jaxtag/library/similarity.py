@@ -233,7 +233,7 @@ def library_entries(output_dir: str, model: str | None = None) -> tuple[dict, st
     if state is None:
         return {}, model or ""
     with state:
-        records = state.records()
+        records = state.records(summaries=False)
         found = {}
         for name, record in sorted(records.items()):
             settings = record.get("settings")
@@ -620,12 +620,23 @@ def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096,
     the index), a block of tracks at a time."""
     positions = [index._positions[m] for m in names if m in index._positions] if names is not None \
         else list(range(len(index.names)))
-    out = {}
+    out, total = {}, len(index.names)
     for start in range(0, len(positions), block):
         rows = positions[start:start + block]
         scores = index.tracks[rows] @ index.tracks.T
         for row, i in enumerate(rows):
             scores[row, i] = -np.inf
-            order = np.argsort(-scores[row], kind="stable")[:n]
+            order = _top(scores[row], n, total)
             out[index.names[i]] = [(index.names[j], float(scores[row, j])) for j in order if np.isfinite(scores[row, j])]
     return out
+
+
+def _top(scores: np.ndarray, n: int, total: int) -> np.ndarray:
+    """The positions of the n highest scores, highest first, ties by position: a stable sort's
+    first n (np.argsort(-scores, kind="stable")[:n]), sorting only the scores at least as high as
+    the n-th highest (a library's row has tens of thousands)."""
+    if 0 < n < total:
+        candidates = np.flatnonzero(scores >= np.partition(scores, total - n)[total - n])
+        if len(candidates) >= n:   # (fewer: NaNs, which partition puts last and argsort first; the whole row)
+            return candidates[np.argsort(-scores[candidates], kind="stable")][:n]
+    return np.argsort(-scores, kind="stable")[:n]
