@@ -243,9 +243,9 @@ def library_entries(output_dir: str, model: str | None = None) -> tuple[dict, st
         if model is None:
             counts = collections.Counter(m for _, m in found.values())
             model = counts.most_common(1)[0][0] if counts else ""
-        current = {}
+        current, analyses = {}, state.analyses_by_content(model)
         for name, (record, m) in found.items():
-            analysis = state.analysis(record["source"]["content"], m) if m == model else None
+            analysis = analyses.get(record["source"]["content"]) if m == model else None
             if analysis is None:
                 continue
             try:

@@ -125,6 +125,7 @@ class LibraryState:
         self.path = database_path(output_dir)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._lock = threading.RLock()
+        self._rows = {}   # library rows (decisions.row) parsed, by their text: a run reads them twice (plan, views)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -202,7 +203,9 @@ class LibraryState:
     _RECORD_SQL_NO_ROW = _RECORD_SQL.replace("d.row", "NULL")
 
     @staticmethod
-    def _record(row) -> dict:
+    def _record(row, parsed: dict | None = None, seen: dict | None = None) -> dict:
+        """A record from a row of _RECORD_SQL; its library row taken from `parsed` {text: row}
+        where it was read before, and put in `seen` (when given)."""
         path, name, size, mtime_ns, content, settings, outputs, summary, root = row
         path, name, root = _py(path), _py(name), _py(root)
         record = {"name": name, "root": root, "source": {"path": path, "size": size, "mtime_ns": mtime_ns,
@@ -210,16 +213,25 @@ class LibraryState:
         if settings is not None:
             record.update(settings=json.loads(settings), outputs=json.loads(outputs))
             if summary is not None:
-                record["summary"] = json.loads(summary)
+                row = (parsed or {}).get(summary)
+                record["summary"] = json.loads(summary) if row is None else row
+                if seen is not None:
+                    seen[summary] = record["summary"]
         return record
 
     def records(self, summaries: bool = True) -> dict[str, dict]:
         """Every file of the library, by output name: {"name", "root", "source": {path, size,
         mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"
-        (summaries=False: without "summary", the library row, which is most of a record to read)."""
+        (summaries=False: without "summary", the library row, which is most of a record to read).
+        A row read before by this object (unchanged since) is the same dict: treat it as read-only."""
         with self._lock:
             rows = self.db.execute(self._RECORD_SQL if summaries else self._RECORD_SQL_NO_ROW).fetchall()
-        return {r[1]: self._record(r) for r in rows}
+        if not summaries:
+            return {r[1]: self._record(r) for r in rows}
+        seen = {}   # the rows of this read are those kept for the next (an object used for long keeps no more)
+        records = {r[1]: self._record(r, self._rows, seen) for r in rows}
+        self._rows = seen
+        return records
 
     def record(self, name: str) -> dict | None:
         with self._lock:
@@ -285,6 +297,10 @@ class LibraryState:
 
     def analyses_of(self, content: str) -> list[Analysis]:
         return self._analyses("WHERE content=?", (content,))
+
+    def analyses_by_content(self, model: str) -> dict[str, Analysis]:
+        """Every analysis of one model, by content (one query for a whole library)."""
+        return {a.content: a for a in self._analyses("WHERE model=?", (model,))}
 
     def analyses_all(self) -> list[Analysis]:
         return self._analyses("ORDER BY content, model")
