@@ -25,6 +25,7 @@ from jaxtag.tagging.outputs import _safe_part
 
 MANIFEST = ".jaxtag-playlists.json"
 NSP_LIMIT = 500
+PLAYLIST_KEYS = ("path", "duration", "track_tags", "moods", "strength")   # what playlists read of a library row
 
 
 def _tracks(output_dir: str) -> list[dict]:
@@ -36,7 +37,7 @@ def _tracks(output_dir: str) -> list[dict]:
     if state is None:
         return []
     with state:
-        records, view = state.records(), state.view()
+        records, view = state.records(summaries=PLAYLIST_KEYS), state.view()
     out = []
     for name, record in sorted(records.items()):
         if record.get("settings") is None or (view is not None and record["settings"] != view):

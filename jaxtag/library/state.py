@@ -219,11 +219,15 @@ class LibraryState:
                     seen[summary] = record["summary"]
         return record
 
-    def records(self, summaries: bool = True) -> dict[str, dict]:
+    def records(self, summaries: bool | tuple = True) -> dict[str, dict]:
         """Every file of the library, by output name: {"name", "root", "source": {path, size,
         mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"
-        (summaries=False: without "summary", the library row, which is most of a record to read).
-        A row read before by this object (unchanged since) is the same dict: treat it as read-only."""
+        (summaries=False: without "summary", the library row, which is most of a record to read; a
+        tuple of keys: only those of each row, an absent one None, picked out by SQLite's JSON
+        functions where it has them). A row read before by this object (unchanged since) is the
+        same dict: treat it as read-only."""
+        if isinstance(summaries, tuple):
+            return self._records_with(summaries)
         with self._lock:
             rows = self.db.execute(self._RECORD_SQL if summaries else self._RECORD_SQL_NO_ROW).fetchall()
         if not summaries:
@@ -231,6 +235,31 @@ class LibraryState:
         seen = {}   # the rows of this read are those kept for the next (an object used for long keeps no more)
         records = {r[1]: self._record(r, self._rows, seen) for r in rows}
         self._rows = seen
+        return records
+
+    def _records_with(self, keys: tuple) -> dict[str, dict]:
+        """records() with only these keys of each row: a JSON array of their values per row, made by
+        SQLite (array and object values as their text, so every number is the one stored), parsed
+        here; without SQLite's JSON functions, the whole rows."""
+        picked = "json_array(" + ", ".join("json_extract(d.row, ?)" for _ in keys) + ")"
+        paths = tuple(f'$."{k}"' for k in keys)
+        try:
+            with self._lock:
+                rows = self.db.execute(self._RECORD_SQL.replace("d.row", f"CASE WHEN d.row IS NULL THEN NULL "
+                                                                         f"ELSE {picked} END"), paths).fetchall()
+        except sqlite3.OperationalError:   # no JSON functions in this SQLite, or a value not UTF-8 (a name's bytes)
+            with self._lock:
+                rows = self.db.execute(self._RECORD_SQL).fetchall()
+            records = {r[1]: self._record(r) for r in rows}
+            for record in records.values():
+                if "summary" in record:
+                    record["summary"] = {k: record["summary"].get(k) for k in keys}
+            return records
+        records = {}
+        for r in rows:
+            record = records[r[1]] = self._record(r[:7] + (None,) + r[8:])
+            if r[7] is not None:
+                record["summary"] = dict(zip(keys, json.loads(r[7])))
         return records
 
     def record(self, name: str) -> dict | None:
