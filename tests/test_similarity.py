@@ -1,5 +1,6 @@
 """Similar tracks and moments: the vectors, the index against exact search, its updates and kills,
 the query CLI, and the lists on the library's pages."""
+import dataclasses
 import json
 import os
 import re
@@ -131,17 +132,24 @@ def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
     scores, ids = again.search_moments(whitened[2:3], 1)
     number = int(again.numbers[again.position("album0/track003")])
     assert int(ids[0, 0]) == (number << similarity.WINDOW_BITS) + 2 and scores[0, 0] == pytest.approx(1, abs=1e-5)
-    # index.html's rows: each file's nearest tracks, block by block or for some files only, the same.
+    # index.html's rows: each file's nearest tracks, kept with the index or found again block by
+    # block or for some files only, the same.
+    assert again.nearest.shape == (10, similarity.NEAREST)
     full = similarity.similar_tracks_of_all(again)
-    blocked = similarity.similar_tracks_of_all(again, block=3)   # (BLAS rounds blocks differently)
+    blocked = similarity.similar_tracks_of_all(dataclasses.replace(again, nearest=None), block=3)   # (BLAS rounds blocks differently)
     assert len(full) == 10 and {m: [t for t, _ in r] for m, r in blocked.items()} == \
         {m: [t for t, _ in r] for m, r in full.items()}
     np.testing.assert_allclose([c for r in blocked.values() for _, c in r], [c for r in full.values() for _, c in r],
                                atol=1e-6)
     some = [again.names[1], again.names[7]]
-    part = similarity.similar_tracks_of_all(again, names=some + ["no/such"])
-    assert {m: [t for t, _ in r] for m, r in part.items()} == {m: [t for t, _ in full[m]] for m in some}
-    np.testing.assert_allclose([c for m in some for _, c in part[m]], [c for m in some for _, c in full[m]], atol=1e-6)
+    for kept in (again, dataclasses.replace(again, nearest=None)):
+        part = similarity.similar_tracks_of_all(kept, names=some + ["no/such"])
+        assert {m: [t for t, _ in r] for m, r in part.items()} == {m: [t for t, _ in full[m]] for m in some}
+        np.testing.assert_allclose([c for m in some for _, c in part[m]], [c for m in some for _, c in full[m]],
+                                   atol=1e-6)
+    assert similarity.similar_tracks_of_all(again, n=5) == similarity.similar_tracks_of_all(
+        dataclasses.replace(again, nearest=None), n=5)   # more than kept: found again
+    assert {m: r[:2] for m, r in full.items()} == similarity.similar_tracks_of_all(again, n=2)
     cosines = again.tracks @ again.tracks[1]
     cosines[1] = -np.inf
     assert [m for m, _ in full[again.names[1]]] == [again.names[j] for j in np.argsort(-cosines, kind="stable")[:3]]

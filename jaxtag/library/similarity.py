@@ -50,6 +50,7 @@ EXACT_LIMIT = 250_000          # moments searched exactly up to here (about 3,00
 RECALL_TARGET = 0.97           # of the exact 10 nearest moments, by the IVF index's nprobe
 NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 WINDOW_BITS = 20               # a moment's id: file number << 20 | window index
+NEAREST = 3                    # each track's nearest tracks kept with the index (index.html's similar tracks)
 STATE_VERSION = 2              # 2: signatures name the content-addressed arrays (jaxtag.library.state)
 
 
@@ -76,6 +77,10 @@ class SimilarityIndex:
     whitening: Whitening = dataclasses.field(default_factory=Whitening)
     spec: dict = dataclasses.field(default_factory=dict)   # how to make that model again (Tagger.spec)
     file: str = ""                   # the faiss file in OUT/.jaxtag/index
+    # [F, NEAREST] each track's nearest tracks (positions, -1: none) and their cosines, best first,
+    # kept with the index when its tracks change (None: an index written before they were kept)
+    nearest: np.ndarray | None = None
+    nearest_scores: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -278,7 +283,8 @@ def load_index(output_dir: str) -> SimilarityIndex | None:
         numbers=state["numbers"], signatures=[str(s) for s in state["signatures"]], tracks=state["tracks"],
         starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=moments, kind=meta["kind"],
         nprobe=int(meta["nprobe"]), recall=float(meta["recall"]), trained_size=int(meta["trained_size"]),
-        model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {})
+        model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {},
+        nearest=state.get("nearest"), nearest_scores=state.get("nearest_scores"))
 
 
 def _write(index: SimilarityIndex) -> None:
@@ -303,6 +309,8 @@ def _write(index: SimilarityIndex) -> None:
                  signatures=np.array(index.signatures, dtype=str), tracks=np.asarray(index.tracks, np.float32),
                  starts=np.asarray(index.starts, np.float32), ends=np.asarray(index.ends, np.float32),
                  offsets=np.asarray(index.offsets, np.int64),
+                 **({} if index.nearest is None else {"nearest": np.asarray(index.nearest, np.int64),
+                                                      "nearest_scores": np.asarray(index.nearest_scores, np.float32)}),
                  whitening_mean=empty if w.mean is None else w.mean,
                  whitening_projection=empty.reshape(0, 0) if w.projection is None else w.projection)
     write_atomic(os.path.join(folder, STATE), save)
@@ -345,6 +353,7 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
     else:
         index = _apply(index, gone, added, current)
     index.spec = spec
+    index.nearest, index.nearest_scores = nearest_tracks(index.tracks, list(range(len(index.names))), NEAREST)
     _write(index)
     if log is not None:
         log(f"similarity index: {len(index.names)} tracks, {index.size} moments "
@@ -620,15 +629,28 @@ def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096,
     the index), a block of tracks at a time."""
     positions = [index._positions[m] for m in names if m in index._positions] if names is not None \
         else list(range(len(index.names)))
-    out, total = {}, len(index.names)
+    if index.nearest is not None and n <= index.nearest.shape[1]:   # kept with the index: its tracks are these
+        top, scores = index.nearest[positions, :n], index.nearest_scores[positions, :n]
+    else:
+        top, scores = nearest_tracks(index.tracks, positions, n, block)
+    return {index.names[i]: [(index.names[j], float(score)) for j, score in zip(row_top, row_scores) if j >= 0]
+            for i, row_top, row_scores in zip(positions, top.tolist(), scores)}
+
+
+def nearest_tracks(tracks: np.ndarray, positions: list[int], n: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """([P, n] the positions of the n tracks most similar to each track of `positions`, best first
+    (ties by position; -1: none), [P, n] their cosines), a block of tracks at a time."""
+    total, n = len(tracks), max(n, 0)
+    top, cosines = np.full((len(positions), n), -1, np.int64), np.full((len(positions), n), -np.inf, np.float32)
     for start in range(0, len(positions), block):
         rows = positions[start:start + block]
-        scores = index.tracks[rows] @ index.tracks.T
+        scores = tracks[rows] @ tracks.T
         for row, i in enumerate(rows):
             scores[row, i] = -np.inf
-            order = _top(scores[row], n, total)
-            out[index.names[i]] = [(index.names[j], float(scores[row, j])) for j in order if np.isfinite(scores[row, j])]
-    return out
+            order = [j for j in _top(scores[row], n, total) if np.isfinite(scores[row, j])]
+            top[start + row, :len(order)] = order
+            cosines[start + row, :len(order)] = scores[row, order]
+    return top, cosines
 
 
 def _top(scores: np.ndarray, n: int, total: int) -> np.ndarray:
