@@ -319,3 +319,30 @@ def test_the_top_tracks_of_a_row_are_a_stable_sorts_first():
             scores[rng.integers(0, total, 2)] = np.nan
         for n in range(0, total + 2):
             assert list(similarity._top(scores, n, total)) == list(np.argsort(-scores, kind="stable")[:n])
+
+
+def test_the_moments_are_read_when_searched_and_a_damaged_file_is_built_again(tmp_path):
+    """An index read from disk reads its moments' faiss file only when it is searched (a run over
+    an unchanged library never does); a file truncated or gone makes the index be built again,
+    and so does one that cannot be read once the library changed."""
+    tracks = _clustered(10, 6)
+    _fake_library(tmp_path, tracks[:8])
+    first = similarity.update_index(str(tmp_path))
+    folder = tmp_path / ".jaxtag" / "index"
+    loaded = similarity.load_index(str(tmp_path))
+    assert loaded.moments is None and loaded.size == 48
+    again = similarity.update_index(str(tmp_path))
+    assert again.file == first.file and again.moments is None   # up to date: not read
+    scores, ids = again.search_moments(again.tracks[:1], 3)
+    assert again.moments is not None and ids.shape == (1, 3)
+    data = (folder / first.file).read_bytes()
+    (folder / first.file).write_bytes(data[:len(data) // 2])          # truncated
+    assert similarity.load_index(str(tmp_path)) is None
+    rebuilt = similarity.update_index(str(tmp_path))
+    assert rebuilt.file != first.file and rebuilt.size == 48
+    (folder / rebuilt.file).write_bytes(b"\0" * len((folder / rebuilt.file).read_bytes()))   # unreadable, same size
+    _fake_library(tmp_path, tracks)                                   # two added
+    grown = similarity.update_index(str(tmp_path))
+    assert grown.file != rebuilt.file and grown.size == 60 and len(grown.names) == 10
+    (folder / grown.file).unlink()                                    # gone
+    assert similarity.load_index(str(tmp_path)) is None

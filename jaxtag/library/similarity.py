@@ -68,7 +68,7 @@ class SimilarityIndex:
     starts: np.ndarray               # [M] moment start times, the files' moments one after another
     ends: np.ndarray
     offsets: np.ndarray              # [F + 1] where each file's moments begin in starts/ends
-    moments: object                  # the faiss index of the moment vectors
+    moments: object                  # the faiss index of the moment vectors (None until first used: moment_index)
     kind: str                        # "exact" or "ivf"
     nprobe: int = 0
     recall: float = 1.0              # of the exact 10 nearest moments, measured at the last rebuild
@@ -113,13 +113,21 @@ class SimilarityIndex:
         order = np.argsort(-scores, kind="stable")[:n]
         return [(self.names[i], float(scores[i])) for i in order if np.isfinite(scores[i])]
 
+    def moment_index(self):
+        """The faiss index of the moments; an index read from disk (load_index) reads it on first
+        use: a run that finds the index up to date never searches it (a library's is a GB)."""
+        if self.moments is None:
+            self.moments = _faiss().read_index(os.path.join(index_dir(self.output_dir), self.file))
+        return self.moments
+
     def search_moments(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosines [Q, k], ids [Q, k]) of the k nearest moments of each query vector (ids -1 past
         the end)."""
+        moments = self.moment_index()
         if self.kind == "ivf":
-            self.moments.nprobe = self.nprobe
+            moments.nprobe = self.nprobe
         k = max(1, min(k, self.size))
-        return self.moments.search(np.ascontiguousarray(vectors, np.float32), k)
+        return moments.search(np.ascontiguousarray(vectors, np.float32), k)
 
     def similar_moments(self, vectors: np.ndarray, n: int = 10, exclude: str | None = None
                         ) -> list[list[tuple[str, float, float, float]]]:
@@ -273,7 +281,11 @@ def load_index(output_dir: str) -> SimilarityIndex | None:
         meta = json.loads(str(state["meta"]))
         if meta.get("version") != STATE_VERSION:
             return None
-        moments = _faiss().read_index(os.path.join(folder, meta["file"]))
+        # The moments are read when first searched (SimilarityIndex.moment_index); their file is
+        # there, whole (its size as written, where the state says it).
+        written = meta.get("file_bytes")   # (not in a state written before it was kept)
+        if os.path.getsize(os.path.join(folder, meta["file"])) != written and written is not None:
+            return None
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
     whitening = Whitening(state["whitening_mean"], state["whitening_projection"], meta["whitening"]) \
@@ -281,7 +293,7 @@ def load_index(output_dir: str) -> SimilarityIndex | None:
     return SimilarityIndex(
         output_dir=output_dir, names=[str(n) for n in state["names"]], paths=[str(p) for p in state["paths"]],
         numbers=state["numbers"], signatures=[str(s) for s in state["signatures"]], tracks=state["tracks"],
-        starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=moments, kind=meta["kind"],
+        starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=None, kind=meta["kind"],
         nprobe=int(meta["nprobe"]), recall=float(meta["recall"]), trained_size=int(meta["trained_size"]),
         model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {},
         nearest=state.get("nearest"), nearest_scores=state.get("nearest_scores"))
@@ -293,10 +305,12 @@ def _write(index: SimilarityIndex) -> None:
     os.makedirs(folder, exist_ok=True)
     new_file = f"moments-{uuid.uuid4().hex[:12]}.faiss"
     faiss = _faiss()
+    moments = index.moment_index()
     write_atomic(os.path.join(folder, new_file),
-                 lambda f: faiss.write_index(index.moments, faiss.PyCallbackIOWriter(f.write)))
+                 lambda f: faiss.write_index(moments, faiss.PyCallbackIOWriter(f.write)))
     index.file = new_file
-    meta = {"version": STATE_VERSION, "file": new_file, "kind": index.kind, "nprobe": index.nprobe,
+    meta = {"version": STATE_VERSION, "file": new_file, "file_bytes": os.path.getsize(os.path.join(folder, new_file)),
+            "kind": index.kind, "nprobe": index.nprobe,
             "recall": index.recall, "trained_size": index.trained_size, "model": index.model,
             "whitening": index.whitening.source, "whitening_key": index.whitening.key(),
             "whitening_shrink": WHITENING_SHRINK, "spec": index.spec}
@@ -346,7 +360,7 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         total = index.size + sum(_window_count(output_dir, current[n][0]) for n in added) - \
             sum(int(index.offsets[index.position(n) + 1] - index.offsets[index.position(n)]) for n in gone)
         kind = "exact" if total <= exact_limit else "ivf"
-        fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
+        fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size) or not _readable_moments(index)
     if fresh:
         index = _build(output_dir, _readable(output_dir, list(current), current, log), current, whitening, model,
                        exact_limit)
@@ -359,6 +373,15 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         log(f"similarity index: {len(index.names)} tracks, {index.size} moments "
             f"({'exact search' if index.kind == 'exact' else f'IVF, nprobe {index.nprobe}, recall@10 {index.recall:.3f}'})")
     return index
+
+
+def _readable_moments(index: SimilarityIndex) -> bool:
+    """Whether the index's moments can be read (else it is built again)."""
+    try:
+        index.moment_index()
+        return True
+    except RuntimeError:   # faiss's error for a file it cannot read
+        return False
 
 
 def _readable(output_dir: str, names: list[str], current: dict, log=None) -> list[str]:
@@ -433,7 +456,7 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
     keep = [i for i, n in enumerate(index.names) if n not in gone_names]
     for name in gone:
         number = int(index.numbers[index.position(name)])
-        index.moments.remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
+        index.moment_index().remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
     names = [index.names[i] for i in keep]
     counts = [int(index.offsets[i + 1] - index.offsets[i]) for i in keep]
     starts = [index.starts[index.offsets[i]:index.offsets[i + 1]] for i in keep]
@@ -443,7 +466,7 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
     next_number = int(index.numbers.max()) + 1 if len(index.numbers) else 0
     for name in added:
         v, s, e = _file_vectors(index.output_dir, current[name][0], index.whitening)
-        index.moments.add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
+        index.moment_index().add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
         names.append(name)
         counts.append(len(v))
         starts.append(s)
