@@ -276,7 +276,8 @@ def test_records_with_some_keys_of_their_rows_are_those_of_the_whole_rows(tmp_pa
     an absent key None; the rest of each record as records() gives it."""
     keys = ("path", "duration", "strength", "moods", "absent")
     with LibraryState(str(tmp_path)) as state:
-        for i, path in enumerate(["/music/a.wav", "/music/\u00e9t\u00e9 \"quoted\".wav", os.fsdecode(b"/music/caf\xe9.wav")]):
+        paths = ["/music/a.wav", "/music/\u00e9t\u00e9 \"quoted\".wav", os.fsdecode(b"/music/caf\xe9.wav")]
+        for i, path in enumerate(paths):
             source = {"path": path, "size": 3, "mtime_ns": i, "content": f"{i:064x}"}
             row = {"path": path, "name": f"n{i}", "duration": 243.125 + i / 3, "strength": [0.1234, 1e-05, 0.0, 1.0],
                    "moods": ["happy", "\u00e9"], "bpm": None}

@@ -136,7 +136,8 @@ def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
     # block or for some files only, the same.
     assert again.nearest.shape == (10, similarity.NEAREST)
     full = similarity.similar_tracks_of_all(again)
-    blocked = similarity.similar_tracks_of_all(dataclasses.replace(again, nearest=None), block=3)   # (BLAS rounds blocks differently)
+    # (BLAS rounds blocks differently)
+    blocked = similarity.similar_tracks_of_all(dataclasses.replace(again, nearest=None), block=3)
     assert len(full) == 10 and {m: [t for t, _ in r] for m, r in blocked.items()} == \
         {m: [t for t, _ in r] for m, r in full.items()}
     np.testing.assert_allclose([c for r in blocked.values() for _, c in r], [c for r in full.values() for _, c in r],

@@ -660,7 +660,8 @@ def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096,
             for i, row_top, row_scores in zip(positions, top.tolist(), scores)}
 
 
-def nearest_tracks(tracks: np.ndarray, positions: list[int], n: int, block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def nearest_tracks(tracks: np.ndarray, positions: list[int], n: int,
+                   block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """([P, n] the positions of the n tracks most similar to each track of `positions`, best first
     (ties by position; -1: none), [P, n] their cosines), a block of tracks at a time."""
     total, n = len(tracks), max(n, 0)
