@@ -661,12 +661,13 @@ def _rerun_chunk(args) -> list[tuple]:
     return [_rerun_track(*a) for a in args]
 
 
-def build_rerun_library(folder: str, n: int, model: str) -> dict:
+def build_rerun_library(folder: str, n: int, model: str) -> bool:
     """The synthetic library of the rerun benchmark in folder (music/ and out/), as a run of
     `model` over it with the default formats leaves it: every file's stored arrays, outputs and
     database rows (files, analyses, decisions with the tagger's settings), the similarity index
     over all of them and its pages' lists (the lists themselves a few bytes each), then one rerun
-    checked to skip every file. Kept: a folder with ready.json of the same size and model is reused."""
+    checked to skip every file. Kept: a folder with ready.json of the same size and model is reused
+    (returns False then, True where the library was built)."""
     import concurrent.futures
     import json
     import multiprocessing
@@ -685,7 +686,7 @@ def build_rerun_library(folder: str, n: int, model: str) -> dict:
     try:
         with open(ready, encoding="utf-8") as f:
             if json.load(f) == about:
-                return about
+                return False
     except (OSError, ValueError):
         pass
     import shutil
@@ -726,7 +727,7 @@ def build_rerun_library(folder: str, n: int, model: str) -> dict:
         result.summary_line(n)
     write_atomic(ready, json.dumps(about))
     print(f"  the library of {n} files made in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    return about
+    return True
 
 
 def peak_rss_mb() -> float:
@@ -800,9 +801,10 @@ def rerun_benchmark() -> None:
     n = _LIBRARY_RERUN.value
     folder = os.path.join(_WORK_DIR.value or tempfile.gettempdir(), f"jaxtag_rerun_{n}_{_MODEL.value}")
     start = time.perf_counter()
-    build_rerun_library(folder, n, _MODEL.value)
+    built = build_rerun_library(folder, n, _MODEL.value)
     print(f"rerun benchmark: a library of {n} files in {-(-n // RERUN_TRACKS_PER_ALBUM)} albums, {_MODEL.value}, "
-          f"{os.cpu_count()} CPU cores, in {folder} (ready in {time.perf_counter() - start:.0f} s)")
+          f"{os.cpu_count()} CPU cores, in {folder} "
+          f"({f'built in {time.perf_counter() - start:.0f} s' if built else 'built before, reused'})")
     out = subprocess.run([sys.executable, __file__, f"--rerun_run={folder}"], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"the rerun failed:\n{out.stderr[-5000:]}")
