@@ -55,6 +55,15 @@ _BEAM = flags.DEFINE_bool("beam", False, "Only the Beam benchmark: one library t
 _DASK = flags.DEFINE_bool("dask", True, "With --beam: also the Dask case (needs the dask extra).")
 _BEAM_RUN = flags.DEFINE_string("beam_run", None, "Internal: tag --library_run's files on Beam with these pipeline "
                                 "options in this process, print one JSON line.")
+_LIBRARY_RERUN = flags.DEFINE_integer("library_rerun", 0, "Only the rerun benchmark: a library of this many files (an "
+                                      "Artist/Album/track tree of 10 tracks an album, each file a few bytes with its "
+                                      "stored analysis of a 3-5 minute track, outputs and database rows, as --model "
+                                      "tagged them; built once under --work_dir and reused) tagged again unchanged: "
+                                      "seconds per stage, peak RSS.")
+_WORK_DIR = flags.DEFINE_string("work_dir", "", "Where --library_rerun keeps its synthetic library (default: the "
+                                "temporary folder); one built before with the same size and model is reused.")
+_RERUN_RUN = flags.DEFINE_string("rerun_run", None, "Internal: time one rerun of the library in this folder in this "
+                                 "process, print one JSON line.")
 
 
 def _time(fn, repeats):
@@ -575,6 +584,246 @@ def similarity_benchmark() -> None:
               f"{np.percentile(ms, 95):.2f} ms; recall@10 against exact {recall:.3f}")
 
 
+# -- a rerun over an unchanged library --------------------------------------------------------------
+
+RERUN_TRACKS_PER_ALBUM, RERUN_ALBUMS_PER_ARTIST = 10, 10
+_RERUN = {}   # a setup worker's tagger and embedding statistics
+
+
+def rerun_paths(music: str, n: int) -> list[str]:
+    """The synthetic library's audio files: Artist NNNN/Album NNNNN/NN Track NNNNNN.mp3."""
+    out = []
+    for i in range(n):
+        album = i // RERUN_TRACKS_PER_ALBUM
+        out.append(os.path.join(music, f"Artist {album // RERUN_ALBUMS_PER_ARTIST:04d}", f"Album {album:05d}",
+                                f"{i % RERUN_TRACKS_PER_ALBUM + 1:02d} Track {i:06d}.mp3"))
+    return out
+
+
+def _rerun_init(model: str) -> None:
+    """A setup worker: the tagger (its tags, policy, sections, frontend) and how to make embeddings
+    of its reference statistics (so that whitened they are the synthetic moments' structure)."""
+    import numpy as np
+    from jaxtag.tagging.tagger import Tagger
+    from jaxtag.tagging.vectors import embedding_reference_path
+    tagger = Tagger.pretrained(model)
+    try:
+        with np.load(embedding_reference_path(model), allow_pickle=False) as npz:
+            mean, covariance = npz["mean"], npz["covariance"]
+        values, vectors = np.linalg.eigh(covariance)
+        colour = vectors * np.sqrt(np.maximum(values, 0))[None, :]
+    except FileNotFoundError:
+        mean, colour = None, None
+    _RERUN.update(tagger=tagger, mean=mean, colour=colour,
+                  genres=np.random.default_rng(12345).standard_normal((64, 200)).astype(np.float32))
+
+
+def _rerun_track(i: int, path: str, name: str, out: str, formats: tuple) -> tuple:
+    """One file of the synthetic library as a run of the tagger leaves it: its stored arrays (a
+    track of 3-5 minutes: random scores with a per-track leaning, embeddings whose whitened moments
+    drift around the track's centre, which is near one of 64 genre centres: the structure of
+    synthetic_moments), its outputs (a few bytes each: a rerun only sees that they exist) and its
+    library row made by summary.track_summary from its taggram. Returns (name, source, row as
+    JSON, Analysis)."""
+    import hashlib
+    import numpy as np
+    from jaxtag.files import write_atomic
+    from jaxtag.library import summary
+    from jaxtag.library.arrays import write_arrays
+    from jaxtag.library.plan import LibraryOptions, wanted_outputs
+    from jaxtag.library.state import Analysis, arrays_file
+    from jaxtag.tagging.outputs import shown_path
+    tagger, rng = _RERUN["tagger"], np.random.default_rng(i)
+    f = tagger.frontend
+    duration = float(rng.uniform(180, 300))
+    n_frames = int(duration * f.sample_rate / f.hop_length)
+    windows = len(tagger.window_starts(n_frames))
+    leaning = rng.normal(-2.5, 1.2, len(tagger.tags))
+    scores = 1 / (1 + np.exp(-(leaning + 0.8 * rng.standard_normal((windows, len(tagger.tags))))))
+    centre = 0.8 * _RERUN["genres"][i % 64] + 0.6 * rng.standard_normal(200)
+    drift, z = np.zeros(200), np.empty((windows, 200))
+    for w in range(windows):
+        drift = 0.9 * drift + 0.15 * rng.standard_normal(200)
+        z[w] = centre + drift + 0.3 * rng.standard_normal(200)
+    z /= 1.1   # about unit variance per dimension
+    embeddings = (z if _RERUN["mean"] is None else _RERUN["mean"] + z @ _RERUN["colour"].T).astype(np.float32)
+    with open(path, "rb") as audio:
+        content = hashlib.sha256(audio.read()).hexdigest()
+    st = os.stat(path)
+    source = {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "content": content}
+    taggram = tagger.taggram(shown_path(path), duration, n_frames, scores.astype(np.float32), embeddings=embeddings)
+    relative = arrays_file(content, tagger.fingerprint)
+    size = write_arrays(out, relative, taggram, embeddings, tagger.fingerprint, source, [])
+    row = summary.row_to_json(summary.track_summary(taggram, taggram.source, name, []))
+    wanted = wanted_outputs(name, LibraryOptions(output_dir=out, formats=formats))
+    for output in wanted + ([f"{name}.similar.js"] if "html" in formats else []):
+        write_atomic(os.path.join(out, output), f"{output}\n", durable=False)
+    return name, source, row, Analysis(content, tagger.fingerprint, relative, size, (), tagger.model_name, duration)
+
+
+def _rerun_chunk(args) -> list[tuple]:
+    return [_rerun_track(*a) for a in args]
+
+
+def build_rerun_library(folder: str, n: int, model: str) -> bool:
+    """The synthetic library of the rerun benchmark in folder (music/ and out/), as a run of
+    `model` over it with the default formats leaves it: every file's stored arrays, outputs and
+    database rows (files, analyses, decisions with the tagger's settings), the similarity index
+    over all of them and its pages' lists (the lists themselves a few bytes each), then one rerun
+    checked to skip every file. Kept: a folder with ready.json of the same size and model is reused
+    (returns False then, True where the library was built)."""
+    import concurrent.futures
+    import json
+    import multiprocessing
+    from jaxtag.files import available_cpus, write_atomic
+    from jaxtag.library import similarity
+    from jaxtag.library.plan import settings_of, wanted_outputs
+    from jaxtag.library.state import LibraryState
+    from jaxtag.library.run import LibraryOptions, tag_library
+    from jaxtag.library.playlists import write_playlists
+    from jaxtag.tagging.outputs import FORMATS, output_names
+    from jaxtag.tagging.tagger import Tagger
+    ready = os.path.join(folder, "ready.json")
+    tagger = Tagger.pretrained(model)
+    settings = settings_of(tagger)
+    about = {"files": n, "model": model, "settings": settings, "formats": list(FORMATS)}
+    try:
+        with open(ready, encoding="utf-8") as f:
+            if json.load(f) == about:
+                return False
+    except (OSError, ValueError):
+        pass
+    import shutil
+    shutil.rmtree(folder, ignore_errors=True)
+    music, out = os.path.join(folder, "music"), os.path.join(folder, "out")
+    start = time.perf_counter()
+    paths = rerun_paths(music, n)
+    for i, path in enumerate(paths):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(f"jaxtag rerun benchmark track {i}\n".encode())
+    names = output_names(paths, (music,))
+    options = LibraryOptions(output_dir=out, formats=FORMATS, top_n=0, roots=(music,))
+    jobs = [(i, p, names[p], out, FORMATS) for i, p in enumerate(paths)]
+    chunks = [jobs[k:k + 100] for k in range(0, n, 100)]
+    made = []
+    with concurrent.futures.ProcessPoolExecutor(available_cpus(), mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_rerun_init, initargs=(model,)) as pool:
+        for k, chunk in enumerate(pool.map(_rerun_chunk, chunks)):
+            made += chunk
+            if (k + 1) % 20 == 0:
+                print(f"  {len(made)} of {n} files made ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    with LibraryState(out) as state:
+        for name, source, row, analysis in made:
+            state.put_analysis(analysis)
+            state.put_decision(name, source, settings, wanted_outputs(name, options), row, music)
+    print(f"  the database written ({time.perf_counter() - start:.0f} s); building the similarity index",
+          file=sys.stderr)
+    index = similarity.update_index(out, tagger.spec, model=tagger.fingerprint)
+    # The pages' lists were all written when the library was tagged (each file's NAME.similar.js
+    # is there): the index's size at that full refresh.
+    write_atomic(os.path.join(similarity.index_dir(out), similarity.LISTS), json.dumps({"moments": index.size}))
+    print(f"  index: {len(index.names)} tracks, {index.size} moments, {index.kind} "
+          f"({time.perf_counter() - start:.0f} s); a first rerun", file=sys.stderr)
+    result = tag_library(tagger, [*paths], options)
+    write_playlists(out)
+    assert len(result.skipped) == n and not (result.tagged or result.derived or result.failed or result.gone), \
+        result.summary_line(n)
+    write_atomic(ready, json.dumps(about))
+    print(f"  the library of {n} files made in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return True
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: the kernel's high-water mark of its own address space
+    (getrusage's ru_maxrss carries a parent's peak over exec on Linux: a child of a big process
+    would report the parent's)."""
+    import resource
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rerun_run(folder: str) -> dict:
+    """Time one rerun over the library in folder (fresh process: its peak memory is its own): the
+    audio found (as `python -m jaxtag.tag MUSIC` finds it), tag_library over every file (plan,
+    prune, summary: library.json/.csv/index.html; similarity: the index checked and each file's
+    most similar tracks) and the playlists."""
+    import json
+    from jaxtag.library.playlists import write_playlists
+    from jaxtag.library.run import LibraryOptions, tag_library
+    from jaxtag.tagging.outputs import FORMATS, find_audio
+    from jaxtag.tagging.tagger import Tagger
+    import numpy as np
+    with open(os.path.join(folder, "ready.json"), encoding="utf-8") as f:
+        about = json.load(f)
+    music, out = os.path.join(folder, "music"), os.path.join(folder, "out")
+    start = time.perf_counter()
+    tagger = Tagger.pretrained(about["model"])
+    loaded = time.perf_counter() - start
+    rss_loaded = peak_rss_mb()
+    index_state = os.path.join(out, ".jaxtag", "index", "state.npz")
+    index_before = os.stat(index_state).st_mtime_ns
+    stages = {}
+    start = time.perf_counter()
+    files = find_audio([music])
+    stages["find"] = time.perf_counter() - start
+    begin = time.perf_counter()
+    result = tag_library(tagger, files, LibraryOptions(output_dir=out, formats=FORMATS, top_n=0, roots=(music,)))
+    run_seconds = time.perf_counter() - begin
+    for key in ("plan", "prune", "summary", "similarity"):
+        stages[key] = result.stage_seconds.get(key, 0.0)
+    stages["other"] = run_seconds - sum(stages[k] for k in ("plan", "prune", "summary", "similarity"))
+    start = time.perf_counter()
+    playlists = write_playlists(out)
+    stages["playlists"] = time.perf_counter() - start
+    total = time.perf_counter() - begin + stages["find"]
+    with np.load(index_state, allow_pickle=False) as npz:
+        tracks, moments, kind = len(npz["names"]), int(npz["offsets"][-1]), json.loads(str(npz["meta"]))["kind"]
+    return {"files": len(files), "skipped": len(result.skipped), "tagged": len(result.tagged),
+            "derived": len(result.derived), "failed": len(result.failed), "gone": len(result.gone),
+            "index_tracks": tracks, "index_moments": moments, "index_kind": kind,
+            "index_rewritten": os.stat(index_state).st_mtime_ns != index_before, "playlists": len(playlists),
+            "stages": stages, "total_seconds": total, "load_seconds": loaded,
+            "peak_rss_mb": peak_rss_mb(), "loaded_rss_mb": rss_loaded,
+            "model": about["model"], "formats": about["formats"]}
+
+
+def rerun_benchmark() -> None:
+    """A rerun over an unchanged library of --library_rerun files (issue 27's target: under 30 s
+    for 20,000), in a fresh process after the library is built (or found) under --work_dir."""
+    import json
+    import subprocess
+    import tempfile
+    from jaxtag import pretrained
+    pretrained.fetch()
+    n = _LIBRARY_RERUN.value
+    folder = os.path.join(_WORK_DIR.value or tempfile.gettempdir(), f"jaxtag_rerun_{n}_{_MODEL.value}")
+    start = time.perf_counter()
+    built = build_rerun_library(folder, n, _MODEL.value)
+    print(f"rerun benchmark: a library of {n} files in {-(-n // RERUN_TRACKS_PER_ALBUM)} albums, {_MODEL.value}, "
+          f"{os.cpu_count()} CPU cores, in {folder} "
+          f"({f'built in {time.perf_counter() - start:.0f} s' if built else 'built before, reused'})")
+    out = subprocess.run([sys.executable, __file__, f"--rerun_run={folder}"], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"the rerun failed:\n{out.stderr[-5000:]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in r["stages"].items())
+    print(f"formats {','.join(r['formats'])}; files {r['files']}: skipped {r['skipped']}, tagged {r['tagged']}, "
+          f"derived {r['derived']}, failed {r['failed']}, gone {r['gone']}")
+    print(f"similarity index: {r['index_tracks']} tracks, {r['index_moments']} moments, {r['index_kind']}, "
+          f"{'rewritten' if r['index_rewritten'] else 'up to date (not rewritten)'}; {r['playlists']} playlists")
+    print(f"stages: {stages}")
+    print(f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['loaded_rss_mb']:.0f} MB after loading the model in "
+          f"{r['load_seconds']:.1f} s)")
+    print(f"rerun of {r['files']} unchanged files: {r['total_seconds']:.1f} s (target for 20,000: under 30 s)")
+
+
 def main(argv):
     del argv
     if _SIMILAR.value:
@@ -589,6 +838,13 @@ def main(argv):
         return
     if _LIBRARY.value:
         library_benchmark()
+        return
+    if _RERUN_RUN.value:
+        import json
+        print(json.dumps(rerun_run(_RERUN_RUN.value)))
+        return
+    if _LIBRARY_RERUN.value:
+        rerun_benchmark()
         return
     import jax
     n, r = (min(_WINDOWS.value, 20) if _QUICK.value else _WINDOWS.value), _REPEATS.value

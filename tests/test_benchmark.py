@@ -1,4 +1,5 @@
 """scripts/benchmark.py runs and prints what it promises (tiny sizes; speed is not asserted)."""
+import os
 import re
 
 import pytest
@@ -42,3 +43,43 @@ def test_similarity_benchmark_compares_the_index_with_exact_search():
     assert exact and float(exact.group(1)) == 1.0, out.stdout
     assert ivf and int(ivf.group(1)) < int(ivf.group(2)) and float(ivf.group(3)) >= 0.97, out.stdout
     assert float(ivf.group(4)) >= 0.9, out.stdout
+
+
+def _rerun_figures(stdout: str) -> dict:
+    header = re.search(r"^rerun benchmark: a library of (\d+) files in (\d+) albums, musicnn-msd, \d+ CPU cores, in "
+                       r"(.+) \((built in \d+ s|built before, reused)\)$", stdout, re.M)
+    files = re.search(r"^formats json,csv,png,html; files (\d+): skipped (\d+), tagged (\d+), derived (\d+), "
+                      r"failed (\d+), gone (\d+)$", stdout, re.M)
+    index = re.search(r"^similarity index: (\d+) tracks, (\d+) moments, (exact|ivf), (up to date \(not rewritten\)|"
+                      r"rewritten); (\d+) playlists$", stdout, re.M)
+    stages = re.search(r"^stages: (.+)$", stdout, re.M)
+    peak = re.search(r"^peak RSS (\d+) MB \((\d+) MB after loading the model in [\d.]+ s\)$", stdout, re.M)
+    total = re.search(r"^rerun of (\d+) unchanged files: ([\d.]+) s \(target for 20,000: under 30 s\)$", stdout, re.M)
+    assert header and files and index and stages and peak and total, stdout
+    return {"header": header.groups(), "files": [int(v) for v in files.groups()], "index": index.groups(),
+            "stages": {k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+) s", stages.group(1))},
+            "peak": [int(v) for v in peak.groups()], "total": (int(total.group(1)), float(total.group(2)))}
+
+
+def test_the_rerun_benchmark_skips_every_file_of_its_library_and_finds_the_index_up_to_date(pretrained_cache,
+                                                                                          tmp_path):
+    """--library_rerun on a library of 50 files (built the first time, reused the second): every
+    file is skipped, nothing else happens, the index holds every track and is not rewritten, and
+    the stages add up to the total (speed is not asserted)."""
+    for attempt in ("built", "reused"):
+        out = processes.run(["scripts/benchmark.py", "--library_rerun=50", f"--work_dir={tmp_path}"], timeout=600,
+                            JAXTAG_CACHE=pretrained_cache)
+        assert out.returncode == 0, out.stderr[-3000:]
+        r = _rerun_figures(out.stdout)
+        n, albums, folder, how = r["header"]
+        assert (int(n), int(albums)) == (50, 5) and folder.startswith(str(tmp_path))
+        assert how.startswith("built in") if attempt == "built" else how == "built before, reused"
+        assert r["files"] == [50, 50, 0, 0, 0, 0]
+        tracks, moments, kind, rewritten, playlists = r["index"]
+        assert int(tracks) == 50 and 50 * 60 <= int(moments) <= 50 * 101 and kind == "exact"   # tracks of 3-5 minutes
+        assert rewritten.startswith("up to date") and int(playlists) > 0
+        assert list(r["stages"]) == ["find", "plan", "prune", "summary", "similarity", "other", "playlists"]
+        assert r["total"][0] == 50 and abs(sum(r["stages"].values()) - r["total"][1]) < 0.1
+        assert r["peak"][0] >= r["peak"][1] > 0
+    audio = [f for _, _, names in os.walk(os.path.join(folder, "music")) for f in names]
+    assert len(audio) == 50 and all(f.endswith(".mp3") for f in audio)

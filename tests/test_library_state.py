@@ -377,3 +377,27 @@ def test_the_tag_command_into_a_busy_folder_exits_75_naming_the_other_run(traine
     assert done.returncode == 75, done.stderr[-2000:]
     assert f"is being tagged by process {os.getpid()} on {socket.gethostname()}, running since" in done.stderr
     assert "Traceback" not in done.stderr and not library_state.records(out)
+
+
+def test_records_with_some_keys_of_their_rows_are_those_of_the_whole_rows(tmp_path):
+    """records(summaries=KEYS) (the playlists' read: SQLite picks the keys out) gives each row's
+    values of those keys as the whole rows have them: numbers as stored, strings escaped or not,
+    an absent key None; the rest of each record as records() gives it."""
+    keys = ("path", "duration", "strength", "moods", "absent")
+    with LibraryState(str(tmp_path)) as state:
+        paths = ["/music/a.wav", "/music/\u00e9t\u00e9 \"quoted\".wav", os.fsdecode(b"/music/caf\xe9.wav")]
+        for i, path in enumerate(paths):
+            source = {"path": path, "size": 3, "mtime_ns": i, "content": f"{i:064x}"}
+            row = {"path": path, "name": f"n{i}", "duration": 243.125 + i / 3, "strength": [0.1234, 1e-05, 0.0, 1.0],
+                   "moods": ["happy", "\u00e9"], "bpm": None}
+            state.put_decision(f"n{i}", source, {"model": "m"}, [f"n{i}.json"], row)
+        state.put_file("undecided", {"path": "/music/b.wav", "size": 1, "mtime_ns": 1, "content": "ab" * 32})
+        whole, some = state.records(), state.records(summaries=keys)
+    assert whole.keys() == some.keys() and len(some) == 4
+    for name, record in whole.items():
+        assert {k: v for k, v in some[name].items() if k != "summary"} == \
+            {k: v for k, v in record.items() if k != "summary"}
+        if "summary" in record:
+            assert some[name]["summary"] == {k: record["summary"].get(k) for k in keys}
+        else:
+            assert "summary" not in some[name]

@@ -1,5 +1,6 @@
 """Similar tracks and moments: the vectors, the index against exact search, its updates and kills,
 the query CLI, and the lists on the library's pages."""
+import dataclasses
 import json
 import os
 import re
@@ -131,17 +132,25 @@ def test_the_index_follows_the_store_and_survives_a_killed_write(tmp_path):
     scores, ids = again.search_moments(whitened[2:3], 1)
     number = int(again.numbers[again.position("album0/track003")])
     assert int(ids[0, 0]) == (number << similarity.WINDOW_BITS) + 2 and scores[0, 0] == pytest.approx(1, abs=1e-5)
-    # index.html's rows: each file's nearest tracks, block by block or for some files only, the same.
+    # index.html's rows: each file's nearest tracks, kept with the index or found again block by
+    # block or for some files only, the same.
+    assert again.nearest.shape == (10, similarity.NEAREST)
     full = similarity.similar_tracks_of_all(again)
-    blocked = similarity.similar_tracks_of_all(again, block=3)   # (BLAS rounds blocks differently)
+    # (BLAS rounds blocks differently)
+    blocked = similarity.similar_tracks_of_all(dataclasses.replace(again, nearest=None), block=3)
     assert len(full) == 10 and {m: [t for t, _ in r] for m, r in blocked.items()} == \
         {m: [t for t, _ in r] for m, r in full.items()}
     np.testing.assert_allclose([c for r in blocked.values() for _, c in r], [c for r in full.values() for _, c in r],
                                atol=1e-6)
     some = [again.names[1], again.names[7]]
-    part = similarity.similar_tracks_of_all(again, names=some + ["no/such"])
-    assert {m: [t for t, _ in r] for m, r in part.items()} == {m: [t for t, _ in full[m]] for m in some}
-    np.testing.assert_allclose([c for m in some for _, c in part[m]], [c for m in some for _, c in full[m]], atol=1e-6)
+    for kept in (again, dataclasses.replace(again, nearest=None)):
+        part = similarity.similar_tracks_of_all(kept, names=some + ["no/such"])
+        assert {m: [t for t, _ in r] for m, r in part.items()} == {m: [t for t, _ in full[m]] for m in some}
+        np.testing.assert_allclose([c for m in some for _, c in part[m]], [c for m in some for _, c in full[m]],
+                                   atol=1e-6)
+    assert similarity.similar_tracks_of_all(again, n=5) == similarity.similar_tracks_of_all(
+        dataclasses.replace(again, nearest=None), n=5)   # more than kept: found again
+    assert {m: r[:2] for m, r in full.items()} == similarity.similar_tracks_of_all(again, n=2)
     cosines = again.tracks @ again.tracks[1]
     cosines[1] = -np.inf
     assert [m for m, _ in full[again.names[1]]] == [again.names[j] for j in np.argsort(-cosines, kind="stable")[:3]]
@@ -295,3 +304,46 @@ def test_the_similar_command(trained, tagged_library, tmp_path):
     assert missing.returncode == 2 and "/no/such.wav: no such file" in missing.stderr
     bad = processes.run_cli("jaxtag.similar", str(out), str(outside), "--workdir=/no/such/run", timeout=300)
     assert bad.returncode == 2 and "/no/such/run: no checkpoint found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_top_tracks_of_a_row_are_a_stable_sorts_first():
+    """index.html's most similar tracks sort only the scores at least as high as the n-th: the
+    same positions, in the same order, as a stable sort of the whole row (ties by position; -inf,
+    a file's own score, and NaN included)."""
+    rng = np.random.default_rng(3)
+    for _ in range(2000):
+        total = int(rng.integers(1, 12))
+        scores = rng.integers(0, 4, total).astype(np.float32)
+        if rng.random() < 0.3:
+            scores[rng.integers(0, total)] = -np.inf
+        if rng.random() < 0.3:
+            scores[rng.integers(0, total, 2)] = np.nan
+        for n in range(0, total + 2):
+            assert list(similarity._top(scores, n, total)) == list(np.argsort(-scores, kind="stable")[:n])
+
+
+def test_the_moments_are_read_when_searched_and_a_damaged_file_is_built_again(tmp_path):
+    """An index read from disk reads its moments' faiss file only when it is searched (a run over
+    an unchanged library never does); a file truncated or gone makes the index be built again,
+    and so does one that cannot be read once the library changed."""
+    tracks = _clustered(10, 6)
+    _fake_library(tmp_path, tracks[:8])
+    first = similarity.update_index(str(tmp_path))
+    folder = tmp_path / ".jaxtag" / "index"
+    loaded = similarity.load_index(str(tmp_path))
+    assert loaded.moments is None and loaded.size == 48
+    again = similarity.update_index(str(tmp_path))
+    assert again.file == first.file and again.moments is None   # up to date: not read
+    scores, ids = again.search_moments(again.tracks[:1], 3)
+    assert again.moments is not None and ids.shape == (1, 3)
+    data = (folder / first.file).read_bytes()
+    (folder / first.file).write_bytes(data[:len(data) // 2])          # truncated
+    assert similarity.load_index(str(tmp_path)) is None
+    rebuilt = similarity.update_index(str(tmp_path))
+    assert rebuilt.file != first.file and rebuilt.size == 48
+    (folder / rebuilt.file).write_bytes(b"\0" * len((folder / rebuilt.file).read_bytes()))   # unreadable, same size
+    _fake_library(tmp_path, tracks)                                   # two added
+    grown = similarity.update_index(str(tmp_path))
+    assert grown.file != rebuilt.file and grown.size == 60 and len(grown.names) == 10
+    (folder / grown.file).unlink()                                    # gone
+    assert similarity.load_index(str(tmp_path)) is None

@@ -58,17 +58,19 @@ def usable(output_dir: str, analysis: state_lib.Analysis | None) -> bool:
 
 
 def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None,
-              state) -> tuple[str, str | None]:
+              state, analyses: dict | None = None) -> tuple[str, str | None]:
     """What a file known at this path needs: (DONE, None) (its decisions are of this model,
     policy and audio, with every output wanted now), (DERIVE, None) (this model's analysis of its
     audio is stored: the outputs are derived again), (MODEL, None); or (DONE or DERIVE, content
     fingerprint) where only the file's size or mtime changed: a decoding worker then checks whether
-    its audio is still that (retagged, touched)."""
+    its audio is still that (retagged, touched). analyses: this model's analyses by content
+    (state.analyses_by_content; default: each asked of `state`)."""
     try:
         if options.force or record is None:
             return MODEL, None
         source = record["source"]
-        analysis = state.analysis(source["content"], settings["model"])
+        analysis = state.analysis(source["content"], settings["model"]) if analyses is None else \
+            analyses.get(source["content"])
         if not usable(options.output_dir, analysis):
             return MODEL, None
         content = None if untouched(path, source) else source["content"]
@@ -107,6 +109,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
     found = state.records()
     known_names = {r["source"]["path"]: name for name, r in found.items()}
     plan = LibraryPlan(output_names(files, options.roots, known_names), settings_of(tagger), {}, [], [], {})
+    analyses = state.analyses_by_content(plan.settings["model"])
     given, kept, movers = set(), None, {}
     for path in files:
         source = os.path.abspath(path)
@@ -114,7 +117,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
         record = found.get(plan.names[path])
         if record is not None and record["source"]["path"] != source:
             record = None
-        what, content = plan_file(path, plan.names[path], options, plan.settings, record, state)
+        what, content = plan_file(path, plan.names[path], options, plan.settings, record, state, analyses)
         if what == MODEL and record is not None and not options.force and \
                 (record.get("settings") or {}).get("model") == plan.settings["model"]:
             log.warn(path, "its stored analysis is missing or damaged: analysing it again")
@@ -161,7 +164,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
         if path in given or record.get("settings") in (None, plan.settings) or \
                 record["settings"].get("model") != plan.settings["model"] or options.force:
             continue
-        if usable(options.output_dir, state.analysis(record["source"]["content"], plan.settings["model"])) \
+        if usable(options.output_dir, analyses.get(record["source"]["content"])) \
                 and os.path.exists(path):
             plan.names[path] = name
             plan.contents[path] = record["source"]["content"]

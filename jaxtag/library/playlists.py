@@ -25,6 +25,7 @@ from jaxtag.tagging.outputs import _safe_part
 
 MANIFEST = ".jaxtag-playlists.json"
 NSP_LIMIT = 500
+PLAYLIST_KEYS = ("path", "duration", "track_tags", "moods", "strength")   # what playlists read of a library row
 
 
 def _tracks(output_dir: str) -> list[dict]:
@@ -36,7 +37,7 @@ def _tracks(output_dir: str) -> list[dict]:
     if state is None:
         return []
     with state:
-        records, view = state.records(), state.view()
+        records, view = state.records(summaries=PLAYLIST_KEYS), state.view()
     out = []
     for name, record in sorted(records.items()):
         if record.get("settings") is None or (view is not None and record["settings"] != view):
@@ -49,8 +50,16 @@ def _tracks(output_dir: str) -> list[dict]:
     return out
 
 
-def _entry(path: str, row: dict, folder: str) -> str:
-    relative = os.path.relpath(path, folder).replace(os.sep, "/")
+def _entry(path: str, row: dict, folder: str, relative_dirs: dict | None = None) -> str:
+    """A track's lines in a playlist in `folder`; relative_dirs: {audio folder: its path relative
+    to `folder`}, filled as it goes (a library has far fewer folders than entries)."""
+    if relative_dirs is None:
+        relative = os.path.relpath(path, folder).replace(os.sep, "/")
+    else:
+        directory, base = os.path.split(path)
+        if directory not in relative_dirs:
+            relative_dirs[directory] = os.path.relpath(directory, folder).replace(os.sep, "/")
+        relative = base if relative_dirs[directory] == "." else f"{relative_dirs[directory]}/{base}"
     title = os.path.splitext(os.path.basename(row.get("path") or path))[0].replace("\n", " ")
     return f"#EXTINF:{int(round(float(row.get('duration') or 0)))},{title}\n{relative}\n"
 
@@ -86,11 +95,12 @@ def write_playlists(output_dir: str, playlist_dir: str | None = None, radio: lis
         for tag in row["track_tags"]:
             by_tag.setdefault(tag, []).append((strength.get(tag, 0.0), t))
         moods.update(row["moods"])
-    written = []
+    written, relative_dirs = [], {}
     for tag, members in sorted(by_tag.items()):
         members.sort(key=lambda item: (-item[0], item[1]["name"]))
         path = os.path.join(folder, f"{_safe_part(short_tag(tag))}.m3u8")
-        _write_text(path, m3u8(f"jaxtag: {short_tag(tag)}", [_entry(t["path"], t["row"], folder) for _, t in members]))
+        _write_text(path, m3u8(f"jaxtag: {short_tag(tag)}",
+                               [_entry(t["path"], t["row"], folder, relative_dirs) for _, t in members]))
         written.append(path)
     for mood in sorted(moods):
         path = os.path.join(folder, f"mood {_safe_part(mood)}.nsp")
@@ -102,9 +112,26 @@ def write_playlists(output_dir: str, playlist_dir: str | None = None, radio: lis
     return written
 
 
+FILES_MARK = ', "files": ['   # in library.json, after its view and tags (summary.write_library_json)
+
+
 def _tag_list(output_dir: str) -> list[str]:
+    """library.json's tags, read from its head (the rows of every file follow them: a library of
+    20,000 files has a hundred MB of them), or from the whole file where its head cannot be read."""
     try:
         with open(os.path.join(output_dir, "library.json"), encoding="utf-8") as f:
+            head = ""
+            while FILES_MARK not in head and len(head) < (1 << 24):
+                chunk = f.read(1 << 16)
+                if not chunk:
+                    break
+                head += chunk
+            if FILES_MARK in head:
+                try:
+                    return list(json.loads(head[:head.index(FILES_MARK)] + "}")["tags"])
+                except (ValueError, KeyError, TypeError):
+                    pass
+            f.seek(0)
             return list(json.load(f)["tags"])
     except (OSError, ValueError, KeyError):
         return []

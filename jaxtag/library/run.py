@@ -232,6 +232,7 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
 def _tag(tagger, files, options, log, decode, state, result) -> None:
     started = time.perf_counter()
     plan = plan_library(tagger, files, options, log, state, reuse=True)
+    result.stage_seconds["plan"] = time.perf_counter() - started
     rows = dict(plan.done)
     result.skipped.extend(plan.done)
     log.plan(len(files), len(plan.todo) + len(plan.partial), len(plan.derive) + len(plan.assemble) - len(plan.library),
@@ -276,16 +277,22 @@ def finish_run(tagger, files: list[str], options: LibraryOptions, state, plan, r
     from the folders it covered pruned (not after an interruption), and the views of the whole
     library written for this run's model and policy (library.json, library.csv, index.html, the
     similarity index and the pages' similar lists)."""
+    start = time.perf_counter()
     if not result.interrupted:
         prune_gone(state, options, files, result, log)
     record_failures(state, result.run, options, files, result)   # library.json lists the library's
     failed = {path: f["problem"] for path, f in state.failures().items()}
+    result.stage_seconds["prune"] = time.perf_counter() - start
+    start = time.perf_counter()
     view, others = views.library_rows(state, plan.settings)
     state.set_meta("view", json.dumps(plan.settings, sort_keys=True))
+    result.stage_seconds["summary"] = time.perf_counter() - start
     similar = {} if result.interrupted else views.update_similarity(
         options.output_dir, tagger, options.formats, view, bool(result.gone or result.moved),
         [plan.names[p] for p in result.tagged + result.derived], result.stage_seconds, log)
+    start = time.perf_counter()
     views.write_library(options.output_dir, view, tagger, failed, result.tags_not_written, similar, others)
+    result.stage_seconds["summary"] += time.perf_counter() - start
 
 
 def prune_gone(state, options: LibraryOptions, files: list[str], result, log) -> None:
@@ -294,13 +301,34 @@ def prune_gone(state, options: LibraryOptions, files: list[str], result, log) ->
     `python -m jaxtag.library OUT --clean`). A root that is missing, or holds none of the audio
     files the library knows there (an unmounted drive's empty mount point), prunes nothing and is
     reported."""
-    records = state.records()
+    covered = _covered(options, files)
+    records = state.records(summaries=False)
+    # The records under each covered folder (in the records' order): those it is a folder above.
+    # Each record's folders are looked up, not each folder's records scanned (a run over a library
+    # covers every album's folder).
+    under_of = {root: [] for root in covered}
+    for r in records.values():
+        folder = os.path.dirname(r["source"]["path"])
+        while True:
+            if folder in under_of:
+                under_of[folder].append(r)
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                break
+            folder = parent
+    exists = {}
     gone = []
-    for root in sorted(_covered(options, files)):
-        under = [r for r in records.values() if _under(r["source"]["path"], root)]
+    for root in sorted(covered):
+        under = under_of[root]
         if not under:
             continue
-        missing = [r for r in under if not os.path.exists(r["source"]["path"])]
+        missing = []
+        for r in under:
+            path = r["source"]["path"]
+            if path not in exists:
+                exists[path] = os.path.exists(path)
+            if not exists[path]:
+                missing.append(r)
         if len(missing) == len(under) and not _holds_audio(root):
             log.say(f"warning: {root} is missing or holds no audio now (an unmounted drive?): "
                     f"the {len(under)} file(s) the library knows there are kept")

@@ -50,6 +50,7 @@ EXACT_LIMIT = 250_000          # moments searched exactly up to here (about 3,00
 RECALL_TARGET = 0.97           # of the exact 10 nearest moments, by the IVF index's nprobe
 NPROBES = (4, 8, 16, 32, 64, 128, 256, 512)
 WINDOW_BITS = 20               # a moment's id: file number << 20 | window index
+NEAREST = 3                    # each track's nearest tracks kept with the index (index.html's similar tracks)
 STATE_VERSION = 2              # 2: signatures name the content-addressed arrays (jaxtag.library.state)
 
 
@@ -67,7 +68,7 @@ class SimilarityIndex:
     starts: np.ndarray               # [M] moment start times, the files' moments one after another
     ends: np.ndarray
     offsets: np.ndarray              # [F + 1] where each file's moments begin in starts/ends
-    moments: object                  # the faiss index of the moment vectors
+    moments: object                  # the faiss index of the moment vectors (None until first used: moment_index)
     kind: str                        # "exact" or "ivf"
     nprobe: int = 0
     recall: float = 1.0              # of the exact 10 nearest moments, measured at the last rebuild
@@ -76,6 +77,10 @@ class SimilarityIndex:
     whitening: Whitening = dataclasses.field(default_factory=Whitening)
     spec: dict = dataclasses.field(default_factory=dict)   # how to make that model again (Tagger.spec)
     file: str = ""                   # the faiss file in OUT/.jaxtag/index
+    # [F, NEAREST] each track's nearest tracks (positions, -1: none) and their cosines, best first,
+    # kept with the index when its tracks change (None: an index written before they were kept)
+    nearest: np.ndarray | None = None
+    nearest_scores: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -108,13 +113,21 @@ class SimilarityIndex:
         order = np.argsort(-scores, kind="stable")[:n]
         return [(self.names[i], float(scores[i])) for i in order if np.isfinite(scores[i])]
 
+    def moment_index(self):
+        """The faiss index of the moments; an index read from disk (load_index) reads it on first
+        use: a run that finds the index up to date never searches it (a library's is a GB)."""
+        if self.moments is None:
+            self.moments = _faiss().read_index(os.path.join(index_dir(self.output_dir), self.file))
+        return self.moments
+
     def search_moments(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosines [Q, k], ids [Q, k]) of the k nearest moments of each query vector (ids -1 past
         the end)."""
+        moments = self.moment_index()
         if self.kind == "ivf":
-            self.moments.nprobe = self.nprobe
+            moments.nprobe = self.nprobe
         k = max(1, min(k, self.size))
-        return self.moments.search(np.ascontiguousarray(vectors, np.float32), k)
+        return moments.search(np.ascontiguousarray(vectors, np.float32), k)
 
     def similar_moments(self, vectors: np.ndarray, n: int = 10, exclude: str | None = None
                         ) -> list[list[tuple[str, float, float, float]]]:
@@ -233,7 +246,7 @@ def library_entries(output_dir: str, model: str | None = None) -> tuple[dict, st
     if state is None:
         return {}, model or ""
     with state:
-        records = state.records()
+        records = state.records(summaries=False)
         found = {}
         for name, record in sorted(records.items()):
             settings = record.get("settings")
@@ -243,9 +256,9 @@ def library_entries(output_dir: str, model: str | None = None) -> tuple[dict, st
         if model is None:
             counts = collections.Counter(m for _, m in found.values())
             model = counts.most_common(1)[0][0] if counts else ""
-        current = {}
+        current, analyses = {}, state.analyses_by_content(model)
         for name, (record, m) in found.items():
-            analysis = state.analysis(record["source"]["content"], m) if m == model else None
+            analysis = analyses.get(record["source"]["content"]) if m == model else None
             if analysis is None:
                 continue
             try:
@@ -268,7 +281,11 @@ def load_index(output_dir: str) -> SimilarityIndex | None:
         meta = json.loads(str(state["meta"]))
         if meta.get("version") != STATE_VERSION:
             return None
-        moments = _faiss().read_index(os.path.join(folder, meta["file"]))
+        # The moments are read when first searched (SimilarityIndex.moment_index); their file is
+        # there, whole (its size as written, where the state says it).
+        written = meta.get("file_bytes")   # (not in a state written before it was kept)
+        if os.path.getsize(os.path.join(folder, meta["file"])) != written and written is not None:
+            return None
     except (OSError, ValueError, KeyError, RuntimeError):
         return None
     whitening = Whitening(state["whitening_mean"], state["whitening_projection"], meta["whitening"]) \
@@ -276,9 +293,10 @@ def load_index(output_dir: str) -> SimilarityIndex | None:
     return SimilarityIndex(
         output_dir=output_dir, names=[str(n) for n in state["names"]], paths=[str(p) for p in state["paths"]],
         numbers=state["numbers"], signatures=[str(s) for s in state["signatures"]], tracks=state["tracks"],
-        starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=moments, kind=meta["kind"],
+        starts=state["starts"], ends=state["ends"], offsets=state["offsets"], moments=None, kind=meta["kind"],
         nprobe=int(meta["nprobe"]), recall=float(meta["recall"]), trained_size=int(meta["trained_size"]),
-        model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {})
+        model=meta["model"], whitening=whitening, file=meta["file"], spec=meta.get("spec") or {},
+        nearest=state.get("nearest"), nearest_scores=state.get("nearest_scores"))
 
 
 def _write(index: SimilarityIndex) -> None:
@@ -287,10 +305,12 @@ def _write(index: SimilarityIndex) -> None:
     os.makedirs(folder, exist_ok=True)
     new_file = f"moments-{uuid.uuid4().hex[:12]}.faiss"
     faiss = _faiss()
+    moments = index.moment_index()
     write_atomic(os.path.join(folder, new_file),
-                 lambda f: faiss.write_index(index.moments, faiss.PyCallbackIOWriter(f.write)))
+                 lambda f: faiss.write_index(moments, faiss.PyCallbackIOWriter(f.write)))
     index.file = new_file
-    meta = {"version": STATE_VERSION, "file": new_file, "kind": index.kind, "nprobe": index.nprobe,
+    meta = {"version": STATE_VERSION, "file": new_file, "file_bytes": os.path.getsize(os.path.join(folder, new_file)),
+            "kind": index.kind, "nprobe": index.nprobe,
             "recall": index.recall, "trained_size": index.trained_size, "model": index.model,
             "whitening": index.whitening.source, "whitening_key": index.whitening.key(),
             "whitening_shrink": WHITENING_SHRINK, "spec": index.spec}
@@ -303,6 +323,8 @@ def _write(index: SimilarityIndex) -> None:
                  signatures=np.array(index.signatures, dtype=str), tracks=np.asarray(index.tracks, np.float32),
                  starts=np.asarray(index.starts, np.float32), ends=np.asarray(index.ends, np.float32),
                  offsets=np.asarray(index.offsets, np.int64),
+                 **({} if index.nearest is None else {"nearest": np.asarray(index.nearest, np.int64),
+                                                      "nearest_scores": np.asarray(index.nearest_scores, np.float32)}),
                  whitening_mean=empty if w.mean is None else w.mean,
                  whitening_projection=empty.reshape(0, 0) if w.projection is None else w.projection)
     write_atomic(os.path.join(folder, STATE), save)
@@ -338,18 +360,28 @@ def update_index(output_dir: str, spec: dict | None = None, exact_limit: int = E
         total = index.size + sum(_window_count(output_dir, current[n][0]) for n in added) - \
             sum(int(index.offsets[index.position(n) + 1] - index.offsets[index.position(n)]) for n in gone)
         kind = "exact" if total <= exact_limit else "ivf"
-        fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size)
+        fresh = kind != index.kind or (kind == "ivf" and total > 4 * index.trained_size) or not _readable_moments(index)
     if fresh:
         index = _build(output_dir, _readable(output_dir, list(current), current, log), current, whitening, model,
                        exact_limit)
     else:
         index = _apply(index, gone, added, current)
     index.spec = spec
+    index.nearest, index.nearest_scores = nearest_tracks(index.tracks, list(range(len(index.names))), NEAREST)
     _write(index)
     if log is not None:
         log(f"similarity index: {len(index.names)} tracks, {index.size} moments "
             f"({'exact search' if index.kind == 'exact' else f'IVF, nprobe {index.nprobe}, recall@10 {index.recall:.3f}'})")
     return index
+
+
+def _readable_moments(index: SimilarityIndex) -> bool:
+    """Whether the index's moments can be read (else it is built again)."""
+    try:
+        index.moment_index()
+        return True
+    except RuntimeError:   # faiss's error for a file it cannot read
+        return False
 
 
 def _readable(output_dir: str, names: list[str], current: dict, log=None) -> list[str]:
@@ -424,7 +456,7 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
     keep = [i for i, n in enumerate(index.names) if n not in gone_names]
     for name in gone:
         number = int(index.numbers[index.position(name)])
-        index.moments.remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
+        index.moment_index().remove_ids(faiss.IDSelectorRange(number << WINDOW_BITS, (number + 1) << WINDOW_BITS))
     names = [index.names[i] for i in keep]
     counts = [int(index.offsets[i + 1] - index.offsets[i]) for i in keep]
     starts = [index.starts[index.offsets[i]:index.offsets[i + 1]] for i in keep]
@@ -434,7 +466,7 @@ def _apply(index: SimilarityIndex, gone: list[str], added: list[str], current: d
     next_number = int(index.numbers.max()) + 1 if len(index.numbers) else 0
     for name in added:
         v, s, e = _file_vectors(index.output_dir, current[name][0], index.whitening)
-        index.moments.add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
+        index.moment_index().add_with_ids(v, (np.int64(next_number) << WINDOW_BITS) + np.arange(len(v), dtype=np.int64))
         names.append(name)
         counts.append(len(v))
         starts.append(s)
@@ -620,12 +652,37 @@ def similar_tracks_of_all(index: SimilarityIndex, n: int = 3, block: int = 4096,
     the index), a block of tracks at a time."""
     positions = [index._positions[m] for m in names if m in index._positions] if names is not None \
         else list(range(len(index.names)))
-    out = {}
+    if index.nearest is not None and n <= index.nearest.shape[1]:   # kept with the index: its tracks are these
+        top, scores = index.nearest[positions, :n], index.nearest_scores[positions, :n]
+    else:
+        top, scores = nearest_tracks(index.tracks, positions, n, block)
+    return {index.names[i]: [(index.names[j], float(score)) for j, score in zip(row_top, row_scores) if j >= 0]
+            for i, row_top, row_scores in zip(positions, top.tolist(), scores)}
+
+
+def nearest_tracks(tracks: np.ndarray, positions: list[int], n: int,
+                   block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """([P, n] the positions of the n tracks most similar to each track of `positions`, best first
+    (ties by position; -1: none), [P, n] their cosines), a block of tracks at a time."""
+    total, n = len(tracks), max(n, 0)
+    top, cosines = np.full((len(positions), n), -1, np.int64), np.full((len(positions), n), -np.inf, np.float32)
     for start in range(0, len(positions), block):
         rows = positions[start:start + block]
-        scores = index.tracks[rows] @ index.tracks.T
+        scores = tracks[rows] @ tracks.T
         for row, i in enumerate(rows):
             scores[row, i] = -np.inf
-            order = np.argsort(-scores[row], kind="stable")[:n]
-            out[index.names[i]] = [(index.names[j], float(scores[row, j])) for j in order if np.isfinite(scores[row, j])]
-    return out
+            order = [j for j in _top(scores[row], n, total) if np.isfinite(scores[row, j])]
+            top[start + row, :len(order)] = order
+            cosines[start + row, :len(order)] = scores[row, order]
+    return top, cosines
+
+
+def _top(scores: np.ndarray, n: int, total: int) -> np.ndarray:
+    """The positions of the n highest scores, highest first, ties by position: a stable sort's
+    first n (np.argsort(-scores, kind="stable")[:n]), sorting only the scores at least as high as
+    the n-th highest (a library's row has tens of thousands)."""
+    if 0 < n < total:
+        candidates = np.flatnonzero(scores >= np.partition(scores, total - n)[total - n])
+        if len(candidates) >= n:   # (fewer: NaNs, which partition puts last and argsort first; the whole row)
+            return candidates[np.argsort(-scores[candidates], kind="stable")][:n]
+    return np.argsort(-scores, kind="stable")[:n]

@@ -135,6 +135,7 @@ class LibraryState:
         self.path = database_path(output_dir)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self._lock = threading.RLock()
+        self._rows = {}   # library rows (decisions.row) parsed, by their text: a run reads them twice (plan, views)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -209,23 +210,67 @@ class LibraryState:
     # -- files and their decisions (a file's "record") ------------------------------------------
     _RECORD_SQL = ("SELECT f.path, f.name, f.size, f.mtime_ns, f.content, d.settings, d.outputs, d.row, f.root "
                    "FROM files f LEFT JOIN decisions d ON d.path = f.path")
+    _RECORD_SQL_NO_ROW = _RECORD_SQL.replace("d.row", "NULL")
 
     @staticmethod
-    def _record(row) -> dict:
+    def _record(row, parsed: dict | None = None, seen: dict | None = None) -> dict:
+        """A record from a row of _RECORD_SQL; its library row taken from `parsed` {text: row}
+        where it was read before, and put in `seen` (when given)."""
         path, name, size, mtime_ns, content, settings, outputs, summary, root = row
         path, name, root = _py(path), _py(name), _py(root)
         record = {"name": name, "root": root, "source": {"path": path, "size": size, "mtime_ns": mtime_ns,
                                                          "content": content}}
         if settings is not None:
-            record.update(settings=json.loads(settings), outputs=json.loads(outputs), summary=json.loads(summary))
+            record.update(settings=json.loads(settings), outputs=json.loads(outputs))
+            if summary is not None:
+                row = (parsed or {}).get(summary)
+                record["summary"] = json.loads(summary) if row is None else row
+                if seen is not None:
+                    seen[summary] = record["summary"]
         return record
 
-    def records(self) -> dict[str, dict]:
+    def records(self, summaries: bool | tuple = True) -> dict[str, dict]:
         """Every file of the library, by output name: {"name", "root", "source": {path, size,
-        mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"."""
+        mtime_ns, content}} and, once its outputs are written, "settings", "outputs", "summary"
+        (summaries=False: without "summary", the library row, which is most of a record to read; a
+        tuple of keys: only those of each row, an absent one None, picked out by SQLite's JSON
+        functions where it has them). A row read before by this object (unchanged since) is the
+        same dict: treat it as read-only."""
+        if isinstance(summaries, tuple):
+            return self._records_with(summaries)
         with self._lock:
-            rows = self.db.execute(self._RECORD_SQL).fetchall()
-        return {r[1]: self._record(r) for r in rows}
+            rows = self.db.execute(self._RECORD_SQL if summaries else self._RECORD_SQL_NO_ROW).fetchall()
+        if not summaries:
+            return {r[1]: self._record(r) for r in rows}
+        seen = {}   # the rows of this read are those kept for the next (an object used for long keeps no more)
+        records = {r[1]: self._record(r, self._rows, seen) for r in rows}
+        self._rows = seen
+        return records
+
+    def _records_with(self, keys: tuple) -> dict[str, dict]:
+        """records() with only these keys of each row: a JSON array of their values per row, made by
+        SQLite (array and object values as their text, so every number is the one stored), parsed
+        here; without SQLite's JSON functions, the whole rows."""
+        picked = "json_array(" + ", ".join("json_extract(d.row, ?)" for _ in keys) + ")"
+        paths = tuple(f'$."{k}"' for k in keys)
+        try:
+            with self._lock:
+                rows = self.db.execute(self._RECORD_SQL.replace("d.row", f"CASE WHEN d.row IS NULL THEN NULL "
+                                                                         f"ELSE {picked} END"), paths).fetchall()
+        except sqlite3.OperationalError:   # no JSON functions in this SQLite, or a value not UTF-8 (a name's bytes)
+            with self._lock:
+                rows = self.db.execute(self._RECORD_SQL).fetchall()
+            records = {r[1]: self._record(r) for r in rows}
+            for record in records.values():
+                if "summary" in record:
+                    record["summary"] = {k: record["summary"].get(k) for k in keys}
+            return records
+        records = {}
+        for r in rows:
+            record = records[r[1]] = self._record(r[:7] + (None,) + r[8:])
+            if r[7] is not None:
+                record["summary"] = dict(zip(keys, json.loads(r[7])))
+        return records
 
     def record(self, name: str) -> dict | None:
         with self._lock:
@@ -291,6 +336,10 @@ class LibraryState:
 
     def analyses_of(self, content: str) -> list[Analysis]:
         return self._analyses("WHERE content=?", (content,))
+
+    def analyses_by_content(self, model: str) -> dict[str, Analysis]:
+        """Every analysis of one model, by content (one query for a whole library)."""
+        return {a.content: a for a in self._analyses("WHERE model=?", (model,))}
 
     def analyses_all(self) -> list[Analysis]:
         return self._analyses("ORDER BY content, model")

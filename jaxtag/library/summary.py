@@ -50,16 +50,23 @@ def row_from_json(data: dict) -> dict:
     return {k: (np.asarray(v, np.float32) if k in PER_TAG else v) for k, v in data.items()}
 
 
+def _floats(values) -> list[float]:
+    """Per-tag values as Python floats (an array's tolist: the same numbers as float() of each,
+    without a NumPy scalar per value: a library's files hold millions)."""
+    return values.tolist() if isinstance(values, np.ndarray) else [float(x) for x in values]
+
+
 def _file_entry(row: dict, tags: list[str]) -> dict:
     """A row as library.json shows it: per-tag values keyed by tag."""
-    per = lambda key: {t: round(float(x), 4) for t, x in zip(tags, row[key])}
+    per = lambda key: {t: round(x, 4) for t, x in zip(tags, _floats(row[key]))}
     entry = {k: row.get(k) for k in ("path", "name", "duration", "model", "top_tags", "track_tags", "moods", "bpm",
                                      "bpm_stable")}
     entry["warnings"] = row.get("warnings", [])
     entry["sections"] = row.get("sections", [])
     entry.update(mean=per("mean"), strength=per("strength"), share=per("share"), strongest={
-        t: {"start": round(float(s), 3), "end": round(float(e), 3), "score": round(float(v), 4)}
-        for t, s, e, v in zip(tags, row["strongest_start"], row["strongest_end"], row["strongest_score"])})
+        t: {"start": round(s, 3), "end": round(e, 3), "score": round(v, 4)}
+        for t, s, e, v in zip(tags, _floats(row["strongest_start"]), _floats(row["strongest_end"]),
+                              _floats(row["strongest_score"]))})
     entry["similar"] = [[name, round(float(score), 4)] for name, score in row.get("similar", [])]
     return entry
 
@@ -101,9 +108,9 @@ def write_library_csv(f, rows: Iterable[dict], tags: list[str]) -> None:
                 "; ".join(f"{t} {s:.3f}" for t, s in r["top_tags"]), "; ".join(r["track_tags"]),
                 "; ".join(r["moods"]), "; ".join(f"{n} {s:.3f}" for n, s in r.get("similar", [])),
                 " | ".join(r.get("warnings", [])), sections_text(r.get("sections", []))]
-        for j in range(len(tags)):
-            line += [f"{r['strength'][j]:.4f}", f"{r['share'][j]:.4f}", f"{r['strongest_start'][j]:.3f}", f"{r['strongest_end'][j]:.3f}",
-                     f"{r['strongest_score'][j]:.4f}"]
+        for strength, share, start, end, score in zip(*(_floats(r[k]) for k in (
+                "strength", "share", "strongest_start", "strongest_end", "strongest_score"))):
+            line += [f"{strength:.4f}", f"{share:.4f}", f"{start:.3f}", f"{end:.3f}", f"{score:.4f}"]
         writer.writerow(line)
     text.flush()
     text.detach()
