@@ -87,6 +87,19 @@ class TestJaxtagPlugin(PluginTestHelper):
         assert library_state.records(self.out) == before and len(before) == len(self.items)   # nothing redone
         assert all(self.lib.get_item(i.id)["jaxtag_tags"] is not None for i in self.items)
 
+    def test_a_run_into_a_busy_output_folder_is_logged_naming_the_other_and_tags_nothing(self, caplog):
+        from jaxtag.library.state import RunLock
+        self._configure()
+        lock = RunLock(str(self.out))
+        lock.acquire()
+        try:
+            self.run_command("jaxtag")    # no exception: beets goes on
+        finally:
+            lock.release()
+        assert f"is being tagged by process {os.getpid()}" in caplog.text
+        assert all(self.lib.get_item(i.id).get("jaxtag_tags") is None for i in self.items)
+        assert not (self.out / "library.json").exists()
+
     def test_similar_items(self, capsys):
         self._configure()
         self.run_command("jaxtag", "--nowrite")
