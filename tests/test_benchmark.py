@@ -61,6 +61,7 @@ def _rerun_figures(stdout: str) -> dict:
             "peak": [int(v) for v in peak.groups()], "total": (int(total.group(1)), float(total.group(2)))}
 
 
+@pytest.mark.slow
 def test_the_rerun_benchmark_skips_every_file_of_its_library_and_finds_the_index_up_to_date(pretrained_cache,
                                                                                           tmp_path):
     """--library_rerun on a library of 50 files (built the first time, reused the second): every

@@ -39,6 +39,7 @@ def _json_of_main(capsys, *argv):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_the_numbers_are_the_files_own_and_clean_removes_exactly_the_orphans(tagger, tmp_path, capsys):
     music, out = tmp_path / "Music", tmp_path / "out"
     files = _albums(music)                                   # Album0/song0 3 s, song1 4 s; Album1 the same
