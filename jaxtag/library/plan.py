@@ -58,19 +58,18 @@ def usable(output_dir: str, analysis: state_lib.Analysis | None) -> bool:
 
 
 def plan_file(path: str, name: str, options: LibraryOptions, settings: dict, record: dict | None,
-              state, analyses: dict | None = None) -> tuple[str, str | None]:
+              analyses: dict) -> tuple[str, str | None]:
     """What a file known at this path needs: (DONE, None) (its decisions are of this model,
     policy and audio, with every output wanted now), (DERIVE, None) (this model's analysis of its
     audio is stored: the outputs are derived again), (MODEL, None); or (DONE or DERIVE, content
     fingerprint) where only the file's size or mtime changed: a decoding worker then checks whether
     its audio is still that (retagged, touched). analyses: this model's analyses by content
-    (state.analyses_by_content; default: each asked of `state`)."""
+    (state.analyses_by_content)."""
     try:
         if options.force or record is None:
             return MODEL, None
         source = record["source"]
-        analysis = state.analysis(source["content"], settings["model"]) if analyses is None else \
-            analyses.get(source["content"])
+        analysis = analyses.get(source["content"])
         if not usable(options.output_dir, analysis):
             return MODEL, None
         content = None if untouched(path, source) else source["content"]
@@ -117,7 +116,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
         record = found.get(plan.names[path])
         if record is not None and record["source"]["path"] != source:
             record = None
-        what, content = plan_file(path, plan.names[path], options, plan.settings, record, state, analyses)
+        what, content = plan_file(path, plan.names[path], options, plan.settings, record, analyses)
         if what == MODEL and record is not None and not options.force and \
                 (record.get("settings") or {}).get("model") == plan.settings["model"]:
             log.warn(path, "its stored analysis is missing or damaged: analysing it again")
@@ -130,7 +129,7 @@ def plan_library(tagger, files: list[str], options: LibraryOptions, log, state, 
             plan.done[path] = summary.row_from_json(record["summary"])
         elif what == DERIVE:
             plan.derive.append(path)
-        elif record is None and not options.force and (elsewhere := _same_stamp_elsewhere(path, state, plan.settings,
+        elif record is None and not options.force and (elsewhere := _same_stamp_elsewhere(path, state, analyses,
                                                                                          options.output_dir)):
             # A file new at this path with the size and mtime of audio the library knows: moved,
             # renamed or copied (mv, beet move and cp -p keep them); a worker checks its content.
@@ -180,16 +179,17 @@ def _kept_audio(state, settings: dict, output_dir: str) -> frozenset:
                      if a.model == settings["model"] and usable(output_dir, a))
 
 
-def _same_stamp_elsewhere(path: str, state, settings: dict, output_dir: str) -> dict | None:
+def _same_stamp_elsewhere(path: str, state, analyses: dict, output_dir: str) -> dict | None:
     """A record of another path with this file's size and mtime, whose audio this model's stored
-    analysis covers (the one whose path is gone first: a move rather than a copy)."""
+    analysis covers (`analyses`: this model's, by content; the one whose path is gone first: a move
+    rather than a copy)."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     candidates = [r for r in state.files_with_stamp(st.st_size, st.st_mtime_ns)
                   if r["source"]["path"] != os.path.abspath(path)
-                  and usable(output_dir, state.analysis(r["source"]["content"], settings["model"]))]
+                  and usable(output_dir, analyses.get(r["source"]["content"]))]
     candidates.sort(key=lambda r: os.path.exists(r["source"]["path"]))
     return candidates[0] if candidates else None
 
