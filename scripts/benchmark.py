@@ -1,7 +1,7 @@
 """Benchmark the train and inference steps; print one table, last line = cnn_lstm train windows/s.
 
     python scripts/benchmark.py                 # paper-sized models, a 75-window track
-    python scripts/benchmark.py --torch         # also a PyTorch eager reference of the same step
+    python scripts/benchmark.py --torch         # also PyTorch references of the same step: eager, torch.compile
     python scripts/benchmark.py --quick         # tiny sizes (smoke run)
 
     python scripts/benchmark.py --ablation      # also the trunk with XLA's own conv/pool gradients
@@ -25,7 +25,8 @@ sys.path.insert(0, REPO)
 
 from absl import app, flags  # noqa: E402
 
-_TORCH = flags.DEFINE_bool("torch", False, "Also time a PyTorch eager CNN+LSTM step (needs torch).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the same CNN+LSTM step in PyTorch, eager and torch.compile "
+                           "(inductor), in turn with jaxtag's (needs torch and, for torch.compile, a C++ compiler).")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: checks the script runs.")
 _WINDOWS = flags.DEFINE_integer("windows", 75, "Windows in the benchmark track.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions.")
@@ -288,9 +289,10 @@ def pipeline_overhead() -> tuple[float, float]:
     return min(with_pipeline), min(in_memory)
 
 
-def torch_train_step(n_windows: int):
-    """One training step of the paper's CNN+LSTM in PyTorch eager (torch defaults, all cores), as
-    a callable; None without torch."""
+def torch_train_step(n_windows: int, compiled: bool = False):
+    """One training step of the paper's CNN+LSTM in PyTorch (torch defaults, all cores), as a
+    callable; None without torch. compiled: the model through torch.compile (inductor, its default
+    mode: forward and backward compiled; Adam stays torch's own foreach implementation), else eager."""
     try:
         import torch
     except ImportError:
@@ -324,6 +326,7 @@ def torch_train_step(n_windows: int):
 
     model = PaperCNNLSTM()
     opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    forward = torch.compile(model) if compiled else model
     loss_fn = nn.MultiLabelMarginLoss(reduction="sum")
     x = torch.rand(n_windows, 1, size, size)
     y = torch.full((n_windows, 18), -1, dtype=torch.long)
@@ -331,7 +334,7 @@ def torch_train_step(n_windows: int):
 
     def step():
         opt.zero_grad()
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(x), y)
         loss.backward()
         opt.step()
 
@@ -877,15 +880,16 @@ def main(argv):
               f"pipeline overhead {100 * (with_tf / in_memory - 1):+.1f}%")
     final = results["cnn_lstm"]["train_windows_per_s"]
     if _TORCH.value:
-        torch_step = torch_train_step(n)
-        if torch_step is None:
-            print("PyTorch eager cnn_lstm train: torch not installed")
+        torch_steps = {"PyTorch eager": torch_train_step(n), "torch.compile": torch_train_step(n, compiled=True)}
+        if torch_steps["PyTorch eager"] is None:
+            print("PyTorch cnn_lstm train: torch not installed")
         else:
-            best = interleaved_best({"jaxtag": results["cnn_lstm"]["step"], "torch": torch_step}, r)
+            best = interleaved_best({"jaxtag": results["cnn_lstm"]["step"], **torch_steps}, r)
             final = n / best["jaxtag"]
-            print(f"cnn_lstm train step, interleaved with PyTorch {__import__('torch').__version__} eager "
-                  f"(same track, {torch_threads()} threads): jaxtag {final:.1f} windows/s, PyTorch "
-                  f"{n / best['torch']:.1f} windows/s: {best['torch'] / best['jaxtag']:.2f}x")
+            print(f"cnn_lstm train step, timed in turn with PyTorch {__import__('torch').__version__} "
+                  f"(same track, {torch_threads()} threads; best of {r}): jaxtag {final:.1f} windows/s, "
+                  + ", ".join(f"{name} {n / best[name]:.1f} windows/s ({best[name] / best['jaxtag']:.2f}x)"
+                              for name in torch_steps))
     print(f"cnn_lstm train windows/s: {final:.1f}")
 
 
