@@ -31,7 +31,9 @@ model's load count, as a user sees them); its peak memory is the kernel's maximu
 of it and the children it waited for (os.wait4's ru_maxrss: the largest single process, here the
 main one; this script stays small, since a child's figure starts from its parent's at the fork).
 Printed: every run, the medians over --repeats rounds, x real time (audio seconds / wall
-seconds), jaxtag's speed over the original's per precision, and last one JSON line.
+seconds), jaxtag's speed over the original's per precision, the original's patches whose input
+overflowed (its float16 log-mel is inf where the mel power passes 6.55; it tags them anyway), and
+last one JSON line.
 Needs what scripts/original_musicnn.py needs the first time (pip access, ~2 GB in /tmp, a few
 minutes to build the venv; reused after).
 """
@@ -219,7 +221,7 @@ def main(argv):
     precisions = FLAGS.precision
     original_musicnn.ensure_venv(FLAGS.venv)
     print("fetching jaxtag's weights (cached after the first time)", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "jaxtag.pretrained", "fetch"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "jaxtag.pretrained", "fetch"], cwd=REPO, check=True, stdout=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="jaxtag_cli_bench_") as work:
         unpacked = original_musicnn.fetch_wheel(os.path.join(work, "wheel"))
         files = lay_out(tracks, FLAGS.music_dir, os.path.join(work, "music"), copy=False)
@@ -237,7 +239,9 @@ def main(argv):
             runs["original"].append(r)
             not_finite = r["report"]["not_finite"]
             print("  " + _line("original", r, audio)
-                  + (f"; {len(not_finite)} file(s) with a non-finite taggram (float16 overflow)" if not_finite else ""))
+                  + (f"; inf in the input of {len(not_finite)} file(s), {sum(b for _, b, _ in not_finite)} of "
+                     f"{sum(n for _, _, n in not_finite)} of their patches (its float16 log-mel overflowed)"
+                     if not_finite else ""))
             for p in precisions:
                 r = run_jaxtag(tracks, FLAGS.music_dir, p, os.path.join(work, f"round{i}", f"jaxtag-{p}"))
                 runs[p].append(r)
@@ -257,7 +261,10 @@ def main(argv):
               f"{speed[p]:.2f}x the original's speed")
     print(json.dumps({"tracks": len(tracks), "audio_seconds": round(audio, 1), "repeats": FLAGS.repeats,
                       "cpu_cores": os.cpu_count(), "original": summary["original"],
-                      "jaxtag": {p: summary[p] for p in precisions}, "jaxtag_speed_over_original": speed}))
+                      "jaxtag": {p: summary[p] for p in precisions}, "jaxtag_speed_over_original": speed,
+                      "original_inputs_not_finite": [
+                          [os.path.relpath(f, os.path.join(work, "music")), bad, n]
+                          for f, bad, n in runs["original"][0]["report"]["not_finite"]]}))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def ensure_venv(venv: str) -> None:
 def fetch_wheel(workdir: str) -> str:
     """Download the wheel (no install), check it, unzip it; returns the folder to put on sys.path."""
     subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
-                    "--only-binary=:all:", "-d", workdir], check=True)
+                    "--only-binary=:all:", "-d", workdir], check=True, stdout=sys.stderr)  # stdout: results
     wheel = os.path.join(workdir, WHEEL_FILE)
     with open(wheel, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
@@ -100,8 +100,9 @@ def cli(unpacked: str, model: str, save: str, files: list[str]) -> dict:
     with that command line: argparse, then top_tags -> extractor.extractor(file, model,
     input_length=3.0, input_overlap=False), which builds the graph, opens a session, restores the
     checkpoint, computes the log-mel with librosa and runs the patches one at a time as shipped).
-    Checks that every restore succeeded; counts the files whose taggram is not finite (the
-    original's float16 cast of 10000 * mel overflows on loud audio)."""
+    Checks that every restore succeeded; lists [file, patches, of patches] where the network
+    input is not finite (the original's float16 10000 * mel overflows to inf where the mel power
+    passes 6.55: loud audio; its taggram stays finite)."""
     import runpy
     sys.path.insert(0, unpacked)
     import numpy as np
@@ -109,15 +110,16 @@ def cli(unpacked: str, model: str, save: str, files: list[str]) -> dict:
     restored = record_restores(tf)
     from musicnn import extractor
     not_finite = []
-    original_extractor = extractor.extractor
+    original_batch_data = extractor.batch_data
 
-    def checked(file_name, *args, **kwargs):
-        out = original_extractor(file_name, *args, **kwargs)
-        if not np.all(np.isfinite(out[0])):
-            not_finite.append(file_name)
-        return out
+    def batch_data(audio_file, *args, **kwargs):
+        batch, spectrogram = original_batch_data(audio_file, *args, **kwargs)
+        bad = int(np.sum(~np.all(np.isfinite(batch), axis=(1, 2))))
+        if bad:
+            not_finite.append([audio_file, bad, len(batch)])
+        return batch, spectrogram
 
-    extractor.extractor = checked      # tagger.py's `from musicnn.extractor import extractor` takes this one
+    extractor.batch_data = batch_data   # what extractor.extractor calls
     argv = sys.argv
     for file in files:
         sys.argv = ["musicnn.tagger", file, "--model", model, "--print", "--save", save]
