@@ -25,6 +25,9 @@ What it does:
    taggram probabilities and penultimate features for both patch lengths, and the tag list the
    extractor returned; the clip's largest mel power (float32, must stay below 6.55).
 
+The venv, the wheel and the restore shim come from scripts/original_musicnn.py (shared with
+scripts/cli_benchmark.py).
+
 Shims (monkeypatches applied inside the venv; none changes what musicnn computes):
 - `tf.compat.v1.train.Saver.restore` is wrapped to record that it succeeded: the extractor wraps
   the restore in a bare `except:` and would otherwise go on silently with random weights;
@@ -42,7 +45,6 @@ No other shim was needed for tensorflow-cpu 2.21.0 / tf-keras 2.21.0 / librosa 0
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pathlib
@@ -50,15 +52,12 @@ import subprocess
 import sys
 import tempfile
 import wave
-import zipfile
 
 import numpy as np
 
-WHEEL = "musicnn==0.1.0"
-WHEEL_FILE = "musicnn-0.1.0-py3-none-any.whl"
-WHEEL_SHA256 = "f38a4890c648c1ddbb141c5d96d2b0a8cfcd36746002d896989f7b88beb65cfa"
-VENV_PACKAGES = ["tensorflow-cpu==2.21.0", "tf-keras==2.21.0", "librosa==0.11.0", "numpy",
-                 "soundfile"]
+from original_musicnn import (DEFAULT_VENV, WHEEL_SHA256, ensure_venv, fetch_wheel, record_restores,  # scripts/
+                              venv_env, venv_python)
+
 MODELS = ("MSD_musicnn", "MTT_musicnn")
 SR = 16000
 # 561 mel frames (1 + n // 256) = exactly three 187-frame patches, so the patches hold the whole
@@ -113,38 +112,6 @@ def write_wav(path: str, samples: np.ndarray, sr: int) -> None:
         w.writeframes(samples.astype("<i2").tobytes())
 
 
-def venv_python(venv: str) -> str:
-    return os.path.join(venv, "bin", "python")
-
-
-def ensure_venv(venv: str) -> None:
-    check = ("import importlib.metadata as m; "
-             "assert m.version('tensorflow-cpu') == '2.21.0' and m.version('tf-keras') == '2.21.0' "
-             "and m.version('librosa') == '0.11.0'; import soundfile")
-    if os.path.exists(venv_python(venv)) and subprocess.run(
-            [venv_python(venv), "-c", check], capture_output=True).returncode == 0:
-        print(f"reusing the venv {venv}", file=sys.stderr)
-        return
-    print(f"building the venv {venv} ({', '.join(VENV_PACKAGES)})", file=sys.stderr)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", venv], check=True)
-    subprocess.run([venv_python(venv), "-m", "pip", "install", "-q", *VENV_PACKAGES], check=True)
-
-
-def fetch_wheel(workdir: str) -> str:
-    """Download the wheel (no install), check it, unzip it; returns the folder to put on sys.path."""
-    subprocess.run([sys.executable, "-m", "pip", "download", WHEEL, "--no-deps",
-                    "--only-binary=:all:", "-d", workdir], check=True)
-    wheel = os.path.join(workdir, WHEEL_FILE)
-    with open(wheel, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    if digest != WHEEL_SHA256:
-        sys.exit(f"{wheel}: sha256 {digest}, expected {WHEEL_SHA256}")
-    unpacked = os.path.join(workdir, "wheel")
-    with zipfile.ZipFile(wheel) as z:
-        z.extractall(unpacked)
-    return unpacked
-
-
 def outer(args) -> None:
     ensure_venv(args.venv)
     with tempfile.TemporaryDirectory(prefix="musicnn-ref-") as work:
@@ -153,10 +120,8 @@ def outer(args) -> None:
         wav = os.path.join(work, "clip.wav")
         write_wav(wav, clip, SR)
         raw = os.path.join(work, "original.npz")
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2",
-                   CUDA_VISIBLE_DEVICES="")
         subprocess.run([venv_python(args.venv), os.path.abspath(__file__), "--inner", unpacked,
-                        wav, raw], check=True, env=env)
+                        wav, raw], check=True, env=venv_env())
         with np.load(raw, allow_pickle=False) as original:
             out = {k: original[k] for k in original.files}
     out["clip"] = clip
@@ -176,15 +141,7 @@ def inner(unpacked: str, wav: str, raw: str) -> None:
     import tensorflow as tf
     from musicnn import extractor  # the original code, from the unzipped wheel
 
-    restored = []
-    original_restore = tf.compat.v1.train.Saver.restore
-
-    def restore(self, sess, save_path):
-        result = original_restore(self, sess, save_path)
-        restored.append(save_path)
-        return result
-
-    tf.compat.v1.train.Saver.restore = restore
+    restored = record_restores(tf)
 
     batches = []
     original_batch_data = extractor.batch_data
@@ -250,8 +207,7 @@ def main() -> None:
         inner(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--venv", default=os.path.join(tempfile.gettempdir(),
-                                                       "jaxtag-musicnn-ref-venv"))
+    parser.add_argument("--venv", default=DEFAULT_VENV)
     parser.add_argument("--out", default=str(ROOT / "tests" / "data" / "musicnn_reference.npz"))
     outer(parser.parse_args())
 

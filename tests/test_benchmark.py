@@ -84,3 +84,61 @@ def test_the_rerun_benchmark_skips_every_file_of_its_library_and_finds_the_index
         assert r["peak"][0] >= r["peak"][1] > 0
     audio = [f for _, _, names in os.walk(os.path.join(folder, "music")) for f in names]
     assert len(audio) == 50 and all(f.endswith(".mp3") for f in audio)
+
+
+def _cli_benchmark():
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import cli_benchmark    # its flags are defined only when it runs as a script
+    return cli_benchmark
+
+
+def test_cli_benchmark_picks_its_tracks_by_length_round_robin_over_the_folders(tmp_path):
+    """scripts/cli_benchmark.py's tracks: .ogg/.flac files of 180-240 s (bounds included; the
+    length read from the file), one folder after the other in sorted order, each folder's files
+    by name; the same every time; too few: refused, saying how many there are."""
+    import numpy as np
+    import soundfile as sf
+    bench = _cli_benchmark()
+    sr = 1000     # tiny files of real lengths
+
+    def audio(name, seconds):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), np.zeros(int(seconds * sr), np.int16), sr)
+
+    for name, seconds in [("alpha/a1.flac", 200), ("alpha/a2.ogg", 185), ("alpha/a3.flac", 240),
+                          ("alpha/short.flac", 100), ("alpha/long.flac", 250), ("alpha/other.wav", 200),
+                          ("alpha/sub/a4.flac", 190), ("beta/b1.FLAC", 180), ("gamma/g1.ogg", 220),
+                          ("gamma/g2.flac", 210), ("loose.flac", 200)]:
+        audio(name, seconds)
+    (tmp_path / "alpha" / "broken.ogg").write_bytes(b"not audio")
+    (tmp_path / "empty").mkdir()
+    picked = bench.pick_tracks(str(tmp_path), 7)
+    assert [(name, round(seconds)) for name, seconds in picked] == [
+        ("alpha/a1.flac", 200), ("beta/b1.FLAC", 180), ("gamma/g1.ogg", 220), ("alpha/a2.ogg", 185),
+        ("gamma/g2.flac", 210), ("alpha/a3.flac", 240), ("alpha/sub/a4.flac", 190)]
+    assert bench.pick_tracks(str(tmp_path), 7) == picked
+    assert bench.pick_tracks(str(tmp_path), 3) == picked[:3]
+    with pytest.raises(ValueError, match=r"only 7 ogg/flac file\(s\) of 180-240 s .* 8 needed"):
+        bench.pick_tracks(str(tmp_path), 8)
+    with pytest.raises(ValueError, match="no such folder"):
+        bench.pick_tracks(str(tmp_path / "nowhere"), 1)
+
+
+def test_cli_benchmark_links_the_originals_and_copies_for_a_tagger_that_writes(tmp_path):
+    """The original reads symlinks to the music folder; jaxtag gets copies (its --write_tags writes
+    into them), so the music folder is never changed."""
+    bench = _cli_benchmark()
+    music = tmp_path / "music"
+    (music / "pkg").mkdir(parents=True)
+    (music / "pkg" / "t.ogg").write_bytes(b"the original bytes")
+    tracks = [("pkg/t.ogg", 200.0)]
+    linked, = bench.lay_out(tracks, str(music), str(tmp_path / "linked"), copy=False)
+    copied, = bench.lay_out(tracks, str(music), str(tmp_path / "copied"), copy=True)
+    assert linked == str(tmp_path / "linked" / "pkg" / "t.ogg") and copied == str(tmp_path / "copied" / "pkg" / "t.ogg")
+    assert os.path.islink(linked) and os.path.realpath(linked) == str(music / "pkg" / "t.ogg")
+    assert not os.path.islink(copied)
+    with open(copied, "ab") as f:
+        f.write(b" and tags")
+    assert (music / "pkg" / "t.ogg").read_bytes() == b"the original bytes"
