@@ -69,14 +69,15 @@ def test_non_finite_step_leaves_the_state_unchanged(data_dir):
     config = tiny_config(data_dir)
     model = create_model(config.model, 18)
     state = steps.create_train_state(config, model, jax.random.PRNGKey(0))
-    before = jax.tree.map(np.asarray, state.params)
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
     step = steps.make_train_step(model, "margin")
     batch = {"mel": np.full((1, 8, 32, 32), np.nan, np.float32), "labels": np.ones((1, 8, 18), np.float32),
              "mask": np.ones((1, 8), bool), "present": np.ones((1, 8), bool)}
     batch["labels"][..., 0] = 0
     state, _, _, finite = step(state, batch, jax.random.PRNGKey(1))
     assert not bool(finite)
-    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, jax.tree.map(np.asarray, state.params))))
+    after = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    assert all(jax.tree.leaves(jax.tree.map(np.array_equal, before, after)))   # Adam's moments too
     assert int(state.step) == 0
 
 
