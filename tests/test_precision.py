@@ -42,20 +42,21 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     assert precision.resolve("bfloat16", pretrained=True, backend="cpu") == "bfloat16"
 
 
-def test_the_precision_flag_parses():
+def test_the_precision_flag_parses_and_defaults_to_jaxtag_precision_or_auto():
     from jaxtag import tag
     parser = tag.flags.FLAGS["precision"].parser
-    assert tag.flags.FLAGS["precision"].default == "float32"   # bfloat16 is opt-in
+    assert tag.flags.FLAGS["precision"].default is None   # then precision.default_request()
     assert parser.parse("float32") == "float32" and parser.parse("bfloat16") == "bfloat16"
     with pytest.raises(ValueError):
         parser.parse("int8")
-
-
-def test_jaxtag_precision_is_the_library_entry_points_default_request():
     assert precision.default_request({}) == precision.default_request({"JAXTAG_PRECISION": ""}) == "auto"
     assert precision.default_request({"JAXTAG_PRECISION": "bfloat16"}) == "bfloat16"
+    assert precision.default_request() == "float32"       # (tests/conftest.py: the tests tag in float32)
     with pytest.raises(ValueError, match=r"^JAXTAG_PRECISION='fp16': must be one of auto, float32, bfloat16"):
         precision.default_request({"JAXTAG_PRECISION": "fp16"})
+    # The API's default stays float32, whatever the variable says.
+    import inspect
+    assert inspect.signature(Tagger).parameters["precision"].default == "float32"   # (pretrained: **kwargs)
 
 
 AMX = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})
@@ -173,6 +174,37 @@ def test_a_library_tagged_before_the_record_follows_its_analyses(tmp_path):
         assert state.precision() == "float32"
         state.set_precision("bfloat16")                              # a record wins
         assert state.precision() == "bfloat16"
+
+
+def test_a_bad_jaxtag_precision_is_a_usage_error_naming_it(tmp_path):
+    from helpers import processes
+    ran = processes.run(["-m", "jaxtag.tag", str(tmp_path), f"--output_dir={tmp_path / 'out'}"],
+                        JAXTAG_PRECISION="fp16")
+    assert ran.returncode == 1 and ran.stderr.strip().endswith(
+        "JAXTAG_PRECISION='fp16': must be one of auto, float32, bfloat16 (or unset: auto)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow   # two CLI runs of musicnn-msd (this CPU's auto: on one with AMX, OpenVINO's bfloat16)
+def test_the_tag_command_chooses_once_per_library_and_says_so(pretrained_cache, tmp_path, capsys):
+    """`python -m jaxtag.tag` without --precision (JAXTAG_PRECISION=auto, as unset): a new
+    library's precision chosen for this CPU, said on stderr, recorded and shown by `python -m
+    jaxtag.library`; then --precision=float32 asked for becomes the library's."""
+    from conftest import write_tone
+    from helpers import processes
+    from jaxtag.library.stats import library_stats
+    song, out = write_tone(tmp_path / "song.wav", 4.0), tmp_path / "out"
+    command = ["-m", "jaxtag.tag", song, f"--output_dir={out}", "--model=musicnn-msd", "--formats=json",
+               "--workers=1", "--top_n=0"]
+    chosen = precision.library_precision("auto", None, pretrained=True)
+    first = processes.run(command, JAXTAG_PRECISION="auto", JAXTAG_CACHE=pretrained_cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"precision: {chosen.precision} ({chosen.why})\n" in first.stderr
+    assert library_stats(str(out))["precision"] == chosen.precision
+    second = processes.run([*command, "--precision=float32"], JAXTAG_PRECISION="auto", JAXTAG_CACHE=pretrained_cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "precision: float32 (asked for" in second.stderr
+    assert library_stats(str(out))["precision"] == "float32"
 
 
 def _random_musicnn(frames=40):
