@@ -20,6 +20,8 @@
   A run killed at any moment and rerun ends with a complete, valid set and redoes only what was
   unfinished. Ctrl-C stops cleanly (exit 130). One run at a time per output folder (RunLock).
 - One bad file never stops the others: it is reported on stderr with its problem.
+- The precision (jaxtag.tagging.precision) is the library's: every run of a pretrained model
+  records the one it ran in, and the command line's default, auto, follows it (choose_precision).
 - Files gone from the folders a run covers leave the library. Then every view (library.csv,
   library.json, index.html, the similarity index, the pages' similar lists) is derived from the
   whole library's database, for the run's model and policy (jaxtag.library.views).
