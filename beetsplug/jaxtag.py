@@ -8,6 +8,7 @@
         auto: no                  # tag items as they are imported (once beets has copied/moved them)
         write: ''                 # write file tags (default: beets' import.write)
         workers: 0                # decoding processes (0: one per CPU core)
+        precision: ''             # auto (the default, or $JAXTAG_PRECISION), float32 or bfloat16: jaxtag's --precision
 
     beet jaxtag [QUERY]           tag the matching items (resumable: only new or changed audio
                                   runs the model; the rest is read from jaxtag's store)
@@ -42,7 +43,7 @@ class JaxtagPlugin(BeetsPlugin):
     def __init__(self, name: str = "jaxtag"):
         super().__init__(name)
         self.config.add({"model": "musicnn", "workdir": "", "output_dir": "", "auto": False, "write": "",
-                         "workers": 0})
+                         "workers": 0, "precision": ""})
         self._media_field("mood", mediafile.MediaField(
             mediafile.MP3StorageStyle("TMOO"), mediafile.MP4StorageStyle("----:com.apple.iTunes:MOOD"),
             mediafile.StorageStyle("MOOD"), mediafile.ASFStorageStyle("WM/Mood")))
@@ -90,10 +91,19 @@ class JaxtagPlugin(BeetsPlugin):
     def _tagger(self):
         """The model, loaded once per beets run (an import calls it for every album)."""
         if self._loaded_tagger is None:
+            from jaxtag.library.run import choose_precision
+            from jaxtag.tagging.precision import default_request
             from jaxtag.tagging.tagger import Tagger
             workdir = self.config["workdir"].as_str()
-            self._loaded_tagger = Tagger.from_workdir(os.path.expanduser(workdir)) if workdir else \
-                Tagger.pretrained(self.config["model"].as_str())
+            try:   # as jaxtag's --precision: the library's own, or chosen for this CPU (a new library)
+                choice = choose_precision(self.output_dir, self.config["precision"].as_str() or default_request(),
+                                          pretrained=not workdir,
+                                          float32_option="`precision: float32` under jaxtag: in beets' config")
+            except ValueError as e:
+                raise ui.UserError(f"jaxtag: {e}") from None
+            self._log.info("precision: {} ({})", choice.precision, choice.why)
+            self._loaded_tagger = Tagger.from_workdir(os.path.expanduser(workdir), precision=choice.precision) \
+                if workdir else Tagger.pretrained(self.config["model"].as_str(), precision=choice.precision)
         return self._loaded_tagger
 
     def _should_write(self, option: bool | None = None) -> bool:

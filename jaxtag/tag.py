@@ -6,8 +6,11 @@ trained run, and writes, for each input,
 NAME.json, NAME.csv (CAL500exp layout), NAME.png and NAME.html under OUT (see
 jaxtag.tagging.outputs), and OUT/library.csv, library.json and index.html over all of them.
 Libraries of any size: decoding runs in worker processes, a rerun skips what is done, one bad
-file never stops the others (see jaxtag.library.run). Exit status: 0; 1 if any file failed;
-2 if there is no model (no checkpoint, no weights); 130 if interrupted (rerun to finish).
+file never stops the others (see jaxtag.library.run). The model runs in the precision OUT's
+analyses were made in, or one chosen for this CPU for a new library (--precision; one line on
+stderr says which and why). Exit status: 0; 1 if any file failed; 2 if there is no model (no
+checkpoint, no weights) or the precision asked for or recorded cannot run here; 130 if
+interrupted (rerun to finish).
 """
 from __future__ import annotations
 
@@ -27,12 +30,15 @@ _MODEL = flags.DEFINE_enum("model", "musicnn", ["musicnn-msd", "musicnn-mtt", "m
                            "the two before needs only the other's run).")
 _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: seconds between window starts "
                                   "(default: their 3-s windows end to end).")
-_PRECISION = flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "auto"], "The model's numeric "
-                               "precision: bfloat16 runs the pretrained models' encode stage through OpenVINO on a "
-                               "CPU with bf16 instructions (1.7-2.3x faster end to end on AMX, scores within ~0.02 "
-                               "of float32's, about 1.4% of window tags flipped: docs/performance.md); auto picks it "
-                               "on a CPU with AMX, float32 elsewhere. Part of the analysis' identity: a library "
-                               "tagged in one precision is analysed again, not mixed, in the other.")
+_PRECISION = flags.DEFINE_enum("precision", None, ["auto", "float32", "bfloat16"], "The model's numeric "
+                               "precision (default: $JAXTAG_PRECISION where set, else auto). bfloat16 runs the "
+                               "pretrained models' encode stage through OpenVINO on a CPU with bf16 instructions "
+                               "(1.7-2.3x faster end to end on AMX, scores within ~0.02 of float32's, about 1.4% of "
+                               "window tags flipped: docs/performance.md). auto is chosen once per library: the "
+                               "precision OUT's analyses were made in (recorded by each run), or, for a new library, "
+                               "bfloat16 on a CPU with AMX and float32 elsewhere; float32 or bfloat16 asked for wins "
+                               "and becomes the library's. Part of the analysis' identity: a library tagged in one "
+                               "precision is analysed again, not mixed, in the other.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "tagged", "Where the outputs go.")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 _SMOOTH = flags.DEFINE_integer("smooth", 1, "Median filter of each tag's on/off over this many windows (odd; 1 = none).")
@@ -74,6 +80,10 @@ def _check_flags(inputs) -> None:
         raise app.UsageError(f"--formats: {e}") from None
     if _DRY_RUN.value and not _WRITE_TAGS.value:
         raise app.UsageError("--dry_run goes with --write_tags")
+    try:
+        _requested_precision()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if _WORKERS.value < 0:
         raise app.UsageError(f"--workers must be >= 0, got {_WORKERS.value}")
     if "://" in _OUTPUT_DIR.value:
@@ -93,12 +103,25 @@ def _check_flags(inputs) -> None:
                                  "the same command without --beam_pipeline_options to write the tags")
 
 
+def _requested_precision() -> str:
+    """--precision, or its default: $JAXTAG_PRECISION where set, else auto (ValueError naming the
+    variable for a bad value)."""
+    from jaxtag.tagging.precision import default_request
+    return _PRECISION.value or default_request()
+
+
 def _tagger():
+    from jaxtag.library.run import choose_precision
+    from jaxtag.tagging.precision import ENV
     from jaxtag.tagging.tagger import Tagger
+    requested = _requested_precision()
+    choice = choose_precision(os.path.expanduser(_OUTPUT_DIR.value), requested, pretrained=not _WORKDIR.value)
+    asked_by = "" if _PRECISION.value or requested == "auto" else f" (${ENV})"
+    print(f"precision: {choice.precision} ({choice.why}{asked_by})", file=sys.stderr)
     if _WORKDIR.value:
-        tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value, precision=_PRECISION.value)
+        tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value, precision=choice.precision)
     else:
-        tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value, precision=_PRECISION.value)
+        tagger = Tagger.pretrained(_MODEL.value, hop_seconds=_HOP_SECONDS.value, precision=choice.precision)
     if _THRESHOLD.value is not None:
         tagger.policy = tagger.policy.with_threshold(_THRESHOLD.value)
     tagger.policy = tagger.policy.replace(smooth=_SMOOTH.value)

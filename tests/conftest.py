@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Library tagging's default precision is auto (bfloat16 on a CPU with AMX: jaxtag.tagging.precision):
+# the tests (and the CLIs they start, which inherit it) tag in float32 on every machine, fast and the
+# same; the tests of auto ask for it.
+os.environ["JAXTAG_PRECISION"] = "float32"
 # librosa's numba functions cache their machine code on disk. Two pytest-xdist workers compiling
 # the same function at once can leave a corrupt cache entry that segfaults every later load
 # (seen here): each worker (and the processes it starts) gets a cache folder of its own. Workers

@@ -1,6 +1,7 @@
 """Reduced-precision tagging: the choice of precision (jaxtag.tagging.precision), musicnn's encode
 stage on OpenVINO (jaxtag.models.musicnn_openvino) against the Flax model, and the precision as
 part of a tagger's identity (fingerprint, spec, stored scores)."""
+import json
 import pathlib
 
 import jax
@@ -41,13 +42,169 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     assert precision.resolve("bfloat16", pretrained=True, backend="cpu") == "bfloat16"
 
 
-def test_the_precision_flag_parses():
+def test_the_precision_flag_parses_and_defaults_to_jaxtag_precision_or_auto():
     from jaxtag import tag
     parser = tag.flags.FLAGS["precision"].parser
-    assert tag.flags.FLAGS["precision"].default == "float32"   # bfloat16 is opt-in
+    assert tag.flags.FLAGS["precision"].default is None   # then precision.default_request()
     assert parser.parse("float32") == "float32" and parser.parse("bfloat16") == "bfloat16"
     with pytest.raises(ValueError):
         parser.parse("int8")
+    assert precision.default_request({}) == precision.default_request({"JAXTAG_PRECISION": ""}) == "auto"
+    assert precision.default_request({"JAXTAG_PRECISION": "bfloat16"}) == "bfloat16"
+    assert precision.default_request() == "float32"       # (tests/conftest.py: the tests tag in float32)
+    with pytest.raises(ValueError, match=r"^JAXTAG_PRECISION='fp16': must be one of auto, float32, bfloat16"):
+        precision.default_request({"JAXTAG_PRECISION": "fp16"})
+    # The API's default stays float32, whatever the variable says.
+    import inspect
+    assert inspect.signature(Tagger).parameters["precision"].default == "float32"   # (pretrained: **kwargs)
+
+
+AMX = frozenset({"avx512_bf16", "amx_bf16", "amx_tile"})
+NO_BF16 = frozenset({"avx512f", "avx512_vnni"})
+
+
+def test_library_precision_is_chosen_once_per_library(monkeypatch):
+    """library_precision, the library entry points' decision: auto follows the library's record
+    (whatever this CPU would pick), chooses for this CPU where there is none, and fails where a
+    recorded bfloat16 cannot run here; an explicit precision wins; a trained run is float32."""
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
+    choose = lambda requested, recorded, pretrained=True: precision.library_precision(
+        requested, recorded, pretrained, backend="cpu", library="/music/out")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    assert choose("auto", None) == ("bfloat16", "chosen for this CPU: AMX, and OpenVINO installed")
+    assert choose("auto", "bfloat16") == ("bfloat16", precision.RECORDED)
+    assert choose("auto", "float32") == ("float32", precision.RECORDED)     # not re-decided on an AMX machine
+    assert choose("bfloat16", None) == ("bfloat16", precision.ASKED)
+    assert choose("float32", "bfloat16") == ("float32", "asked for; the library's record was bfloat16: this run "
+                                                        "and later auto runs analyse in float32")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: NO_BF16)
+    assert choose("auto", None) == ("float32", "chosen for this CPU: this CPU has no bf16 instructions "
+                                               "(avx512_bf16 or amx_bf16)")
+    assert choose("auto", "float32") == ("float32", precision.RECORDED)
+    with pytest.raises(ValueError, match=r"^/music/out was analysed in bfloat16 \(its recorded precision\), which "
+                                         r"this machine cannot run: this CPU has no bf16 .* or ask for "
+                                         r"--precision=float32: that analyses the library again in float32"):
+        choose("auto", "bfloat16")
+    assert choose("float32", "bfloat16")[0] == "float32"                   # the way out
+    with pytest.raises(ValueError, match="no bf16"):
+        choose("bfloat16", "bfloat16")
+    # A trained run has float32 only: auto gives it float32 whatever the record; bfloat16 fails.
+    assert choose("auto", "bfloat16", pretrained=False) == ("float32", precision.TRAINED)
+    assert choose("float32", "bfloat16", pretrained=False) == ("float32", precision.ASKED)
+    with pytest.raises(ValueError, match="only the pretrained musicnn"):
+        choose("bfloat16", None, pretrained=False)
+    with pytest.raises(ValueError, match="one of"):
+        choose("fp16", None)
+    with pytest.raises(ValueError, match="records precision 'int8'"):
+        choose("auto", "int8")
+    assert choose("float32", "int8") == ("float32", "asked for; the library's record was int8: this run and later "
+                                                    "auto runs analyse in float32")
+
+
+def _stub_tagger(precision_, pretrained=True):
+    """What run_library needs of a tagger to record a run (no model)."""
+    from types import SimpleNamespace
+    spec = {"pretrained": "musicnn-msd"} if pretrained else {"workdir": "/runs/tiny"}
+    return SimpleNamespace(fingerprint=f"fp-{precision_}", model_name="musicnn-msd", precision=precision_,
+                           spec={**spec, "precision": precision_})
+
+
+def _run(out, tagger):
+    """A run into `out` that tags nothing: the frame every run goes through (run_library)."""
+    from jaxtag.library.log import Log
+    from jaxtag.library.run import LibraryOptions, LibraryResult, run_library
+    options = LibraryOptions(output_dir=str(out), top_n=0)
+    run_library(tagger, [], options, Log(options), LibraryResult(), lambda state: None)
+
+
+def test_a_librarys_runs_record_its_precision_and_auto_follows_it(tmp_path, monkeypatch, capsys):
+    """choose_precision (the CLI's and the beets plugin's) over a library's life, no model: a new
+    library's auto is chosen for this CPU and its run records what it ran in; a later auto on a
+    machine without bf16 fails naming the folder; an explicit float32 run becomes the record, which
+    auto then follows on an AMX machine too; a trained run leaves it; `python -m jaxtag.library`
+    shows it."""
+    from jaxtag.library.__main__ import main
+    from jaxtag.library.run import choose_precision
+    from jaxtag.library.stats import library_stats
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    out = tmp_path / "out"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    first = choose_precision(str(out), "auto", pretrained=True)
+    assert first.precision == "bfloat16" and first.why.startswith(precision.CHOSEN)
+    assert not out.exists()                                   # deciding creates nothing
+    _run(out, _stub_tagger(first.precision))
+    assert library_stats(str(out))["precision"] == "bfloat16"
+    assert choose_precision(str(out), "auto", pretrained=True) == ("bfloat16", precision.RECORDED)
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: NO_BF16)    # the library on another machine
+    with pytest.raises(ValueError, match=f"^{out} was analysed in bfloat16 .* --precision=float32"):
+        choose_precision(str(out), "auto", pretrained=True)
+    explicit = choose_precision(str(out), "float32", pretrained=True)
+    assert explicit.precision == "float32" and explicit.why.startswith(precision.ASKED)
+    _run(out, _stub_tagger("float32"))
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)        # and back: float32 it stays
+    assert choose_precision(str(out), "auto", pretrained=True) == ("float32", precision.RECORDED)
+    _run(out, _stub_tagger("float32", pretrained=False))             # a trained run: the record stays
+    _run(out, _stub_tagger("bfloat16"))
+    assert choose_precision(str(out), "auto", pretrained=True) == ("bfloat16", precision.RECORDED)
+    _run(out, _stub_tagger("float32", pretrained=False))
+    assert choose_precision(str(out), "auto", pretrained=True) == ("bfloat16", precision.RECORDED)
+
+    capsys.readouterr()
+    assert main([str(out)]) == 0
+    assert "Precision (what --precision=auto follows): bfloat16" in capsys.readouterr().out
+    assert main([str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["precision"] == "bfloat16"
+
+
+def test_a_library_tagged_before_the_record_follows_its_analyses(tmp_path):
+    """A library from before the record (no meta "precision"): its precision is that of its current
+    view's stored analyses (arrays from before precisions: float32), so auto does not analyse a
+    library already tagged again on an AMX machine; nothing tagged yet: none."""
+    from jaxtag.library.state import Analysis, LibraryState
+    with LibraryState(str(tmp_path)) as state:
+        assert state.precision() is None
+        state.set_meta("view", json.dumps({"model": "fp1", "policy": "p"}))
+        assert state.precision() is None                             # (its analyses gone)
+        state.put_analysis(Analysis("c1", "fp1", "a.npz", 1, ()))
+        np.savez(tmp_path / "a.npz", scores=np.zeros(2), precision=np.array("bfloat16"))
+        assert state.precision() == "bfloat16"
+        np.savez(tmp_path / "a.npz", scores=np.zeros(2))
+        assert state.precision() == "float32"
+        state.set_precision("bfloat16")                              # a record wins
+        assert state.precision() == "bfloat16"
+
+
+def test_a_bad_jaxtag_precision_is_a_usage_error_naming_it(tmp_path):
+    from helpers import processes
+    ran = processes.run(["-m", "jaxtag.tag", str(tmp_path), f"--output_dir={tmp_path / 'out'}"],
+                        JAXTAG_PRECISION="fp16")
+    assert ran.returncode == 1 and ran.stderr.strip().endswith(
+        "JAXTAG_PRECISION='fp16': must be one of auto, float32, bfloat16 (or unset: auto)")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow   # two CLI runs of musicnn-msd (this CPU's auto: on one with AMX, OpenVINO's bfloat16)
+def test_the_tag_command_chooses_once_per_library_and_says_so(pretrained_cache, tmp_path, capsys):
+    """`python -m jaxtag.tag` without --precision (JAXTAG_PRECISION=auto, as unset): a new
+    library's precision chosen for this CPU, said on stderr, recorded and shown by `python -m
+    jaxtag.library`; then --precision=float32 asked for becomes the library's."""
+    from conftest import write_tone
+    from helpers import processes
+    from jaxtag.library.stats import library_stats
+    song, out = write_tone(tmp_path / "song.wav", 4.0), tmp_path / "out"
+    command = ["-m", "jaxtag.tag", song, f"--output_dir={out}", "--model=musicnn-msd", "--formats=json",
+               "--workers=1", "--top_n=0"]
+    chosen = precision.library_precision("auto", None, pretrained=True)
+    first = processes.run(command, JAXTAG_PRECISION="auto", JAXTAG_CACHE=pretrained_cache)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert f"precision: {chosen.precision} ({chosen.why})\n" in first.stderr
+    assert library_stats(str(out))["precision"] == chosen.precision
+    second = processes.run([*command, "--precision=float32"], JAXTAG_PRECISION="auto", JAXTAG_CACHE=pretrained_cache)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "precision: float32 (asked for" in second.stderr
+    assert library_stats(str(out))["precision"] == "float32"
 
 
 def _random_musicnn(frames=40):

@@ -3,7 +3,8 @@
 A tagged library at a glance, as `beet stats` shows a beets library (jaxtag.library.stats): its
 files and hours of audio per model and decision policy, the files moved by the last run, missing
 from disk or not tagged (--verbose lists them with their problems), the analyses kept of audio no
-file holds any more, the last run, the database and the current view. --json prints the same as
+file holds any more, its precision (float32 or bfloat16: what the tag command's --precision=auto
+follows), the last run, the database and the current view. --json prints the same as
 JSON, for scripts. --clean removes the analyses of audio no file holds any more (moved away or
 deleted: they are kept until then, so the same audio found again needs no model run) and says
 what it freed; it waits for no run unless --wait_for_lock says so.

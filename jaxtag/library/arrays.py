@@ -96,6 +96,16 @@ def arrays_header(path: str) -> dict | None:
         return None
 
 
+def arrays_precision(path: str) -> str | None:
+    """The precision stored arrays were made in ("float32" for arrays from before precisions),
+    read without the other arrays; None where they cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return str(npz["precision"]) if "precision" in npz.files else "float32"
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+
+
 def analyses(stored: dict) -> dict:
     """{network fingerprint: {"name", "scores", "embeddings"}} of stored arrays (read_arrays): its
     model's own output, and the networks' analyses it keeps."""

@@ -20,6 +20,8 @@
   A run killed at any moment and rerun ends with a complete, valid set and redoes only what was
   unfinished. Ctrl-C stops cleanly (exit 130). One run at a time per output folder (RunLock).
 - One bad file never stops the others: it is reported on stderr with its problem.
+- The precision (jaxtag.tagging.precision) is the library's: every run of a pretrained model
+  records the one it ran in, and the command line's default, auto, follows it (choose_precision).
 - Files gone from the folders a run covers leave the library. Then every view (library.csv,
   library.json, index.html, the similarity index, the pages' similar lists) is derived from the
   whole library's database, for the run's model and policy (jaxtag.library.views).
@@ -51,6 +53,7 @@ from jaxtag.library.takeover import take_over_old_layout
 from jaxtag.library.write import (UnreadableAnalysis, kept_parts, remove, remove_outputs, stored_taggram,
                                   write_file)
 from jaxtag.tagging import decoding
+from jaxtag.tagging import precision as precision_lib
 from jaxtag.tagging.outputs import check_formats, shown_path
 
 POLL_SECONDS = 0.2   # how often the frames of files being decoded are looked at
@@ -206,8 +209,9 @@ def tag_library(tagger, files: list[str], options: LibraryOptions, log=None, dec
 def run_library(tagger, files: list[str], options: LibraryOptions, log, result, body):
     """The frame of a run, local or on Beam (jaxtag.library.beam): one at a time per output folder
     (RunLock), the library's database opened, the earlier layout taken over and what a Beam run
-    killed part way published recorded (journal.import_journal), the run's row begun and ended;
-    body(state) does the work into `result`, which is returned."""
+    killed part way published recorded (journal.import_journal), the run's row begun and ended,
+    and a pretrained model's precision recorded as the library's (choose_precision); body(state)
+    does the work into `result`, which is returned."""
     check_formats(options.formats)
     os.makedirs(options.output_dir, exist_ok=True)
     lock = RunLock(options.output_dir)
@@ -217,6 +221,8 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             take_over_old_layout(options.output_dir, state, log)
             import_journal(state, options.output_dir)
             result.run = run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
+            if "pretrained" in (getattr(tagger, "spec", None) or {}):   # the library's precision: choose_precision
+                state.set_precision(tagger.precision)
             status = "failed"   # unless body returns (a bug, or the pipeline failed)
             try:
                 body(state)
@@ -227,6 +233,24 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             return result
     finally:
         lock.release()
+
+
+def choose_precision(output_dir: str, requested: str, pretrained: bool,
+                     float32_option: str = "--precision=float32") -> precision_lib.Choice:
+    """The precision library tagging runs in on `output_dir` for a request of
+    jaxtag.tagging.precision.PRECISIONS (library_precision): "auto" follows the precision the
+    library records (LibraryState.precision), and chooses for this CPU where it records none; an
+    explicit one wins. The record is read here, before the model is made, and written by the run
+    (run_library, under the run lock): every run of a pretrained model records the precision it ran
+    in. pretrained: the model is a pretrained musicnn (no --workdir). ValueError where the
+    precision asked for or recorded cannot run here; DataError where the database cannot be read."""
+    state = LibraryState.existing(output_dir)
+    recorded = None
+    if state is not None:
+        with state:
+            recorded = state.precision()
+    return precision_lib.library_precision(requested, recorded, pretrained, library=output_dir,
+                                           float32_option=float32_option)
 
 
 def _tag(tagger, files, options, log, decode, state, result) -> None:

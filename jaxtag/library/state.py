@@ -3,6 +3,9 @@ what the library knows. Every view (summary, pages, playlists, similarity, the b
 -m jaxtag.library`) reads it.
 
 Tables (schema version SCHEMA_VERSION; older databases are migrated on open, a newer one is refused):
+- meta: key/value: the schema version, the settings of the current view ("view"), the precision
+  the library's analyses are made in ("precision": LibraryState.precision; a database without it
+  reads as before, so it needs no new schema version).
 - files: each audio file of the library by absolute path: its output name ("Artist/Album/track",
   what its outputs in OUT are called), the folder it was given under (root), and its stamp (size,
   mtime_ns, content: the fingerprint of its audio stream without tags, jaxtag.tagging.fingerprint).
@@ -40,6 +43,7 @@ SCHEMA_VERSION = 2
 STATE_DIR = ".jaxtag"
 DATABASE = "library.db"
 ANALYSES = os.path.join(STATE_DIR, "analyses")
+PRECISION = "precision"   # meta: the precision of the library's analyses (LibraryState.precision)
 STATE_DIR_ENV = "JAXTAG_STATE_DIR"   # where the database lives instead of OUT/.jaxtag (OUT on a network share)
 
 MIGRATIONS = {
@@ -156,6 +160,28 @@ class LibraryState:
         pages, the index): playlists and the beets plugin follow them."""
         value = self.meta("view")
         return None if value is None else json.loads(value)
+
+    def precision(self) -> str | None:
+        """The precision the library's analyses are made in, which library tagging's "auto"
+        follows (jaxtag.tagging.precision.library_precision): recorded by its last run of a
+        pretrained model (meta PRECISION, set_precision); for a library tagged before the record
+        was kept, that of its current view's stored analyses (one arrays file read: "float32"
+        unless it says otherwise); None where there is neither (a library not tagged yet)."""
+        recorded = self.meta(PRECISION)
+        if recorded is not None:
+            return recorded
+        view = self.view()
+        if view is None:
+            return None
+        with self._lock:
+            row = self.db.execute("SELECT arrays FROM analyses WHERE model=? LIMIT 1", (view["model"],)).fetchone()
+        if row is None:
+            return None
+        from jaxtag.library.arrays import arrays_precision
+        return arrays_precision(os.path.join(self.output_dir, row[0]))
+
+    def set_precision(self, precision: str) -> None:
+        self.set_meta(PRECISION, precision)
 
     def close(self) -> None:
         with self._lock:

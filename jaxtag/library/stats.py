@@ -1,7 +1,8 @@
 """The library at a glance, as `beet stats` shows a beets library (`python -m jaxtag.library OUT`):
 its files and hours of audio, per model and per decision policy, the files moved by the last run,
 missing from disk or not tagged (failures), the analyses kept of audio no file holds any more, the
-last run, the database and the current view; all read from the library's database, no audio.
+precision its analyses are made in (jaxtag.tagging.precision), the last run, the database and the
+current view; all read from the library's database, no audio.
 
 A file moved out of the library's folders or deleted leaves the library at the next run over its
 folder (its outputs and its row), but its audio's analyses stay: they are addressed by content, so
@@ -39,7 +40,7 @@ def library_stats(output_dir: str) -> dict:
     with _existing(output_dir) as state:
         records, analyses = state.records(), state.analyses_all()
         orphans, failures, last, view = state.orphan_analyses(), state.failures(), state.last_run(), state.view()
-        schema = state.schema_version()
+        schema, precision = state.schema_version(), state.precision()
     names = {a.model: a.model_name for a in analyses if a.model_name}
     audio_seconds = collections.defaultdict(float)   # content -> its longest analysis's duration
     for a in analyses:
@@ -72,6 +73,7 @@ def library_stats(output_dir: str) -> dict:
         "last_run": _run(last, names),
         "database": {"path": os.path.abspath(database_path(output_dir)), "schema_version": schema,
                      "bytes": sum(_size(database_path(output_dir) + suffix) for suffix in ("", "-wal"))},
+        "precision": precision,   # the library's: what library tagging's auto follows (None: not chosen yet)
         "view": None if view is None else {**_model(view["model"], names), "policy": view.get("policy"),
                                            "sections": view.get("sections")},
     }
@@ -171,6 +173,8 @@ def describe(stats: dict, verbose: bool = False) -> str:
     orphans = stats["orphans"]
     lines.append(f"Analyses of audio no file holds now: {orphans['analyses']}, {_bytes(orphans['bytes'])}"
                  + (" (--clean removes them)" if orphans["analyses"] else ""))
+    lines.append("Precision (what --precision=auto follows): " + (stats["precision"] or "none yet (the next run "
+                                                                                     "chooses one for its CPU)"))
     lines.append("Last run: " + _run_text(stats["last_run"]))
     lines.append(f"Database: {db['path']}, {_bytes(db['bytes'])} (schema version {db['schema_version']})")
     view = stats["view"]

@@ -1,11 +1,22 @@
-"""The numeric precision a Tagger runs its model in: "float32" (the default, always available) or
-"bfloat16" (the pretrained musicnn models on a CPU with bf16 instructions, through OpenVINO:
+"""The numeric precision a Tagger runs its model in: "float32" (always available) or "bfloat16"
+(the pretrained musicnn models on a CPU with bf16 instructions, through OpenVINO:
 jaxtag.models.musicnn_openvino); "auto" picks one, once, when the Tagger is made.
 
-bfloat16 is opt-in (--precision=bfloat16 or auto): its scores are within ~0.02 of float32's and
-flip about 1.4% of musicnn-msd's window tags on real music (docs/performance.md, "Reduced
-precision"), the shipped decision statistics are float32's, and a default that depended on the
-machine would give one library different analyses on different machines.
+Defaults: library tagging (`python -m jaxtag.tag`, its Beam driver, the beets plugin) runs in
+"auto", or in $JAXTAG_PRECISION where that is set (ENV, default_request); the Python API
+(Tagger.pretrained, Tagger.from_workdir, jaxtag.library.run.tag_library) in "float32", the same
+numbers on every machine for whoever calls it as a library function.
+
+Why auto for libraries: on a CPU with AMX bfloat16 tags 1.7-2.3x faster end to end, its scores
+are within ~0.02 of float32's, and it flips about 1.4% of musicnn-msd's window tags on real music
+(those whose score sits at a threshold; docs/performance.md, "Reduced precision"). The objection
+to a machine-dependent default, one library analysed differently on different machines, is met
+by choosing once per library (library_precision): the first run on an output folder records the
+precision it ran in (its database's meta, jaxtag.library.state), and later auto runs follow the
+record whichever machine runs them; one that cannot run a recorded bfloat16 fails before tagging
+rather than quietly analysing the library again in float32. An explicit precision always wins and
+becomes the record. What remains: the shipped decision statistics are float32's, and the parity
+was measured on musicnn-msd (on the combined model on a small sample only).
 
 "auto" picks bfloat16 only where it was measured to win: a CPU backend, a CPU with AMX (amx_bf16
 in /proc/cpuinfo's flags), and OpenVINO installed; float32 everywhere else (GPU/TPU, trained
@@ -17,6 +28,8 @@ workers build the driver's choice, and fail rather than fall back where they can
 from __future__ import annotations
 
 import functools
+import os
+import typing
 
 PRECISIONS = ("auto", "float32", "bfloat16")
 # auto's condition: the CPU feature it was measured on (AMX tiles; AVX512-BF16 alone is untested).
@@ -37,29 +50,101 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
-def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str:
-    """"float32" or "bfloat16" for a request of PRECISIONS; ValueError where bfloat16 is asked
-    for and cannot run. pretrained: the model is a pretrained musicnn (the only one with a
-    bfloat16 path); backend: jax's default backend (looked up when None)."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
-    if requested == "float32":
-        return "float32"
+def bfloat16_problem(pretrained: bool, backend: str | None = None) -> str | None:
+    """Why bfloat16 cannot run here, or None where it can. pretrained: the model is a pretrained
+    musicnn (the only one with a bfloat16 path); backend: jax's default backend (looked up when
+    None)."""
+    if not pretrained:
+        return "only the pretrained musicnn models have a bfloat16 path"
     if backend is None:
         import jax
         backend = jax.default_backend()
     from jaxtag.models import musicnn_openvino
-    problem = None
-    if not pretrained:
-        problem = "only the pretrained musicnn models have a bfloat16 path"
-    elif backend != "cpu":
-        problem = f"bfloat16 runs on CPU only (the backend is {backend})"
-    elif not BF16_CPU_FLAGS & cpu_flags():
-        problem = "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
-    elif not musicnn_openvino.available():
-        problem = "bfloat16 needs OpenVINO (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
+    if backend != "cpu":
+        return f"bfloat16 runs on CPU only (the backend is {backend})"
+    if not BF16_CPU_FLAGS & cpu_flags():
+        return "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
+    if not musicnn_openvino.available():
+        return "bfloat16 needs OpenVINO (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
+    return None
+
+
+def check(requested: str) -> str:
+    """`requested` if it is one of PRECISIONS, else ValueError."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    return requested
+
+
+def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str:
+    """"float32" or "bfloat16" for a request of PRECISIONS; ValueError where bfloat16 is asked
+    for and cannot run. pretrained: the model is a pretrained musicnn (the only one with a
+    bfloat16 path); backend: jax's default backend (looked up when None)."""
+    if check(requested) == "float32":
+        return "float32"
+    problem = bfloat16_problem(pretrained, backend)
     if requested == "bfloat16":
         if problem:
             raise ValueError(f"--precision=bfloat16: {problem}")
         return "bfloat16"
     return "bfloat16" if problem is None and AUTO_CPU_FLAGS <= cpu_flags() else "float32"
+
+
+# -- library tagging's default: auto, chosen once per library ------------------------------------
+ENV = "JAXTAG_PRECISION"   # the library entry points' default request, where set (else "auto")
+
+ASKED = "asked for"
+RECORDED = "recorded for this library"
+CHOSEN = "chosen for this CPU"
+TRAINED = "a trained run's only precision"
+
+
+def default_request(environ=None) -> str:
+    """What the library entry points ask for when not told: $JAXTAG_PRECISION where set, else
+    "auto"; ValueError naming the variable for a value not of PRECISIONS."""
+    value = (os.environ if environ is None else environ).get(ENV, "")
+    if value == "":
+        return "auto"
+    if value not in PRECISIONS:
+        raise ValueError(f"{ENV}={value!r}: must be one of {', '.join(PRECISIONS)} (or unset: auto)")
+    return value
+
+
+class Choice(typing.NamedTuple):
+    precision: str   # "float32" or "bfloat16"
+    why: str         # ASKED (and what it changes), RECORDED, CHOSEN or TRAINED
+
+
+def library_precision(requested: str, recorded: str | None, pretrained: bool, backend: str | None = None,
+                      library: str = "this library", float32_option: str = "--precision=float32") -> Choice:
+    """The precision a library's run tags in (see the module docstring). requested: of PRECISIONS;
+    recorded: the library's record (None: a new library, or none recorded yet); pretrained and
+    backend: as resolve's. An explicit precision wins; "auto" follows the record, or resolves
+    where there is none. (A run of a pretrained model records the precision it ran in:
+    jaxtag.library.run.run_library; so an explicit one becomes the record.) A trained run has
+    float32 only, whatever the record (the pretrained models' choice) says. ValueError where
+    the precision asked for or recorded cannot run here (library and float32_option name the
+    folder and the option for float32 in its message)."""
+    check(requested)
+    if requested != "auto":
+        precision = resolve(requested, pretrained, backend)
+        why = ASKED if recorded in (None, precision) or not pretrained else \
+            f"{ASKED}; the library's record was {recorded}: this run and later auto runs analyse in {precision}"
+        return Choice(precision, why)
+    if not pretrained:
+        return Choice("float32", TRAINED)
+    if recorded is None:
+        problem = bfloat16_problem(pretrained, backend)
+        if problem is None and AUTO_CPU_FLAGS <= cpu_flags():
+            return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")
+        return Choice("float32", f"{CHOSEN}: {problem or 'no AMX'}")
+    if recorded not in PRECISIONS[1:]:
+        raise ValueError(f"{library} records precision {recorded!r}, which this jaxtag does not know: "
+                         f"ask for one ({float32_option}, or bfloat16)")
+    if recorded == "bfloat16":
+        problem = bfloat16_problem(pretrained, backend)
+        if problem:
+            raise ValueError(f"{library} was analysed in bfloat16 (its recorded precision), which this machine "
+                             f"cannot run: {problem}. Tag it on a machine that can, or ask for {float32_option}: "
+                             "that analyses the library again in float32, and later runs follow float32")
+    return Choice(recorded, RECORDED)
