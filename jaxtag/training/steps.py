@@ -91,17 +91,15 @@ def make_train_step(model, loss_name: str, pos_weight=None, mesh=None) -> Callab
             return jnp.sum(per_track) / n_tracks, (per_track, updates)
 
         (loss, (per_track, updates)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-        # max |g| is NaN or inf exactly when a gradient is (XLA's max propagates NaN): one fused
-        # reduction per leaf, no boolean array the size of the paper's 82M-weight dense layer.
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.isfinite(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)]))
-        updated = state.apply_gradients(grads=grads)
-        if state.batch_stats:
-            updated = updated.replace(batch_stats=updates["batch_stats"])
-        # A non-finite loss or gradient never reaches the state; the host stops training. A select
-        # rather than lax.cond: XLA fuses it into Adam's elementwise update, so the large layers
-        # are read and written once per step, not again through a conditional.
-        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+            [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+
+        def update(state):
+            state = state.apply_gradients(grads=grads)
+            return state.replace(batch_stats=updates["batch_stats"]) if state.batch_stats else state
+
+        # A non-finite loss or gradient never reaches the parameters; the host stops training.
+        state = jax.lax.cond(finite, update, lambda s: s, state)
         # Which rows held a track: on many hosts, no host knows the others' padding rows.
         return state, per_track, jnp.any(batch["present"], axis=1), finite
 
