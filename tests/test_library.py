@@ -22,6 +22,7 @@ from helpers import library_state, processes
 from jaxtag.data import audio, features
 from jaxtag.library import file_tags as metadata
 from jaxtag.library.run import LibraryOptions, tag_library
+from jaxtag.library.state import LibraryState
 from jaxtag.tagging.outputs import output_names
 from jaxtag.tagging.tagger import Tagger
 
@@ -248,13 +249,18 @@ def test_rerun_redoes_only_what_changed(tagger, library, tmp_path):
     assert not [f for f in os.listdir(out) if ".jaxtag-tmp-" in f]
 
 
-def test_bad_files_are_reported_and_the_others_tagged(tagger, library, tmp_path, capsys):
+def test_bad_files_are_reported_and_the_others_tagged(tagger, library, tmp_path, capsys, monkeypatch):
     empty, corrupt, missing = tmp_path / "empty.wav", tmp_path / "corrupt.mp3", str(tmp_path / "gone.flac")
     empty.write_bytes(b"")
     corrupt.write_text("not audio at all\n" * 50)
     files = [library[0], str(empty), str(corrupt), missing, library[3]]
     out = tmp_path / "out"
+    recorded = []
+    real_record = LibraryState.record_failures
+    monkeypatch.setattr(LibraryState, "record_failures", lambda self, run, failed, cleared: (
+        recorded.append(sorted(failed)), real_record(self, run, failed, cleared))[1])
     result = tag_library(tagger, files, _options(out, workers=2))
+    assert recorded == [sorted([str(empty), str(corrupt), missing])]   # once a run, by finish_run
     assert sorted(result.tagged) == sorted([library[0], library[3]])
     assert result.failed[str(empty)] == "audio file is empty (0 bytes)"
     assert result.failed[str(corrupt)].startswith("cannot decode audio")

@@ -78,6 +78,7 @@ class LibraryResult:
     gone: list = dataclasses.field(default_factory=list)      # files gone from disk, removed from the library
     unreachable: list = dataclasses.field(default_factory=list)  # roots missing or empty: nothing pruned there
     run: int = 0                                              # its row in the library's runs
+    failures_recorded: bool = False                           # by finish_run (run_library's end need not)
 
     def counts(self) -> dict:
         return {"tagged": len(self.tagged), "derived": len(self.derived), "skipped": len(self.skipped),
@@ -227,8 +228,9 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             try:
                 body(state)
                 status = "interrupted" if result.interrupted else "finished"
-            finally:   # (again, if finish_run did: the same rows)
-                record_failures(state, run, options, files, result)
+            finally:   # (for runs that stopped before finish_run recorded them)
+                if not result.failures_recorded:
+                    record_failures(state, run, options, files, result)
                 state.end_run(run, result.counts(), status)
             return result
     finally:
@@ -381,6 +383,7 @@ def record_failures(state, run: int, options: LibraryOptions, files: list[str], 
         covered = _covered(options, files) - set(result.unreachable)
         cleared += [p for p in state.failures() if any(_under(p, root) for root in covered) and not os.path.exists(p)]
     state.record_failures(run, {os.path.abspath(p): problem for p, problem in result.failed.items()}, cleared)
+    result.failures_recorded = True
 
 
 def _covered(options: LibraryOptions, files: list[str]) -> set[str]:
