@@ -266,7 +266,8 @@ def tag_set(name: str, model: str, cache_dir: str, workers: int = 0, read_only: 
                       "license": c.license, "tracks": len(found)})
         tracks += [dict(t, collection=c.package) for t in found]
     tagger = Tagger.pretrained(model, precision=PRECISION)
-    out = os.path.join(cache_dir, "tagged", name, model)
+    # Another precision's run keeps its own outputs (the float32 ones are the shipped statistics').
+    out = os.path.join(cache_dir, "tagged", name, model + ("" if PRECISION == "float32" else f"-{PRECISION}"))
     files = [t["path"] for t in tracks]
     from jaxtag.library.views import stored_taggrams
     found = stored_taggrams(tagger, out, files) if read_only else {}
@@ -757,7 +758,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--package", default="flare-game", help="sections: the soundtrack whose tracks are joined")
     parser.add_argument("--penalties", default="", help="sections: other penalties (seconds) to report beside "
                         "the default, comma-separated")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16"),
+                        help="report, precision, similarity, levels, sections: the models' precision (calibrate "
+                        "and check: float32 only, the shipped statistics' own)")
     args = parser.parse_args(argv)
+    if args.precision != "float32" and args.command in ("calibrate", "check"):
+        parser.error(f"{args.command} runs in float32 only: the shipped reference statistics are float32's")
+    global PRECISION
+    PRECISION = args.precision
     from jaxtag.tagging import decisions
     from jaxtag.tagging.tagger import Tagger
     models = [m for m in args.models.split(",") if m]
@@ -804,7 +812,7 @@ def main(argv: list[str]) -> int:
             _, tracks = tag_set(name, model, args.cache_dir, args.workers)
             tagger = Tagger.pretrained(model, precision=PRECISION)
             reference = decisions.load_reference(model)
-            print(f"\n## {model} on the {name} set: {len(tracks)} tracks, "
+            print(f"\n## {model} ({PRECISION}) on the {name} set: {len(tracks)} tracks, "
                   f"{sum(t['seconds'] for t in tracks) / 3600:.1f} h (weak labels: scripts/weak_labels.py)")
             print_precision(model, {
                 "before: calibrated z-scores (stop 24)": precision(model, tracks, decisions.calibrated_policy(
