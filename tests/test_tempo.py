@@ -69,6 +69,7 @@ def test_the_onset_envelope_block_by_block_equals_the_whole_files(monkeypatch):
     np.testing.assert_allclose(blocks, whole, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow   # (a library run with a trained model: 23 s; the fast tier measured 4:03 with it)
 def test_the_library_keeps_the_tempo_and_writes_it_only_where_steady(trained, tmp_path):
     from jaxtag.library import file_tags as metadata
     from helpers import library_state
