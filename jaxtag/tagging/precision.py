@@ -85,7 +85,8 @@ def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str
     problem = bfloat16_problem(pretrained, backend)
     if requested == "bfloat16":
         if problem:
-            raise ValueError(f"--precision=bfloat16: {problem}")
+            # (No flag syntax: the beets plugin's precision option says the same.)
+            raise ValueError(f"bfloat16 was asked for and cannot run here: {problem}")
         return "bfloat16"
     return "bfloat16" if problem is None and AUTO_CPU_FLAGS <= cpu_flags() else "float32"
 
