@@ -27,9 +27,12 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
     assert precision.resolve("float32", pretrained=True, backend="cpu") == "float32"
     assert precision.resolve("auto", pretrained=False, backend="cpu") == "float32"   # trained runs
+    # GPU/TPU: bfloat16 when asked for (XLA's own), never by auto (not measured there), AMX or not.
     assert precision.resolve("auto", pretrained=True, backend="gpu") == "float32"
-    with pytest.raises(ValueError, match="CPU only"):
-        precision.resolve("bfloat16", pretrained=True, backend="tpu")
+    assert precision.resolve("bfloat16", pretrained=True, backend="tpu") == "bfloat16"
+    assert precision.library_precision("auto", None, pretrained=True, backend="gpu").precision == "float32"
+    with pytest.raises(ValueError, match="only the pretrained musicnn"):
+        precision.resolve("bfloat16", pretrained=False, backend="gpu")
     with pytest.raises(ValueError, match="one of"):
         precision.resolve("float16", pretrained=True, backend="cpu")
     monkeypatch.setattr(musicnn_openvino, "available", lambda: False)
@@ -290,6 +293,60 @@ def test_bfloat16_scores_are_within_bounds_of_float32(name, pretrained_cache):
     a, b = (Tagger.pretrained(name, cache_dir=pretrained_cache, precision=p).tag(clip, sr=sr).scores
             for p in ("float32", "bfloat16"))
     assert a.shape == b.shape and np.abs(a - b).max() < 0.05 and np.abs(a - b).mean() < 0.005
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_bfloat16_on_accelerators_is_xlas_own_with_the_front_end_in_bf16(platform):
+    """--precision=bfloat16 on GPU/TPU: the Tagger's model (MusicnnTagger with frontend_dtype
+    bfloat16, what jaxtag.tagging.tagger builds off CPU) lowers for the platform with the five
+    front-end convolutions in bf16 and the mid-end's in float32, as OpenVINO splits it on CPU."""
+    from jax import export
+    from jaxtag.models.musicnn import MusicnnTagger
+    model = MusicnnTagger(num_tags=50, frontend_dtype=jax.numpy.bfloat16)
+    mel = jax.ShapeDtypeStruct((1, 2, 187, 96), np.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), mel)
+    encode = jax.jit(lambda v, m: model.apply(v, m, method=model.encode))
+    text = export.export(encode, platforms=[platform])(variables, mel).mlir_module()
+    convolutions = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    kinds = [("bf16" if "xbf16>" in line.rsplit("->", 1)[-1] else "f32") for line in convolutions]
+    assert kinds.count("bf16") == 5 and kinds.count("f32") == 3, convolutions
+
+
+def test_musicnn_with_a_bf16_front_end_stays_near_float32(pretrained_cache):
+    """The GPU/TPU bfloat16 network run here on XLA:CPU (which computes bf16 convolutions through
+    float32 but rounds their inputs and outputs to bf16, as an accelerator would): the original's
+    clip's scores within the bound of the CPU's bfloat16 (test_bfloat16_scores_are_within_bounds)."""
+    from jaxtag.models.musicnn import MusicnnTagger
+    from jaxtag.pretrained import load_pretrained
+    with np.load(REFERENCE, allow_pickle=False) as npz:
+        patches = npz["patches"].astype(np.float32)   # the original's log-mel patches [3, 187, 96]
+    weights, _ = load_pretrained("musicnn-msd", pretrained_cache)
+    variables = {c: {"musicnn": tree} for c, tree in weights.items()}
+    mel = (10.0 ** patches - 1.0) / 10000.0   # back to power: MusicnnTagger.encode compresses it again
+    scores = {}
+    for name, dtype in (("float32", np.float32), ("bfloat16", jax.numpy.bfloat16)):
+        model = MusicnnTagger(num_tags=50, frontend_dtype=dtype)
+        scores[name] = np.asarray(jax.jit(lambda v, m: model.apply(v, m))(variables, mel[None]))
+    difference = np.abs(scores["float32"] - scores["bfloat16"])
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.005
+
+
+@pytest.mark.slow   # two taggers compiled (9 s)
+def test_a_bfloat16_tagger_off_cpu_builds_xlas_network_not_openvinos(pretrained_cache, monkeypatch):
+    """Tagger.pretrained(precision="bfloat16") where jax's backend is a GPU (faked while it is
+    made): no OpenVINO stage, musicnn's front-end in bf16; it tags (here on the CPU) within the
+    bounds of float32, and bfloat16 is part of its identity as on CPU."""
+    with np.load(REFERENCE, allow_pickle=False) as npz:
+        clip, sr = npz["clip"].astype(np.float32), int(npz["sr"])
+    with monkeypatch.context() as m:
+        m.setattr(jax, "default_backend", lambda: "gpu")
+        tagger = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache, precision="bfloat16")
+    assert tagger.precision == "bfloat16" and tagger._reduced is None
+    assert tagger.model.frontend_dtype == jax.numpy.bfloat16 and tagger.spec["precision"] == "bfloat16"
+    f32 = Tagger.pretrained("musicnn-msd", cache_dir=pretrained_cache)
+    assert tagger.fingerprint != f32.fingerprint
+    difference = np.abs(tagger.tag(clip, sr=sr).scores - f32.tag(clip, sr=sr).scores)
+    assert 0 < difference.max() < 0.05 and difference.mean() < 0.005
 
 
 def test_stored_analyses_carry_the_precision(tmp_path):

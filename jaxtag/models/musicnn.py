@@ -110,17 +110,20 @@ single_channel_conv.defvjp(_single_channel_conv_fwd, _single_channel_conv_bwd)
 
 class FrontendConv(nn.Module):
     """nn.Conv's parameters ("kernel" [KT, KF, 1, C], "bias" [C]) over a one-channel map, through
-    single_channel_conv (fast kernel gradient for fine-tuning)."""
+    single_channel_conv (fast kernel gradient for fine-tuning). dtype: the convolution's (its input
+    and kernel; the output is float32 again): bfloat16 is reduced-precision tagging on GPU/TPU."""
     features: int
     kernel_size: tuple
     padding: tuple   # ((before_t, after_t), (before_f, after_f))
+    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(),
                             tuple(self.kernel_size) + (1, self.features), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-        return single_channel_conv(x, kernel, self.padding) + bias
+        y = single_channel_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+        return y.astype(jnp.float32) + bias
 
 
 def _same_padding(kernel: int) -> tuple[int, int]:
@@ -141,6 +144,10 @@ class Musicnn(nn.Module):
     # log-mel). Its gradient needs the front-end convs' input gradient, which XLA's CPU convolution
     # computes ~6x slower than all the rest of the backward pass (2.2 vs 12.8 windows/s).
     freeze_input_norm: bool = False
+    # The front-end convolutions' dtype (97% of the FLOPs); the rest stays float32. bfloat16: the
+    # GPU/TPU side of --precision=bfloat16 (on CPU that is OpenVINO: jaxtag.models.musicnn_openvino,
+    # which splits the network the same way).
+    frontend_dtype: Any = jnp.float32
 
     def setup(self):
         f32 = jnp.float32
@@ -149,20 +156,21 @@ class Musicnn(nn.Module):
                                dtype=f32, param_dtype=f32)
         conv = functools.partial(nn.Conv, dtype=f32, param_dtype=f32, precision=hi)
         dense = functools.partial(nn.Dense, dtype=f32, param_dtype=f32, precision=hi)
+        front = functools.partial(FrontendConv, dtype=self.frontend_dtype)
 
         self.input_bn = bn()
         # Timbral branches: time padded explicitly before them (see _frontend), "valid" convs.
         valid = ((0, 0), (0, 0))
-        self.timbral_7x38 = FrontendConv(TIMBRAL_FILTERS, TIMBRAL_KERNELS[0], padding=valid)
+        self.timbral_7x38 = front(TIMBRAL_FILTERS, TIMBRAL_KERNELS[0], padding=valid)
         self.timbral_7x38_bn = bn()
-        self.timbral_7x67 = FrontendConv(TIMBRAL_FILTERS, TIMBRAL_KERNELS[1], padding=valid)
+        self.timbral_7x67 = front(TIMBRAL_FILTERS, TIMBRAL_KERNELS[1], padding=valid)
         self.timbral_7x67_bn = bn()
         # Temporal branches: TF "same" padding along time, none along frequency (kernel width 1).
-        self.temporal_128 = FrontendConv(TEMPORAL_FILTERS, (128, 1), padding=(_same_padding(128), (0, 0)))
+        self.temporal_128 = front(TEMPORAL_FILTERS, (128, 1), padding=(_same_padding(128), (0, 0)))
         self.temporal_128_bn = bn()
-        self.temporal_64 = FrontendConv(TEMPORAL_FILTERS, (64, 1), padding=(_same_padding(64), (0, 0)))
+        self.temporal_64 = front(TEMPORAL_FILTERS, (64, 1), padding=(_same_padding(64), (0, 0)))
         self.temporal_64_bn = bn()
-        self.temporal_32 = FrontendConv(TEMPORAL_FILTERS, (32, 1), padding=(_same_padding(32), (0, 0)))
+        self.temporal_32 = front(TEMPORAL_FILTERS, (32, 1), padding=(_same_padding(32), (0, 0)))
         self.temporal_32_bn = bn()
         # Mid-end: the original's 2-D convs of kernel [7, channels] on a 1-channel map are 1-D
         # convs over time with all channels as input.
@@ -254,9 +262,10 @@ class MusicnnTagger(nn.Module):
     uses_cpu_fast_path: on a CPU backend) runs the network window_by_window."""
     num_tags: int = 50
     cpu_fast: bool = False
+    frontend_dtype: Any = jnp.float32   # (Musicnn.frontend_dtype)
 
     def setup(self):
-        self.musicnn = Musicnn(self.num_tags)
+        self.musicnn = Musicnn(self.num_tags, frontend_dtype=self.frontend_dtype)
 
     def encode(self, mel, present=None, train: bool = False):
         del present, train

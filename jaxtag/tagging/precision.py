@@ -1,6 +1,8 @@
 """The numeric precision a Tagger runs its model in: "float32" (always available) or "bfloat16"
-(the pretrained musicnn models on a CPU with bf16 instructions, through OpenVINO:
-jaxtag.models.musicnn_openvino); "auto" picks one, once, when the Tagger is made.
+(the pretrained musicnn models: on a CPU with bf16 instructions through OpenVINO,
+jaxtag.models.musicnn_openvino; on GPU/TPU through XLA's own bf16 convolutions,
+Musicnn.frontend_dtype; both with the front-end convolutions in bf16 and the rest in float32);
+"auto" picks one, once, when the Tagger is made.
 
 Defaults: library tagging (`python -m jaxtag.tag`, its Beam driver, the beets plugin) runs in
 "auto", or in $JAXTAG_PRECISION where that is set (ENV, default_request); the Python API
@@ -15,13 +17,14 @@ by choosing once per library (library_precision): the first run on an output fol
 precision it ran in (its database's meta, jaxtag.library.state), and later auto runs follow the
 record whichever machine runs them; one that cannot run a recorded bfloat16 fails before tagging
 rather than quietly analysing the library again in float32. An explicit precision always wins and
-becomes the record. What remains: the shipped decision statistics are float32's, and the parity
-was measured on musicnn-msd (on the combined model on a small sample only).
+becomes the record. What remains: the shipped decision statistics are float32's (the parity, 1.42%
+of musicnn-msd's window tags and 1.16% of the combined model's, is what using them costs).
 
 "auto" picks bfloat16 only where it was measured to win: a CPU backend, a CPU with AMX (amx_bf16
 in /proc/cpuinfo's flags), and OpenVINO installed; float32 everywhere else (GPU/TPU, trained
 runs, other CPUs). XLA:CPU itself runs bf16 no faster than float32 (it converts bf16 dots and
-convolutions to f32), so bfloat16 means OpenVINO's CPU plugin. The precision is part of the
+convolutions to f32), so bfloat16 on CPU means OpenVINO's CPU plugin. On GPU/TPU bfloat16 is there
+when asked for; auto does not pick it there (not measured here: no accelerator). The precision is part of the
 Tagger's fingerprint (bfloat16 and float32 analyses of one file never mix) and of its spec (Beam
 workers build the driver's choice, and fail rather than fall back where they cannot).
 """
@@ -56,12 +59,9 @@ def bfloat16_problem(pretrained: bool, backend: str | None = None) -> str | None
     None)."""
     if not pretrained:
         return "only the pretrained musicnn models have a bfloat16 path"
-    if backend is None:
-        import jax
-        backend = jax.default_backend()
     from jaxtag.models import musicnn_openvino
-    if backend != "cpu":
-        return f"bfloat16 runs on CPU only (the backend is {backend})"
+    if _backend(backend) != "cpu":
+        return None   # XLA's own bf16 (jaxtag.tagging.tagger: Musicnn.frontend_dtype)
     if not BF16_CPU_FLAGS & cpu_flags():
         return "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
     if not musicnn_openvino.available():
@@ -88,7 +88,15 @@ def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str
             # (No flag syntax: the beets plugin's precision option says the same.)
             raise ValueError(f"bfloat16 was asked for and cannot run here: {problem}")
         return "bfloat16"
-    return "bfloat16" if problem is None and AUTO_CPU_FLAGS <= cpu_flags() else "float32"
+    return "bfloat16" if problem is None and _backend(backend) == "cpu" and AUTO_CPU_FLAGS <= cpu_flags() \
+        else "float32"
+
+
+def _backend(backend: str | None) -> str:
+    if backend is None:
+        import jax
+        backend = jax.default_backend()
+    return backend
 
 
 # -- library tagging's default: auto, chosen once per library ------------------------------------
@@ -135,6 +143,9 @@ def library_precision(requested: str, recorded: str | None, pretrained: bool, ba
     if not pretrained:
         return Choice("float32", TRAINED)
     if recorded is None:
+        if _backend(backend) != "cpu":
+            return Choice("float32", f"chosen for this {_backend(backend).upper()}: auto picks bfloat16 on CPUs with "
+                                     "AMX only (ask for bfloat16 to run it here)")
         problem = bfloat16_problem(pretrained, backend)
         if problem is None and AUTO_CPU_FLAGS <= cpu_flags():
             return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")

@@ -61,13 +61,17 @@ class Tagger:
         # "float32" (the default) or "bfloat16" ("auto" chosen here, once: jaxtag.tagging.precision);
         # part of the fingerprint.
         self.precision = precision_lib.resolve(precision, pretrained=bool(meta.get("pretrained")))
-        self._reduced = None   # the encode stage in bfloat16 (OpenVINO), where chosen
-        if self.precision != "float32":
+        self._reduced = None   # the encode stage in bfloat16 on CPU (OpenVINO), where chosen
+        on_cpu = jax.default_backend() == "cpu"
+        if self.precision != "float32" and on_cpu:
             from jaxtag.models.musicnn_openvino import OpenVinoEncoder
             self._reduced = OpenVinoEncoder({c: tree["musicnn"] for c, tree in variables.items()}, self.precision)
         if meta.get("pretrained"):
             self.config = None
-            self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"))
+            # bfloat16 on GPU/TPU: XLA's own, the front-end convolutions in bf16 as OpenVINO's on CPU.
+            frontend_dtype = jnp.bfloat16 if self.precision == "bfloat16" and not on_cpu else jnp.float32
+            self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"),
+                                       frontend_dtype=frontend_dtype)
             self.model_name, self.output_activation, self.buckets, seed = (
                 meta["pretrained"], "sigmoid", PRETRAINED_BUCKETS, 0)
         else:
