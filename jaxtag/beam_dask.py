@@ -17,8 +17,8 @@ in four ways (1-3 seen with a scheduler and two workers on this machine, 4 read 
 
 Here: every PCollection that nothing reads is computed (all sinks, in one graph); each tagged
 output is a bag of its own (the DoFn runs once per partition: the outputs share it); `Reshuffle`
-splits its input into one partition per element (up to MAX_RESHUFFLE_PARTITIONS), so the
-scheduler spreads the elements over the workers; and a side input is computed once, on the cluster,
+splits its input into one partition per element (up to MAX_RESHUFFLE_PARTITIONS), scattered
+over the workers in turn, so that each starts with its share; and a side input is computed once, on the cluster,
 before the graph that reads it (the collections upstream of it that other transforms read too are
 kept on the cluster, `persist`, so that they are not computed twice). Everything else is Beam's:
 its translations of Create, GroupByKey and Flatten, its DoFn invoker, its options. Windows and
@@ -140,14 +140,19 @@ class _Visitor(PipelineVisitor):
 
     def _reshuffle(self, bag, created):
         """One partition per element (or per few, past MAX_RESHUFFLE_PARTITIONS) of a Create's
-        elements, each partition a task of its own (split from one task, they would all start on
-        the worker that ran it); else at least two partitions per worker thread. The scheduler
-        spreads the partitions over the workers."""
+        elements, scattered over the workers in turn (client.scatter): the tasks that read a
+        partition run where it is, so every worker starts with its share (left to the scheduler,
+        a worker busy loading the model could leave the other one file of five); else at least
+        two partitions per worker thread."""
         if created is not None:
             if not created:
                 return bag
             import dask.bag as db
-            return db.from_sequence(created, npartitions=min(len(created), MAX_RESHUFFLE_PARTITIONS))
+            n = min(len(created), MAX_RESHUFFLE_PARTITIONS)
+            size = -(-len(created) // n)
+            futures = self.client.scatter([list(created[i:i + size]) for i in range(0, len(created), size)])
+            self.kept.append(futures)   # (held until the pipeline is done)
+            return db.from_delayed(futures)
         target = 2 * sum(self.client.nthreads().values())
         return bag if target <= bag.npartitions else bag.repartition(npartitions=target)
 
