@@ -112,6 +112,7 @@ def test_library_outputs_equal_the_tagger_and_the_summary_is_right(tagger, libra
         _check_summary_row(rows[path], table[path], record, scores, start, end)
 
 
+@pytest.mark.slow   # (a library run with a slowed decoder: 10 s; the fast tier measured 3:54 with it)
 def test_the_model_takes_a_files_windows_while_it_is_still_being_decoded(trained, library, tmp_path, monkeypatch):
     """A long file's windows go through the model as its frames arrive (whole chunks of the
     regular windows), the rest once its length is known; the scores equal the in-memory tagger's."""

@@ -81,6 +81,7 @@ def test_non_finite_step_leaves_the_state_unchanged(data_dir):
     assert int(state.step) == 0
 
 
+@pytest.mark.slow   # (a training run to step 5: 12 s; the fast tier measured 3:54 with it)
 def test_divergence_stops_training_naming_step_and_track_and_saves_nothing_bad(prepared_tiny, tmp_path, monkeypatch):
     config, _ = prepared_tiny
     config = tiny_config(config.data.data_dir, **{"train.checkpoint_every_steps": 2})

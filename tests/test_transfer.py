@@ -241,6 +241,7 @@ def test_a_label_file_with_other_columns_is_named(tmp_path):
     assert sum(builder.info.splits[s].num_examples for s in ("train", "validation", "test")) == 3
 
 
+@pytest.mark.slow   # (musicnn compiled twice: 11 s; the fast tier measured 3:54 with it)
 def test_the_musicnn_trunk_gives_its_penultimate_or_pooled_features(data_dir):
     """The trunk's features before its dense layer: musicnn's own 200-d penultimate layer or its
     1506-d pooled map, computed from the compressed window as the tagger's musicnn does."""
