@@ -82,14 +82,13 @@ def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str
     bfloat16 path); backend: jax's default backend (looked up when None)."""
     if check(requested) == "float32":
         return "float32"
-    problem = bfloat16_problem(pretrained, backend)
     if requested == "bfloat16":
+        problem = bfloat16_problem(pretrained, backend)
         if problem:
             # (No flag syntax: the beets plugin's precision option says the same.)
             raise ValueError(f"bfloat16 was asked for and cannot run here: {problem}")
         return "bfloat16"
-    return "bfloat16" if problem is None and _backend(backend) == "cpu" and AUTO_CPU_FLAGS <= cpu_flags() \
-        else "float32"
+    return auto_choice(pretrained, backend).precision
 
 
 def _backend(backend: str | None) -> str:
@@ -124,6 +123,20 @@ class Choice(typing.NamedTuple):
     why: str         # ASKED (and what it changes), RECORDED, CHOSEN or TRAINED
 
 
+def auto_choice(pretrained: bool, backend: str | None = None) -> Choice:
+    """What "auto" picks where nothing is recorded (resolve, and a new library's
+    library_precision): bfloat16 on a CPU backend whose CPU has AMX, with OpenVINO, for a pretrained
+    model; float32 everywhere else, GPU/TPU included (not measured there)."""
+    backend = _backend(backend)
+    if backend != "cpu":
+        return Choice("float32", f"chosen for this {backend.upper()}: auto picks bfloat16 on CPUs with AMX only "
+                                 "(ask for bfloat16 to run it here)")
+    problem = bfloat16_problem(pretrained, backend)
+    if problem is None and AUTO_CPU_FLAGS <= cpu_flags():
+        return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")
+    return Choice("float32", f"{CHOSEN}: {problem or 'no AMX'}")
+
+
 def library_precision(requested: str, recorded: str | None, pretrained: bool, backend: str | None = None,
                       library: str = "this library", float32_option: str = "--precision=float32") -> Choice:
     """The precision a library's run tags in (see the module docstring). requested: of PRECISIONS;
@@ -143,13 +156,7 @@ def library_precision(requested: str, recorded: str | None, pretrained: bool, ba
     if not pretrained:
         return Choice("float32", TRAINED)
     if recorded is None:
-        if _backend(backend) != "cpu":
-            return Choice("float32", f"chosen for this {_backend(backend).upper()}: auto picks bfloat16 on CPUs with "
-                                     "AMX only (ask for bfloat16 to run it here)")
-        problem = bfloat16_problem(pretrained, backend)
-        if problem is None and AUTO_CPU_FLAGS <= cpu_flags():
-            return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")
-        return Choice("float32", f"{CHOSEN}: {problem or 'no AMX'}")
+        return auto_choice(pretrained, backend)
     if recorded not in PRECISIONS[1:]:
         raise ValueError(f"{library} records precision {recorded!r}, which this jaxtag does not know: "
                          f"ask for one ({float32_option}, or bfloat16)")
