@@ -89,22 +89,25 @@ class JaxtagPlugin(BeetsPlugin):
         return {field_name(t): types.Float(4) for t in self._tags()}
 
     def _tagger(self):
-        """The model, loaded once per beets run (an import calls it for every album)."""
-        if self._loaded_tagger is None:
-            from jaxtag.library.run import choose_precision
-            from jaxtag.tagging.precision import default_request
-            from jaxtag.tagging.tagger import Tagger
-            workdir = self.config["workdir"].as_str()
-            try:   # as jaxtag's --precision: the library's own, or chosen for this CPU (a new library)
-                choice = choose_precision(self.output_dir, self.config["precision"].as_str() or default_request(),
-                                          pretrained=not workdir,
-                                          float32_option="`precision: float32` under jaxtag: in beets' config")
-            except ValueError as e:
-                raise ui.UserError(f"jaxtag: {e}") from None
+        """The model and the precision choice it runs in (jaxtag.tagging.precision.Choice). The
+        choice is made again on every call (an import calls this for every album; it reads one row
+        of the library's database), so a long import follows a precision another run recorded
+        meanwhile; the model is loaded once per precision."""
+        from jaxtag.library.run import choose_precision
+        from jaxtag.tagging.precision import default_request
+        from jaxtag.tagging.tagger import Tagger
+        workdir = self.config["workdir"].as_str()
+        try:   # as jaxtag's --precision: the library's own, or chosen for this CPU (a new library)
+            choice = choose_precision(self.output_dir, self.config["precision"].as_str() or default_request(),
+                                      pretrained=not workdir,
+                                      float32_option="`precision: float32` under jaxtag: in beets' config")
+        except ValueError as e:
+            raise ui.UserError(f"jaxtag: {e}") from None
+        if self._loaded_tagger is None or self._loaded_tagger.precision != choice.precision:
             self._log.info("precision: {} ({})", choice.precision, choice.why)
             self._loaded_tagger = Tagger.from_workdir(os.path.expanduser(workdir), precision=choice.precision) \
                 if workdir else Tagger.pretrained(self.config["model"].as_str(), precision=choice.precision)
-        return self._loaded_tagger
+        return self._loaded_tagger, choice
 
     def _should_write(self, option: bool | None = None) -> bool:
         configured = self.config["write"].get()
@@ -136,9 +139,9 @@ class JaxtagPlugin(BeetsPlugin):
             self._log.info("no items to tag")
             return
         paths = {os.fsdecode(item.path): item for item in items}
-        tagger = self._tagger()
+        tagger, choice = self._tagger()
         options = library.LibraryOptions(output_dir=self.output_dir, formats=("json", "html"), top_n=0, force=force,
-                                         workers=self.config["workers"].get(int),
+                                         workers=self.config["workers"].get(int), follows_record=choice.follows_record,
                                          roots=(os.fsdecode(config["directory"].as_filename()),))
         from jaxtag.library.state import LibraryBusy
         try:

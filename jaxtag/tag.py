@@ -112,6 +112,7 @@ def _requested_precision() -> str:
 
 
 def _tagger():
+    """The tagger the flags name, and the precision choice it was made in (precision.Choice)."""
     from jaxtag.library.run import choose_precision
     from jaxtag.tagging.precision import ENV
     from jaxtag.tagging.tagger import Tagger
@@ -126,7 +127,7 @@ def _tagger():
     if _THRESHOLD.value is not None:
         tagger.policy = tagger.policy.with_threshold(_THRESHOLD.value)
     tagger.policy = tagger.policy.replace(smooth=_SMOOTH.value)
-    return tagger
+    return tagger, choice
 
 
 def main(argv):
@@ -144,7 +145,7 @@ def _tag(inputs: list[str]) -> int:
     from jaxtag.library.run import LibraryOptions, tag_library
     from jaxtag.tagging.outputs import find_audio
     try:
-        tagger = _tagger()
+        tagger, choice = _tagger()
     except (JaxtagError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -158,6 +159,7 @@ def _tag(inputs: list[str]) -> int:
                              workers=_WORKERS.value, force=_FORCE.value,
                              embeddings=_EMBEDDINGS.value, write_tags=_WRITE_TAGS.value, dry_run=_DRY_RUN.value,
                              top_n=_TOP_N.value, embed_audio=len(files) == 1, wait_for_lock=_WAIT_FOR_LOCK.value,
+                             follows_record=choice.follows_record,
                              roots=tuple(os.path.expanduser(i) for i in inputs if os.path.isdir(os.path.expanduser(i))))
     from jaxtag.library.state import LibraryBusy
     try:

@@ -100,6 +100,32 @@ class TestJaxtagPlugin(PluginTestHelper):
         assert all(self.lib.get_item(i.id).get("jaxtag_tags") is None for i in self.items)
         assert not (self.out / "library.json").exists()
 
+    def test_the_precision_is_chosen_for_every_run_and_the_model_loaded_once_per_precision(self, monkeypatch):
+        """A long import follows a precision another run records meanwhile (the plugin's _tagger
+        chooses again for each album, no model): loaded once while the choice holds, again when
+        the library's record changes; the choice tells the run to check the record under its lock."""
+        from types import SimpleNamespace
+        from beets import plugins
+        from jaxtag.library.state import LibraryState
+        from jaxtag.tagging import precision
+        from jaxtag.tagging.tagger import Tagger
+        loads = []
+        monkeypatch.setattr(Tagger, "pretrained", classmethod(
+            lambda cls, name, precision="float32": loads.append((name, precision)) or SimpleNamespace(precision=precision)))
+        monkeypatch.setattr(precision, "auto_choice", lambda pretrained, backend=None: precision.Choice(
+            "float32", f"{precision.CHOSEN}: this test"))
+        monkeypatch.setattr(precision, "bfloat16_problem", lambda pretrained, backend=None: None)
+        self._configure(workdir="", model="musicnn-msd", precision="auto")
+        plugin = next(p for p in plugins.find_plugins() if p.name == "jaxtag")
+        tagger, choice = plugin._tagger()
+        assert tagger.precision == "float32" and choice.follows_record
+        assert plugin._tagger()[0] is tagger and loads == [("musicnn-msd", "float32")]
+        with LibraryState(str(self.out)) as state:        # another run's record
+            state.set_precision("bfloat16")
+        tagger, choice = plugin._tagger()
+        assert (tagger.precision, choice) == ("bfloat16", ("bfloat16", precision.RECORDED)) and choice.follows_record
+        assert loads == [("musicnn-msd", "float32"), ("musicnn-msd", "bfloat16")]
+
     def test_similar_items(self, capsys):
         self._configure()
         self.run_command("jaxtag", "--nowrite")

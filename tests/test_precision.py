@@ -112,12 +112,42 @@ def _stub_tagger(precision_, pretrained=True):
                            spec={**spec, "precision": precision_})
 
 
-def _run(out, tagger):
+def _run(out, tagger, follows_record=False, body=lambda state: None):
     """A run into `out` that tags nothing: the frame every run goes through (run_library)."""
     from jaxtag.library.log import Log
     from jaxtag.library.run import LibraryOptions, LibraryResult, run_library
-    options = LibraryOptions(output_dir=str(out), top_n=0)
-    run_library(tagger, [], options, Log(options), LibraryResult(), lambda state: None)
+    options = LibraryOptions(output_dir=str(out), top_n=0, follows_record=follows_record)
+    run_library(tagger, [], options, Log(options), LibraryResult(), body)
+
+
+def test_a_run_whose_auto_choice_another_run_overtook_tags_nothing(tmp_path, monkeypatch):
+    """Auto chooses before the model is made, the run takes the folder's lock after: a run that
+    recorded another precision in between (one this run waited for, or another machine's) stops
+    this one before its body (LibraryBusy: run again), the record and the lock left as they were;
+    the same precision recorded meanwhile, or an explicit request, runs."""
+    from jaxtag.library.state import LibraryBusy
+    from jaxtag.library.stats import library_stats
+    from jaxtag.library.run import choose_precision
+    monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    out, bodies = tmp_path / "out", []
+    body = lambda state: bodies.append(state.precision())
+    choice = choose_precision(str(out), "auto", pretrained=True)
+    assert choice == ("bfloat16", choice.why) and choice.follows_record
+    _run(out, _stub_tagger("float32"))                                 # the other run, asking for float32
+    with pytest.raises(LibraryBusy, match=f"^{out}: another run recorded precision float32 .* in bfloat16; "
+                                          "nothing was tagged: run again, and it follows the library's float32$"):
+        _run(out, _stub_tagger(choice.precision), choice.follows_record, body)
+    assert bodies == [] and library_stats(str(out))["precision"] == "float32"
+    again = choose_precision(str(out), "auto", pretrained=True)       # run again: the lock was released
+    assert again == ("float32", precision.RECORDED) and again.follows_record
+    _run(out, _stub_tagger(again.precision), again.follows_record, body)
+    asked = choose_precision(str(out), "bfloat16", pretrained=True)
+    assert not asked.follows_record
+    _run(out, _stub_tagger(asked.precision), asked.follows_record, body)
+    _run(out, _stub_tagger("float32", pretrained=False), True, body)   # a trained run: not its record
+    assert bodies == ["float32", "bfloat16", "bfloat16"] and library_stats(str(out))["precision"] == "bfloat16"
 
 
 def test_a_librarys_runs_record_its_precision_and_auto_follows_it(tmp_path, monkeypatch, capsys):

@@ -30,6 +30,9 @@ class LibraryOptions:
     embed_audio: bool = False    # the audio in each track page (for a single file to share), else linked
     roots: tuple = ()            # the directories given: outputs mirror the folders below them
     wait_for_lock: float = 0.0   # seconds to wait for another run into the same output folder
+    # The tagger's precision was auto's choice from the library's record (precision.Choice):
+    # the run does not start if, by the time it holds the lock, another run recorded another one.
+    follows_record: bool = False
 
 
 def settings_of(tagger) -> dict:

@@ -48,7 +48,7 @@ from jaxtag.library.arrays import analyses, read_arrays
 from jaxtag.library.journal import import_journal
 from jaxtag.library.log import LockedLog, Log
 from jaxtag.library.plan import DERIVE, LibraryOptions, plan_library, usable  # noqa: F401 - LibraryOptions: the API
-from jaxtag.library.state import LibraryState, RunLock
+from jaxtag.library.state import LibraryBusy, LibraryState, RunLock
 from jaxtag.library.takeover import take_over_old_layout
 from jaxtag.library.write import (UnreadableAnalysis, kept_parts, remove, remove_outputs, stored_taggram,
                                   write_file)
@@ -219,6 +219,8 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
     lock.acquire(options.wait_for_lock)
     try:
         with LibraryState(options.output_dir) as state:
+            if options.follows_record:
+                check_record_unchanged(state, tagger, options.output_dir)
             take_over_old_layout(options.output_dir, state, log)
             import_journal(state, options.output_dir)
             result.run = run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
@@ -235,6 +237,19 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             return result
     finally:
         lock.release()
+
+
+def check_record_unchanged(state, tagger, output_dir: str) -> None:
+    """LibraryBusy where the library now records a precision other than the one auto chose for
+    this run from its record: another run recorded it between the choice (before the model was
+    made) and this run's lock (one that waited for the lock, or another machine's). Running on
+    would analyse the whole library again in the other precision; run again instead, and auto
+    follows the new record."""
+    recorded = state.precision()
+    if "pretrained" in (getattr(tagger, "spec", None) or {}) and recorded not in (None, tagger.precision):
+        raise LibraryBusy(f"{output_dir}: another run recorded precision {recorded} for this library while this "
+                          f"run was starting in {tagger.precision}; nothing was tagged: run again, and it "
+                          f"follows the library's {recorded}")
 
 
 def choose_precision(output_dir: str, requested: str, pretrained: bool,

@@ -16,8 +16,9 @@ to a machine-dependent default, one library analysed differently on different ma
 by choosing once per library (library_precision): the first run on an output folder records the
 precision it ran in (its database's meta, jaxtag.library.state), and later auto runs follow the
 record whichever machine runs them; one that cannot run a recorded bfloat16 fails before tagging
-rather than quietly analysing the library again in float32. An explicit precision always wins and
-becomes the record. What remains: the shipped decision statistics are float32's (the parity, 1.42%
+rather than quietly analysing the library again in float32; and a run whose auto choice another
+run's record overtook before it took the library's lock does not start (Choice.follows_record,
+jaxtag.library.run.check_record_unchanged). An explicit precision always wins and becomes the record. What remains: the shipped decision statistics are float32's (the parity, 1.42%
 of musicnn-msd's window tags and 1.16% of the combined model's, is what using them costs).
 
 "auto" picks bfloat16 only where it was measured to win: a CPU backend, a CPU with AMX (amx_bf16
@@ -121,6 +122,13 @@ def default_request(environ=None) -> str:
 class Choice(typing.NamedTuple):
     precision: str   # "float32" or "bfloat16"
     why: str         # ASKED (and what it changes), RECORDED, CHOSEN or TRAINED
+
+    @property
+    def follows_record(self) -> bool:
+        """Whether auto made this choice from the library's record (or its absence): a run made
+        with it must not start if another run has recorded another precision since
+        (jaxtag.library.run.run_library, LibraryOptions.follows_record)."""
+        return self.why == RECORDED or self.why.startswith(CHOSEN)
 
 
 def auto_choice(pretrained: bool, backend: str | None = None) -> Choice:
