@@ -94,7 +94,7 @@ class JaxtagPlugin(BeetsPlugin):
         of the library's database), so a long import follows a precision another run recorded
         meanwhile; the model is loaded once per precision."""
         from jaxtag.library.run import choose_precision
-        from jaxtag.tagging.precision import default_request
+        from jaxtag.tagging.precision import default_request, engine_note
         from jaxtag.tagging.tagger import Tagger
         workdir = self.config["workdir"].as_str()
         try:   # as jaxtag's --precision: the library's own, or chosen for this CPU (a new library)
@@ -104,7 +104,7 @@ class JaxtagPlugin(BeetsPlugin):
         except ValueError as e:
             raise ui.UserError(f"jaxtag: {e}") from None
         if self._loaded_tagger is None or self._loaded_tagger.precision != choice.precision:
-            self._log.info("precision: {} ({})", choice.precision, choice.why)
+            self._log.info("precision: {} ({}{})", choice.precision, choice.why, engine_note(choice.precision))
             self._loaded_tagger = Tagger.from_workdir(os.path.expanduser(workdir), precision=choice.precision) \
                 if workdir else Tagger.pretrained(self.config["model"].as_str(), precision=choice.precision)
         return self._loaded_tagger, choice

@@ -9,7 +9,8 @@ Libraries of any size: decoding runs in worker processes, a rerun skips what is 
 file never stops the others (see jaxtag.library.run). The model runs in the precision OUT's
 analyses were made in, or one chosen for this CPU for a new library (--precision; one line on
 stderr says which and why). Exit status: 0; 1 if any file failed; 2 if there is no model (no
-checkpoint, no weights) or the precision asked for or recorded cannot run here; 130 if
+checkpoint, no weights) or the precision asked for cannot run (bfloat16 for a trained model); 75
+if another run holds OUT (or recorded another precision while this one started); 130 if
 interrupted (rerun to finish).
 """
 from __future__ import annotations
@@ -114,12 +115,12 @@ def _requested_precision() -> str:
 def _tagger():
     """The tagger the flags name, and the precision choice it was made in (precision.Choice)."""
     from jaxtag.library.run import choose_precision
-    from jaxtag.tagging.precision import ENV
+    from jaxtag.tagging.precision import ENV, engine_note
     from jaxtag.tagging.tagger import Tagger
     requested = _requested_precision()
     choice = choose_precision(os.path.expanduser(_OUTPUT_DIR.value), requested, pretrained=not _WORKDIR.value)
     asked_by = "" if _PRECISION.value or requested == "auto" else f" (${ENV})"
-    print(f"precision: {choice.precision} ({choice.why}{asked_by})", file=sys.stderr)
+    print(f"precision: {choice.precision} ({choice.why}{asked_by}{engine_note(choice.precision)})", file=sys.stderr)
     if _WORKDIR.value:
         tagger = Tagger.from_workdir(_WORKDIR.value, _CHECKPOINT.value, precision=choice.precision)
     else:

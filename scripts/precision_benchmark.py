@@ -28,6 +28,9 @@ _MODEL = flags.DEFINE_string("model", "musicnn-msd", "Pretrained model (musicnn:
 _REPEATS = flags.DEFINE_integer("repeats", 9, "Runs of each speed case (in turn; medians reported).")
 _MAX_FILES = flags.DEFINE_integer("max_files", 120, "Parity: at most this many files, evenly spread over the "
                                   "sorted list (0: all).")
+_VARIANTS = flags.DEFINE_list("variants", ["jaxtag", "all"], "Parity: which bfloat16 to compare: jaxtag (OpenVINO, "
+                               "the front-end in bf16), all (OpenVINO, everything in bf16), xla (XLA's bfloat16, "
+                               "what runs where OpenVINO's cannot), xla_vs_openvino (those two against each other).")
 _MAX_WINDOWS = flags.DEFINE_integer("max_windows", 200, "Parity: at most this many windows per file (0: all).")
 
 
@@ -87,7 +90,9 @@ def speed() -> None:
     n = f32.chunk_windows
     rng = np.random.default_rng(0)
     mel = (np.abs(rng.standard_normal((n, 187, 96))) ** 3 * 1e-2).astype(np.float32)
+    xla_bf16 = _networks(_xla_bfloat16())[0]
     cases = {"XLA float32 (jaxtag's encode)": lambda: f32.encode_chunk(mel),
+             "XLA bfloat16 (where OpenVINO's cannot run: front-end bf16)": lambda: xla_bf16.encode_chunk(mel),
              "OpenVINO float32": OpenVinoEncoder(variables, "float32").__call__,
              "OpenVINO bfloat16 (all of it)": OpenVinoEncoder(variables, "bfloat16", back_float32=False).__call__,
              "OpenVINO bfloat16 (jaxtag's: front-end bf16, the rest f32)": OpenVinoEncoder(variables, "bfloat16").__call__}
@@ -106,25 +111,47 @@ def speed() -> None:
         print(f"  {name}: {n / np.median(ts):.1f} windows/s ({n / min(ts):.1f}); {base / np.median(ts):.2f}x")
 
 
+def _xla_bfloat16():
+    """The bfloat16 tagger of a machine without OpenVINO's bf16 (precision.bfloat16_engine "xla")."""
+    from jaxtag.tagging import precision
+    engine = precision.bfloat16_engine
+    precision.bfloat16_engine = lambda backend=None: "xla"
+    try:
+        return _tagger("bfloat16")
+    finally:
+        precision.bfloat16_engine = engine
+
+
 def parity(folder: str) -> None:
     from jaxtag.tagging.outputs import find_audio
     from jaxtag.models.musicnn_openvino import OpenVinoEncoder
     f32 = _tagger("float32")
     bf16 = _tagger("bfloat16")
-    # Each network's bf16 encode stage, per variant (a combined model: both networks in it).
-    variants = {"bf16 (jaxtag's: front-end bf16, the rest f32)": [m._reduced for m in _networks(bf16)],
-                "bf16 (all of it)": [OpenVinoEncoder(_variables(m), "bfloat16", back_float32=False)
-                                     for m in _networks(bf16)]}
     files = sorted(find_audio([folder]))
     if _MAX_FILES.value and len(files) > _MAX_FILES.value:
         files = [files[i] for i in np.linspace(0, len(files) - 1, _MAX_FILES.value).round().astype(int)]
-    for name, encoders in variants.items():
-        for network, encoder in zip(_networks(bf16), encoders):
-            network._reduced = encoder
-        _parity(f32, bf16, files, folder, name)
+    # Each network's bf16 encode stage, per variant (a combined model: both networks in it).
+    openvino = {"jaxtag": ("bf16 (jaxtag's: front-end bf16, the rest f32)", [m._reduced for m in _networks(bf16)]),
+                "all": ("bf16 (all of it)", [OpenVinoEncoder(_variables(m), "bfloat16", back_float32=False)
+                                             for m in _networks(bf16)])}
+    for variant in _VARIANTS.value:
+        if variant in openvino:
+            name, encoders = openvino[variant]
+            for network, encoder in zip(_networks(bf16), encoders):
+                network._reduced = encoder
+            _parity(f32, bf16, files, folder, f"{name} (OpenVINO)", "f32 (XLA)")
+        elif variant == "xla":
+            _parity(f32, _xla_bfloat16(), files, folder, "bf16 (XLA's, front-end bf16)", "f32 (XLA)")
+        elif variant == "xla_vs_openvino":
+            for network, encoder in zip(_networks(bf16), openvino["jaxtag"][1]):
+                network._reduced = encoder
+            _parity(bf16, _xla_bfloat16(), files, folder, "bf16 (XLA's, front-end bf16)", "bf16 (OpenVINO's)")
+        else:
+            raise app.UsageError(f"--variants: unknown {variant!r}")
 
 
-def _parity(f32, bf16, files, folder, variant):
+def _parity(f32, bf16, files, folder, variant, against):
+    """bf16's scores and decisions against f32's (two taggers: the second against the first)."""
     from jaxtag.data.features import mel_spectrogram
     worst, diffs, flips, on, track_flips, track_on, windows, seconds = 0.0, [], 0, 0, 0, 0, 0, 0.0
     for path in files:
@@ -157,12 +184,12 @@ def _parity(f32, bf16, files, folder, variant):
         track_flips += len(trk_a ^ trk_b)
         track_on += len(trk_a)
     d = np.concatenate(diffs)
-    print(f"parity {_MODEL.value} {variant} (OpenVINO) vs f32 (XLA): {len(files)} files, {windows} windows "
+    print(f"parity {_MODEL.value} {variant} vs {against}: {len(files)} files, {windows} windows "
           f"({seconds / 60:.0f} min of audio, at most {_MAX_WINDOWS.value or 'all'} windows a file)")
     print(f"  scores: max abs diff {worst:.4f}, 99.9th percentile {np.quantile(d, 0.999):.4f}, mean {d.mean():.5f}")
-    print(f"  window tags on (f32, default policy): {on}; flipped: {flips} = {100 * flips / max(on, 1):.2f}% of them "
-          f"({100 * flips / d.size:.3f}% of all window-tag pairs)")
-    print(f"  track tags on (f32): {track_on}; flipped: {track_flips}")
+    print(f"  window tags on ({against}, default policy): {on}; flipped: {flips} = {100 * flips / max(on, 1):.2f}% "
+          f"of them ({100 * flips / d.size:.3f}% of all window-tag pairs)")
+    print(f"  track tags on ({against}): {track_on}; flipped: {track_flips}")
 
 
 def main(argv):

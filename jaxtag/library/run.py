@@ -260,7 +260,8 @@ def choose_precision(output_dir: str, requested: str, pretrained: bool,
     explicit one wins. The record is read here, before the model is made, and written by the run
     (run_library, under the run lock): every run of a pretrained model records the precision it ran
     in. pretrained: the model is a pretrained musicnn (no --workdir). ValueError where the
-    precision asked for or recorded cannot run here; DataError where the database cannot be read."""
+    precision asked for cannot run (bfloat16 for a trained model) or the record is unknown;
+    DataError where the database cannot be read."""
     state = LibraryState.existing(output_dir)
     recorded = None
     if state is not None:

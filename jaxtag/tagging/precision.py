@@ -1,7 +1,7 @@
 """The numeric precision a Tagger runs its model in: "float32" (always available) or "bfloat16"
-(the pretrained musicnn models: on a CPU with bf16 instructions through OpenVINO,
-jaxtag.models.musicnn_openvino; on GPU/TPU through XLA's own bf16 convolutions,
-Musicnn.frontend_dtype; both with the front-end convolutions in bf16 and the rest in float32);
+(the pretrained musicnn models, the front-end convolutions in bf16 and the rest in float32;
+bfloat16_engine: on a CPU with bf16 instructions through OpenVINO, jaxtag.models.musicnn_openvino;
+elsewhere through XLA, Musicnn.frontend_dtype: GPU/TPU natively, other CPUs at float32's speed);
 "auto" picks one, once, when the Tagger is made.
 
 Defaults: library tagging (`python -m jaxtag.tag`, its Beam driver, the beets plugin) runs in
@@ -15,19 +15,22 @@ are within ~0.02 of float32's, and it flips about 1.4% of musicnn-msd's window t
 to a machine-dependent default, one library analysed differently on different machines, is met
 by choosing once per library (library_precision): the first run on an output folder records the
 precision it ran in (its database's meta, jaxtag.library.state), and later auto runs follow the
-record whichever machine runs them; one that cannot run a recorded bfloat16 fails before tagging
-rather than quietly analysing the library again in float32; and a run whose auto choice another
-run's record overtook before it took the library's lock does not start (Choice.follows_record,
-jaxtag.library.run.check_record_unchanged). An explicit precision always wins and becomes the record. What remains: the shipped decision statistics are float32's (the parity, 1.42%
-of musicnn-msd's window tags and 1.16% of the combined model's, is what using them costs).
+record whichever machine runs them. A machine without OpenVINO's bf16 runs a recorded bfloat16
+through XLA (bfloat16's numbers at float32's speed) rather than analysing the library again, and
+so do Beam workers on such CPUs under a driver's bfloat16. A run whose auto choice another run's
+record overtook before it took the library's lock does not start (Choice.follows_record,
+jaxtag.library.run.check_record_unchanged). An explicit precision always wins and becomes the
+record. What remains: the shipped decision statistics are float32's (the parity, 1.42% of
+musicnn-msd's window tags and 1.16% of the combined model's, is what using them costs).
 
 "auto" picks bfloat16 only where it was measured to win: a CPU backend, a CPU with AMX (amx_bf16
 in /proc/cpuinfo's flags), and OpenVINO installed; float32 everywhere else (GPU/TPU, trained
 runs, other CPUs). XLA:CPU itself runs bf16 no faster than float32 (it converts bf16 dots and
-convolutions to f32), so bfloat16 on CPU means OpenVINO's CPU plugin. On GPU/TPU bfloat16 is there
-when asked for; auto does not pick it there (not measured here: no accelerator). The precision is part of the
-Tagger's fingerprint (bfloat16 and float32 analyses of one file never mix) and of its spec (Beam
-workers build the driver's choice, and fail rather than fall back where they cannot).
+convolutions to f32). On GPU/TPU bfloat16 is there when asked for; auto does not pick it there
+(not measured here: no accelerator). The precision is part of the Tagger's fingerprint (bfloat16
+and float32 analyses of one file never mix) and of its spec (Beam workers build the driver's
+choice); the engine is not: OpenVINO's and XLA's bfloat16 are one analysis (their parity:
+docs/performance.md).
 """
 from __future__ import annotations
 
@@ -54,20 +57,31 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
-def bfloat16_problem(pretrained: bool, backend: str | None = None) -> str | None:
-    """Why bfloat16 cannot run here, or None where it can. pretrained: the model is a pretrained
-    musicnn (the only one with a bfloat16 path); backend: jax's default backend (looked up when
-    None)."""
-    if not pretrained:
-        return "only the pretrained musicnn models have a bfloat16 path"
+def bfloat16_engine(backend: str | None = None) -> str:
+    """What runs a pretrained musicnn's bfloat16 here: "openvino" on a CPU with bf16 instructions
+    and OpenVINO installed (the fast path), else "xla": on GPU/TPU XLA's own bf16, on other CPUs
+    XLA:CPU, which rounds the front-end convolutions' inputs and weights to bf16 and convolves
+    them in float32 (float32's speed, bfloat16's numbers: a library recorded in bfloat16, or a
+    Beam driver's bfloat16, runs on any CPU)."""
     from jaxtag.models import musicnn_openvino
-    if _backend(backend) != "cpu":
-        return None   # XLA's own bf16 (jaxtag.tagging.tagger: Musicnn.frontend_dtype)
-    if not BF16_CPU_FLAGS & cpu_flags():
-        return "this CPU has no bf16 instructions (avx512_bf16 or amx_bf16)"
-    if not musicnn_openvino.available():
-        return "bfloat16 needs OpenVINO (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
-    return None
+    if _backend(backend) == "cpu" and BF16_CPU_FLAGS & cpu_flags() and musicnn_openvino.available():
+        return "openvino"
+    return "xla"
+
+
+def bfloat16_problem(pretrained: bool, backend: str | None = None) -> str | None:
+    """Why bfloat16 cannot run here, or None where it can (bfloat16_engine: every backend, every
+    CPU). pretrained: the model is a pretrained musicnn (the only one with a bfloat16 path)."""
+    del backend
+    return None if pretrained else "only the pretrained musicnn models have a bfloat16 path"
+
+
+def engine_note(precision: str, backend: str | None = None) -> str:
+    """What the precision line adds where bfloat16 runs without its fast path on a CPU: "" else."""
+    if precision != "bfloat16" or _backend(backend) != "cpu" or bfloat16_engine(backend) == "openvino":
+        return ""
+    return ("; run by XLA on this CPU (no bf16 instructions, or no OpenVINO): bfloat16's numbers at float32's "
+            "speed")
 
 
 def check(requested: str) -> str:
@@ -135,14 +149,19 @@ def auto_choice(pretrained: bool, backend: str | None = None) -> Choice:
     """What "auto" picks where nothing is recorded (resolve, and a new library's
     library_precision): bfloat16 on a CPU backend whose CPU has AMX, with OpenVINO, for a pretrained
     model; float32 everywhere else, GPU/TPU included (not measured there)."""
+    from jaxtag.models import musicnn_openvino
     backend = _backend(backend)
     if backend != "cpu":
         return Choice("float32", f"chosen for this {backend.upper()}: auto picks bfloat16 on CPUs with AMX only "
                                  "(ask for bfloat16 to run it here)")
     problem = bfloat16_problem(pretrained, backend)
-    if problem is None and AUTO_CPU_FLAGS <= cpu_flags():
+    if problem is None and not AUTO_CPU_FLAGS <= cpu_flags():
+        problem = "no AMX"
+    if problem is None and not musicnn_openvino.available():
+        problem = "bfloat16 is fast with OpenVINO only (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
+    if problem is None:
         return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")
-    return Choice("float32", f"{CHOSEN}: {problem or 'no AMX'}")
+    return Choice("float32", f"{CHOSEN}: {problem}")
 
 
 def library_precision(requested: str, recorded: str | None, pretrained: bool, backend: str | None = None,
@@ -168,10 +187,4 @@ def library_precision(requested: str, recorded: str | None, pretrained: bool, ba
     if recorded not in PRECISIONS[1:]:
         raise ValueError(f"{library} records precision {recorded!r}, which this jaxtag does not know: "
                          f"ask for one ({float32_option}, or bfloat16)")
-    if recorded == "bfloat16":
-        problem = bfloat16_problem(pretrained, backend)
-        if problem:
-            raise ValueError(f"{library} was analysed in bfloat16 (its recorded precision), which this machine "
-                             f"cannot run: {problem}. Tag it on a machine that can, or ask for {float32_option}: "
-                             "that analyses the library again in float32, and later runs follow float32")
-    return Choice(recorded, RECORDED)
+    return Choice(recorded, RECORDED)   # (bfloat16 runs everywhere: bfloat16_engine)

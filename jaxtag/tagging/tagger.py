@@ -61,15 +61,14 @@ class Tagger:
         # "float32" (the default) or "bfloat16" ("auto" chosen here, once: jaxtag.tagging.precision);
         # part of the fingerprint.
         self.precision = precision_lib.resolve(precision, pretrained=bool(meta.get("pretrained")))
-        self._reduced = None   # the encode stage in bfloat16 on CPU (OpenVINO), where chosen
-        on_cpu = jax.default_backend() == "cpu"
-        if self.precision != "float32" and on_cpu:
+        self._reduced = None   # the encode stage in bfloat16 on OpenVINO, where that runs it
+        if self.precision != "float32" and precision_lib.bfloat16_engine() == "openvino":
             from jaxtag.models.musicnn_openvino import OpenVinoEncoder
             self._reduced = OpenVinoEncoder({c: tree["musicnn"] for c, tree in variables.items()}, self.precision)
         if meta.get("pretrained"):
             self.config = None
-            # bfloat16 on GPU/TPU: XLA's own, the front-end convolutions in bf16 as OpenVINO's on CPU.
-            frontend_dtype = jnp.bfloat16 if self.precision == "bfloat16" and not on_cpu else jnp.float32
+            # bfloat16 elsewhere: XLA's, the front-end convolutions in bf16 as OpenVINO's.
+            frontend_dtype = jnp.bfloat16 if self.precision == "bfloat16" and self._reduced is None else jnp.float32
             self.model = MusicnnTagger(num_tags=len(self.tags), cpu_fast=uses_cpu_fast_path("auto"),
                                        frontend_dtype=frontend_dtype)
             self.model_name, self.output_activation, self.buckets, seed = (
