@@ -26,7 +26,8 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     # Asked for on a CPU without bf16 instructions: XLA's bfloat16 (float32's speed), said so.
     assert precision.resolve("bfloat16", pretrained=True, backend="cpu") == "bfloat16"
     assert precision.bfloat16_engine("cpu") == "xla"
-    assert precision.engine_note("bfloat16", "cpu").startswith("; run by XLA on this CPU")
+    assert precision.engine_note("bfloat16", "cpu") == ("; no bf16 instructions here: run by XLA, bfloat16's "
+                                                        "numbers at float32's speed")
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
     assert precision.resolve("float32", pretrained=True, backend="cpu") == "float32"
     assert precision.resolve("auto", pretrained=False, backend="cpu") == "float32"   # trained runs
@@ -41,7 +42,7 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     assert precision.bfloat16_engine("gpu") == "xla" and precision.engine_note("bfloat16", "gpu") == ""
     monkeypatch.setattr(musicnn_openvino, "available", lambda: False)
     assert precision.resolve("auto", pretrained=True, backend="cpu") == "float32"
-    assert precision.bfloat16_engine("cpu") == "xla"
+    assert precision.bfloat16_engine("cpu") == "xla" and "; no OpenVINO here" in precision.engine_note("bfloat16", "cpu")
     monkeypatch.setattr(musicnn_openvino, "available", lambda: True)
     assert precision.resolve("auto", pretrained=True, backend="cpu") == "bfloat16"
     assert precision.bfloat16_engine("cpu") == "openvino" and precision.engine_note("bfloat16", "cpu") == ""

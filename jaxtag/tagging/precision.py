@@ -80,8 +80,8 @@ def engine_note(precision: str, backend: str | None = None) -> str:
     """What the precision line adds where bfloat16 runs without its fast path on a CPU: "" else."""
     if precision != "bfloat16" or _backend(backend) != "cpu" or bfloat16_engine(backend) == "openvino":
         return ""
-    return ("; run by XLA on this CPU (no bf16 instructions, or no OpenVINO): bfloat16's numbers at float32's "
-            "speed")
+    reason = "no OpenVINO" if BF16_CPU_FLAGS & cpu_flags() else "no bf16 instructions"
+    return f"; {reason} here: run by XLA, bfloat16's numbers at float32's speed"
 
 
 def check(requested: str) -> str:
