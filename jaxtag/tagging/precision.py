@@ -171,9 +171,10 @@ def library_precision(requested: str, recorded: str | None, pretrained: bool, ba
     backend: as resolve's. An explicit precision wins; "auto" follows the record, or resolves
     where there is none. (A run of a pretrained model records the precision it ran in:
     jaxtag.library.run.run_library; so an explicit one becomes the record.) A trained run has
-    float32 only, whatever the record (the pretrained models' choice) says. ValueError where
-    the precision asked for or recorded cannot run here (library and float32_option name the
-    folder and the option for float32 in its message)."""
+    float32 only, whatever the record (the pretrained models' choice) says. A recorded bfloat16
+    runs on any machine (bfloat16_engine). ValueError where the precision asked for cannot run
+    (bfloat16 for a trained model) or the record is one this jaxtag does not know (library and
+    float32_option name the folder and the option for float32 in its message)."""
     check(requested)
     if requested != "auto":
         precision = resolve(requested, pretrained, backend)
