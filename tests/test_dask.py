@@ -28,6 +28,10 @@ def dask_cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("dask")
     scheduler_file = str(folder / "scheduler.json")
     env = processes.environment()     # PYTHONPATH: this checkout (the scheduler unpickles the graph too)
+    # No work stealing: each file then runs where the runner scattered it (jaxtag.beam_dask), which
+    # is what the both-workers check tests. With stealing, a worker slow to load the model (a busy
+    # CI machine) saw the other take all five files (seen twice in fresh-clone CI).
+    env["DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING"] = "False"
     loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
     started = []
 
