@@ -34,7 +34,7 @@ _HOP_SECONDS = flags.DEFINE_float("hop_seconds", None, "Pretrained models: secon
 _PRECISION = flags.DEFINE_enum("precision", None, ["auto", "float32", "bfloat16"], "The model's numeric "
                                "precision (default: $JAXTAG_PRECISION where set, else auto). bfloat16 runs the "
                                "pretrained models' front-end in bf16: through OpenVINO on a CPU with bf16 "
-                               "instructions, XLA's own on GPU/TPU "
+                               "instructions, XLA's own on GPU/TPU and other CPUs (there at float32's speed) "
                                "(1.7-2.3x faster end to end on AMX, scores within ~0.02 of float32's, about 1.4% of "
                                "window tags flipped: docs/performance.md). auto is chosen once per library: the "
                                "precision OUT's analyses were made in (recorded by each run), or, for a new library, "
