@@ -100,6 +100,7 @@ def test_bfloat16_compute_trains_with_float32_state_close_to_float32(name, data_
     assert clear.sum() > 1000 and np.mean(np.sign(m16[clear]) == np.sign(m32[clear])) > 0.9
 
 
+@pytest.mark.slow   # 14 s for cuda (the fast tier's budget)
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_musicnn_tagger_and_transfer_train_step_lower_for_accelerators(platform, data_dir, pretrained_cache,
                                                                      monkeypatch):

@@ -81,7 +81,9 @@ def test_logit_output_and_registry():
         create_model(model_config("transformer_xl"), 3)
 
 
-@pytest.mark.parametrize("name", ["cnn_bilstm", "cnn_attention", "resnet_lstm", "resnet_attention", "resnet_bilstm"])
+@pytest.mark.parametrize("name", ["cnn_bilstm", pytest.param("cnn_attention", marks=pytest.mark.slow),  # 8 s each
+                                  pytest.param("resnet_lstm", marks=pytest.mark.slow), "resnet_attention",
+                                  "resnet_bilstm"])
 def test_other_models_are_padding_invariant_in_train_and_eval_mode(name):
     config = model_config(name, lstm_initial_state="zeros")
     if name.startswith("resnet"):
@@ -107,6 +109,7 @@ def test_other_models_are_padding_invariant_in_train_and_eval_mode(name):
         np.testing.assert_allclose(np.asarray(out_padded)[1, :3], np.asarray(out)[1, :3], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow   # 10 s (the fast tier's budget)
 def test_bidirectional_and_attention_see_the_future():
     rng = np.random.default_rng(0)
     mel = rng.uniform(size=(1, 4, 32, 32)).astype(np.float32)

@@ -101,7 +101,7 @@ def test_conv_relu_pool_stack_values_and_gradients_match_autodiff_of_lax():
     assert float(jnp.mean(reference_conv(x, params[0][0]) + params[0][1] < 0)) > 0.1
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+@pytest.mark.parametrize("chunk", [pytest.param(1, marks=pytest.mark.slow), 2, 3, 7])   # 1: 8 s
 def test_cpu_fast_paper_trunk_equals_the_plain_flax_trunk(chunk):
     """The CPU fast path (written-out gradients, conv layers scanned over chunks of windows; 7
     windows: chunks that do not divide it are padded) gives the plain nn.Conv/nn.max_pool trunk's

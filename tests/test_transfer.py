@@ -174,6 +174,7 @@ def test_finetuning_moves_the_trunk_but_not_its_batch_norm_statistics(musicnn_ru
         np.testing.assert_array_equal(mine["input_bn"][name], published["params"]["input_bn"][name])
 
 
+@pytest.mark.slow   # 8 s (the fast tier's budget)
 def test_optimizer_freezes_or_slows_only_the_musicnn_weights(data_dir, pretrained_cache, monkeypatch):
     import optax
     from jaxtag.models import create_model
