@@ -34,7 +34,10 @@ def test_auto_picks_bfloat16_only_on_a_cpu_with_amx(monkeypatch):
     # GPU/TPU: bfloat16 when asked for (XLA's own), never by auto (not measured there), AMX or not.
     assert precision.resolve("auto", pretrained=True, backend="gpu") == "float32"
     assert precision.resolve("bfloat16", pretrained=True, backend="tpu") == "bfloat16"
-    assert precision.library_precision("auto", None, pretrained=True, backend="gpu").precision == "float32"
+    on_gpu = precision.library_precision("auto", None, pretrained=True, backend="gpu")
+    assert on_gpu.precision == "float32" and on_gpu.follows_record   # (a run checks the record under its lock)
+    assert not precision.library_precision("bfloat16", None, pretrained=True, backend="gpu").follows_record
+    assert not precision.library_precision("auto", "bfloat16", pretrained=False, backend="gpu").follows_record
     with pytest.raises(ValueError, match="only the pretrained musicnn"):
         precision.resolve("bfloat16", pretrained=False, backend="gpu")
     with pytest.raises(ValueError, match="one of"):

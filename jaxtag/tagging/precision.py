@@ -142,7 +142,7 @@ class Choice(typing.NamedTuple):
         """Whether auto made this choice from the library's record (or its absence): a run made
         with it must not start if another run has recorded another precision since
         (jaxtag.library.run.run_library, LibraryOptions.follows_record)."""
-        return self.why == RECORDED or self.why.startswith(CHOSEN)
+        return not self.why.startswith(ASKED) and self.why != TRAINED   # RECORDED, or chosen for this device
 
 
 def auto_choice(pretrained: bool, backend: str | None = None) -> Choice:
