@@ -114,7 +114,6 @@ class TestJaxtagPlugin(PluginTestHelper):
             lambda cls, name, precision="float32": loads.append((name, precision)) or SimpleNamespace(precision=precision)))
         monkeypatch.setattr(precision, "auto_choice", lambda pretrained, backend=None: precision.Choice(
             "float32", f"{precision.CHOSEN}: this test"))
-        monkeypatch.setattr(precision, "bfloat16_problem", lambda pretrained, backend=None: None)
         self._configure(workdir="", model="musicnn-msd", precision="auto")
         plugin = next(p for p in plugins.find_plugins() if p.name == "jaxtag")
         tagger, choice = plugin._tagger()

@@ -224,7 +224,7 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
             take_over_old_layout(options.output_dir, state, log)
             import_journal(state, options.output_dir)
             result.run = run = state.begin_run(tagger.fingerprint, tagger.model_name, len(files))
-            if "pretrained" in (getattr(tagger, "spec", None) or {}):   # the library's precision: choose_precision
+            if _is_pretrained(tagger):   # the library's precision: choose_precision
                 state.set_precision(tagger.precision)
             status = "failed"   # unless body returns (a bug, or the pipeline failed)
             try:
@@ -239,6 +239,12 @@ def run_library(tagger, files: list[str], options: LibraryOptions, log, result, 
         lock.release()
 
 
+def _is_pretrained(tagger) -> bool:
+    """Whether the tagger is a pretrained model's (its spec names one): its precision is the
+    library's record; a trained run's float32 is not."""
+    return "pretrained" in (getattr(tagger, "spec", None) or {})
+
+
 def check_record_unchanged(state, tagger, output_dir: str) -> None:
     """LibraryBusy where the library now records a precision other than the one auto chose for
     this run from its record: another run recorded it between the choice (before the model was
@@ -246,7 +252,7 @@ def check_record_unchanged(state, tagger, output_dir: str) -> None:
     would analyse the whole library again in the other precision; run again instead, and auto
     follows the new record."""
     recorded = state.precision()
-    if "pretrained" in (getattr(tagger, "spec", None) or {}) and recorded not in (None, tagger.precision):
+    if _is_pretrained(tagger) and recorded not in (None, tagger.precision):
         raise LibraryBusy(f"{output_dir}: another run recorded precision {recorded} for this library while this "
                           f"run was starting in {tagger.precision}; nothing was tagged: run again, and it "
                           f"follows the library's {recorded}")

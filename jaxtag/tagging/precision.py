@@ -69,10 +69,9 @@ def bfloat16_engine(backend: str | None = None) -> str:
     return "xla"
 
 
-def bfloat16_problem(pretrained: bool, backend: str | None = None) -> str | None:
-    """Why bfloat16 cannot run here, or None where it can (bfloat16_engine: every backend, every
-    CPU). pretrained: the model is a pretrained musicnn (the only one with a bfloat16 path)."""
-    del backend
+def bfloat16_problem(pretrained: bool) -> str | None:
+    """Why bfloat16 cannot run, or None where it can (bfloat16_engine: every backend, every CPU).
+    pretrained: the model is a pretrained musicnn (the only one with a bfloat16 path)."""
     return None if pretrained else "only the pretrained musicnn models have a bfloat16 path"
 
 
@@ -98,7 +97,7 @@ def resolve(requested: str, pretrained: bool, backend: str | None = None) -> str
     if check(requested) == "float32":
         return "float32"
     if requested == "bfloat16":
-        problem = bfloat16_problem(pretrained, backend)
+        problem = bfloat16_problem(pretrained)
         if problem:
             # (No flag syntax: the beets plugin's precision option says the same.)
             raise ValueError(f"bfloat16 was asked for and cannot run here: {problem}")
@@ -154,14 +153,15 @@ def auto_choice(pretrained: bool, backend: str | None = None) -> Choice:
     if backend != "cpu":
         return Choice("float32", f"chosen for this {backend.upper()}: auto picks bfloat16 on CPUs with AMX only "
                                  "(ask for bfloat16 to run it here)")
-    problem = bfloat16_problem(pretrained, backend)
-    if problem is None and not AUTO_CPU_FLAGS <= cpu_flags():
-        problem = "no AMX"
-    if problem is None and not musicnn_openvino.available():
-        problem = "bfloat16 is fast with OpenVINO only (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
-    if problem is None:
+    if not pretrained:
+        reason = bfloat16_problem(pretrained)
+    elif not AUTO_CPU_FLAGS <= cpu_flags():
+        reason = "no AMX"
+    elif not musicnn_openvino.available():
+        reason = "bfloat16 is fast with OpenVINO only (one of jaxtag's dependencies): pip install 'openvino>=2025.0'"
+    else:
         return Choice("bfloat16", f"{CHOSEN}: AMX, and OpenVINO installed")
-    return Choice("float32", f"{CHOSEN}: {problem}")
+    return Choice("float32", f"{CHOSEN}: {reason}")
 
 
 def library_precision(requested: str, recorded: str | None, pretrained: bool, backend: str | None = None,
